@@ -1,0 +1,1 @@
+//! Emulator cluster harness (work in progress).

@@ -1,0 +1,2 @@
+//! gestalt-image: build, inspect and verify firmware images.
+fn main() {}
