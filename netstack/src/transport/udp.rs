@@ -1,0 +1,1 @@
+//! std UdpSocket runner (todo)
