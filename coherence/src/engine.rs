@@ -1,0 +1,787 @@
+//! The sans-IO coherence engine of one node: it is both the cache of the pages this node maps
+//! and the home directory of the pages it owns in memory. Events go in, actions come out;
+//! page contents pass through [`PageStore`].
+//!
+//! Messages a node sends to itself (its own faults on pages it is home to) go through an
+//! internal FIFO and are handled in the same call, so the home's own accesses obey exactly the
+//! rules remote nodes do, at zero message cost.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use core::fmt;
+use core::hash::{Hash, Hasher};
+
+use crate::directory::{CacheState, CacheStates, DirState, Directory};
+use crate::home::Config;
+use crate::message::Message;
+use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId};
+
+/// Guest memory of this node, as the engine sees it: copy a frame out for sending, install
+/// received contents. Tests use plain memory ([`crate::MemStore`]).
+pub trait PageStore {
+    /// Appends the current contents of `gfn` to `out` (normally [`crate::PAGE_SIZE`] bytes).
+    fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>);
+
+    /// Replaces the contents of `gfn` with `data`. Called only while this node does not map
+    /// `gfn`.
+    fn install(&mut self, gfn: Gfn, data: &[u8]);
+
+    /// Called when this node held `gfn` writable and the engine has just pushed the
+    /// [`Action::Unmap`] / [`Action::Downgrade`] that revokes it, right before
+    /// [`PageStore::copy_out`]: a store over live guest memory must make the revocation take
+    /// effect now (EPT edit + INVEPT on every local vCPU) so that no guest write lands after
+    /// the copy. Plain memory has nothing to do.
+    fn revoke_write(&mut self, gfn: Gfn) {
+        let _ = gfn;
+    }
+}
+
+/// Something that happened to this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A local vCPU faulted (EPT violation) on `gfn`.
+    LocalFault {
+        /// Frame.
+        gfn: Gfn,
+        /// What the vCPU tried.
+        access: Access,
+        /// Which vCPU; it stays stopped until a [`Action::Resume`] names it.
+        vcpu: VcpuId,
+    },
+    /// A message arrived from a peer (reliable, FIFO per peer).
+    Message {
+        /// Sender.
+        from: NodeId,
+        /// Contents.
+        msg: Message,
+    },
+    /// Time passed; `now` is in the caller's ticks (only compared with
+    /// [`Engine::set_stall_after`]).
+    Timer {
+        /// Current time.
+        now: u64,
+    },
+}
+
+/// Something the node must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to node `to` (never this node).
+    Send {
+        /// Destination.
+        to: NodeId,
+        /// Message.
+        msg: Message,
+    },
+    /// Map `gfn` in the EPT with `rights` (its contents are already in place).
+    Map {
+        /// Frame.
+        gfn: Gfn,
+        /// Rights.
+        rights: Rights,
+    },
+    /// Remove `gfn` from the EPT; every local vCPU must flush its EPT-derived translations
+    /// (INVEPT) before any later `Send` of this batch leaves the node.
+    Unmap {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Make `gfn` read-only in the EPT; every local vCPU must flush as for [`Action::Unmap`].
+    Downgrade {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Let these vCPUs run again: their fault is served.
+    Resume {
+        /// vCPUs.
+        vcpus: Vec<VcpuId>,
+    },
+    /// A request for `gfn` has been outstanding since `since` (reported once; see
+    /// [`Engine::set_stall_after`]).
+    Stalled {
+        /// Frame.
+        gfn: Gfn,
+        /// Its home, which has not answered.
+        home: NodeId,
+        /// When the request was sent.
+        since: u64,
+    },
+    /// Input that the protocol does not allow; it was ignored.
+    Error(ProtocolError),
+}
+
+/// Input the engine refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A fault or message names a frame outside guest memory.
+    GfnOutOfRange {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// A message from a node id outside the cluster.
+    UnknownNode {
+        /// Sender.
+        from: NodeId,
+    },
+    /// A directory message for a frame this node is not home to.
+    NotHome {
+        /// Sender.
+        from: NodeId,
+        /// Message kind.
+        kind: &'static str,
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// A message that makes no sense in the frame's current state (a duplicate, a bug, or a
+    /// peer running other code).
+    Unexpected {
+        /// Sender.
+        from: NodeId,
+        /// Message kind.
+        kind: &'static str,
+        /// Frame.
+        gfn: Gfn,
+    },
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::GfnOutOfRange { gfn } => {
+                write!(f, "gfn {:#x} is outside guest memory", gfn.0)
+            }
+            ProtocolError::UnknownNode { from } => {
+                write!(f, "message from node {} which is not in the cluster", from.0)
+            }
+            ProtocolError::NotHome { from, kind, gfn } => {
+                write!(
+                    f,
+                    "{kind} from node {} for gfn {:#x} which is not homed here",
+                    from.0, gfn.0
+                )
+            }
+            ProtocolError::Unexpected { from, kind, gfn } => write!(
+                f,
+                "unexpected {kind} from node {} for gfn {:#x} (duplicate or peer bug)",
+                from.0, gfn.0
+            ),
+        }
+    }
+}
+
+/// What the engine has done so far (not protocol state: equal engines may count differently).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// Events handled.
+    pub events: u64,
+    /// Read or exec faults.
+    pub read_faults: u64,
+    /// Write faults.
+    pub write_faults: u64,
+    /// Faults that joined a request already in flight for the same frame.
+    pub coalesced: u64,
+    /// Faults the current mapping already allowed (stale TLB), answered by re-mapping.
+    pub spurious: u64,
+    /// Faults answered without any message (this node is home and nobody else had a copy).
+    pub local_hits: u64,
+    /// Messages sent to other nodes.
+    pub sent: u64,
+    /// Data-bearing messages sent to other nodes.
+    pub pages_sent: u64,
+    /// Invalidations sent by this home (including to itself).
+    pub invalidations: u64,
+    /// Forwards sent by this home to an owner (including to itself).
+    pub forwards: u64,
+    /// Requests that waited behind a busy directory entry.
+    pub queued: u64,
+    /// Messages held until this node's own outstanding data arrived.
+    pub deferred: u64,
+    /// Protocol errors reported.
+    pub errors: u64,
+}
+
+impl PartialEq for Counters {
+    fn eq(&self, _: &Counters) -> bool {
+        true
+    }
+}
+
+impl Eq for Counters {}
+
+impl Hash for Counters {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
+}
+
+/// This node's outstanding request for a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Pending {
+    /// The request in flight is a WriteReq (else ReadReq).
+    write: bool,
+    /// Faulted vCPUs waiting for it.
+    waiters: Vec<(VcpuId, Access)>,
+    /// A home message that must wait until our data arrives (it was ordered after us).
+    deferred: Option<Message>,
+    since: u64,
+    stall_reported: bool,
+}
+
+/// A directory transaction in flight at the home.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Txn {
+    /// Invalidations sent; grant `requester` write once `remaining` acks are in. `upgrade`:
+    /// the requester still holds a current shared copy, so the grant carries no data.
+    CollectAcks { requester: NodeId, remaining: u16, upgrade: bool },
+    /// Read forwarded to the owner; wait for its write-back, then `requester` shares.
+    AwaitWriteBack { requester: NodeId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Busy {
+    txn: Txn,
+    /// Requests waiting behind the transaction: (requester, wants write).
+    queue: VecDeque<(NodeId, bool)>,
+}
+
+/// A node's coherence engine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Engine {
+    id: NodeId,
+    cfg: Config,
+    cache: CacheStates,
+    dir: Directory,
+    pending: BTreeMap<Gfn, Pending>,
+    busy: BTreeMap<Gfn, Busy>,
+    /// Messages to self, drained before `handle` returns (always empty between calls).
+    loopback: VecDeque<Message>,
+    now: u64,
+    stall_after: u64,
+    counters: Counters,
+}
+
+impl Engine {
+    /// The engine of node `id` in a cluster described by `cfg`.
+    ///
+    /// # Panics
+    /// If `id` is not a node of `cfg` or `cfg.nodes` is 0 or above 256.
+    pub fn new(id: NodeId, cfg: Config) -> Engine {
+        assert!((1..=256).contains(&cfg.nodes), "a cluster has 1..=256 nodes");
+        assert!(cfg.has_node(id), "node id outside the cluster");
+        let homed = cfg.pages_homed_at(id) as usize;
+        Engine {
+            id,
+            cfg,
+            cache: CacheStates::new(cfg.pages as usize),
+            dir: Directory::new(homed, cfg.nodes),
+            pending: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            loopback: VecDeque::new(),
+            now: 0,
+            stall_after: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The cluster configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// What the engine has done so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Report [`Action::Stalled`] on a [`Event::Timer`] once a request has waited `ticks`
+    /// (0, the default, never reports).
+    pub fn set_stall_after(&mut self, ticks: u64) {
+        self.stall_after = ticks;
+    }
+
+    /// This node's stable cache state for `gfn`.
+    pub fn cache_state(&self, gfn: Gfn) -> CacheState {
+        self.cache.get(gfn.0 as usize)
+    }
+
+    /// Whether this node has a request in flight for `gfn`.
+    pub fn is_pending(&self, gfn: Gfn) -> bool {
+        self.pending.contains_key(&gfn)
+    }
+
+    /// Number of frames with a request in flight from this node.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Number of directory entries with a transaction in flight at this home.
+    pub fn busy_count(&self) -> usize {
+        self.busy.len()
+    }
+
+    /// The directory's view of `gfn`, which must be homed here: state, owner, sharers, busy.
+    pub fn directory_entry(&self, gfn: Gfn) -> (DirState, NodeId, NodeSet, bool) {
+        let i = self.cfg.home_index(gfn);
+        (self.dir.state(i), self.dir.owner(i), self.dir.sharers(i), self.dir.busy(i))
+    }
+
+    /// Handles one event and returns the actions to carry out, in order.
+    pub fn handle<S: PageStore>(&mut self, event: Event, store: &mut S) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.handle_into(event, store, &mut out);
+        out
+    }
+
+    /// Like [`Engine::handle`], appending to `out` (no allocation once `out` has grown).
+    pub fn handle_into<S: PageStore>(
+        &mut self,
+        event: Event,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        self.counters.events += 1;
+        let before = (self.counters.sent, self.counters.coalesced + self.counters.spurious);
+        let fault = match event {
+            Event::LocalFault { gfn, access, vcpu } => {
+                self.local_fault(gfn, access, vcpu, out);
+                Some(gfn)
+            }
+            Event::Message { from, msg } => {
+                self.message(from, msg, store, out);
+                None
+            }
+            Event::Timer { now } => {
+                self.timer(now, out);
+                None
+            }
+        };
+        while let Some(msg) = self.loopback.pop_front() {
+            self.message(self.id, msg, store, out);
+        }
+        if let Some(gfn) = fault {
+            let after = (self.counters.sent, self.counters.coalesced + self.counters.spurious);
+            if after == before && self.cfg.contains(gfn) && !self.pending.contains_key(&gfn) {
+                self.counters.local_hits += 1;
+            }
+        }
+    }
+
+    fn error(&mut self, e: ProtocolError, out: &mut Vec<Action>) {
+        self.counters.errors += 1;
+        out.push(Action::Error(e));
+    }
+
+    fn unexpected(&mut self, from: NodeId, msg: &Message, out: &mut Vec<Action>) {
+        let e = ProtocolError::Unexpected { from, kind: msg.name(), gfn: msg.gfn() };
+        self.error(e, out);
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message, out: &mut Vec<Action>) {
+        if to == self.id {
+            self.loopback.push_back(msg);
+        } else {
+            self.counters.sent += 1;
+            if msg.page().is_some() {
+                self.counters.pages_sent += 1;
+            }
+            out.push(Action::Send { to, msg });
+        }
+    }
+
+    /// Contents of `gfn` for a message to `to`: none for ourselves (the frame is shared).
+    fn page_for<S: PageStore>(&self, to: NodeId, gfn: Gfn, store: &mut S) -> Vec<u8> {
+        let mut page = Vec::new();
+        if to != self.id {
+            store.copy_out(gfn, &mut page);
+        }
+        page
+    }
+
+    fn timer(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.now = now;
+        if self.stall_after == 0 {
+            return;
+        }
+        for (&gfn, p) in self.pending.iter_mut() {
+            if !p.stall_reported && now.saturating_sub(p.since) >= self.stall_after {
+                p.stall_reported = true;
+                out.push(Action::Stalled { gfn, home: self.cfg.home(gfn), since: p.since });
+            }
+        }
+    }
+
+    // ---- cache side -------------------------------------------------------------------
+
+    fn local_fault(&mut self, gfn: Gfn, access: Access, vcpu: VcpuId, out: &mut Vec<Action>) {
+        if !self.cfg.contains(gfn) {
+            return self.error(ProtocolError::GfnOutOfRange { gfn }, out);
+        }
+        if access.is_write() {
+            self.counters.write_faults += 1;
+        } else {
+            self.counters.read_faults += 1;
+        }
+        if let Some(p) = self.pending.get_mut(&gfn) {
+            self.counters.coalesced += 1;
+            p.waiters.push((vcpu, access));
+            return;
+        }
+        let rights = match self.cache.get(gfn.0 as usize) {
+            CacheState::Invalid => None,
+            CacheState::Shared => Some(Rights::ReadExec),
+            CacheState::Modified => Some(Rights::ReadWriteExec),
+        };
+        if let Some(rights) = rights.filter(|r| r.allows(access)) {
+            self.counters.spurious += 1;
+            out.push(Action::Map { gfn, rights });
+            out.push(Action::Resume { vcpus: alloc::vec![vcpu] });
+            return;
+        }
+        self.request(gfn, access.is_write(), alloc::vec![(vcpu, access)], out);
+    }
+
+    fn request(
+        &mut self,
+        gfn: Gfn,
+        write: bool,
+        waiters: Vec<(VcpuId, Access)>,
+        out: &mut Vec<Action>,
+    ) {
+        let p = Pending { write, waiters, deferred: None, since: self.now, stall_reported: false };
+        self.pending.insert(gfn, p);
+        let msg = if write { Message::WriteReq { gfn } } else { Message::ReadReq { gfn } };
+        self.send(self.cfg.home(gfn), msg, out);
+    }
+
+    fn message<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let gfn = msg.gfn();
+        if !self.cfg.has_node(from) {
+            return self.error(ProtocolError::UnknownNode { from }, out);
+        }
+        if !self.cfg.contains(gfn) {
+            return self.error(ProtocolError::GfnOutOfRange { gfn }, out);
+        }
+        let home = self.cfg.home(gfn);
+        let to_directory = matches!(
+            msg,
+            Message::ReadReq { .. }
+                | Message::WriteReq { .. }
+                | Message::InvAck { .. }
+                | Message::WriteBack { .. }
+        );
+        if to_directory && home != self.id {
+            let e = ProtocolError::NotHome { from, kind: msg.name(), gfn };
+            return self.error(e, out);
+        }
+        // Invalidations and forwards come only from the home.
+        if matches!(msg, Message::Inv { .. } | Message::FwdRead { .. } | Message::FwdWrite { .. })
+            && from != home
+        {
+            return self.unexpected(from, &msg, out);
+        }
+        match msg {
+            Message::ReadReq { gfn } => self.dir_request(from, gfn, false, store, out),
+            Message::WriteReq { gfn } => self.dir_request(from, gfn, true, store, out),
+            Message::InvAck { .. } => self.dir_inv_ack(from, msg, store, out),
+            Message::WriteBack { .. } => self.dir_write_back(from, msg, store, out),
+            Message::Inv { .. } => self.cache_inv(from, msg, out),
+            Message::FwdRead { .. } | Message::FwdWrite { .. } => {
+                self.cache_forward(from, msg, store, out);
+            }
+            Message::DataShared { .. } | Message::DataExclusive { .. } | Message::Grant { .. } => {
+                self.cache_fill(from, msg, store, out);
+            }
+        }
+    }
+
+    fn cache_inv(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
+        let gfn = msg.gfn();
+        let i = gfn.0 as usize;
+        match (self.cache.get(i), self.pending.get_mut(&gfn)) {
+            // A read of ours is in flight and the home already counts us as a sharer: the
+            // data is on its way, so serve our read first.
+            (CacheState::Invalid, Some(p)) if !p.write && p.deferred.is_none() => {
+                self.counters.deferred += 1;
+                p.deferred = Some(msg);
+            }
+            // Shared, possibly with an upgrade in flight that the home has not ordered yet:
+            // drop the copy now (the upgrade will then be answered with data).
+            (CacheState::Shared, _) => {
+                self.cache.set(i, CacheState::Invalid);
+                out.push(Action::Unmap { gfn });
+                self.send(from, Message::InvAck { gfn }, out);
+            }
+            _ => self.unexpected(from, &msg, out),
+        }
+    }
+
+    fn cache_forward<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let gfn = msg.gfn();
+        let i = gfn.0 as usize;
+        match (self.cache.get(i), self.pending.get_mut(&gfn)) {
+            // The home made us owner before our data arrived (3-hop): hold the forward.
+            (CacheState::Invalid, Some(p)) if p.write && p.deferred.is_none() => {
+                self.counters.deferred += 1;
+                p.deferred = Some(msg);
+            }
+            (CacheState::Modified, None) => match msg {
+                Message::FwdRead { requester, .. } if requester != self.id => {
+                    self.cache.set(i, CacheState::Shared);
+                    out.push(Action::Downgrade { gfn });
+                    store.revoke_write(gfn);
+                    if requester != from {
+                        let page = self.page_for(requester, gfn, store);
+                        self.send(requester, Message::DataShared { gfn, page }, out);
+                    }
+                    let page = self.page_for(from, gfn, store);
+                    self.send(from, Message::WriteBack { gfn, page }, out);
+                }
+                Message::FwdWrite { requester, .. } if requester != self.id => {
+                    self.cache.set(i, CacheState::Invalid);
+                    out.push(Action::Unmap { gfn });
+                    store.revoke_write(gfn);
+                    let page = self.page_for(requester, gfn, store);
+                    self.send(requester, Message::DataExclusive { gfn, page }, out);
+                }
+                _ => self.unexpected(from, &msg, out),
+            },
+            _ => self.unexpected(from, &msg, out),
+        }
+    }
+
+    fn cache_fill<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let gfn = msg.gfn();
+        let i = gfn.0 as usize;
+        let state = self.cache.get(i);
+        let ok = match (&msg, self.pending.get(&gfn)) {
+            (Message::DataShared { .. }, Some(p)) => !p.write && state == CacheState::Invalid,
+            (Message::DataExclusive { .. }, Some(p)) => p.write && state == CacheState::Invalid,
+            (Message::Grant { .. }, Some(p)) => p.write && state == CacheState::Shared,
+            _ => false,
+        };
+        if !ok {
+            return self.unexpected(from, &msg, out);
+        }
+        let Some(p) = self.pending.remove(&gfn) else { return };
+        if let Some(page) = msg.page() {
+            // A message from ourselves carries no page: our frame is the home's frame.
+            if from != self.id {
+                store.install(gfn, page);
+            }
+        }
+        let (new, rights) = match msg {
+            Message::DataShared { .. } => (CacheState::Shared, Rights::ReadExec),
+            _ => (CacheState::Modified, Rights::ReadWriteExec),
+        };
+        self.cache.set(i, new);
+        out.push(Action::Map { gfn, rights });
+        let (served, waiting): (Vec<_>, Vec<_>) =
+            p.waiters.into_iter().partition(|&(_, a)| rights.allows(a));
+        if !served.is_empty() {
+            out.push(Action::Resume { vcpus: served.into_iter().map(|(v, _)| v).collect() });
+        }
+        if let Some(deferred) = p.deferred {
+            let home = self.cfg.home(gfn);
+            match deferred {
+                Message::Inv { .. } => self.cache_inv(home, deferred, out),
+                _ => self.cache_forward(home, deferred, store, out),
+            }
+        }
+        if !waiting.is_empty() {
+            self.request(gfn, true, waiting, out);
+        }
+    }
+
+    // ---- directory side ---------------------------------------------------------------
+
+    fn dir_request<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        gfn: Gfn,
+        write: bool,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(b) = self.busy.get_mut(&gfn) {
+            self.counters.queued += 1;
+            b.queue.push_back((from, write));
+            return;
+        }
+        self.dir_serve(from, gfn, write, store, out);
+    }
+
+    /// Serves one request on an idle entry; may leave it busy.
+    fn dir_serve<S: PageStore>(
+        &mut self,
+        r: NodeId,
+        gfn: Gfn,
+        write: bool,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let i = self.cfg.home_index(gfn);
+        let msg = if write { Message::WriteReq { gfn } } else { Message::ReadReq { gfn } };
+        match self.dir.state(i) {
+            DirState::Uncached | DirState::Shared if !write => {
+                let mut sharers = self.dir.sharers(i);
+                if sharers.contains(r) {
+                    return self.unexpected(r, &msg, out);
+                }
+                sharers.insert(r);
+                self.dir.set_shared(i, &sharers);
+                let page = self.page_for(r, gfn, store);
+                self.send(r, Message::DataShared { gfn, page }, out);
+            }
+            DirState::Uncached => {
+                self.dir.set_modified(i, r);
+                let page = self.page_for(r, gfn, store);
+                self.send(r, Message::DataExclusive { gfn, page }, out);
+            }
+            DirState::Shared => {
+                let sharers = self.dir.sharers(i);
+                let upgrade = sharers.contains(r);
+                let mut others = sharers;
+                others.remove(r);
+                if others.is_empty() {
+                    self.grant_write(r, gfn, upgrade, store, out);
+                    return;
+                }
+                // Invalidated sharers leave the set now: a later request from one of them
+                // is a fresh miss.
+                self.dir.set_shared(i, &NodeSet::EMPTY);
+                self.dir.set_busy(i, true);
+                let remaining = others.len() as u16;
+                let txn = Txn::CollectAcks { requester: r, remaining, upgrade };
+                self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
+                for o in others.iter() {
+                    self.counters.invalidations += 1;
+                    self.send(o, Message::Inv { gfn }, out);
+                }
+            }
+            DirState::Modified => {
+                let owner = self.dir.owner(i);
+                if owner == r {
+                    return self.unexpected(r, &msg, out);
+                }
+                self.counters.forwards += 1;
+                if write {
+                    // The requester is owner from now on; it holds later forwards until the
+                    // old owner's data reaches it, so the entry need not stay busy.
+                    self.dir.set_modified(i, r);
+                    self.send(owner, Message::FwdWrite { gfn, requester: r }, out);
+                } else {
+                    self.dir.set_busy(i, true);
+                    let txn = Txn::AwaitWriteBack { requester: r };
+                    self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
+                    self.send(owner, Message::FwdRead { gfn, requester: r }, out);
+                }
+            }
+        }
+    }
+
+    fn grant_write<S: PageStore>(
+        &mut self,
+        r: NodeId,
+        gfn: Gfn,
+        upgrade: bool,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let i = self.cfg.home_index(gfn);
+        self.dir.set_modified(i, r);
+        if upgrade {
+            self.send(r, Message::Grant { gfn }, out);
+        } else {
+            let page = self.page_for(r, gfn, store);
+            self.send(r, Message::DataExclusive { gfn, page }, out);
+        }
+    }
+
+    fn dir_inv_ack<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let gfn = msg.gfn();
+        let Some(Busy { txn: Txn::CollectAcks { requester, remaining, upgrade }, .. }) =
+            self.busy.get_mut(&gfn)
+        else {
+            return self.unexpected(from, &msg, out);
+        };
+        *remaining -= 1;
+        if *remaining > 0 {
+            return;
+        }
+        let (r, up) = (*requester, *upgrade);
+        self.grant_write(r, gfn, up, store, out);
+        self.finish(gfn, store, out);
+    }
+
+    fn dir_write_back<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        let gfn = msg.gfn();
+        let i = self.cfg.home_index(gfn);
+        let requester = match self.busy.get(&gfn) {
+            Some(Busy { txn: Txn::AwaitWriteBack { requester }, .. })
+                if self.dir.state(i) == DirState::Modified && self.dir.owner(i) == from =>
+            {
+                *requester
+            }
+            _ => return self.unexpected(from, &msg, out),
+        };
+        if from != self.id {
+            if let Some(page) = msg.page() {
+                store.install(gfn, page);
+            }
+        }
+        let sharers: NodeSet = [from, requester].into_iter().collect();
+        self.dir.set_shared(i, &sharers);
+        if requester == self.id {
+            // The owner sent the data only once, to us as home; our own read is served now.
+            self.send(self.id, Message::DataShared { gfn, page: Vec::new() }, out);
+        }
+        self.finish(gfn, store, out);
+    }
+
+    /// Ends the transaction on `gfn` and serves the requests queued behind it.
+    fn finish<S: PageStore>(&mut self, gfn: Gfn, store: &mut S, out: &mut Vec<Action>) {
+        let i = self.cfg.home_index(gfn);
+        self.dir.set_busy(i, false);
+        let Some(mut b) = self.busy.remove(&gfn) else { return };
+        while let Some((r, write)) = b.queue.pop_front() {
+            self.dir_serve(r, gfn, write, store, out);
+            if let Some(next) = self.busy.get_mut(&gfn) {
+                next.queue.append(&mut b.queue);
+                return;
+            }
+        }
+    }
+}

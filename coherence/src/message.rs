@@ -1,0 +1,367 @@
+//! Protocol messages between engines and their versioned binary encoding.
+//!
+//! Layout (little endian): `version:u8, kind:u8, gfn:u64`, then for forwards `requester:u8`,
+//! for data-bearing kinds `len:u16` and `len` page bytes (`len <= 4096`). Decoding never
+//! panics: any other byte string is a [`DecodeError`].
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::types::{Gfn, NodeId, PAGE_SIZE};
+
+/// Version byte leading every encoded message.
+pub const WIRE_VERSION: u8 = 1;
+
+/// A coherence message. Page contents travel as owned bytes (a full page on the wire; a
+/// message a node sends to itself carries none, since the home's frame already is the data).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// Requester → home: wants the page readable.
+    ReadReq {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Requester → home: wants the page writable (a Shared requester upgrades).
+    WriteReq {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Home → sharer: drop your copy and acknowledge.
+    Inv {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Sharer → home: copy dropped.
+    InvAck {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Home → owner: send the page to `requester` (read), keep a shared copy and write back.
+    FwdRead {
+        /// Frame.
+        gfn: Gfn,
+        /// Node that asked to read.
+        requester: NodeId,
+    },
+    /// Home → owner: send the page to `requester` (write) and drop your copy.
+    FwdWrite {
+        /// Frame.
+        gfn: Gfn,
+        /// Node that asked to write.
+        requester: NodeId,
+    },
+    /// Home or owner → requester: the page, readable only.
+    DataShared {
+        /// Frame.
+        gfn: Gfn,
+        /// Page contents.
+        page: Vec<u8>,
+    },
+    /// Home or owner → requester: the page, writable.
+    DataExclusive {
+        /// Frame.
+        gfn: Gfn,
+        /// Page contents.
+        page: Vec<u8>,
+    },
+    /// Home → requester: your shared copy is current, you may now write it (upgrade).
+    Grant {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Owner → home after a forwarded read: the current contents for the home's frame.
+    WriteBack {
+        /// Frame.
+        gfn: Gfn,
+        /// Page contents.
+        page: Vec<u8>,
+    },
+}
+
+const K_READ_REQ: u8 = 1;
+const K_WRITE_REQ: u8 = 2;
+const K_INV: u8 = 3;
+const K_INV_ACK: u8 = 4;
+const K_FWD_READ: u8 = 5;
+const K_FWD_WRITE: u8 = 6;
+const K_DATA_SHARED: u8 = 7;
+const K_DATA_EXCLUSIVE: u8 = 8;
+const K_GRANT: u8 = 9;
+const K_WRITE_BACK: u8 = 10;
+
+/// Why bytes are not a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The buffer ends before the message does.
+    Truncated,
+    /// Encoded by another protocol version.
+    Version(u8),
+    /// Unknown message kind.
+    Kind(u8),
+    /// Page payload longer than a page.
+    PageTooLong(u16),
+    /// Bytes left after the message.
+    Trailing(usize),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "coherence message truncated"),
+            DecodeError::Version(v) => {
+                write!(
+                    f,
+                    "coherence wire version {v}, expected {WIRE_VERSION}: peer runs another build"
+                )
+            }
+            DecodeError::Kind(k) => write!(f, "unknown coherence message kind {k}"),
+            DecodeError::PageTooLong(n) => {
+                write!(f, "page payload of {n} bytes exceeds {PAGE_SIZE}")
+            }
+            DecodeError::Trailing(n) => write!(f, "{n} stray bytes after coherence message"),
+        }
+    }
+}
+
+impl Message {
+    /// The frame the message is about.
+    pub fn gfn(&self) -> Gfn {
+        match self {
+            Message::ReadReq { gfn }
+            | Message::WriteReq { gfn }
+            | Message::Inv { gfn }
+            | Message::InvAck { gfn }
+            | Message::FwdRead { gfn, .. }
+            | Message::FwdWrite { gfn, .. }
+            | Message::DataShared { gfn, .. }
+            | Message::DataExclusive { gfn, .. }
+            | Message::Grant { gfn }
+            | Message::WriteBack { gfn, .. } => *gfn,
+        }
+    }
+
+    /// Short name, for counters and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::ReadReq { .. } => "ReadReq",
+            Message::WriteReq { .. } => "WriteReq",
+            Message::Inv { .. } => "Inv",
+            Message::InvAck { .. } => "InvAck",
+            Message::FwdRead { .. } => "FwdRead",
+            Message::FwdWrite { .. } => "FwdWrite",
+            Message::DataShared { .. } => "DataShared",
+            Message::DataExclusive { .. } => "DataExclusive",
+            Message::Grant { .. } => "Grant",
+            Message::WriteBack { .. } => "WriteBack",
+        }
+    }
+
+    /// The page payload, for the data-bearing kinds.
+    pub fn page(&self) -> Option<&[u8]> {
+        match self {
+            Message::DataShared { page, .. }
+            | Message::DataExclusive { page, .. }
+            | Message::WriteBack { page, .. } => Some(page),
+            _ => None,
+        }
+    }
+
+    /// Appends the encoding of `self` to `out`.
+    ///
+    /// # Panics
+    /// If a page payload is longer than [`PAGE_SIZE`] (the engine never builds one).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let kind = match self {
+            Message::ReadReq { .. } => K_READ_REQ,
+            Message::WriteReq { .. } => K_WRITE_REQ,
+            Message::Inv { .. } => K_INV,
+            Message::InvAck { .. } => K_INV_ACK,
+            Message::FwdRead { .. } => K_FWD_READ,
+            Message::FwdWrite { .. } => K_FWD_WRITE,
+            Message::DataShared { .. } => K_DATA_SHARED,
+            Message::DataExclusive { .. } => K_DATA_EXCLUSIVE,
+            Message::Grant { .. } => K_GRANT,
+            Message::WriteBack { .. } => K_WRITE_BACK,
+        };
+        out.push(WIRE_VERSION);
+        out.push(kind);
+        out.extend_from_slice(&self.gfn().0.to_le_bytes());
+        match self {
+            Message::FwdRead { requester, .. } | Message::FwdWrite { requester, .. } => {
+                out.push(requester.0);
+            }
+            _ => {}
+        }
+        if let Some(page) = self.page() {
+            assert!(page.len() <= PAGE_SIZE, "page payload longer than a page");
+            // len <= 4096 fits in u16.
+            out.extend_from_slice(&(page.len() as u16).to_le_bytes());
+            out.extend_from_slice(page);
+        }
+    }
+
+    /// Length of [`Message::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let fwd = matches!(self, Message::FwdRead { .. } | Message::FwdWrite { .. });
+        10 + usize::from(fwd) + self.page().map_or(0, |p| 2 + p.len())
+    }
+
+    /// Decodes exactly one message from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader { bytes };
+        let version = r.u8()?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind = r.u8()?;
+        let gfn = Gfn(u64::from_le_bytes(r.array()?));
+        let msg = match kind {
+            K_READ_REQ => Message::ReadReq { gfn },
+            K_WRITE_REQ => Message::WriteReq { gfn },
+            K_INV => Message::Inv { gfn },
+            K_INV_ACK => Message::InvAck { gfn },
+            K_FWD_READ => Message::FwdRead { gfn, requester: NodeId(r.u8()?) },
+            K_FWD_WRITE => Message::FwdWrite { gfn, requester: NodeId(r.u8()?) },
+            K_DATA_SHARED => Message::DataShared { gfn, page: r.page()? },
+            K_DATA_EXCLUSIVE => Message::DataExclusive { gfn, page: r.page()? },
+            K_GRANT => Message::Grant { gfn },
+            K_WRITE_BACK => Message::WriteBack { gfn, page: r.page()? },
+            k => return Err(DecodeError::Kind(k)),
+        };
+        if !r.bytes.is_empty() {
+            return Err(DecodeError::Trailing(r.bytes.len()));
+        }
+        Ok(msg)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn page(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let len = u16::from_le_bytes(self.array()?);
+        if usize::from(len) > PAGE_SIZE {
+            return Err(DecodeError::PageTooLong(len));
+        }
+        Ok(self.take(usize::from(len))?.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+
+    fn any_message() -> impl Strategy<Value = Message> {
+        let gfn = any::<u64>().prop_map(Gfn);
+        let page = proptest::collection::vec(any::<u8>(), 0..=PAGE_SIZE);
+        prop_oneof![
+            gfn.clone().prop_map(|gfn| Message::ReadReq { gfn }),
+            gfn.clone().prop_map(|gfn| Message::WriteReq { gfn }),
+            gfn.clone().prop_map(|gfn| Message::Inv { gfn }),
+            gfn.clone().prop_map(|gfn| Message::InvAck { gfn }),
+            gfn.clone().prop_map(|gfn| Message::Grant { gfn }),
+            (gfn.clone(), any::<u8>())
+                .prop_map(|(gfn, n)| Message::FwdRead { gfn, requester: NodeId(n) }),
+            (gfn.clone(), any::<u8>())
+                .prop_map(|(gfn, n)| Message::FwdWrite { gfn, requester: NodeId(n) }),
+            (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataShared { gfn, page }),
+            (gfn.clone(), page.clone())
+                .prop_map(|(gfn, page)| Message::DataExclusive { gfn, page }),
+            (gfn, page).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_message_round_trips_through_its_encoding(msg in any_message()) {
+            let mut buf = vec![0xAA];
+            msg.encode(&mut buf);
+            prop_assert_eq!(buf.len(), 1 + msg.encoded_len());
+            prop_assert_eq!(Message::decode(&buf[1..]), Ok(msg));
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_returns_a_value_and_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            if let Ok(msg) = Message::decode(&bytes) {
+                let mut again = vec![];
+                msg.encode(&mut again);
+                prop_assert_eq!(again, bytes);
+            }
+        }
+
+        #[test]
+        fn every_strict_prefix_of_an_encoding_is_rejected(msg in any_message(), cut in any::<prop::sample::Index>()) {
+            let mut buf = vec![];
+            msg.encode(&mut buf);
+            let cut = cut.index(buf.len());
+            prop_assert!(Message::decode(&buf[..cut]).is_err());
+        }
+
+        #[test]
+        fn mutated_encodings_decode_or_fail_cleanly(
+            msg in any_message(), at in any::<prop::sample::Index>(), byte in any::<u8>()
+        ) {
+            let mut buf = vec![];
+            msg.encode(&mut buf);
+            let at = at.index(buf.len());
+            buf[at] = byte;
+            let _ = Message::decode(&buf);
+        }
+    }
+
+    #[test]
+    fn control_messages_are_ten_or_eleven_bytes_and_a_page_message_4108() {
+        let mut buf = vec![];
+        Message::Inv { gfn: Gfn(7) }.encode(&mut buf);
+        assert_eq!(buf.len(), 10);
+        buf.clear();
+        Message::FwdRead { gfn: Gfn(7), requester: NodeId(3) }.encode(&mut buf);
+        assert_eq!(buf.len(), 11);
+        buf.clear();
+        Message::DataShared { gfn: Gfn(7), page: vec![1; PAGE_SIZE] }.encode(&mut buf);
+        assert_eq!(buf.len(), 4108);
+    }
+
+    #[test]
+    fn decode_names_what_is_wrong() {
+        assert_eq!(Message::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(Message::decode(&[2, 1]), Err(DecodeError::Version(2)));
+        let mut buf = vec![];
+        Message::ReadReq { gfn: Gfn(1) }.encode(&mut buf);
+        buf[1] = 99;
+        assert_eq!(Message::decode(&buf), Err(DecodeError::Kind(99)));
+        buf[1] = K_READ_REQ;
+        buf.push(0);
+        assert_eq!(Message::decode(&buf), Err(DecodeError::Trailing(1)));
+        let mut data = vec![WIRE_VERSION, K_WRITE_BACK, 0, 0, 0, 0, 0, 0, 0, 0];
+        data.extend_from_slice(&4097u16.to_le_bytes());
+        assert_eq!(Message::decode(&data), Err(DecodeError::PageTooLong(4097)));
+    }
+}

@@ -1,0 +1,106 @@
+//! A tiny in-order cluster for case-by-case tests: engines over plain memory, one global FIFO
+//! network (a legal schedule: every per-peer FIFO order is respected), every message passed
+//! through the wire codec, every sent message recorded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::vec::Vec;
+
+use crate::{
+    Access, Action, Config, Engine, Event, Gfn, MemStore, Message, NodeId, Rights, VcpuId,
+};
+
+pub struct Cluster {
+    pub engines: Vec<Engine>,
+    pub stores: Vec<MemStore>,
+    pub net: VecDeque<(NodeId, NodeId, Message)>,
+    /// (from, to, kind) of every message sent since the last `take_log`.
+    pub log: Vec<(u8, u8, &'static str)>,
+    pub maps: Vec<BTreeMap<Gfn, Rights>>,
+    pub resumed: Vec<(NodeId, VcpuId)>,
+}
+
+impl Cluster {
+    pub fn new(cfg: Config) -> Cluster {
+        let n = usize::from(cfg.nodes);
+        Cluster {
+            engines: (0..n).map(|i| Engine::new(NodeId(i as u8), cfg)).collect(),
+            stores: (0..n).map(|_| MemStore::new()).collect(),
+            net: VecDeque::new(),
+            log: Vec::new(),
+            maps: (0..n).map(|_| BTreeMap::new()).collect(),
+            resumed: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, node: NodeId, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send { to, msg } => {
+                    let mut buf = Vec::new();
+                    msg.encode(&mut buf);
+                    let msg2 = Message::decode(&buf).expect("own encoding decodes");
+                    assert_eq!(msg2, msg);
+                    self.log.push((node.0, to.0, msg.name()));
+                    self.net.push_back((node, to, msg2));
+                }
+                Action::Map { gfn, rights } => {
+                    self.maps[node.index()].insert(gfn, rights);
+                }
+                Action::Unmap { gfn } => {
+                    self.maps[node.index()].remove(&gfn);
+                }
+                Action::Downgrade { gfn } => {
+                    self.maps[node.index()].insert(gfn, Rights::ReadExec);
+                }
+                Action::Resume { vcpus } => {
+                    self.resumed.extend(vcpus.into_iter().map(|v| (node, v)));
+                }
+                Action::Stalled { .. } => {}
+                Action::Error(e) => panic!("node {}: protocol error: {e}", node.0),
+            }
+        }
+    }
+
+    /// Queues a fault without delivering anything.
+    pub fn fault_only(&mut self, node: u8, gfn: u64, access: Access, vcpu: u16) {
+        let ev = Event::LocalFault { gfn: Gfn(gfn), access, vcpu: VcpuId(vcpu) };
+        let n = usize::from(node);
+        let acts = self.engines[n].handle(ev, &mut self.stores[n]);
+        self.apply(NodeId(node), acts);
+    }
+
+    /// Delivers messages in global FIFO order until the network is empty.
+    pub fn run(&mut self) {
+        while let Some((from, to, msg)) = self.net.pop_front() {
+            let acts = self.engines[to.index()]
+                .handle(Event::Message { from, msg }, &mut self.stores[to.index()]);
+            self.apply(to, acts);
+        }
+    }
+
+    /// A fault served to completion; returns the kinds of the messages it cost.
+    pub fn access(&mut self, node: u8, gfn: u64, access: Access) -> Vec<&'static str> {
+        self.log.clear();
+        self.fault_only(node, gfn, access, u16::from(node) * 100);
+        self.run();
+        let r = self.maps[usize::from(node)].get(&Gfn(gfn)).copied();
+        assert!(r.is_some_and(|r| r.allows(access)), "fault not served: node {node} has {r:?}");
+        self.log.iter().map(|&(_, _, k)| k).collect()
+    }
+
+    /// A guest write of `value` into the first byte, through node's writable mapping.
+    pub fn write(&mut self, node: u8, gfn: u64, value: u8) {
+        if self.maps[usize::from(node)].get(&Gfn(gfn)) != Some(&Rights::ReadWriteExec) {
+            self.access(node, gfn, Access::Write);
+        }
+        self.stores[usize::from(node)].frame_mut(Gfn(gfn))[0] = value;
+    }
+
+    /// A guest read of the first byte through node's mapping.
+    pub fn read(&mut self, node: u8, gfn: u64) -> u8 {
+        if !self.maps[usize::from(node)].contains_key(&Gfn(gfn)) {
+            self.access(node, gfn, Access::Read);
+        }
+        self.stores[usize::from(node)].frame(Gfn(gfn))[0]
+    }
+}

@@ -1,0 +1,5 @@
+//! Host tests of the engine: exact message counts per case, the model checker and the
+//! simulator.
+
+mod cluster;
+mod counts;
