@@ -1,1 +1,199 @@
-//! std UdpSocket runner (todo)
+//! The transport over a std `UdpSocket` (feature `std`, and in tests): the host twin of the
+//! firmware's smoltcp UDP socket glue, and a worked example of driving [`Transport`].
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+use super::{NodeId, SendError, Transport};
+
+/// A [`Transport`] bound to a UDP socket, with a table of peer addresses.
+#[derive(Debug)]
+pub struct UdpEndpoint {
+    transport: Transport,
+    socket: UdpSocket,
+    peers: Vec<(NodeId, SocketAddr)>,
+    origin: Instant,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+    drop_every: u64,
+    tx_count: u64,
+}
+
+impl UdpEndpoint {
+    /// Wraps `transport` around `socket` (bind it first, e.g. to `127.0.0.1:0`).
+    pub fn new(transport: Transport, socket: UdpSocket) -> Self {
+        let max = transport.config().max_datagram();
+        Self {
+            transport,
+            socket,
+            peers: Vec::new(),
+            origin: Instant::now(),
+            tx: vec![0; max],
+            rx: vec![0; 65_536],
+            drop_every: 0,
+            tx_count: 0,
+        }
+    }
+
+    /// Test knob: silently drop every `n`th outgoing datagram (0: none).
+    pub fn drop_every(&mut self, n: u64) {
+        self.drop_every = n;
+    }
+
+    /// Adds peer `id` reachable at `addr`.
+    pub fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        let now = self.now();
+        self.transport.add_peer(id, now);
+        self.peers.retain(|(p, _)| *p != id);
+        self.peers.push((id, addr));
+    }
+
+    /// Microseconds since this endpoint was made: the transport's clock.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The engine, for stats and events.
+    pub fn transport(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// Queues a message and pushes out what the window allows.
+    pub fn send(&mut self, to: NodeId, msg: &[u8]) -> Result<(), SendError> {
+        self.transport.send(to, msg)?;
+        // A failed flush is retried by the retransmission timer.
+        let _ = self.flush();
+        Ok(())
+    }
+
+    /// The next delivered message.
+    pub fn recv(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.transport.recv()
+    }
+
+    /// Sends every datagram the transport has ready.
+    pub fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let now = self.now();
+            let Some(t) = self.transport.poll_transmit(now, &mut self.tx) else { return Ok(()) };
+            self.tx_count += 1;
+            if self.drop_every != 0 && self.tx_count % self.drop_every == 0 {
+                continue;
+            }
+            if let Some(&(_, addr)) = self.peers.iter().find(|(p, _)| *p == t.to) {
+                self.socket.send_to(&self.tx[..t.len], addr)?;
+            }
+        }
+    }
+
+    /// Flushes, waits up to `max_wait` (less if a timer is due sooner) for datagrams,
+    /// handles all that arrived, and flushes the replies.
+    pub fn poll(&mut self, max_wait: Duration) -> io::Result<()> {
+        self.flush()?;
+        let now = self.now();
+        let timer = self.transport.next_deadline().map_or(max_wait, |d| {
+            Duration::from_micros(d.saturating_sub(now)).min(max_wait)
+        });
+        // A zero read timeout means "block forever" to the OS: wait at least 100 µs.
+        self.socket.set_read_timeout(Some(timer.max(Duration::from_micros(100))))?;
+        self.socket.set_nonblocking(false)?;
+        let mut first = true;
+        loop {
+            match self.socket.recv_from(&mut self.rx) {
+                Ok((n, _from)) => {
+                    let now = self.now();
+                    // Drops are counted in the transport's stats.
+                    let _ = self.transport.handle_datagram(now, &self.rx[..n]);
+                }
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+            if first {
+                // Drain whatever else already arrived without waiting.
+                self.socket.set_nonblocking(true)?;
+                first = false;
+            }
+        }
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sim::Rng;
+    use super::super::{ClusterKey, Config};
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn endpoint(id: NodeId) -> UdpEndpoint {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let key = ClusterKey::from_passphrase(b"udp loopback test");
+        UdpEndpoint::new(Transport::new(Config::new(7, id, u32::from(id) + 1), &key), socket)
+    }
+
+    fn msg(from: NodeId, k: u32, rng: &mut Rng) -> Vec<u8> {
+        let len = 8 + rng.below(4096) as usize;
+        let mut m = vec![from as u8; len];
+        m[..4].copy_from_slice(&k.to_be_bytes());
+        m
+    }
+
+    /// Sends `count` messages to `peer` and receives `count` from it; keeps serving until
+    /// both sides have everything acknowledged, so the last acks get through.
+    fn run(mut ep: UdpEndpoint, me: NodeId, peer: NodeId, count: u32, idle: &[AtomicBool; 2]) {
+        let mut rng = Rng::new(u64::from(me));
+        let (mut sent, mut received) = (0u32, 0u32);
+        let mut pending = None;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while !(idle[0].load(Ordering::SeqCst) && idle[1].load(Ordering::SeqCst)) {
+            assert!(Instant::now() < give_up, "node {me}: sent {sent}, received {received}");
+            while sent < count {
+                let m = pending.take().unwrap_or_else(|| msg(me, sent, &mut rng));
+                match ep.send(peer, &m) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::WouldBlock) => {
+                        pending = Some(m);
+                        break;
+                    }
+                    Err(e) => panic!("node {me}: {e}"),
+                }
+            }
+            ep.poll(Duration::from_millis(5)).expect("socket I/O");
+            while let Some((from, m)) = ep.recv() {
+                assert_eq!(from, peer);
+                assert_eq!(m[..4], received.to_be_bytes(), "in order, exactly once");
+                assert!(m[4..].iter().all(|&b| b == peer as u8));
+                received += 1;
+            }
+            let all_acked = ep.transport().send_capacity(peer) == ep.transport().config().send_queue;
+            if sent == count && received == count && all_acked {
+                idle[usize::from(me)].store(true, Ordering::SeqCst);
+            }
+        }
+        assert_eq!(received, count);
+        assert!(ep.transport().stats().retransmits > 0, "injected drops were repaired");
+    }
+
+    #[test]
+    fn messages_cross_real_udp_sockets_on_loopback_exactly_once_and_in_order() {
+        let (mut a, mut b) = (endpoint(0), endpoint(1));
+        let (addr_a, addr_b) =
+            (a.socket.local_addr().unwrap(), b.socket.local_addr().unwrap());
+        a.add_peer(1, addr_b);
+        b.add_peer(0, addr_a);
+        a.drop_every(10);
+        b.drop_every(7);
+        let idle = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        let idle_b = Arc::clone(&idle);
+        let tb = std::thread::spawn(move || run(b, 1, 0, 300, &idle_b));
+        run(a, 0, 1, 300, &idle);
+        tb.join().expect("node 1 thread");
+    }
+}
