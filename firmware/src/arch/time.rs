@@ -1,0 +1,76 @@
+//! Time: the TSC, calibrated against PIT channel 2 (8254 datasheet; port 0x61 gate/OUT2).
+//! CPUID leaves 15h/16h are not trusted: Bochs reports the host's (DESIGN.md §8).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::instructions::port::Port;
+
+use super::cpu::rdtsc;
+
+static TSC0: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+const PIT_HZ: u64 = 1_193_182;
+/// 20 ms of PIT ticks.
+const PIT_TICKS: u16 = 23_864;
+
+/// Marks time zero (call first thing at boot).
+pub fn start() {
+    TSC0.store(rdtsc(), Ordering::Relaxed);
+}
+
+/// TSC ticks per second (0 before calibration).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Microseconds since boot (0 before calibration).
+pub fn uptime_us() -> u64 {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return 0;
+    }
+    let ticks = rdtsc().wrapping_sub(TSC0.load(Ordering::Relaxed));
+    (u128::from(ticks) * 1_000_000 / u128::from(hz)) as u64
+}
+
+/// Busy-waits `us` microseconds.
+pub fn delay_us(us: u64) {
+    let hz = tsc_hz().max(1_000_000);
+    let end = rdtsc().wrapping_add(us.saturating_mul(hz) / 1_000_000);
+    while (rdtsc().wrapping_sub(end) as i64) < 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Measures the TSC rate over 20 ms of PIT channel 2 in mode 0. `Err` when OUT2 never rises.
+pub fn calibrate() -> Result<u64, &'static str> {
+    let mut ctl = Port::<u8>::new(0x61);
+    let mut cmd = Port::<u8>::new(0x43);
+    let mut ch2 = Port::<u8>::new(0x42);
+    // SAFETY: 0x61/0x42/0x43 are the PC's PIT and system control ports; only channel 2
+    // (speaker, gated off) is reprogrammed.
+    let ticks = unsafe {
+        let v = ctl.read() & !0x03;
+        ctl.write(v);
+        cmd.write(0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
+        ch2.write(PIT_TICKS as u8);
+        ch2.write((PIT_TICKS >> 8) as u8);
+        ctl.write(v | 0x01); // gate high: counting starts
+        let t0 = rdtsc();
+        let mut spins = 0u64;
+        while ctl.read() & 0x20 == 0 {
+            spins += 1;
+            if spins > 200_000_000 {
+                return Err("PIT channel 2 never reached terminal count");
+            }
+        }
+        rdtsc() - t0
+    };
+    let hz = ticks * PIT_HZ / u64::from(PIT_TICKS);
+    if hz < 1_000_000 {
+        return Err("TSC runs slower than 1 MHz");
+    }
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    Ok(hz)
+}

@@ -1,0 +1,269 @@
+//! The kernel command line: `key=value` words (docs/contracts.md §4). Parsing never fails as a
+//! whole: every bad word becomes a [`CmdlineError`] the console shows, and the rest still counts.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::console::log::Level;
+
+/// How the node gets its IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpMode {
+    /// DHCPv4.
+    Dhcp,
+    /// IPv4 link-local derived from the MAC.
+    Auto,
+    /// A fixed address and prefix length.
+    Static {
+        /// Address octets.
+        addr: [u8; 4],
+        /// Prefix length, 0..=32.
+        prefix: u8,
+    },
+}
+
+/// Built-in tests selectable with `test=`.
+pub const TESTS: &[&str] = &["boot", "pagefault"];
+
+/// Default UDP port of the cluster transport.
+pub const DEFAULT_PORT: u16 = 7470;
+
+/// The node's configuration from its command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Expected number of nodes (`nodes=`), if given.
+    pub nodes: Option<u16>,
+    /// Addressing (`ip=`), default auto.
+    pub ip: IpMode,
+    /// Cluster id (`cluster=`), default 1.
+    pub cluster: u32,
+    /// Cluster key (`key=`, hex), if given.
+    pub key: Option<Vec<u8>>,
+    /// Console log level (`log=`), default info.
+    pub log: Level,
+    /// Built-in test to run (`test=`).
+    pub test: Option<&'static str>,
+    /// This node asks to be the primary (`primary`).
+    pub primary: bool,
+    /// Transport UDP port (`port=`).
+    pub port: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nodes: None,
+            ip: IpMode::Auto,
+            cluster: 1,
+            key: None,
+            log: Level::Info,
+            test: None,
+            primary: false,
+            port: DEFAULT_PORT,
+        }
+    }
+}
+
+/// One bad word on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// A key this firmware does not know.
+    UnknownKey(String),
+    /// A known key without the `=value` it needs.
+    MissingValue(&'static str),
+    /// A known key with a value it cannot take.
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineError::UnknownKey(k) => write!(
+                f,
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port); ignored"
+            ),
+            CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
+            CmdlineError::BadValue { key, value, expected } => {
+                write!(f, "bad value '{value}' for '{key}': expected {expected}; ignored")
+            }
+        }
+    }
+}
+
+/// Parses a whole command line. The first word is dropped when it is the image's own name,
+/// which every Multiboot loader puts there (QEMU, GRUB, iPXE, mboot.c32).
+pub fn parse(line: &str) -> (Config, Vec<CmdlineError>) {
+    let mut cfg = Config::default();
+    let mut errors = Vec::new();
+    let mut words = line.split_ascii_whitespace().peekable();
+    if let Some(first) = words.peek() {
+        if !first.contains('=') && *first != "primary" {
+            words.next();
+        }
+    }
+    for word in words {
+        if let Err(e) = apply(&mut cfg, word) {
+            errors.push(e);
+        }
+    }
+    (cfg, errors)
+}
+
+fn bad(key: &'static str, value: &str, expected: &'static str) -> CmdlineError {
+    CmdlineError::BadValue { key, value: value.to_string(), expected }
+}
+
+fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
+    let (key, value) = match word.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (word, None),
+    };
+    let need = |k: &'static str| value.ok_or(CmdlineError::MissingValue(k));
+    match key {
+        "primary" => {
+            if value.is_some() {
+                return Err(bad("primary", value.unwrap_or(""), "no value (a bare flag)"));
+            }
+            cfg.primary = true;
+        }
+        "nodes" => {
+            let v = need("nodes")?;
+            match v.parse::<u16>() {
+                Ok(n) if (1..=256).contains(&n) => cfg.nodes = Some(n),
+                _ => return Err(bad("nodes", v, "a number from 1 to 256")),
+            }
+        }
+        "ip" => {
+            let v = need("ip")?;
+            cfg.ip = parse_ip(v).ok_or_else(|| bad("ip", v, "dhcp, auto or A.B.C.D/N"))?;
+        }
+        "cluster" => {
+            let v = need("cluster")?;
+            match v.parse::<u32>() {
+                Ok(n) if n > 0 => cfg.cluster = n,
+                _ => return Err(bad("cluster", v, "a number from 1 to 4294967295")),
+            }
+        }
+        "key" => {
+            let v = need("key")?;
+            cfg.key = Some(
+                parse_hex(v)
+                    .ok_or_else(|| bad("key", v, "16 to 64 bytes as hex (32 to 128 digits)"))?,
+            );
+        }
+        "log" => {
+            let v = need("log")?;
+            cfg.log = Level::parse(v)
+                .ok_or_else(|| bad("log", v, "error, warn, info, debug or trace"))?;
+        }
+        "test" => {
+            let v = need("test")?;
+            cfg.test =
+                Some(
+                    TESTS.iter().copied().find(|t| *t == v).ok_or_else(|| {
+                        bad("test", v, "one of the built-in tests: boot, pagefault")
+                    })?,
+                );
+        }
+        "port" => {
+            let v = need("port")?;
+            match v.parse::<u16>() {
+                Ok(p) if p > 0 => cfg.port = p,
+                _ => return Err(bad("port", v, "a UDP port from 1 to 65535")),
+            }
+        }
+        other => return Err(CmdlineError::UnknownKey(other.to_string())),
+    }
+    Ok(())
+}
+
+fn parse_ip(v: &str) -> Option<IpMode> {
+    match v {
+        "dhcp" => return Some(IpMode::Dhcp),
+        "auto" => return Some(IpMode::Auto),
+        _ => {}
+    }
+    let (a, p) = v.split_once('/')?;
+    let prefix: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+    let mut addr = [0u8; 4];
+    let mut parts = a.split('.');
+    for octet in &mut addr {
+        *octet = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(IpMode::Static { addr, prefix })
+}
+
+fn parse_hex(v: &str) -> Option<Vec<u8>> {
+    if v.len() % 2 != 0 || !(32..=128).contains(&v.len()) {
+        return None;
+    }
+    (0..v.len()).step_by(2).map(|i| u8::from_str_radix(v.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_name_is_skipped_and_known_keys_are_taken() {
+        let (cfg, errs) =
+            parse("/boot/gestalt.elf nodes=3 ip=10.0.0.2/24 cluster=7 log=debug primary");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(cfg.nodes, Some(3));
+        assert_eq!(cfg.ip, IpMode::Static { addr: [10, 0, 0, 2], prefix: 24 });
+        assert_eq!(cfg.cluster, 7);
+        assert_eq!(cfg.log, Level::Debug);
+        assert!(cfg.primary);
+    }
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        assert_eq!(parse(""), (Config::default(), Vec::new()));
+        assert_eq!(parse("gestalt.elf"), (Config::default(), Vec::new()));
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_reported_and_the_rest_still_applies() {
+        let (cfg, errs) =
+            parse("k bogus=1 nodes=abc nodes=0 ip=1.2.3/8 test=nope port=99999 cluster=5");
+        assert_eq!(cfg.cluster, 5);
+        assert_eq!(cfg.nodes, None);
+        assert_eq!(errs.len(), 6, "{errs:?}");
+        assert_eq!(errs[0], CmdlineError::UnknownKey("bogus".into()));
+        assert!(errs[1].to_string().contains("bad value 'abc' for 'nodes'"));
+        assert!(errs[3].to_string().contains("A.B.C.D/N"));
+    }
+
+    #[test]
+    fn key_without_value_is_reported() {
+        let (_, errs) = parse("x nodes");
+        assert_eq!(errs, vec![CmdlineError::MissingValue("nodes")]);
+    }
+
+    #[test]
+    fn hex_key_must_be_whole_bytes_of_sane_length() {
+        let key = "00112233445566778899aabbccddeeff";
+        assert_eq!(parse(&format!("x key={key}")).0.key.unwrap().len(), 16);
+        assert_eq!(parse("x key=0011").1.len(), 1);
+        assert_eq!(parse(&format!("x key={key}0")).1.len(), 1);
+        assert_eq!(parse(&format!("x key=zz{}", &key[2..])).1.len(), 1);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics() {
+        let samples =
+            ["=", "==", "a=b=c", "ip=/", "ip=1.2.3.4/", "key=é", "\u{0} \u{ff}", "nodes=-1"];
+        for s in samples {
+            let _ = parse(s);
+            let _ = parse(&format!("img {s}"));
+        }
+    }
+}

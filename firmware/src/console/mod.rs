@@ -1,0 +1,8 @@
+//! The management console on COM1: leveled log lines, and the shell's line editor and
+//! command parser. The UART itself is in `serial` (bare metal only).
+
+pub mod log;
+pub mod shell;
+
+#[cfg(target_os = "none")]
+pub mod serial;

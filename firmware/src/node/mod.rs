@@ -1,0 +1,365 @@
+//! The node: the boot sequence that brings every part up in order, then the main loop that
+//! serves the console shell (and, as they land, the transport, coherence and vCPUs).
+
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use spin::{Mutex, Once};
+
+use crate::arch::{self, power, smp, time};
+use crate::boot::multiboot::{self, BootInfo};
+use crate::cmdline::{self, Config};
+use crate::console::serial::{self, write_bytes};
+use crate::console::shell::{self, Command, Edit, LineEditor, HELP};
+use crate::mem::frames::FrameAllocator;
+use crate::mem::regions::{self, Region, Regions};
+use crate::mem::MIB;
+use crate::pci::{self, Size};
+use crate::{error, info, kprint, kprintln, warn, PhysRead};
+
+/// Reads identity-mapped physical memory below 4 GiB (mapped by the boot tables and ours).
+struct Identity;
+
+impl PhysRead for Identity {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(buf.len() as u64) else { return false };
+        if end > 1 << 32 {
+            return false;
+        }
+        // SAFETY: [addr, end) is below 4 GiB, identity-mapped; firmware tables and the loader's
+        // structures are plain RAM or ROM there.
+        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+}
+
+/// What the node learnt at boot, for the shell and later layers.
+pub struct Node {
+    /// Configuration from the command line.
+    pub cfg: Config,
+    /// What the loader handed over.
+    pub boot: BootInfo,
+    /// Usable RAM.
+    pub usable: Regions,
+    /// Hypervisor reserve.
+    pub reserve: Regions,
+    /// Guest memory pool.
+    pub pool: Regions,
+    /// Bytes of the heap.
+    pub heap_bytes: u64,
+    /// CPUs the firmware knows of.
+    pub cpus: u32,
+    /// PCI functions.
+    pub pci: Vec<pci::Device>,
+    /// Frames of the reserve not yet handed out.
+    pub frames: Mutex<FrameAllocator>,
+}
+
+static NODE: Once<Node> = Once::new();
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __bss_end: u8;
+}
+
+fn halt_with(msg: core::fmt::Arguments<'_>) -> ! {
+    error!("{msg}");
+    error!("boot: cannot continue; halted");
+    power::stop(false)
+}
+
+/// The firmware's Rust entry on the bootstrap processor.
+pub fn kmain(magic: u32, info_addr: u32) -> ! {
+    time::start();
+    serial::init();
+    let image = crate::info::current();
+    info!("boot: {image}");
+
+    let boot = multiboot::parse(magic, u64::from(info_addr), &Identity)
+        .unwrap_or_else(|e| halt_with(format_args!("boot: {e}")));
+
+    // Memory: everything usable minus low memory (BIOS data, AP trampoline), the image and
+    // the modules; the bottom of the rest is the hypervisor reserve.
+    let usable = regions::usable(&boot.mmap);
+    // SAFETY: linker symbols; only their addresses are taken.
+    let image_range =
+        unsafe { Region::new(&__image_start as *const u8 as u64, &__bss_end as *const u8 as u64) };
+    let mut holes: heapless::Vec<Region, 24> = heapless::Vec::new();
+    let _ = holes.extend_from_slice(&[Region::new(0, 0x10_0000), image_range]);
+    let _ = holes.extend_from_slice(
+        &boot.modules.iter().map(|m| m.range).collect::<heapless::Vec<Region, 16>>(),
+    );
+    let free = regions::subtract(&usable, &holes);
+    let (reserve, pool) = regions::split(&free, regions::reserve_size(regions::total(&free)));
+    let mut frames = FrameAllocator::new(&reserve);
+    let heap_bytes = (regions::total(&reserve) / 2).min(64 * MIB) / 4096 * 4096;
+    let heap = frames
+        .alloc(heap_bytes / 4096, 4096)
+        .unwrap_or_else(|| halt_with(format_args!("mem: no room for a {heap_bytes}-byte heap")));
+    // SAFETY: the range comes from the reserve, handed out once, identity-mapped below 4 GiB.
+    unsafe { crate::mem::heap::init(heap, heap_bytes) };
+
+    let (cfg, errors) = cmdline::parse(&boot.cmdline);
+    serial::set_level(cfg.log);
+    power::TEST_MODE.store(cfg.test.is_some(), Ordering::Relaxed);
+    info!("boot: cmdline \"{}\"", boot.cmdline);
+    if !boot.loader.is_empty() {
+        info!("boot: loaded by {}", boot.loader);
+    }
+    for e in &errors {
+        error!("cmdline: error: {e}");
+    }
+    if boot.truncated {
+        warn!("boot: some loader data did not fit and was cut");
+    }
+
+    arch::gdt::init_this_cpu();
+    arch::idt::init_this_cpu();
+    match time::calibrate() {
+        Ok(hz) => info!(
+            "time: TSC {}.{:03} MHz (calibrated against PIT)",
+            hz / 1_000_000,
+            hz / 1000 % 1000
+        ),
+        Err(e) => warn!("time: {e}; uptimes will read 0"),
+    }
+    let mut brand = [0u8; 48];
+    info!(
+        "cpu: {}{}",
+        arch::cpu::brand(&mut brand),
+        if arch::cpu::has_vmx() { ", VMX" } else { "" }
+    );
+
+    // ACPI sits in low memory that our own tables leave unmapped (page 0): read it first.
+    let cpus = crate::acpi::find_rsdp(&Identity)
+        .ok_or(crate::acpi::AcpiError::NoRsdp)
+        .and_then(|r| crate::acpi::find_madt(&Identity, r))
+        .and_then(|m| crate::acpi::madt_cpus(&Identity, m));
+
+    let top = usable.last().map_or(0, |r| r.end).max(1 << 32).next_multiple_of(2 * MIB);
+    match arch::paging::install(&mut frames, top) {
+        Ok(s) => info!(
+            "paging: identity map to {:#x}: {} x 1 GiB, {} x 2 MiB, {} x 4 KiB pages",
+            top, s.huge, s.large, s.small
+        ),
+        Err(e) => halt_with(format_args!("paging: {e}")),
+    }
+
+    let mode = arch::apic::init_this_cpu();
+    info!("apic: {mode}, bsp apic id {}", arch::apic::id());
+    let cpus = match cpus {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            warn!("smp: the MADT lists no processor; running on the boot CPU only");
+            heapless::Vec::new()
+        }
+        Err(e) => {
+            warn!("smp: {e}; running on the boot CPU only");
+            heapless::Vec::new()
+        }
+    };
+    let total = (cpus.len() as u32).max(1);
+    smp::start_aps(&cpus);
+    info!("smp: {}/{} cores online", smp::ONLINE.load(Ordering::SeqCst), total);
+
+    let devices = pci::config::enumerate();
+    for d in &devices {
+        info!(
+            "pci: {} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
+            d.bdf,
+            d.vendor,
+            d.device,
+            d.class[0],
+            d.class[1],
+            d.class[2],
+            d.name()
+        );
+        for (i, b) in d.bars.iter().enumerate() {
+            if let Some(b) = b {
+                info!("pci:   bar{i} {b}");
+            }
+        }
+    }
+
+    info!(
+        "mem: {} MiB usable; hypervisor reserve {} MiB, guest pool {} MiB",
+        regions::total(&usable) / MIB,
+        regions::total(&reserve) / MIB,
+        regions::total(&pool) / MIB
+    );
+    let node = NODE.call_once(|| Node {
+        cfg,
+        boot,
+        usable,
+        reserve,
+        pool,
+        heap_bytes,
+        cpus: total,
+        pci: devices,
+        frames: Mutex::new(frames),
+    });
+
+    if let Some(t) = node.cfg.test {
+        run_test(t);
+    }
+    shell_loop(node)
+}
+
+fn run_test(name: &str) {
+    info!("test: {name} starting");
+    match name {
+        "boot" => {
+            info!("test: boot PASS");
+            power::exit_emulator(true)
+        }
+        "pagefault" => {
+            // Canonical, far above anything mapped: the #PF diagnostic must name it in CR2.
+            let bad = 0x0000_4000_0000_0000 as *const u64;
+            // SAFETY: deliberately unsound: this test exists to fault.
+            let v = unsafe { core::ptr::read_volatile(bad) };
+            error!("test: pagefault FAIL read {v:#x} without a fault");
+            power::exit_emulator(false)
+        }
+        other => {
+            error!("test: {other} FAIL no such test");
+            power::exit_emulator(false)
+        }
+    }
+}
+
+/// Where application processors wait for work.
+pub fn ap_idle(_index: usize) -> ! {
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+const PROMPT: &[u8] = b"gestalt> ";
+
+fn shell_loop(node: &Node) -> ! {
+    info!("shell: ready");
+    write_bytes(PROMPT);
+    let mut ed = LineEditor::default();
+    loop {
+        let Some(b) = serial::try_read() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        match ed.feed(b) {
+            Edit::Echo(s) => write_bytes(s),
+            Edit::EchoByte(c) => write_bytes(&[c]),
+            Edit::None => {}
+            Edit::Line => {
+                write_bytes(b"\r\n");
+                run(node, ed.line());
+                ed.clear();
+                write_bytes(PROMPT);
+            }
+        }
+    }
+}
+
+fn run(node: &Node, line: &str) {
+    let cmd = match shell::parse(line, &[]) {
+        Ok(c) => c,
+        Err(e) => {
+            kprintln!("{e}");
+            return;
+        }
+    };
+    match cmd {
+        Command::Empty => {}
+        Command::Help => {
+            for (c, what) in HELP {
+                kprintln!("  {c:<36} {what}");
+            }
+        }
+        Command::Version => kprintln!("{}", crate::info::current()),
+        Command::Status => {
+            let us = time::uptime_us();
+            kprintln!("uptime {}.{:06} s", us / 1_000_000, us % 1_000_000);
+            kprintln!("cores {} online of {}", smp::ONLINE.load(Ordering::SeqCst), node.cpus);
+            kprintln!(
+                "memory {} MiB usable: hypervisor reserve {} MiB, guest pool {} MiB",
+                regions::total(&node.usable) / MIB,
+                regions::total(&node.reserve) / MIB,
+                regions::total(&node.pool) / MIB
+            );
+            kprintln!("tsc {} Hz, log level {}", time::tsc_hz(), serial::level().name());
+        }
+        Command::Mem => {
+            for (name, list) in
+                [("usable", &node.usable), ("reserve", &node.reserve), ("pool", &node.pool)]
+            {
+                kprintln!("{name}: {}", Size(regions::total(list)));
+                for r in list.iter() {
+                    kprintln!("  {:#014x}-{:#014x} {}", r.start, r.end, Size(r.len()));
+                }
+            }
+            let (used, free) = crate::mem::heap::usage();
+            kprintln!(
+                "heap: {} used, {} free of {}",
+                Size(used as u64),
+                Size(free as u64),
+                Size(node.heap_bytes)
+            );
+            let f = node.frames.lock();
+            kprintln!(
+                "frames: {} handed out, {} left in the reserve",
+                Size(f.used()),
+                Size(f.remaining())
+            );
+            for m in &node.boot.modules {
+                kprintln!("module: {:#x}-{:#x} {}", m.range.start, m.range.end, m.cmdline);
+            }
+        }
+        Command::Pci => {
+            for d in &node.pci {
+                kprintln!(
+                    "{} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
+                    d.bdf,
+                    d.vendor,
+                    d.device,
+                    d.class[0],
+                    d.class[1],
+                    d.class[2],
+                    d.name()
+                );
+                for (i, b) in d.bars.iter().enumerate() {
+                    if let Some(b) = b {
+                        kprintln!("    bar{i} {b}");
+                    }
+                }
+            }
+        }
+        Command::LogShow => kprintln!("log level {}", serial::level().name()),
+        Command::LogSet(l) => {
+            serial::set_level(l);
+            kprintln!("log level {}", l.name());
+        }
+        Command::Reboot => {
+            kprintln!("rebooting");
+            power::reboot()
+        }
+        Command::Poweroff => {
+            kprintln!("powering off");
+            power::poweroff()
+        }
+        Command::Other(c, _) => kprint!("'{c}' is not available on this node\n"),
+    }
+}
+
+/// Prints the panic and stops (or ends the emulator in test mode).
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let us = time::uptime_us();
+    serial::print_forced(format_args!(
+        "[{:5}.{:06}] ERROR panic: {} at {}:{}\n",
+        us / 1_000_000,
+        us % 1_000_000,
+        info.message(),
+        info.location().map_or("?", |l| l.file()),
+        info.location().map_or(0, |l| l.line()),
+    ));
+    power::stop(false)
+}
