@@ -1,0 +1,37 @@
+# Gestalt: the two commands a new user needs are `make run` and `make test` (README).
+NODES ?= 2
+EMU ?= qemu
+OUT ?= out
+FIRMWARE := target/x86_64-gestalt/release/gestalt-firmware
+CARGO ?= cargo
+
+.PHONY: setup firmware image run test lint host-test clean
+
+setup:
+	@scripts/setup.sh
+
+firmware: setup
+	$(CARGO) firmware
+
+image: firmware
+	$(CARGO) run -q -p gestalt-image -- build --firmware $(FIRMWARE) --out $(OUT)
+
+run: image
+	$(CARGO) run -q -p gestalt-ci --bin gestalt-cluster -- run --nodes $(NODES) --emu $(EMU) --out $(OUT)
+
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) firmware-clippy -- -D warnings
+
+host-test: setup
+	$(CARGO) test --workspace
+
+# Every test: formatting, lints (host crates and the firmware target), the image, then all
+# host and emulator tests (the emulator tests boot out/ artifacts).
+test: lint image
+	GESTALT_OUT=$(CURDIR)/$(OUT) $(CARGO) test --workspace
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)
