@@ -10,6 +10,7 @@ pub static TEST_MODE: AtomicBool = AtomicBool::new(false);
 /// Ends the emulator with pass/fail: QEMU isa-debug-exit at 0xf4 (exit code (v<<1)|1, so
 /// 33 = pass, 35 = fail), then Bochs' 0x8900 "Shutdown", then ACPI power-off.
 pub fn exit_emulator(pass: bool) -> ! {
+    crate::console::serial::flush();
     // SAFETY: 0xf4 is only decoded when the harness adds isa-debug-exit; elsewhere the write
     // goes nowhere.
     unsafe { Port::<u32>::new(0xf4).write(if pass { 0x10 } else { 0x11 }) };
@@ -19,6 +20,7 @@ pub fn exit_emulator(pass: bool) -> ! {
 /// Powers off: Bochs' shutdown port, then the PIIX4 PM1a control port SeaBIOS programs
 /// (0x604, SLP_TYP=0 | SLP_EN), then halts.
 pub fn poweroff() -> ! {
+    crate::console::serial::flush();
     // SAFETY: 0x8900 is Bochs' shutdown port and 0x604 the PM1a control port on QEMU's and
     // Bochs' chipsets; on other machines these writes are ignored.
     unsafe {
@@ -34,6 +36,7 @@ pub fn poweroff() -> ! {
 
 /// Resets the machine: PCI reset control (0xCF9), then the keyboard controller (0x64).
 pub fn reboot() -> ! {
+    crate::console::serial::flush();
     // SAFETY: 0xCF9 reset control and the 8042's pulse-reset command are the standard PC
     // reset paths.
     unsafe {

@@ -5,6 +5,8 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
+use uart_16550::spec::registers::LSR;
+use uart_16550::BaudRate;
 use uart_16550::{Config, Uart16550};
 
 use super::log::{self, Level};
@@ -36,7 +38,7 @@ impl Write for Console {
 pub fn init() {
     // SAFETY: 0x3F8..0x3FF is COM1 on every PC; nothing else in the firmware touches it.
     let uart = unsafe { Uart16550::new_port(0x3f8) }.ok().and_then(|mut u| {
-        u.init(Config::default()).ok()?;
+        u.init(Config { baud_rate: BaudRate::Baud115200, ..Config::default() }).ok()?;
         Some(u)
     });
     CONSOLE.lock().uart = uart;
@@ -82,6 +84,22 @@ pub fn print_forced(args: fmt::Arguments<'_>) {
     // on the console is better than a silent hang.
     unsafe { CONSOLE.force_unlock() };
     let _ = CONSOLE.lock().write_fmt(args);
+}
+
+/// Waits until the UART has sent everything (before power-off or an emulator exit).
+pub fn flush() {
+    let mut c = match CONSOLE.try_lock() {
+        Some(c) => c,
+        None => return,
+    };
+    if let Some(u) = c.uart.as_mut() {
+        for _ in 0..10_000_000 {
+            if u.lsr().contains(LSR::TRANSMITTER_EMPTY) {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
 }
 
 /// One byte from the console, if one is waiting.
