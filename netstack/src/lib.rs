@@ -12,4 +12,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod device;
+pub mod drivers;
+pub mod hal;
 pub mod transport;

@@ -1,0 +1,340 @@
+//! Fake devices for host tests: DMA memory at made-up physical addresses and register files
+//! that behave like the hardware (descriptor processing, self-clearing bits, clear-on-read
+//! counters), so the drivers run unmodified against them.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::vec::Vec;
+
+use super::e1000::Model;
+use crate::hal::{DmaRegion, Hal};
+
+struct Region {
+    phys: u64,
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+/// DMA memory handed to a driver; the fake device reads and writes it by physical address.
+pub(crate) struct FakeMemory {
+    regions: RefCell<Vec<Region>>,
+    next_phys: Cell<u64>,
+}
+
+impl Drop for FakeMemory {
+    fn drop(&mut self) {
+        for r in self.regions.borrow().iter() {
+            // SAFETY: allocated in `alloc` with this layout, freed once.
+            unsafe { dealloc(r.ptr, r.layout) };
+        }
+    }
+}
+
+impl FakeMemory {
+    pub(crate) fn new() -> Self {
+        // Physical addresses far from any host pointer, above 4 GiB to exercise the high
+        // halves of base registers.
+        Self { regions: RefCell::new(Vec::new()), next_phys: Cell::new(0x1_2340_0000) }
+    }
+
+    pub(crate) fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let layout = Layout::from_size_align(len.max(1), align.max(1)).ok()?;
+        // SAFETY: non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let virt = NonNull::new(ptr)?;
+        let phys = self.next_phys.get().next_multiple_of(align.max(4096) as u64);
+        self.next_phys.set(phys + len as u64 + 4096);
+        self.regions.borrow_mut().push(Region { phys, ptr, layout });
+        Some(DmaRegion { phys, virt, len })
+    }
+
+    /// Pointer for `len` bytes at `phys`; panics (a test failure) if the device was pointed
+    /// outside DMA memory.
+    fn at(&self, phys: u64, len: usize) -> *mut u8 {
+        for r in self.regions.borrow().iter() {
+            if phys >= r.phys && phys + len as u64 <= r.phys + r.layout.size() as u64 {
+                // SAFETY: inside the region (checked).
+                return unsafe { r.ptr.add((phys - r.phys) as usize) };
+            }
+        }
+        panic!("device DMA to {phys:#x}+{len} outside any DMA region");
+    }
+
+    pub(crate) fn read(&self, phys: u64, out: &mut [u8]) {
+        // SAFETY: `at` checked the range; the driver is not running (single thread).
+        unsafe { std::ptr::copy_nonoverlapping(self.at(phys, out.len()), out.as_mut_ptr(), out.len()) }
+    }
+
+    pub(crate) fn write(&self, phys: u64, data: &[u8]) {
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.at(phys, data.len()), data.len()) }
+    }
+
+    pub(crate) fn u8(&self, phys: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.read(phys, &mut b);
+        b[0]
+    }
+
+    pub(crate) fn u16(&self, phys: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(phys, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    pub(crate) fn u32(&self, phys: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(phys, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub(crate) fn u64(&self, phys: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.read(phys, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    pub(crate) fn virt_to_phys(&self, virt: usize) -> u64 {
+        for r in self.regions.borrow().iter() {
+            let base = r.ptr as usize;
+            if virt >= base && virt < base + r.layout.size() {
+                return r.phys + (virt - base) as u64;
+            }
+        }
+        panic!("virt {virt:#x} not in DMA memory")
+    }
+
+    pub(crate) fn phys_to_virt(&self, phys: u64) -> usize {
+        self.at(phys, 1) as usize
+    }
+}
+
+/// Where the fake maps BAR0.
+pub(crate) const E1000_BAR: usize = 0xFEB0_0000;
+
+/// An e1000/82574L model: the registers the driver touches, the legacy descriptor engine,
+/// EERD with a 64-word EEPROM, and a wire on which transmitted frames land.
+pub(crate) struct FakeE1000 {
+    pub(crate) mem: FakeMemory,
+    model: Model,
+    regs: RefCell<BTreeMap<usize, u32>>,
+    eeprom: [u16; 64],
+    /// Bochs behaviour: RAL0/RAH0 read zero until the driver writes them.
+    pub(crate) ral_reads_zero: bool,
+    /// Reads of CTRL before RST self-clears (`u32::MAX`: never).
+    pub(crate) reset_reads: Cell<u32>,
+    pub(crate) link: Cell<bool>,
+    /// When false the transmit engine stalls (descriptors stay pending).
+    pub(crate) tx_running: Cell<bool>,
+    pub(crate) wire: RefCell<Vec<Vec<u8>>>,
+    pub(crate) eerd_reads: Cell<u32>,
+}
+
+pub(crate) const EEPROM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+impl FakeE1000 {
+    pub(crate) fn new(model: Model) -> Rc<Self> {
+        let mut eeprom = [0u16; 64];
+        for i in 0..3 {
+            eeprom[i] = u16::from_le_bytes([EEPROM_MAC[2 * i], EEPROM_MAC[2 * i + 1]]);
+        }
+        Rc::new(Self {
+            mem: FakeMemory::new(),
+            model,
+            regs: RefCell::new(BTreeMap::new()),
+            eeprom,
+            ral_reads_zero: true,
+            reset_reads: Cell::new(3),
+            link: Cell::new(true),
+            tx_running: Cell::new(true),
+            wire: RefCell::new(Vec::new()),
+            eerd_reads: Cell::new(0),
+        })
+    }
+
+    /// A device whose RAL0/RAH0 already hold `mac` (QEMU behaviour).
+    pub(crate) fn with_ral(model: Model, mac: [u8; 6]) -> Rc<Self> {
+        let mut dev = Self::new(model);
+        let d = Rc::get_mut(&mut dev).expect("fresh");
+        d.ral_reads_zero = false;
+        d.reg_set(0x5400, u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]));
+        d.reg_set(0x5404, u32::from(u16::from_le_bytes([mac[4], mac[5]])) | 1 << 31);
+        dev
+    }
+
+    pub(crate) fn reg(&self, off: usize) -> u32 {
+        self.regs.borrow().get(&off).copied().unwrap_or(0)
+    }
+
+    fn reg_set(&self, off: usize, v: u32) {
+        self.regs.borrow_mut().insert(off, v);
+    }
+
+    fn read_reg(&self, off: usize) -> u32 {
+        match off {
+            0x0000 => {
+                let ctrl = self.reg(0);
+                if ctrl & (1 << 26) != 0 && self.reset_reads.get() != u32::MAX {
+                    let left = self.reset_reads.get().saturating_sub(1);
+                    self.reset_reads.set(left);
+                    if left == 0 {
+                        self.reg_set(0, ctrl & !(1 << 26));
+                    }
+                }
+                self.reg(0)
+            }
+            0x0008 => u32::from(self.link.get()) << 1,
+            0x0014 => {
+                self.eerd_reads.set(self.eerd_reads.get() + 1);
+                self.reg(0x14)
+            }
+            0x5400 | 0x5404 if self.ral_reads_zero => 0,
+            // Clear-on-read statistics.
+            0x4000 | 0x4010 | 0x00C0 => self.regs.borrow_mut().remove(&off).unwrap_or(0),
+            _ => self.reg(off),
+        }
+    }
+
+    fn write_reg(&self, off: usize, v: u32) {
+        match off {
+            0x0000 if v & (1 << 26) != 0 => {
+                // Global reset: registers back to defaults, RST stays set for a few reads.
+                let keep: Vec<(usize, u32)> = if self.ral_reads_zero {
+                    Vec::new()
+                } else {
+                    vec![(0x5400, self.reg(0x5400)), (0x5404, self.reg(0x5404))]
+                };
+                self.regs.borrow_mut().clear();
+                for (k, x) in keep {
+                    self.reg_set(k, x);
+                }
+                self.reg_set(0, v);
+            }
+            0x0014 if v & 1 != 0 => {
+                let (done, shift, mask) = match self.model {
+                    Model::I8254x => (1 << 4, 8, 0xFF),
+                    Model::I82574 => (1 << 1, 2, 0x3FFF),
+                };
+                let addr = ((v >> shift) & mask) as usize;
+                let data = self.eeprom.get(addr).copied().unwrap_or(0xFFFF);
+                self.reg_set(0x14, (u32::from(data) << 16) | done | (v & !1 & 0xFFFF));
+            }
+            0x5400 | 0x5404 => {
+                self.reg_set(off, v);
+                if off == 0x5404 {
+                    // Once the driver wrote the address, the registers read back.
+                    // (Bochs keeps reading zero; the driver must not depend on either.)
+                }
+            }
+            0x3818 => {
+                self.reg_set(off, v);
+                self.run_tx();
+            }
+            _ => self.reg_set(off, v),
+        }
+    }
+
+    fn ring_len(&self, len_reg: usize) -> u32 {
+        self.reg(len_reg) / 16
+    }
+
+    /// Processes transmit descriptors from TDH up to TDT (8254x SDM §3.3).
+    pub(crate) fn run_tx(&self) {
+        if !self.tx_running.get() || self.reg(0x0400) & 2 == 0 {
+            return;
+        }
+        let base = u64::from(self.reg(0x3800)) | u64::from(self.reg(0x3804)) << 32;
+        let n = self.ring_len(0x3808);
+        let mut frame = Vec::new();
+        while self.reg(0x3810) != self.reg(0x3818) {
+            let head = self.reg(0x3810);
+            let d = base + u64::from(head) * 16;
+            let (addr, len, cmd) = (self.mem.u64(d), self.mem.u16(d + 8), self.mem.u8(d + 11));
+            let mut bytes = vec![0u8; usize::from(len)];
+            self.mem.read(addr, &mut bytes);
+            frame.extend_from_slice(&bytes);
+            if cmd & 1 != 0 {
+                self.wire.borrow_mut().push(std::mem::take(&mut frame));
+            }
+            if cmd & (1 << 3) != 0 {
+                self.mem.write(d + 12, &[1]);
+            }
+            self.reg_set(0x3810, (head + 1) % n);
+        }
+    }
+
+    fn rx_buffer_size(&self) -> usize {
+        let rctl = self.reg(0x0100);
+        let bsize = (rctl >> 16) & 3;
+        match (rctl & (1 << 25) != 0, bsize) {
+            (false, 0) => 2048,
+            (false, 1) => 1024,
+            (false, 2) => 512,
+            (false, _) => 256,
+            (true, 1) => 16384,
+            (true, 2) => 8192,
+            (true, _) => 4096,
+        }
+    }
+
+    /// Receives `frame` from the wire into the ring as the hardware would (8254x SDM §3.2),
+    /// spreading it over several descriptors if it exceeds one buffer; `errors` is written
+    /// into the last descriptor. Returns false if it was dropped for lack of descriptors
+    /// (counted in MPC).
+    pub(crate) fn inject_with_errors(&self, frame: &[u8], errors: u8) -> bool {
+        if self.reg(0x0100) & 2 == 0 {
+            return false;
+        }
+        let base = u64::from(self.reg(0x2800)) | u64::from(self.reg(0x2804)) << 32;
+        let n = self.ring_len(0x2808);
+        let size = self.rx_buffer_size();
+        let parts: Vec<&[u8]> = frame.chunks(size).collect();
+        let free = (self.reg(0x2818) + n - self.reg(0x2810)) % n;
+        if (free as usize) < parts.len() {
+            let mpc = self.reg(0x4010);
+            self.reg_set(0x4010, mpc + 1);
+            return false;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let head = self.reg(0x2810);
+            let d = base + u64::from(head) * 16;
+            self.mem.write(self.mem.u64(d), part);
+            self.mem.write(d + 8, &(part.len() as u16).to_le_bytes());
+            let last = i + 1 == parts.len();
+            self.mem.write(d + 12, &[1 | if last { 2 } else { 0 }, if last { errors } else { 0 }]);
+            self.reg_set(0x2810, (head + 1) % n);
+        }
+        true
+    }
+
+    pub(crate) fn inject(&self, frame: &[u8]) -> bool {
+        self.inject_with_errors(frame, 0)
+    }
+}
+
+// SAFETY: regions from `FakeMemory::alloc` are zeroed, live until the fake is dropped (which
+// the `Rc` keeps after the driver), and the fake device reaches them only by physical address.
+unsafe impl Hal for Rc<FakeE1000> {
+    fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.mem.alloc(len, align)
+    }
+
+    fn virt_to_phys(&self, virt: usize) -> u64 {
+        self.mem.virt_to_phys(virt)
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> usize {
+        self.mem.phys_to_virt(phys)
+    }
+
+    unsafe fn mmio_read32(&self, addr: usize) -> u32 {
+        self.read_reg(addr - E1000_BAR)
+    }
+
+    unsafe fn mmio_write32(&self, addr: usize, value: u32) {
+        self.write_reg(addr - E1000_BAR, value);
+    }
+}
