@@ -147,13 +147,20 @@ pub struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole units where exact, else one decimal of the largest unit that fits.
         let b = self.0;
-        match b {
-            _ if b >= 1 << 30 && b % (1 << 30) == 0 => write!(f, "{} GiB", b >> 30),
-            _ if b >= 1 << 20 && b % (1 << 20) == 0 => write!(f, "{} MiB", b >> 20),
-            _ if b >= 1 << 10 && b % (1 << 10) == 0 => write!(f, "{} KiB", b >> 10),
-            _ => write!(f, "{b} B"),
+        for (shift, unit) in [(30u32, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if b >= 1 << shift {
+                let whole = b >> shift;
+                let tenth = (b - (whole << shift)) * 10 >> shift;
+                return if tenth == 0 && b % (1 << shift) == 0 {
+                    write!(f, "{whole} {unit}")
+                } else {
+                    write!(f, "{whole}.{tenth} {unit}")
+                };
+            }
         }
+        write!(f, "{b} B")
     }
 }
 
@@ -196,5 +203,14 @@ mod tests {
         d.vendor = 0xabcd;
         assert_eq!(d.name(), "Ethernet controller");
         assert_eq!(d.bdf.to_string(), "00:03.0");
+    }
+
+    #[test]
+    fn sizes_show_whole_units_or_one_decimal() {
+        assert_eq!(Size(261_628 << 10).to_string(), "255.4 MiB");
+        assert_eq!(Size(24 << 20).to_string(), "24 MiB");
+        assert_eq!(Size(3 << 30).to_string(), "3 GiB");
+        assert_eq!(Size(1023).to_string(), "1023 B");
+        assert_eq!(Size((1 << 20) + 1).to_string(), "1.0 MiB");
     }
 }
