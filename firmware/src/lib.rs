@@ -16,6 +16,7 @@ pub mod cmdline;
 pub mod console;
 pub mod info;
 pub mod mem;
+pub mod net;
 pub mod paging;
 pub mod pci;
 

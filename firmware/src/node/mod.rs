@@ -199,10 +199,34 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         frames: Mutex::new(frames),
     });
 
+    let nic = match crate::net::nic::probe(&node.pci, crate::net::hal::FwHal::new(&node.frames)) {
+        Ok(mut nic) => {
+            let m = nic.dev.mac();
+            info!(
+                "net: {} at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {} mtu {}",
+                nic.name,
+                nic.bdf,
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5],
+                if nic.dev.link_up() { "up" } else { "down" },
+                nic.dev.mtu()
+            );
+            Some(nic)
+        }
+        Err(e) => {
+            warn!("net: {e}; this node runs alone");
+            None
+        }
+    };
+
     if let Some(t) = node.cfg.test {
         run_test(t);
     }
-    shell_loop(node)
+    shell_loop(node, nic)
 }
 
 fn run_test(name: &str) {
@@ -236,7 +260,7 @@ pub fn ap_idle(_index: usize) -> ! {
 
 const PROMPT: &[u8] = b"gestalt> ";
 
-fn shell_loop(node: &Node) -> ! {
+fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
     info!("shell: ready");
     write_bytes(PROMPT);
     let mut ed = LineEditor::default();
@@ -251,7 +275,7 @@ fn shell_loop(node: &Node) -> ! {
             Edit::None => {}
             Edit::Line => {
                 write_bytes(b"\r\n");
-                run(node, ed.line());
+                run(node, nic.as_mut(), ed.line());
                 ed.clear();
                 write_bytes(PROMPT);
             }
@@ -259,8 +283,8 @@ fn shell_loop(node: &Node) -> ! {
     }
 }
 
-fn run(node: &Node, line: &str) {
-    let cmd = match shell::parse(line, &[]) {
+fn run(node: &Node, nic: Option<&mut crate::net::nic::Nic>, line: &str) {
+    let cmd = match shell::parse(line, &["net"]) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("{e}");
@@ -345,6 +369,30 @@ fn run(node: &Node, line: &str) {
             kprintln!("powering off");
             power::poweroff()
         }
+        Command::Other("net", _) => match nic {
+            None => kprintln!("no NIC on this node"),
+            Some(n) => {
+                let m = n.dev.mac();
+                kprintln!(
+                    "{} at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {} mtu {}",
+                    n.name,
+                    n.bdf,
+                    m[0],
+                    m[1],
+                    m[2],
+                    m[3],
+                    m[4],
+                    m[5],
+                    if n.dev.link_up() { "up" } else { "down" },
+                    n.dev.mtu()
+                );
+                let s = n.dev.stats();
+                kprintln!(
+                    "rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full)",
+                    s.rx_packets, s.rx_bytes, s.rx_errors, s.rx_missed, s.tx_packets, s.tx_bytes, s.tx_ring_full
+                );
+            }
+        },
         Command::Other(c, _) => kprint!("'{c}' is not available on this node\n"),
     }
 }

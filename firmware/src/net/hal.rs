@@ -1,0 +1,43 @@
+//! `netstack::hal::Hal` for the firmware: DMA memory from the hypervisor reserve, identity
+//! mapped (physical = virtual), write-back and so coherent with device DMA on x86.
+
+use core::ptr::NonNull;
+
+use gestalt_netstack::hal::{DmaRegion, Hal};
+use spin::Mutex;
+
+use crate::mem::frames::FrameAllocator;
+
+/// The firmware's driver services.
+#[derive(Clone, Copy)]
+pub struct FwHal {
+    frames: &'static Mutex<FrameAllocator>,
+}
+
+impl FwHal {
+    /// Drivers get DMA memory from `frames`.
+    pub fn new(frames: &'static Mutex<FrameAllocator>) -> Self {
+        FwHal { frames }
+    }
+}
+
+// SAFETY: regions come from the reserve, are handed out once and never freed, zeroed here,
+// identity-mapped write-back RAM (coherent with DMA on x86), so `phys == virt`; MMIO
+// accessors keep the trait's single volatile access.
+unsafe impl Hal for FwHal {
+    fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let pages = (len as u64).div_ceil(4096).max(1);
+        let phys = self.frames.lock().alloc(pages, (align as u64).max(4096))?;
+        // SAFETY: fresh frames from the reserve, identity-mapped, used by nothing else.
+        unsafe { core::ptr::write_bytes(phys as *mut u8, 0, (pages * 4096) as usize) };
+        Some(DmaRegion { phys, virt: NonNull::new(phys as *mut u8)?, len: (pages * 4096) as usize })
+    }
+
+    fn virt_to_phys(&self, virt: usize) -> u64 {
+        virt as u64
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> usize {
+        phys as usize
+    }
+}

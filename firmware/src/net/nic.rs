@@ -1,0 +1,76 @@
+//! Finds the first supported NIC on PCI, enables it and starts its driver.
+
+use alloc::boxed::Box;
+
+use gestalt_netstack::device::NetDevice;
+use gestalt_netstack::drivers::e1000::E1000;
+
+use super::hal::FwHal;
+use crate::pci::config::{read32, write32};
+use crate::pci::{Bar, Device};
+
+/// A started NIC.
+pub struct Nic {
+    /// The driver.
+    pub dev: Box<dyn NetDevice>,
+    /// Which PCI function and model.
+    pub name: &'static str,
+    /// Where.
+    pub bdf: crate::pci::Bdf,
+}
+
+/// Why no NIC could be started.
+#[derive(Debug)]
+pub enum NicError {
+    /// No supported NIC on PCI.
+    None,
+    /// A NIC was found but its driver failed.
+    Driver(&'static str, gestalt_netstack::device::DriverError),
+    /// Its BAR is not where the driver needs it.
+    BadBar(&'static str),
+}
+
+impl core::fmt::Display for NicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NicError::None => {
+                write!(f, "no supported NIC (e1000 82540EM, e1000e 82574L, virtio-net)")
+            }
+            NicError::Driver(n, e) => write!(f, "{n}: driver failed: {e:?}"),
+            NicError::BadBar(n) => {
+                write!(f, "{n}: BAR0 is not a memory BAR below the mapped range")
+            }
+        }
+    }
+}
+
+fn enable(d: &Device) {
+    // Memory decoding and bus mastering (PCI spec §6.2.2 command register bits 1 and 2).
+    let cmd = read32(d.bdf, 0x04);
+    write32(d.bdf, 0x04, (cmd & 0xFFFF) | 0x6);
+}
+
+/// Starts the first supported NIC in `devices`.
+pub fn probe(devices: &[Device], hal: FwHal) -> Result<Nic, NicError> {
+    for d in devices {
+        let name = match (d.vendor, d.device) {
+            (0x8086, 0x100e) | (0x8086, 0x100f) | (0x8086, 0x1015) | (0x8086, 0x100c) => "e1000",
+            (0x8086, 0x10d3) => "e1000e",
+            _ => continue,
+        };
+        let Some(Bar::Mem { addr, .. }) = d.bars[0] else { return Err(NicError::BadBar(name)) };
+        if addr == 0
+            || addr >= crate::arch::idt::MAPPED_LIMIT.load(core::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(NicError::BadBar(name));
+        }
+        enable(d);
+        // SAFETY: BAR0 is the device's register window, identity-mapped uncached (the MMIO
+        // hole below 4 GiB) or write-back above (QEMU/Bochs do not care); decoding and bus
+        // mastering are on; nothing else drives this function.
+        let dev = unsafe { E1000::new(hal, addr as usize, d.device) }
+            .map_err(|e| NicError::Driver(name, e))?;
+        return Ok(Nic { dev: Box::new(dev), name, bdf: d.bdf });
+    }
+    Err(NicError::None)
+}
