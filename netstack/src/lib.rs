@@ -15,4 +15,6 @@ extern crate std;
 pub mod device;
 pub mod drivers;
 pub mod hal;
+pub mod iface;
+pub mod phy;
 pub mod transport;
