@@ -16,24 +16,17 @@ use crate::home::Config;
 use crate::message::Message;
 use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId};
 
-/// Guest memory of this node, as the engine sees it: copy a frame out for sending, install
-/// received contents. Tests use plain memory ([`crate::MemStore`]).
+/// Guest memory of this node, as the engine and its caller see it. Tests use plain memory
+/// ([`crate::MemStore`]).
 pub trait PageStore {
     /// Appends the current contents of `gfn` to `out` (normally [`crate::PAGE_SIZE`] bytes).
+    /// The engine never calls this: the caller does, when it carries out
+    /// [`Action::SendPage`], so the copy follows every action before it.
     fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>);
 
-    /// Replaces the contents of `gfn` with `data`. Called only while this node does not map
-    /// `gfn`.
+    /// Replaces the contents of `gfn` with `data`. The engine calls this while handling a
+    /// data-bearing message, only while this node does not map `gfn`.
     fn install(&mut self, gfn: Gfn, data: &[u8]);
-
-    /// Called when this node held `gfn` writable and the engine has just pushed the
-    /// [`Action::Unmap`] / [`Action::Downgrade`] that revokes it, right before
-    /// [`PageStore::copy_out`]: a store over live guest memory must make the revocation take
-    /// effect now (EPT edit + INVEPT on every local vCPU) so that no guest write lands after
-    /// the copy. Plain memory has nothing to do.
-    fn revoke_write(&mut self, gfn: Gfn) {
-        let _ = gfn;
-    }
 }
 
 /// Something that happened to this node.
@@ -71,6 +64,16 @@ pub enum Action {
         /// Destination.
         to: NodeId,
         /// Message.
+        msg: Message,
+    },
+    /// Copy the current contents of `msg.gfn()` into `msg`'s (empty) page, then send it to
+    /// `to`. The copy must be taken here, after the actions before it took effect: a
+    /// preceding [`Action::Unmap`]/[`Action::Downgrade`] has stopped local writers, and a
+    /// preceding [`Action::Resume`] may have let a vCPU write the page first.
+    SendPage {
+        /// Destination.
+        to: NodeId,
+        /// A `DataShared`, `DataExclusive` or `WriteBack` with an empty page.
         msg: Message,
     },
     /// Map `gfn` in the EPT with `rights` (its contents are already in place).
@@ -379,6 +382,8 @@ impl Engine {
         self.error(e, out);
     }
 
+    /// Sends `msg`; a data-bearing message to another node gets this node's copy of the page
+    /// (through [`Action::SendPage`]), one to ourselves none: our frame is the home's frame.
     fn send(&mut self, to: NodeId, msg: Message, out: &mut Vec<Action>) {
         if to == self.id {
             self.loopback.push_back(msg);
@@ -386,18 +391,11 @@ impl Engine {
             self.counters.sent += 1;
             if msg.page().is_some() {
                 self.counters.pages_sent += 1;
+                out.push(Action::SendPage { to, msg });
+            } else {
+                out.push(Action::Send { to, msg });
             }
-            out.push(Action::Send { to, msg });
         }
-    }
-
-    /// Contents of `gfn` for a message to `to`: none for ourselves (the frame is shared).
-    fn page_for<S: PageStore>(&self, to: NodeId, gfn: Gfn, store: &mut S) -> Vec<u8> {
-        let mut page = Vec::new();
-        if to != self.id {
-            store.copy_out(gfn, &mut page);
-        }
-        page
     }
 
     fn timer(&mut self, now: u64, out: &mut Vec<Action>) {
@@ -489,13 +487,13 @@ impl Engine {
             return self.unexpected(from, &msg, out);
         }
         match msg {
-            Message::ReadReq { gfn } => self.dir_request(from, gfn, false, store, out),
-            Message::WriteReq { gfn } => self.dir_request(from, gfn, true, store, out),
-            Message::InvAck { .. } => self.dir_inv_ack(from, msg, store, out),
+            Message::ReadReq { gfn } => self.dir_request(from, gfn, false, out),
+            Message::WriteReq { gfn } => self.dir_request(from, gfn, true, out),
+            Message::InvAck { .. } => self.dir_inv_ack(from, msg, out),
             Message::WriteBack { .. } => self.dir_write_back(from, msg, store, out),
             Message::Inv { .. } => self.cache_inv(from, msg, out),
             Message::FwdRead { .. } | Message::FwdWrite { .. } => {
-                self.cache_forward(from, msg, store, out);
+                self.cache_forward(from, msg, out);
             }
             Message::DataShared { .. } | Message::DataExclusive { .. } | Message::Grant { .. } => {
                 self.cache_fill(from, msg, store, out);
@@ -524,13 +522,7 @@ impl Engine {
         }
     }
 
-    fn cache_forward<S: PageStore>(
-        &mut self,
-        from: NodeId,
-        msg: Message,
-        store: &mut S,
-        out: &mut Vec<Action>,
-    ) {
+    fn cache_forward(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let i = gfn.0 as usize;
         match (self.cache.get(i), self.pending.get_mut(&gfn)) {
@@ -543,20 +535,15 @@ impl Engine {
                 Message::FwdRead { requester, .. } if requester != self.id => {
                     self.cache.set(i, CacheState::Shared);
                     out.push(Action::Downgrade { gfn });
-                    store.revoke_write(gfn);
                     if requester != from {
-                        let page = self.page_for(requester, gfn, store);
-                        self.send(requester, Message::DataShared { gfn, page }, out);
+                        self.send(requester, Message::DataShared { gfn, page: Vec::new() }, out);
                     }
-                    let page = self.page_for(from, gfn, store);
-                    self.send(from, Message::WriteBack { gfn, page }, out);
+                    self.send(from, Message::WriteBack { gfn, page: Vec::new() }, out);
                 }
                 Message::FwdWrite { requester, .. } if requester != self.id => {
                     self.cache.set(i, CacheState::Invalid);
                     out.push(Action::Unmap { gfn });
-                    store.revoke_write(gfn);
-                    let page = self.page_for(requester, gfn, store);
-                    self.send(requester, Message::DataExclusive { gfn, page }, out);
+                    self.send(requester, Message::DataExclusive { gfn, page: Vec::new() }, out);
                 }
                 _ => self.unexpected(from, &msg, out),
             },
@@ -605,7 +592,7 @@ impl Engine {
             let home = self.cfg.home(gfn);
             match deferred {
                 Message::Inv { .. } => self.cache_inv(home, deferred, out),
-                _ => self.cache_forward(home, deferred, store, out),
+                _ => self.cache_forward(home, deferred, out),
             }
         }
         if !waiting.is_empty() {
@@ -615,31 +602,17 @@ impl Engine {
 
     // ---- directory side ---------------------------------------------------------------
 
-    fn dir_request<S: PageStore>(
-        &mut self,
-        from: NodeId,
-        gfn: Gfn,
-        write: bool,
-        store: &mut S,
-        out: &mut Vec<Action>,
-    ) {
+    fn dir_request(&mut self, from: NodeId, gfn: Gfn, write: bool, out: &mut Vec<Action>) {
         if let Some(b) = self.busy.get_mut(&gfn) {
             self.counters.queued += 1;
             b.queue.push_back((from, write));
             return;
         }
-        self.dir_serve(from, gfn, write, store, out);
+        self.dir_serve(from, gfn, write, out);
     }
 
     /// Serves one request on an idle entry; may leave it busy.
-    fn dir_serve<S: PageStore>(
-        &mut self,
-        r: NodeId,
-        gfn: Gfn,
-        write: bool,
-        store: &mut S,
-        out: &mut Vec<Action>,
-    ) {
+    fn dir_serve(&mut self, r: NodeId, gfn: Gfn, write: bool, out: &mut Vec<Action>) {
         let i = self.cfg.home_index(gfn);
         let msg = if write { Message::WriteReq { gfn } } else { Message::ReadReq { gfn } };
         match self.dir.state(i) {
@@ -650,13 +623,11 @@ impl Engine {
                 }
                 sharers.insert(r);
                 self.dir.set_shared(i, &sharers);
-                let page = self.page_for(r, gfn, store);
-                self.send(r, Message::DataShared { gfn, page }, out);
+                self.send(r, Message::DataShared { gfn, page: Vec::new() }, out);
             }
             DirState::Uncached => {
                 self.dir.set_modified(i, r);
-                let page = self.page_for(r, gfn, store);
-                self.send(r, Message::DataExclusive { gfn, page }, out);
+                self.send(r, Message::DataExclusive { gfn, page: Vec::new() }, out);
             }
             DirState::Shared => {
                 let sharers = self.dir.sharers(i);
@@ -664,7 +635,7 @@ impl Engine {
                 let mut others = sharers;
                 others.remove(r);
                 if others.is_empty() {
-                    self.grant_write(r, gfn, upgrade, store, out);
+                    self.grant_write(r, gfn, upgrade, out);
                     return;
                 }
                 // Invalidated sharers leave the set now: a later request from one of them
@@ -700,31 +671,17 @@ impl Engine {
         }
     }
 
-    fn grant_write<S: PageStore>(
-        &mut self,
-        r: NodeId,
-        gfn: Gfn,
-        upgrade: bool,
-        store: &mut S,
-        out: &mut Vec<Action>,
-    ) {
+    fn grant_write(&mut self, r: NodeId, gfn: Gfn, upgrade: bool, out: &mut Vec<Action>) {
         let i = self.cfg.home_index(gfn);
         self.dir.set_modified(i, r);
         if upgrade {
             self.send(r, Message::Grant { gfn }, out);
         } else {
-            let page = self.page_for(r, gfn, store);
-            self.send(r, Message::DataExclusive { gfn, page }, out);
+            self.send(r, Message::DataExclusive { gfn, page: Vec::new() }, out);
         }
     }
 
-    fn dir_inv_ack<S: PageStore>(
-        &mut self,
-        from: NodeId,
-        msg: Message,
-        store: &mut S,
-        out: &mut Vec<Action>,
-    ) {
+    fn dir_inv_ack(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let Some(Busy { txn: Txn::CollectAcks { requester, remaining, upgrade }, .. }) =
             self.busy.get_mut(&gfn)
@@ -736,8 +693,8 @@ impl Engine {
             return;
         }
         let (r, up) = (*requester, *upgrade);
-        self.grant_write(r, gfn, up, store, out);
-        self.finish(gfn, store, out);
+        self.grant_write(r, gfn, up, out);
+        self.finish(gfn, out);
     }
 
     fn dir_write_back<S: PageStore>(
@@ -768,16 +725,16 @@ impl Engine {
             // The owner sent the data only once, to us as home; our own read is served now.
             self.send(self.id, Message::DataShared { gfn, page: Vec::new() }, out);
         }
-        self.finish(gfn, store, out);
+        self.finish(gfn, out);
     }
 
     /// Ends the transaction on `gfn` and serves the requests queued behind it.
-    fn finish<S: PageStore>(&mut self, gfn: Gfn, store: &mut S, out: &mut Vec<Action>) {
+    fn finish(&mut self, gfn: Gfn, out: &mut Vec<Action>) {
         let i = self.cfg.home_index(gfn);
         self.dir.set_busy(i, false);
         let Some(mut b) = self.busy.remove(&gfn) else { return };
         while let Some((r, write)) = b.queue.pop_front() {
-            self.dir_serve(r, gfn, write, store, out);
+            self.dir_serve(r, gfn, write, out);
             if let Some(next) = self.busy.get_mut(&gfn) {
                 next.queue.append(&mut b.queue);
                 return;

@@ -166,6 +166,17 @@ impl Message {
         }
     }
 
+    /// The page payload, writable, for the data-bearing kinds (to fill an
+    /// [`crate::Action::SendPage`]).
+    pub fn page_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            Message::DataShared { page, .. }
+            | Message::DataExclusive { page, .. }
+            | Message::WriteBack { page, .. } => Some(page),
+            _ => None,
+        }
+    }
+
     /// Appends the encoding of `self` to `out`.
     ///
     /// # Panics

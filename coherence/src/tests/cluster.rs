@@ -3,10 +3,12 @@
 //! through the wire codec, every sent message recorded.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    Access, Action, Config, Engine, Event, Gfn, MemStore, Message, NodeId, Rights, VcpuId,
+    Access, Action, Config, Engine, Event, Gfn, MemStore, Message, NodeId, PageStore, Rights,
+    VcpuId,
 };
 
 pub struct Cluster {
@@ -35,6 +37,11 @@ impl Cluster {
     fn apply(&mut self, node: NodeId, actions: Vec<Action>) {
         for a in actions {
             match a {
+                Action::SendPage { to, mut msg } => {
+                    let gfn = msg.gfn();
+                    self.stores[node.index()].copy_out(gfn, msg.page_mut().expect("data message"));
+                    self.apply(node, vec![Action::Send { to, msg }]);
+                }
                 Action::Send { to, msg } => {
                     let mut buf = Vec::new();
                     msg.encode(&mut buf);
