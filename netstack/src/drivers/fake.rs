@@ -338,3 +338,294 @@ unsafe impl Hal for Rc<FakeE1000> {
         self.write_reg(addr - E1000_BAR, value);
     }
 }
+
+/// Where the fake maps the virtio capability regions.
+pub(crate) const VIRTIO_COMMON: usize = 0xFE00_0000;
+pub(crate) const VIRTIO_NOTIFY: usize = 0xFE00_1000;
+pub(crate) const VIRTIO_ISR: usize = 0xFE00_2000;
+pub(crate) const VIRTIO_DEVICE: usize = 0xFE00_3000;
+pub(crate) const VIRTIO_NOTIFY_MULTIPLIER: u32 = 4;
+
+#[derive(Clone, Copy, Default)]
+struct FakeQueue {
+    max: u16,
+    size: u16,
+    desc: u64,
+    driver: u64,
+    device: u64,
+    enabled: bool,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+/// A virtio-net device on the modern PCI transport: common config with queue select,
+/// feature negotiation, device config (MAC, status, MTU) and split virtqueues processed on
+/// notify (TX) or on injection (RX).
+pub(crate) struct FakeVirtioNet {
+    pub(crate) mem: FakeMemory,
+    pub(crate) offered: u64,
+    pub(crate) mac: [u8; 6],
+    pub(crate) mtu: u16,
+    pub(crate) link: Cell<bool>,
+    /// Refuse FEATURES_OK whatever the driver asks.
+    pub(crate) refuse_features: bool,
+    status: Cell<u8>,
+    dev_select: Cell<u32>,
+    drv_select: Cell<u32>,
+    pub(crate) driver_features: Cell<u64>,
+    queue_select: Cell<u16>,
+    queues: RefCell<[FakeQueue; 2]>,
+    pub(crate) notifies: Cell<u32>,
+    pub(crate) wire: RefCell<Vec<Vec<u8>>>,
+    pub(crate) rx_dropped: Cell<u32>,
+    pub(crate) generation: Cell<u8>,
+}
+
+pub(crate) const VIRTIO_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xAB, 0xCD, 0xEF];
+
+impl FakeVirtioNet {
+    /// QEMU-like defaults: VERSION_1, MAC, STATUS, MTU 1500, plus features the driver must
+    /// leave alone (MRG_RXBUF, CTRL_VQ, GUEST_CSUM), queues of 256.
+    pub(crate) fn new() -> Self {
+        Self {
+            mem: FakeMemory::new(),
+            offered: (1 << 32) | (1 << 5) | (1 << 16) | (1 << 3) | (1 << 15) | (1 << 17) | (1 << 1),
+            mac: VIRTIO_MAC,
+            mtu: 1500,
+            link: Cell::new(true),
+            refuse_features: false,
+            status: Cell::new(0),
+            dev_select: Cell::new(0),
+            drv_select: Cell::new(0),
+            driver_features: Cell::new(0),
+            queue_select: Cell::new(0),
+            queues: RefCell::new([FakeQueue { max: 256, ..FakeQueue::default() }; 2]),
+            notifies: Cell::new(0),
+            wire: RefCell::new(Vec::new()),
+            rx_dropped: Cell::new(0),
+            generation: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn rc(self) -> Rc<Self> {
+        Rc::new(self)
+    }
+
+    pub(crate) fn queue_size(&self, q: usize) -> u16 {
+        self.queues.borrow()[q].size
+    }
+
+    pub(crate) fn status(&self) -> u8 {
+        self.status.get()
+    }
+
+    fn q(&self) -> usize {
+        usize::from(self.queue_select.get().min(1))
+    }
+
+    fn read_common(&self, off: usize) -> u32 {
+        let qs = self.queues.borrow();
+        let q = &qs[self.q()];
+        match off {
+            0x04 => (self.offered >> (32 * self.dev_select.get().min(1))) as u32,
+            0x12 => 2,
+            0x14 => u32::from(self.status.get()),
+            0x15 => u32::from(self.generation.get()),
+            0x16 => u32::from(self.queue_select.get()),
+            0x18 => u32::from(if q.size == 0 { q.max } else { q.size }),
+            0x1C => u32::from(q.enabled),
+            // Queue i notifies at offset i * multiplier.
+            0x1E => u32::from(self.queue_select.get()),
+            _ => 0,
+        }
+    }
+
+    fn write_common(&self, off: usize, v: u32) {
+        let q = self.q();
+        let mut qs = self.queues.borrow_mut();
+        let set_half = |old: u64, high: bool| {
+            if high {
+                (old & 0xFFFF_FFFF) | (u64::from(v) << 32)
+            } else {
+                (old & !0xFFFF_FFFF) | u64::from(v)
+            }
+        };
+        match off {
+            0x00 => self.dev_select.set(v),
+            0x08 => self.drv_select.set(v),
+            0x0C => {
+                let shift = 32 * self.drv_select.get().min(1);
+                let f = self.driver_features.get() & !(0xFFFF_FFFFu64 << shift);
+                self.driver_features.set(f | (u64::from(v) << shift));
+            }
+            0x14 => {
+                let v = v as u8;
+                if v == 0 {
+                    // Reset (§2.4).
+                    *qs = [FakeQueue { max: 256, ..FakeQueue::default() }; 2];
+                    self.driver_features.set(0);
+                    self.status.set(0);
+                } else if v & 8 != 0 && self.status.get() & 8 == 0 {
+                    let f = self.driver_features.get();
+                    let ok = !self.refuse_features && f & !self.offered == 0 && f & (1 << 32) != 0;
+                    self.status.set(if ok { v } else { v & !8 });
+                } else {
+                    self.status.set(v);
+                }
+            }
+            0x16 => self.queue_select.set(v as u16),
+            0x18 => qs[q].size = (v as u16).min(qs[q].max),
+            0x1C => qs[q].enabled = v & 1 != 0,
+            0x20 | 0x24 => qs[q].desc = set_half(qs[q].desc, off == 0x24),
+            0x28 | 0x2C => qs[q].driver = set_half(qs[q].driver, off == 0x2C),
+            0x30 | 0x34 => qs[q].device = set_half(qs[q].device, off == 0x34),
+            _ => {}
+        }
+    }
+
+    fn read_device(&self, off: usize, width: usize) -> u32 {
+        let mut cfg = [0u8; 12];
+        cfg[..6].copy_from_slice(&self.mac);
+        cfg[6..8].copy_from_slice(&u16::from(self.link.get()).to_le_bytes());
+        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        let mut v = [0u8; 4];
+        for i in 0..width {
+            v[i] = cfg.get(off + i).copied().unwrap_or(0);
+        }
+        u32::from_le_bytes(v)
+    }
+
+    fn notified(&self, q: u16) {
+        self.notifies.set(self.notifies.get() + 1);
+        if q == 1 {
+            self.run_tx();
+        }
+    }
+
+    /// Completes every available TX chain: the frame (after the 12-byte header) goes on the
+    /// wire, the chain goes to the used ring.
+    fn run_tx(&self) {
+        if self.status.get() & 4 == 0 {
+            return;
+        }
+        let mut qs = self.queues.borrow_mut();
+        let q = &mut qs[1];
+        let n = q.size;
+        while q.last_avail != self.mem.u16(q.driver + 2) {
+            let id = self.mem.u16(q.driver + 4 + 2 * u64::from(q.last_avail % n));
+            let d = q.desc + 16 * u64::from(id);
+            let (addr, len, flags) = (self.mem.u64(d), self.mem.u32(d + 8), self.mem.u16(d + 12));
+            assert_eq!(flags & 1, 0, "the driver uses single-descriptor chains");
+            let mut bytes = vec![0u8; len as usize];
+            self.mem.read(addr, &mut bytes);
+            assert!(bytes[..12].iter().all(|&b| b == 0), "TX header is all zero");
+            self.wire.borrow_mut().push(bytes[12..].to_vec());
+            let e = q.device + 4 + 8 * u64::from(q.used_idx % n);
+            self.mem.write(e, &u32::from(id).to_le_bytes());
+            self.mem.write(e + 4, &0u32.to_le_bytes());
+            q.used_idx = q.used_idx.wrapping_add(1);
+            self.mem.write(q.device + 2, &q.used_idx.to_le_bytes());
+            q.last_avail = q.last_avail.wrapping_add(1);
+        }
+    }
+
+    /// Delivers `frame` into the next available RX buffer; false (and counted) if none.
+    pub(crate) fn inject(&self, frame: &[u8]) -> bool {
+        let mut qs = self.queues.borrow_mut();
+        let q = &mut qs[0];
+        if self.status.get() & 4 == 0 || q.last_avail == self.mem.u16(q.driver + 2) {
+            self.rx_dropped.set(self.rx_dropped.get() + 1);
+            return false;
+        }
+        let n = q.size;
+        let id = self.mem.u16(q.driver + 4 + 2 * u64::from(q.last_avail % n));
+        q.last_avail = q.last_avail.wrapping_add(1);
+        let d = q.desc + 16 * u64::from(id);
+        let (addr, cap, flags) = (self.mem.u64(d), self.mem.u32(d + 8), self.mem.u16(d + 12));
+        assert_ne!(flags & 2, 0, "RX descriptors are device-writable");
+        let total = 12 + frame.len();
+        if total > cap as usize {
+            self.rx_dropped.set(self.rx_dropped.get() + 1);
+            return false;
+        }
+        let mut hdr = [0u8; 12];
+        hdr[10] = 1; // num_buffers
+        self.mem.write(addr, &hdr);
+        self.mem.write(addr + 12, frame);
+        let e = q.device + 4 + 8 * u64::from(q.used_idx % n);
+        self.mem.write(e, &u32::from(id).to_le_bytes());
+        self.mem.write(e + 4, &(total as u32).to_le_bytes());
+        q.used_idx = q.used_idx.wrapping_add(1);
+        self.mem.write(q.device + 2, &q.used_idx.to_le_bytes());
+        true
+    }
+
+    fn mmio_read(&self, addr: usize, width: usize) -> u32 {
+        match addr {
+            a if (VIRTIO_COMMON..VIRTIO_COMMON + 0x40).contains(&a) => {
+                let v = self.read_common(a - VIRTIO_COMMON);
+                let mask = if width == 4 { u32::MAX } else { (1 << (8 * width)) - 1 };
+                v & mask
+            }
+            a if (VIRTIO_DEVICE..VIRTIO_DEVICE + 0x100).contains(&a) => {
+                self.read_device(a - VIRTIO_DEVICE, width)
+            }
+            a if a == VIRTIO_ISR => 0,
+            _ => panic!("read of unmapped virtio address {addr:#x}"),
+        }
+    }
+
+    fn mmio_write(&self, addr: usize, v: u32) {
+        match addr {
+            a if (VIRTIO_COMMON..VIRTIO_COMMON + 0x40).contains(&a) => {
+                self.write_common(a - VIRTIO_COMMON, v);
+            }
+            a if (VIRTIO_NOTIFY..VIRTIO_NOTIFY + 0x100).contains(&a) => {
+                let q = (a - VIRTIO_NOTIFY) / VIRTIO_NOTIFY_MULTIPLIER as usize;
+                assert_eq!(q as u32, v, "notify value is the queue index");
+                self.notified(v as u16);
+            }
+            _ => panic!("write to unmapped virtio address {addr:#x}"),
+        }
+    }
+}
+
+// SAFETY: as for `FakeE1000`.
+unsafe impl Hal for Rc<FakeVirtioNet> {
+    fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.mem.alloc(len, align)
+    }
+
+    fn virt_to_phys(&self, virt: usize) -> u64 {
+        self.mem.virt_to_phys(virt)
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> usize {
+        self.mem.phys_to_virt(phys)
+    }
+
+    unsafe fn mmio_read32(&self, addr: usize) -> u32 {
+        self.mmio_read(addr, 4)
+    }
+
+    unsafe fn mmio_write32(&self, addr: usize, value: u32) {
+        self.mmio_write(addr, value);
+    }
+
+    unsafe fn mmio_read16(&self, addr: usize) -> u16 {
+        self.mmio_read(addr, 2) as u16
+    }
+
+    unsafe fn mmio_write16(&self, addr: usize, value: u16) {
+        self.mmio_write(addr, u32::from(value));
+    }
+
+    unsafe fn mmio_read8(&self, addr: usize) -> u8 {
+        self.mmio_read(addr, 1) as u8
+    }
+
+    unsafe fn mmio_write8(&self, addr: usize, value: u8) {
+        self.mmio_write(addr, u32::from(value));
+    }
+}
