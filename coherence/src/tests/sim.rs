@@ -1,0 +1,476 @@
+//! Deterministic simulator: many nodes, thousands of pages, a seeded random workload of vCPU
+//! accesses and random per-message delays (FIFO per ordered pair of nodes), the engines'
+//! actions applied to simulated EPTs and memory, invariants checked after every step.
+//!
+//! Checked: single writer or many readers per page at every map change; every mapping
+//! installs the latest value; every read returns the latest write; no protocol error; no vCPU
+//! waits longer than a watchdog; at the end everything drains and the directories describe
+//! the caches exactly. A failure names its seed and a one-line replay command.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::format;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use crate::{
+    Access, Action, CacheState, Config, DirState, Engine, Event, Gfn, Message, NodeId, PageStore,
+    Rights, VcpuId,
+};
+
+/// splitmix64: small, fast, seedable.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x853c_49e6_748f_ea9b)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Each node's memory: one u64 per page standing for its contents (the write count).
+struct Vals(Vec<u64>);
+
+impl PageStore for Vals {
+    fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0[gfn.0 as usize].to_le_bytes());
+    }
+
+    fn install(&mut self, gfn: Gfn, data: &[u8]) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[..8]);
+        self.0[gfn.0 as usize] = u64::from_le_bytes(b);
+    }
+}
+
+/// One simulation run.
+#[derive(Clone, Copy, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u16,
+    pub pages: u64,
+    pub vcpus_per_node: u16,
+    /// vCPU accesses to perform (each a read or write of one page).
+    pub ops: u64,
+    /// Contiguous homes instead of interleaved.
+    pub ranges: bool,
+    /// Largest message delay, in ticks (vCPUs think 0..20 ticks between accesses).
+    pub max_delay: u64,
+    /// Drop the n-th message (to show the checks catch a broken transport).
+    pub drop_nth: Option<u64>,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, nodes: u16, ops: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            pages: 4096,
+            vcpus_per_node: 4,
+            ops,
+            ranges: seed % 2 == 1,
+            max_delay: 200,
+            drop_nth: None,
+        }
+    }
+
+    pub fn replay_command(&self) -> String {
+        format!(
+            "GESTALT_SIM_SEED={} GESTALT_SIM_NODES={} GESTALT_SIM_OPS={} cargo test -p gestalt-coherence --release sim_replay -- --nocapture",
+            self.seed, self.nodes, self.ops
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub ops: u64,
+    pub faults: u64,
+    pub messages: u64,
+    pub engine_events: u64,
+    pub sim_time: u64,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Deliver { from: u16, to: u16 },
+    Step { vcpu: u32 },
+}
+
+struct Vcpu {
+    node: u16,
+    blocked: Option<(u64, Access, u64)>,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    engines: Vec<Engine>,
+    stores: Vec<Vals>,
+    chans: Vec<VecDeque<Message>>,
+    chan_last: Vec<u64>,
+    /// Rights per node per page: 0 none, 1 read, 2 write.
+    ept: Vec<Vec<u8>>,
+    readers: Vec<u16>,
+    writers: Vec<u16>,
+    latest: Vec<u64>,
+    vcpus: Vec<Vcpu>,
+    issued: u64,
+    stats: Stats,
+    buf: Vec<u8>,
+    actions: Vec<Action>,
+    hot: Vec<u64>,
+}
+
+const WATCHDOG: u64 = 2_000_000;
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Sim {
+        let n = usize::from(cfg.nodes);
+        let ecfg = if cfg.ranges {
+            Config::ranges(cfg.nodes, cfg.pages)
+        } else {
+            Config::interleaved(cfg.nodes, cfg.pages)
+        };
+        let mut rng = Rng::new(cfg.seed);
+        let hot = (0..16).map(|_| rng.below(cfg.pages)).collect();
+        let vcpus = (0..cfg.nodes)
+            .flat_map(|node| (0..cfg.vcpus_per_node).map(move |_| Vcpu { node, blocked: None }))
+            .collect();
+        let pages = cfg.pages as usize;
+        Sim {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            engines: (0..n).map(|i| Engine::new(NodeId(i as u8), ecfg)).collect(),
+            stores: (0..n).map(|_| Vals(vec![0; pages])).collect(),
+            chans: (0..n * n).map(|_| VecDeque::new()).collect(),
+            chan_last: vec![0; n * n],
+            ept: vec![vec![0; pages]; n],
+            readers: vec![0; pages],
+            writers: vec![0; pages],
+            latest: vec![0; pages],
+            vcpus,
+            issued: 0,
+            stats: Stats::default(),
+            buf: Vec::new(),
+            actions: Vec::new(),
+            hot,
+        }
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn schedule_step(&mut self, vcpu: usize) {
+        if self.issued < self.cfg.ops {
+            self.issued += 1;
+            let at = self.now + self.rng.below(20);
+            self.schedule(at, Ev::Step { vcpu: vcpu as u32 });
+        }
+    }
+
+    fn set_ept(&mut self, node: usize, gfn: Gfn, rights: u8) -> Result<(), String> {
+        let p = gfn.0 as usize;
+        match std::mem::replace(&mut self.ept[node][p], rights) {
+            1 => self.readers[p] -= 1,
+            2 => self.writers[p] -= 1,
+            _ => {}
+        }
+        match rights {
+            1 => self.readers[p] += 1,
+            2 => self.writers[p] += 1,
+            _ => {}
+        }
+        if self.writers[p] > 1 || (self.writers[p] == 1 && self.readers[p] > 0) {
+            return Err(format!(
+                "page {p}: {} writers and {} readers after node {node} changed its mapping",
+                self.writers[p], self.readers[p]
+            ));
+        }
+        if rights > 0 && self.stores[node].0[p] != self.latest[p] {
+            return Err(format!(
+                "node {node} maps page {p} holding {} but the last write was {}",
+                self.stores[node].0[p], self.latest[p]
+            ));
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, vcpu: usize, page: u64, access: Access) -> Result<(), String> {
+        let node = usize::from(self.vcpus[vcpu].node);
+        let p = page as usize;
+        let rights = self.ept[node][p];
+        if rights == 0 || (access.is_write() && rights != 2) {
+            return Err(format!(
+                "vcpu {vcpu} on node {node} ran {access:?} on page {p} without rights"
+            ));
+        }
+        if access.is_write() {
+            self.latest[p] += 1;
+            self.stores[node].0[p] = self.latest[p];
+        } else if self.stores[node].0[p] != self.latest[p] {
+            return Err(format!(
+                "vcpu {vcpu} on node {node} read page {p} = {} but the last write was {}",
+                self.stores[node].0[p], self.latest[p]
+            ));
+        }
+        self.stats.ops += 1;
+        self.schedule_step(vcpu);
+        Ok(())
+    }
+
+    fn event(&mut self, node: usize, ev: Event) -> Result<(), String> {
+        self.stats.engine_events += 1;
+        let mut actions = std::mem::take(&mut self.actions);
+        self.engines[node].handle_into(ev, &mut self.stores[node], &mut actions);
+        let r = self.apply(node, &mut actions);
+        actions.clear();
+        self.actions = actions;
+        r
+    }
+
+    fn apply(&mut self, node: usize, actions: &mut Vec<Action>) -> Result<(), String> {
+        let n = usize::from(self.cfg.nodes);
+        for a in actions.drain(..) {
+            match a {
+                Action::SendPage { to, mut msg } | Action::Send { to, mut msg } => {
+                    let gfn = msg.gfn();
+                    if let Some(page) = msg.page_mut() {
+                        self.stores[node].copy_out(gfn, page);
+                    }
+                    self.stats.messages += 1;
+                    if self.cfg.drop_nth == Some(self.stats.messages) {
+                        continue;
+                    }
+                    self.buf.clear();
+                    msg.encode(&mut self.buf);
+                    let msg = Message::decode(&self.buf).map_err(|e| format!("codec: {e}"))?;
+                    let c = node * n + to.index();
+                    let at =
+                        (self.now + 1 + self.rng.below(self.cfg.max_delay)).max(self.chan_last[c]);
+                    self.chan_last[c] = at;
+                    self.chans[c].push_back(msg);
+                    self.schedule(at, Ev::Deliver { from: node as u16, to: to.0.into() });
+                }
+                Action::Map { gfn, rights } => {
+                    let r = if rights == Rights::ReadWriteExec { 2 } else { 1 };
+                    self.set_ept(node, gfn, r)?;
+                }
+                Action::Unmap { gfn } => self.set_ept(node, gfn, 0)?,
+                Action::Downgrade { gfn } => self.set_ept(node, gfn, 1)?,
+                Action::Resume { vcpus } => {
+                    for VcpuId(v) in vcpus {
+                        let v = usize::from(v);
+                        let Some((page, access, _)) = self.vcpus[v].blocked.take() else {
+                            return Err(format!("vcpu {v} resumed but was not waiting"));
+                        };
+                        self.perform(v, page, access)?;
+                    }
+                }
+                Action::Stalled { gfn, .. } => {
+                    return Err(format!("node {node}: gfn {} stalled", gfn.0))
+                }
+                Action::Error(e) => return Err(format!("node {node}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn step_vcpu(&mut self, v: usize) -> Result<(), String> {
+        let node = usize::from(self.vcpus[v].node);
+        let page = if self.rng.chance(30) {
+            self.hot[self.rng.below(self.hot.len() as u64) as usize]
+        } else {
+            self.rng.below(self.cfg.pages)
+        };
+        let access = match self.rng.below(10) {
+            0..=5 => Access::Read,
+            6 => Access::Exec,
+            _ => Access::Write,
+        };
+        let rights = self.ept[node][page as usize];
+        if rights == 2 || (rights == 1 && !access.is_write()) {
+            return self.perform(v, page, access);
+        }
+        self.stats.faults += 1;
+        self.vcpus[v].blocked = Some((page, access, self.now));
+        let ev = Event::LocalFault { gfn: Gfn(page), access, vcpu: VcpuId(v as u16) };
+        self.event(node, ev)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        for v in 0..self.vcpus.len() {
+            self.schedule_step(v);
+        }
+        let n = usize::from(self.cfg.nodes);
+        let mut steps = 0u64;
+        while let Some(Reverse((at, _, ev))) = self.heap.pop() {
+            self.now = at;
+            steps += 1;
+            match ev {
+                Ev::Step { vcpu } => self.step_vcpu(vcpu as usize)?,
+                Ev::Deliver { from, to } => {
+                    let c = usize::from(from) * n + usize::from(to);
+                    let msg = self.chans[c].pop_front().ok_or("delivery from an empty channel")?;
+                    self.event(usize::from(to), Event::Message { from: NodeId(from as u8), msg })?;
+                }
+            }
+            if steps % 65_536 == 0 {
+                self.watchdog()?;
+            }
+        }
+        self.stats.sim_time = self.now;
+        self.watchdog()?;
+        self.check_drained()
+    }
+
+    fn watchdog(&self) -> Result<(), String> {
+        for (v, c) in self.vcpus.iter().enumerate() {
+            if let Some((page, access, since)) = c.blocked {
+                if self.heap.is_empty() || self.now - since > WATCHDOG {
+                    return Err(format!(
+                        "vcpu {v} on node {} waits since t={since} for {access:?} on page {page} (now t={})",
+                        c.node, self.now
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_drained(&self) -> Result<(), String> {
+        if self.chans.iter().any(|c| !c.is_empty()) {
+            return Err("messages left undelivered".into());
+        }
+        for (i, e) in self.engines.iter().enumerate() {
+            if e.pending_count() > 0 || e.busy_count() > 0 {
+                return Err(format!("node {i} still has requests or transactions in flight"));
+            }
+        }
+        let cfg = *self.engines[0].config();
+        for p in 0..self.cfg.pages {
+            let gfn = Gfn(p);
+            let (state, owner, sharers, _) =
+                self.engines[cfg.home(gfn).index()].directory_entry(gfn);
+            for (i, e) in self.engines.iter().enumerate() {
+                let id = NodeId(i as u8);
+                let expect = match state {
+                    DirState::Shared if sharers.contains(id) => CacheState::Shared,
+                    DirState::Modified if owner == id => CacheState::Modified,
+                    _ => CacheState::Invalid,
+                };
+                if e.cache_state(gfn) != expect {
+                    return Err(format!(
+                        "page {p}: node {i} is {:?}, its home says {expect:?}",
+                        e.cache_state(gfn)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one simulation; on failure, the error names the seed and how to replay it.
+pub fn simulate(cfg: SimConfig) -> Result<Stats, String> {
+    let mut sim = Sim::new(cfg);
+    match sim.run() {
+        Ok(()) => Ok(sim.stats),
+        Err(e) => Err(format!(
+            "simulation failed at t={} after {} ops (seed {}, {} nodes): {e}\nreplay: {}",
+            sim.now,
+            sim.stats.ops,
+            cfg.seed,
+            cfg.nodes,
+            cfg.replay_command()
+        )),
+    }
+}
+
+fn run_seeds(nodes: u16, seeds: std::ops::Range<u64>, ops_per_seed: u64) -> Stats {
+    let t = std::time::Instant::now();
+    let mut total = Stats::default();
+    for seed in seeds {
+        let s =
+            simulate(SimConfig::new(seed, nodes, ops_per_seed)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.ops, ops_per_seed, "every issued access completes");
+        total.ops += s.ops;
+        total.faults += s.faults;
+        total.messages += s.messages;
+        total.engine_events += s.engine_events;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::println!(
+        "sim {nodes} nodes: {} ops, {} faults, {} messages, {} engine events in {secs:.2}s = {:.0} ops/s, {:.0} engine events/s",
+        total.ops, total.faults, total.messages, total.engine_events, total.ops as f64 / secs, total.engine_events as f64 / secs
+    );
+    total
+}
+
+#[test]
+fn sim_sixteen_nodes_stays_coherent_over_half_a_million_accesses() {
+    let s = run_seeds(16, 0..4, 125_000);
+    assert!(s.faults > s.ops / 4, "the workload must mostly miss: {s:?}");
+}
+
+#[test]
+fn sim_sixty_four_nodes_stays_coherent_over_half_a_million_accesses() {
+    let s = run_seeds(64, 100..104, 125_000);
+    assert!(s.faults > s.ops / 4, "the workload must mostly miss: {s:?}");
+}
+
+#[test]
+fn sim_catches_a_lost_message_and_prints_a_replay_command() {
+    let mut cfg = SimConfig::new(7, 4, 2_000);
+    cfg.drop_nth = Some(100);
+    let e = simulate(cfg).expect_err("a lost message must be caught");
+    assert!(e.contains("replay: GESTALT_SIM_SEED=7 GESTALT_SIM_NODES=4"), "{e}");
+}
+
+#[test]
+fn sim_runs_are_deterministic_per_seed() {
+    let a = simulate(SimConfig::new(42, 8, 5_000)).unwrap();
+    let b = simulate(SimConfig::new(42, 8, 5_000)).unwrap();
+    assert_eq!((a.messages, a.faults, a.sim_time), (b.messages, b.faults, b.sim_time));
+}
+
+/// Replays one run: `GESTALT_SIM_SEED=.. GESTALT_SIM_NODES=.. GESTALT_SIM_OPS=..`
+/// (defaults: seed 1, 16 nodes, 100k accesses).
+#[test]
+fn sim_replay() {
+    let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let cfg = SimConfig::new(
+        var("GESTALT_SIM_SEED", 1),
+        var("GESTALT_SIM_NODES", 16) as u16,
+        var("GESTALT_SIM_OPS", 100_000),
+    );
+    let t = std::time::Instant::now();
+    let s = simulate(cfg).unwrap_or_else(|e| panic!("{e}"));
+    std::println!("{cfg:?}: {s:?} in {:.2?}", t.elapsed());
+}
