@@ -101,7 +101,7 @@ pub(crate) struct Dma {
 impl Dma {
     pub(crate) fn alloc(hal: &impl Hal, len: usize, align: usize) -> Option<Self> {
         let region = hal.dma_alloc(len, align)?;
-        (region.len >= len && region.virt.as_ptr() as usize % align == 0)
+        (region.len >= len && (region.virt.as_ptr() as usize).is_multiple_of(align))
             .then_some(Self { region })
     }
 
@@ -128,7 +128,9 @@ impl Dma {
 
     pub(crate) fn read_u16(&self, offset: usize) -> u16 {
         // SAFETY: as in `read_u8`.
-        u16::from_le_bytes(unsafe { core::ptr::read_volatile(self.ptr(offset, 2).cast::<[u8; 2]>()) })
+        u16::from_le_bytes(unsafe {
+            core::ptr::read_volatile(self.ptr(offset, 2).cast::<[u8; 2]>())
+        })
     }
 
     pub(crate) fn write_u16(&self, offset: usize, v: u16) {
@@ -138,7 +140,9 @@ impl Dma {
 
     pub(crate) fn read_u32(&self, offset: usize) -> u32 {
         // SAFETY: as in `read_u8`.
-        u32::from_le_bytes(unsafe { core::ptr::read_volatile(self.ptr(offset, 4).cast::<[u8; 4]>()) })
+        u32::from_le_bytes(unsafe {
+            core::ptr::read_volatile(self.ptr(offset, 4).cast::<[u8; 4]>())
+        })
     }
 
     pub(crate) fn write_u32(&self, offset: usize, v: u32) {

@@ -426,7 +426,9 @@ impl<D: NetDevice> NetInterface<D> {
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
                     self.device.inner().claimed = None;
-                    self.iface.update_ip_addrs(|a| a.clear());
+                    self.iface.update_ip_addrs(|addrs| {
+                        addrs.clear();
+                    });
                     self.iface.routes_mut().remove_default_ipv4_route();
                 }
                 None => {}
@@ -442,13 +444,16 @@ impl<D: NetDevice> NetInterface<D> {
                 return Some(PROBE_INTERVAL_US / 4);
             }
         }
-        self.iface
-            .poll_delay(instant(now), &self.sockets)
-            .map(|d| d.total_micros())
+        self.iface.poll_delay(instant(now), &self.sockets).map(|d| d.total_micros())
     }
 
     /// Sends one UDP datagram from the transport port.
-    pub fn send_to(&mut self, payload: &[u8], to: Ipv4Address, port: u16) -> Result<(), NetSendError> {
+    pub fn send_to(
+        &mut self,
+        payload: &[u8],
+        to: Ipv4Address,
+        port: u16,
+    ) -> Result<(), NetSendError> {
         if self.ipv4().is_none() {
             return Err(NetSendError::NoAddress);
         }

@@ -232,7 +232,8 @@ impl<H: Hal> E1000<H> {
         self.write(reg::IMC, u32::MAX);
         let _ = self.read(reg::ICR);
         let ctrl = self.read(reg::CTRL);
-        let ctrl = (ctrl | CTRL_SLU | CTRL_ASDE) & !(CTRL_LRST | CTRL_PHY_RST | CTRL_ILOS | CTRL_VME);
+        let ctrl =
+            (ctrl | CTRL_SLU | CTRL_ASDE) & !(CTRL_LRST | CTRL_PHY_RST | CTRL_ILOS | CTRL_VME);
         self.write(reg::CTRL, ctrl);
         if self.model == Model::I82574 {
             let gcr = self.read(reg::GCR);

@@ -65,12 +65,16 @@ impl FakeMemory {
 
     pub(crate) fn read(&self, phys: u64, out: &mut [u8]) {
         // SAFETY: `at` checked the range; the driver is not running (single thread).
-        unsafe { std::ptr::copy_nonoverlapping(self.at(phys, out.len()), out.as_mut_ptr(), out.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.at(phys, out.len()), out.as_mut_ptr(), out.len());
+        }
     }
 
     pub(crate) fn write(&self, phys: u64, data: &[u8]) {
         // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.at(phys, data.len()), data.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.at(phys, data.len()), data.len());
+        }
     }
 
     pub(crate) fn u8(&self, phys: u64) -> u8 {
@@ -490,8 +494,8 @@ impl FakeVirtioNet {
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
         cfg[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         let mut v = [0u8; 4];
-        for i in 0..width {
-            v[i] = cfg.get(off + i).copied().unwrap_or(0);
+        for (i, b) in v.iter_mut().enumerate().take(width) {
+            *b = cfg.get(off + i).copied().unwrap_or(0);
         }
         u32::from_le_bytes(v)
     }

@@ -221,10 +221,10 @@ impl<H: Hal> VirtioNet<H> {
 
         let rx = mmio.setup_queue(RXQ, config.queue_size)?;
         let tx = mmio.setup_queue(TXQ, config.queue_size)?;
-        let rx_bufs = Dma::alloc(&hal, usize::from(rx.size) * buf_len, 64)
-            .ok_or(DriverError::NoDmaMemory)?;
-        let tx_bufs = Dma::alloc(&hal, usize::from(tx.size) * buf_len, 64)
-            .ok_or(DriverError::NoDmaMemory)?;
+        let rx_bufs =
+            Dma::alloc(&hal, usize::from(rx.size) * buf_len, 64).ok_or(DriverError::NoDmaMemory)?;
+        let tx_bufs =
+            Dma::alloc(&hal, usize::from(tx.size) * buf_len, 64).ok_or(DriverError::NoDmaMemory)?;
         let mut dev = Self {
             hal,
             regs: regions,

@@ -27,7 +27,12 @@ fn port(hub: &Rc<RefCell<Hub>>, last: u8) -> Port {
         h.ports.push(VecDeque::new());
         h.ports.len() - 1
     };
-    Port { hub: Rc::clone(hub), index, mac: [0x02, 0, 0, 0, 0, last], stats: DeviceStats::default() }
+    Port {
+        hub: Rc::clone(hub),
+        index,
+        mac: [0x02, 0, 0, 0, 0, last],
+        stats: DeviceStats::default(),
+    }
 }
 
 impl NetDevice for Port {
@@ -48,7 +53,7 @@ impl NetDevice for Port {
         hub.sent += 1;
         hub.log.push(frame.to_vec());
         self.stats.tx_packets += 1;
-        if hub.drop_every != 0 && hub.sent % hub.drop_every == 0 {
+        if hub.drop_every != 0 && hub.sent.is_multiple_of(hub.drop_every) {
             return Ok(());
         }
         for (i, q) in hub.ports.iter_mut().enumerate() {
@@ -77,7 +82,12 @@ fn cidr(s: &str) -> IpConfig {
 }
 
 /// Polls every interface at 1 ms virtual steps until `done` or `limit` µs pass.
-fn run_until(nodes: &mut [NetInterface<Port>], now: &mut u64, limit: u64, mut done: impl FnMut(&mut [NetInterface<Port>]) -> bool) {
+fn run_until(
+    nodes: &mut [NetInterface<Port>],
+    now: &mut u64,
+    limit: u64,
+    mut done: impl FnMut(&mut [NetInterface<Port>]) -> bool,
+) {
     while !done(nodes) {
         assert!(*now < limit, "condition not reached by {limit} µs");
         for n in nodes.iter_mut() {
@@ -95,7 +105,16 @@ fn ip_config_parses_dhcp_auto_and_static_cidr() {
         cidr("10.0.0.7/24"),
         IpConfig::Static(Ipv4Cidr::new(Ipv4Address::new(10, 0, 0, 7), 24))
     );
-    for bad in ["", "10.0.0.7", "10.0.0/24", "10.0.0.7.1/24", "10.0.0.256/24", "10.0.0.7/0", "10.0.0.7/33", "DHCP"] {
+    for bad in [
+        "",
+        "10.0.0.7",
+        "10.0.0/24",
+        "10.0.0.7.1/24",
+        "10.0.0.256/24",
+        "10.0.0.7/0",
+        "10.0.0.7/33",
+        "DHCP",
+    ] {
         assert_eq!(bad.parse::<IpConfig>(), Err(ParseIpConfigError), "{bad}");
     }
 }
@@ -144,14 +163,22 @@ fn auto_addressing_claims_the_mac_derived_link_local_address() {
         NetInterface::new(port(&hub, 2), IpConfig::Auto, PORT, 0, 2),
     ];
     assert_eq!(nodes[0].ipv4(), None, "no address while probing");
-    assert_eq!(nodes[0].send_to(b"x", Ipv4Address::new(169, 254, 1, 1), PORT), Err(NetSendError::NoAddress));
+    assert_eq!(
+        nodes[0].send_to(b"x", Ipv4Address::new(169, 254, 1, 1), PORT),
+        Err(NetSendError::NoAddress)
+    );
     let mut now = 0;
     run_until(&mut nodes, &mut now, 5_000_000, |n| n.iter().all(|n| n.ipv4().is_some()));
     for (i, n) in nodes.iter().enumerate() {
         let want = LinkLocal::candidate_for([0x02, 0, 0, 0, 0, i as u8 + 1], 0);
         assert_eq!(n.ipv4(), Some(Ipv4Cidr::new(want, 16)));
     }
-    let probes = hub.borrow().log.iter().filter(|f| parse_arp(f).is_some_and(|a| a.1 == Ipv4Address::UNSPECIFIED)).count();
+    let probes = hub
+        .borrow()
+        .log
+        .iter()
+        .filter(|f| parse_arp(f).is_some_and(|a| a.1 == Ipv4Address::UNSPECIFIED))
+        .count();
     assert_eq!(probes, 2 * usize::from(PROBE_NUM));
     // And they can talk.
     let dst = nodes[1].ipv4().unwrap().address();
@@ -193,7 +220,7 @@ fn dhcp_addressing_sends_a_discover() {
 #[test]
 fn transport_messages_cross_smoltcp_exactly_once_in_order_despite_frame_loss() {
     let hub = Rc::new(RefCell::new(Hub { drop_every: 9, ..Hub::default() }));
-    let mut nodes = vec![
+    let mut nodes = [
         NetInterface::new(port(&hub, 1), cidr("10.9.0.1/24"), PORT, 0, 1),
         NetInterface::new(port(&hub, 2), cidr("10.9.0.2/24"), PORT, 0, 2),
     ];

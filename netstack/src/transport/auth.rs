@@ -53,9 +53,8 @@ impl Authenticator {
     /// An authenticator for `key`.
     pub fn new(key: &ClusterKey) -> Self {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mac = match <Hmac<Sha256> as Mac>::new_from_slice(&key.0) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
+        let Ok(mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key.0) else {
+            unreachable!("HMAC takes keys of any length")
         };
         Self { mac }
     }

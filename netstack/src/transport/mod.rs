@@ -463,8 +463,7 @@ impl Transport {
     }
 
     fn accept(&mut self, now: u64, datagram: &[u8]) -> Result<(), DropReason> {
-        let (h, payload) =
-            Header::open(datagram, &self.auth, self.cfg.cluster_id, self.cfg.local)?;
+        let (h, payload) = Header::open(datagram, &self.auth, self.cfg.cluster_id, self.cfg.local)?;
         let i = self.peer_index(h.src).ok_or(DropReason::UnknownPeer)?;
         let peer = &mut self.peers[i];
         match peer.peer_epoch {
@@ -490,14 +489,7 @@ impl Transport {
         }
         Self::on_ack(peer, &self.cfg, now, h.ack, h.sack);
         if h.kind == Kind::Data {
-            Self::on_data(
-                peer,
-                &self.cfg,
-                &mut self.inbox,
-                &mut self.stats,
-                &h,
-                payload,
-            );
+            Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
         }
         Ok(())
     }

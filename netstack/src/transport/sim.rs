@@ -95,7 +95,13 @@ pub struct SimNetwork {
 impl SimNetwork {
     /// A network with `faults`, deterministic for a given `seed`.
     pub fn new(seed: u64, faults: Faults) -> Self {
-        Self { rng: Rng::new(seed), faults, queue: BinaryHeap::new(), order: 0, stats: SimStats::default() }
+        Self {
+            rng: Rng::new(seed),
+            faults,
+            queue: BinaryHeap::new(),
+            order: 0,
+            stats: SimStats::default(),
+        }
     }
 
     /// Counters.
@@ -121,7 +127,13 @@ impl SimNetwork {
             let spread = self.faults.max_delay_us.saturating_sub(self.faults.min_delay_us);
             let at = now + self.faults.min_delay_us + self.rng.below(spread + 1);
             self.order += 1;
-            self.queue.push(Reverse(InFlight { at, order: self.order, from, to, bytes: bytes.to_vec() }));
+            self.queue.push(Reverse(InFlight {
+                at,
+                order: self.order,
+                from,
+                to,
+                bytes: bytes.to_vec(),
+            }));
         }
     }
 

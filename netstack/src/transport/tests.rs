@@ -105,9 +105,9 @@ fn all_to_all(c: &mut Cluster, per_pair: u32, seed: u64) {
             for d in (0..n).filter(|&d| d != s) {
                 let (si, di) = (usize::from(s), usize::from(d));
                 while next_send[si][di] < per_pair {
-                    let m = pending[si][di].take().unwrap_or_else(|| {
-                        message(s, d, next_send[si][di], &mut rng, max)
-                    });
+                    let m = pending[si][di]
+                        .take()
+                        .unwrap_or_else(|| message(s, d, next_send[si][di], &mut rng, max));
                     match c.nodes[si].send(d, &m) {
                         Ok(()) => next_send[si][di] += 1,
                         Err(SendError::WouldBlock) => {
@@ -351,7 +351,8 @@ fn retransmission_timeout_doubles_while_nothing_is_acknowledged() {
 
 #[test]
 fn rtt_estimate_follows_the_path_delay() {
-    let faults = Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 400, max_delay_us: 400 };
+    let faults =
+        Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 400, max_delay_us: 400 };
     let mut c = Cluster::new(2, 3, faults, |_| {});
     all_to_all(&mut c, 50, 3);
     let (srtt, rto) = c.nodes[0].rtt(1).unwrap();
@@ -379,7 +380,12 @@ fn a_silent_peer_is_declared_down_and_revives_when_heard_again() {
 
 #[test]
 fn heartbeats_keep_idle_peers_up() {
-    let faults = Faults { drop_per_mille: 100, duplicate_per_mille: 0, min_delay_us: 100, max_delay_us: 100 };
+    let faults = Faults {
+        drop_per_mille: 100,
+        duplicate_per_mille: 0,
+        min_delay_us: 100,
+        max_delay_us: 100,
+    };
     let mut c = Cluster::new(3, 5, faults, |_| {});
     while c.now < 10_000_000 {
         assert!(c.step());
@@ -392,7 +398,8 @@ fn heartbeats_keep_idle_peers_up() {
 
 #[test]
 fn a_full_inbox_defers_data_until_the_application_reads() {
-    let faults = Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 10, max_delay_us: 10 };
+    let faults =
+        Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 10, max_delay_us: 10 };
     let mut c = Cluster::new(2, 1, faults, |cfg| cfg.inbox_limit = 4);
     for k in 0..10u8 {
         c.nodes[0].send(1, &[k]).unwrap();

@@ -79,7 +79,7 @@ impl UdpEndpoint {
             let now = self.now();
             let Some(t) = self.transport.poll_transmit(now, &mut self.tx) else { return Ok(()) };
             self.tx_count += 1;
-            if self.drop_every != 0 && self.tx_count % self.drop_every == 0 {
+            if self.drop_every != 0 && self.tx_count.is_multiple_of(self.drop_every) {
                 continue;
             }
             if let Some(&(_, addr)) = self.peers.iter().find(|(p, _)| *p == t.to) {
@@ -93,9 +93,10 @@ impl UdpEndpoint {
     pub fn poll(&mut self, max_wait: Duration) -> io::Result<()> {
         self.flush()?;
         let now = self.now();
-        let timer = self.transport.next_deadline().map_or(max_wait, |d| {
-            Duration::from_micros(d.saturating_sub(now)).min(max_wait)
-        });
+        let timer = self
+            .transport
+            .next_deadline()
+            .map_or(max_wait, |d| Duration::from_micros(d.saturating_sub(now)).min(max_wait));
         // A zero read timeout means "block forever" to the OS: wait at least 100 µs.
         self.socket.set_read_timeout(Some(timer.max(Duration::from_micros(100))))?;
         self.socket.set_nonblocking(false)?;
@@ -172,7 +173,8 @@ mod tests {
                 assert!(m[4..].iter().all(|&b| b == peer as u8));
                 received += 1;
             }
-            let all_acked = ep.transport().send_capacity(peer) == ep.transport().config().send_queue;
+            let all_acked =
+                ep.transport().send_capacity(peer) == ep.transport().config().send_queue;
             if sent == count && received == count && all_acked {
                 idle[usize::from(me)].store(true, Ordering::SeqCst);
             }
@@ -184,8 +186,7 @@ mod tests {
     #[test]
     fn messages_cross_real_udp_sockets_on_loopback_exactly_once_and_in_order() {
         let (mut a, mut b) = (endpoint(0), endpoint(1));
-        let (addr_a, addr_b) =
-            (a.socket.local_addr().unwrap(), b.socket.local_addr().unwrap());
+        let (addr_a, addr_b) = (a.socket.local_addr().unwrap(), b.socket.local_addr().unwrap());
         a.add_peer(1, addr_b);
         b.add_peer(0, addr_a);
         a.drop_every(10);

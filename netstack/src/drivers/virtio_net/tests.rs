@@ -12,7 +12,10 @@ fn regions() -> VirtioPciRegions {
     }
 }
 
-fn driver(fake: &Rc<FakeVirtioNet>, config: VirtioNetConfig) -> Result<VirtioNet<Rc<FakeVirtioNet>>, DriverError> {
+fn driver(
+    fake: &Rc<FakeVirtioNet>,
+    config: VirtioNetConfig,
+) -> Result<VirtioNet<Rc<FakeVirtioNet>>, DriverError> {
     // SAFETY: the fake maps its regions at the addresses in `regions()`.
     unsafe { VirtioNet::with_config(Rc::clone(fake), regions(), config) }
 }
