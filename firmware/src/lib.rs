@@ -14,6 +14,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cmdline;
 pub mod console;
+pub mod hv;
 pub mod info;
 pub mod mem;
 pub mod net;

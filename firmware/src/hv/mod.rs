@@ -12,9 +12,6 @@ pub mod uart;
 pub mod vlapic;
 pub mod vmx;
 
-#[cfg(target_os = "none")]
-pub mod vm;
-
 /// Direction of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoDir {
