@@ -16,5 +16,6 @@ pub mod device;
 pub mod drivers;
 pub mod hal;
 pub mod iface;
+pub mod membership;
 pub mod phy;
 pub mod transport;
