@@ -489,14 +489,14 @@ impl Engine {
         match msg {
             Message::ReadReq { gfn } => self.dir_request(from, gfn, false, out),
             Message::WriteReq { gfn } => self.dir_request(from, gfn, true, out),
-            Message::InvAck { .. } => self.dir_inv_ack(from, msg, out),
-            Message::WriteBack { .. } => self.dir_write_back(from, msg, store, out),
+            Message::InvAck { .. } => self.dir_inv_ack(from, &msg, out),
+            Message::WriteBack { .. } => self.dir_write_back(from, &msg, store, out),
             Message::Inv { .. } => self.cache_inv(from, msg, out),
             Message::FwdRead { .. } | Message::FwdWrite { .. } => {
                 self.cache_forward(from, msg, out);
             }
             Message::DataShared { .. } | Message::DataExclusive { .. } | Message::Grant { .. } => {
-                self.cache_fill(from, msg, store, out);
+                self.cache_fill(from, &msg, store, out);
             }
         }
     }
@@ -554,7 +554,7 @@ impl Engine {
     fn cache_fill<S: PageStore>(
         &mut self,
         from: NodeId,
-        msg: Message,
+        msg: &Message,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -568,7 +568,7 @@ impl Engine {
             _ => false,
         };
         if !ok {
-            return self.unexpected(from, &msg, out);
+            return self.unexpected(from, msg, out);
         }
         let Some(p) = self.pending.remove(&gfn) else { return };
         if let Some(page) = msg.page() {
@@ -681,12 +681,12 @@ impl Engine {
         }
     }
 
-    fn dir_inv_ack(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
+    fn dir_inv_ack(&mut self, from: NodeId, msg: &Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let Some(Busy { txn: Txn::CollectAcks { requester, remaining, upgrade }, .. }) =
             self.busy.get_mut(&gfn)
         else {
-            return self.unexpected(from, &msg, out);
+            return self.unexpected(from, msg, out);
         };
         *remaining -= 1;
         if *remaining > 0 {
@@ -700,7 +700,7 @@ impl Engine {
     fn dir_write_back<S: PageStore>(
         &mut self,
         from: NodeId,
-        msg: Message,
+        msg: &Message,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -712,7 +712,7 @@ impl Engine {
             {
                 *requester
             }
-            _ => return self.unexpected(from, &msg, out),
+            _ => return self.unexpected(from, msg, out),
         };
         if from != self.id {
             if let Some(page) = msg.page() {

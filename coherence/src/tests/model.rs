@@ -101,7 +101,7 @@ impl Hasher for Fingerprint {
     }
 
     fn write_u64(&mut self, w: u64) {
-        self.a = (self.a.rotate_left(5) ^ w).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.a = (self.a.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
         self.b = (self.b.rotate_left(23) ^ w)
             .wrapping_add(0x9e37_79b9_7f4a_7c15)
             .wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -225,7 +225,7 @@ impl World {
                 Action::Map { gfn, rights } => self.ept[node][gfn.0 as usize] = Some(rights),
                 Action::Unmap { gfn } => self.ept[node][gfn.0 as usize] = None,
                 Action::Downgrade { gfn } => {
-                    self.ept[node][gfn.0 as usize] = Some(Rights::ReadExec)
+                    self.ept[node][gfn.0 as usize] = Some(Rights::ReadExec);
                 }
                 Action::Resume { vcpus } => {
                     for VcpuId(v) in vcpus {

@@ -341,7 +341,7 @@ impl Sim {
                     self.event(usize::from(to), Event::Message { from: NodeId(from as u8), msg })?;
                 }
             }
-            if steps % 65_536 == 0 {
+            if steps.is_multiple_of(65_536) {
                 self.watchdog()?;
             }
         }
