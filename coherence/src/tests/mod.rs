@@ -4,4 +4,5 @@
 mod cluster;
 mod counts;
 mod model;
+mod robust;
 mod sim;

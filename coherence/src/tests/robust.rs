@@ -1,0 +1,57 @@
+//! Whatever a peer or a guest sends, an engine answers with actions and never panics.
+
+use proptest::prelude::*;
+
+use crate::{Access, Action, Config, Engine, Event, Gfn, MemStore, Message, NodeId, VcpuId};
+
+fn any_event() -> impl Strategy<Value = Event> {
+    let gfn = (0u64..20).prop_map(Gfn);
+    let node = (0u8..6).prop_map(NodeId);
+    let page = proptest::collection::vec(any::<u8>(), 0..16);
+    let msg = prop_oneof![
+        gfn.clone().prop_map(|gfn| Message::ReadReq { gfn }),
+        gfn.clone().prop_map(|gfn| Message::WriteReq { gfn }),
+        gfn.clone().prop_map(|gfn| Message::Inv { gfn }),
+        gfn.clone().prop_map(|gfn| Message::InvAck { gfn }),
+        gfn.clone().prop_map(|gfn| Message::Grant { gfn }),
+        (gfn.clone(), node.clone())
+            .prop_map(|(gfn, requester)| Message::FwdRead { gfn, requester }),
+        (gfn.clone(), node.clone())
+            .prop_map(|(gfn, requester)| Message::FwdWrite { gfn, requester }),
+        (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataShared { gfn, page }),
+        (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataExclusive { gfn, page }),
+        (gfn.clone(), page).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+    ];
+    let access = prop_oneof![Just(Access::Read), Just(Access::Write), Just(Access::Exec)];
+    prop_oneof![
+        (node, msg).prop_map(|(from, msg)| Event::Message { from, msg }),
+        (gfn, access, 0u16..4).prop_map(|(gfn, access, v)| Event::LocalFault {
+            gfn,
+            access,
+            vcpu: VcpuId(v)
+        }),
+        (0u64..1000).prop_map(|now| Event::Timer { now }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn an_engine_fed_arbitrary_events_never_panics_and_never_sends_to_itself(
+        me in 0u8..4,
+        events in proptest::collection::vec(any_event(), 0..64),
+    ) {
+        let mut e = Engine::new(NodeId(me), Config::interleaved(4, 16));
+        e.set_stall_after(100);
+        let mut store = MemStore::new();
+        for ev in events {
+            for a in e.handle(ev, &mut store) {
+                if let Action::Send { to, .. } | Action::SendPage { to, .. } = a {
+                    prop_assert_ne!(to, NodeId(me));
+                    prop_assert!(to.0 < 4);
+                }
+            }
+        }
+    }
+}
