@@ -24,7 +24,7 @@ pub enum IpMode {
 }
 
 /// Built-in tests selectable with `test=`.
-pub const TESTS: &[&str] = &["boot", "pagefault"];
+pub const TESTS: &[&str] = &["boot", "pagefault", "vmx", "vmx-fault"];
 
 /// Default UDP port of the cluster transport.
 pub const DEFAULT_PORT: u16 = 7470;
@@ -48,6 +48,8 @@ pub struct Config {
     pub primary: bool,
     /// Transport UDP port (`port=`).
     pub port: u16,
+    /// Start the first boot module as the guest (`guest=on|off`), default on.
+    pub guest: bool,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             test: None,
             primary: false,
             port: DEFAULT_PORT,
+            guest: true,
         }
     }
 }
@@ -88,7 +91,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -166,12 +169,9 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
         }
         "test" => {
             let v = need("test")?;
-            cfg.test =
-                Some(
-                    TESTS.iter().copied().find(|t| *t == v).ok_or_else(|| {
-                        bad("test", v, "one of the built-in tests: boot, pagefault")
-                    })?,
-                );
+            cfg.test = Some(TESTS.iter().copied().find(|t| *t == v).ok_or_else(|| {
+                bad("test", v, "one of the built-in tests: boot, pagefault, vmx, vmx-fault")
+            })?);
         }
         "port" => {
             let v = need("port")?;
@@ -179,6 +179,14 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                 Ok(p) if p > 0 => cfg.port = p,
                 _ => return Err(bad("port", v, "a UDP port from 1 to 65535")),
             }
+        }
+        "guest" => {
+            let v = need("guest")?;
+            cfg.guest = match v {
+                "on" | "1" => true,
+                "off" | "0" => false,
+                _ => return Err(bad("guest", v, "on or off")),
+            };
         }
         other => return Err(CmdlineError::UnknownKey(other.to_string())),
     }
@@ -222,6 +230,16 @@ mod tests {
         assert_eq!(cfg.cluster, 7);
         assert_eq!(cfg.log, Level::Debug);
         assert!(cfg.primary);
+    }
+
+    #[test]
+    fn guest_key_switches_the_module_guest_and_vmx_tests_exist() {
+        let (cfg, errs) = parse("x guest=off test=vmx-fault");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(!cfg.guest);
+        assert_eq!(cfg.test, Some("vmx-fault"));
+        assert!(Config::default().guest);
+        assert_eq!(parse("x guest=maybe").1.len(), 1);
     }
 
     #[test]

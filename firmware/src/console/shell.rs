@@ -117,6 +117,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("status", "uptime, cores and memory"),
     ("mem", "memory map: usable RAM, hypervisor reserve, guest pool, heap"),
     ("pci", "PCI devices and their BARs"),
+    ("vcpu", "vCPUs: state, host CPU, exits by reason (Ctrl-] gives the console to the guest)"),
     ("log [error|warn|info|debug|trace]", "show or set the console log level"),
     ("reboot", "reset this node"),
     ("poweroff", "power this node off"),

@@ -12,6 +12,9 @@ pub mod uart;
 pub mod vlapic;
 pub mod vmx;
 
+#[cfg(target_os = "none")]
+pub mod vm;
+
 /// Direction of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoDir {
@@ -235,4 +238,6 @@ pub trait Vcpu {
     fn enter_sipi(&mut self, vector: u8);
     /// Drops cached nested translations of this vCPU (after rights were reduced).
     fn flush_nested(&mut self);
+    /// Delivers a hardware exception (with an error code for the vectors that push one).
+    fn inject_exception(&mut self, vector: u8, error: Option<u32>);
 }

@@ -129,6 +129,7 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         arch::cpu::brand(&mut brand),
         if arch::cpu::has_vmx() { ", VMX" } else { "" }
     );
+    let vmx_ok = crate::hv::vm::probe();
 
     // ACPI sits in low memory that our own tables leave unmapped (page 0): read it first.
     let cpus = crate::acpi::find_rsdp(&Identity)
@@ -223,10 +224,29 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         }
     };
 
+    start_guest(node, vmx_ok);
     if let Some(t) = node.cfg.test {
         run_test(t);
     }
     shell_loop(node, nic)
+}
+
+/// Starts the first boot module as the guest (docs/contracts.md §4 `guest=`).
+fn start_guest(node: &'static Node, vmx_ok: bool) {
+    let Some(m) = node.boot.modules.first() else { return };
+    if !node.cfg.guest {
+        info!("hv: guest=off: module '{}' not started", m.cmdline);
+        return;
+    }
+    if !vmx_ok {
+        return;
+    }
+    // SAFETY: a module range the loader reported; excluded from every allocator, identity-mapped.
+    let image = unsafe { crate::hv::vm::module_bytes(m.range) };
+    let test = node.cfg.test.filter(|t| t.starts_with("vmx"));
+    if let Err(e) = crate::hv::vm::start(&node.frames, &node.pool, image, &m.cmdline, test) {
+        error!("hv: cannot start the guest: {e}");
+    }
 }
 
 fn run_test(name: &str) {
@@ -244,6 +264,13 @@ fn run_test(name: &str) {
             error!("test: pagefault FAIL read {v:#x} without a fault");
             power::exit_emulator(false)
         }
+        "vmx" | "vmx-fault" => {
+            // The guest decides: the hypervisor prints the verdict when it stops.
+            if crate::hv::vm::status() != "guest running" {
+                error!("test: {name} FAIL {}", crate::hv::vm::status());
+                power::exit_emulator(false)
+            }
+        }
         other => {
             error!("test: {other} FAIL no such test");
             power::exit_emulator(false)
@@ -252,8 +279,12 @@ fn run_test(name: &str) {
 }
 
 /// Where application processors wait for work.
-pub fn ap_idle(_index: usize) -> ! {
+pub fn ap_idle(index: usize) -> ! {
+    crate::hv::vm::ap_register(index);
     loop {
+        // Interrupts off while checking the mailbox: a wake IPI then ends the HLT below.
+        x86_64::instructions::interrupts::disable();
+        crate::hv::vm::ap_poll(index);
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
@@ -265,10 +296,14 @@ fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
     write_bytes(PROMPT);
     let mut ed = LineEditor::default();
     loop {
+        crate::hv::vm::bsp_slice();
         let Some(b) = serial::try_read() else {
             core::hint::spin_loop();
             continue;
         };
+        if crate::hv::vm::console_input(b) {
+            continue;
+        }
         match ed.feed(b) {
             Edit::Echo(s) => write_bytes(s),
             Edit::EchoByte(c) => write_bytes(&[c]),
@@ -284,7 +319,7 @@ fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
 }
 
 fn run(node: &Node, nic: Option<&mut crate::net::nic::Nic>, line: &str) {
-    let cmd = match shell::parse(line, &["net"]) {
+    let cmd = match shell::parse(line, &["net", "vcpu"]) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("{e}");
@@ -393,6 +428,7 @@ fn run(node: &Node, nic: Option<&mut crate::net::nic::Nic>, line: &str) {
                 );
             }
         },
+        Command::Other("vcpu", _) => crate::hv::vm::print_vcpus(),
         Command::Other(c, _) => kprint!("'{c}' is not available on this node\n"),
     }
 }

@@ -4,3 +4,6 @@
 
 pub mod controls;
 pub mod fields;
+
+#[cfg(target_os = "none")]
+pub mod hw;
