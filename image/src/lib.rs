@@ -4,10 +4,12 @@
 //! everything is unit-testable and no input byte sequence can make it panic.
 #![warn(missing_docs)]
 
+pub mod boot_config;
 pub mod elf;
 pub mod error;
 pub mod image;
 pub mod info;
+pub mod iso;
 pub mod multiboot;
 
 pub use error::ImageError;

@@ -2,8 +2,10 @@
 //! images. The pure logic lives in the library; this file does files, processes and messages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
+use gestalt_image::boot_config::{ipxe_script, pxelinux_cfg};
+use gestalt_image::iso::make_iso;
 use gestalt_image::{build_image, describe_file, verify_image};
 
 const USAGE: &str = "\
@@ -126,11 +128,6 @@ fn module_name(path: &Path) -> Result<String, String> {
     }
 }
 
-/// Quote a word for grub.cfg (single quotes; a quote inside becomes '\'').
-fn grub_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
-
 fn build(args: &[String]) -> Result<(), String> {
     let a = parse_build(args)?;
     if a.cmdline.contains(['\n', '\r']) {
@@ -179,79 +176,13 @@ fn build(args: &[String]) -> Result<(), String> {
     // ISO: GRUB BIOS image, hybrid (grub-mkrescue writes an MBR, so dd to a disk works too).
     let iso = a.out.join("gestalt.iso");
     eprintln!("gestalt-image: running grub-mkrescue for {} ...", iso.display());
-    let stage = a.out.join(".iso-root");
-    let _ = std::fs::remove_dir_all(&stage);
-    mkdir(&stage.join("boot/grub"))?;
-    write(&stage.join("boot/gestalt.elf"), &built.elf32)?;
-    for (m, n) in a.modules.iter().zip(&names) {
-        copy(m, &stage.join("boot").join(n))?;
-    }
-    write(&stage.join("boot/grub/grub.cfg"), grub_cfg(&a.cmdline, &names).as_bytes())?;
-    let out = Command::new("grub-mkrescue")
-        .arg("-o")
-        .arg(&iso)
-        .arg("--compress=xz")
-        .arg("--install-modules=multiboot normal serial terminal configfile echo test")
-        .arg("--fonts=")
-        .arg("--locales=")
-        .arg("--themes=")
-        .arg(&stage)
-        .output()
-        .map_err(|e| {
-            format!("cannot run grub-mkrescue: {e} (install grub-pc-bin, xorriso and mtools)")
-        })?;
-    let _ = std::fs::remove_dir_all(&stage);
-    if !out.status.success() {
-        return Err(format!(
-            "grub-mkrescue failed ({}); install grub-pc-bin, xorriso and mtools. Its output:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let modules: Vec<(&Path, &str)> =
+        a.modules.iter().map(PathBuf::as_path).zip(names.iter().map(String::as_str)).collect();
+    make_iso(&built.elf32, &a.cmdline, &modules, &iso)?;
     let size = std::fs::metadata(&iso).map(|m| m.len()).unwrap_or(0);
     eprintln!("gestalt-image: wrote {} ({size} bytes)", iso.display());
     println!("{}", built.report);
     Ok(())
-}
-
-fn ipxe_script(cmdline: &str, modules: &[String]) -> String {
-    let mut s = String::from("#!ipxe\n# Gestalt node boot (written by gestalt-image build)\n");
-    s += &format!("kernel gestalt.elf {cmdline}\n");
-    for m in modules {
-        s += &format!("module {m} {m}\n");
-    }
-    s += "boot\n";
-    s
-}
-
-fn pxelinux_cfg(cmdline: &str, modules: &[String]) -> String {
-    let mut append = format!("gestalt.elf {cmdline}");
-    for m in modules {
-        append += &format!(" --- {m} {m}");
-    }
-    format!(
-        "# Gestalt node boot through PXELINUX (written by gestalt-image build); needs pxelinux.0,\n\
-         # ldlinux.c32, libcom32.c32 and mboot.c32 from syslinux in the TFTP root.\n\
-         SERIAL 0 115200\nDEFAULT gestalt\nPROMPT 0\nTIMEOUT 0\n\
-         LABEL gestalt\n  KERNEL mboot.c32\n  APPEND {append}\n"
-    )
-}
-
-fn grub_cfg(cmdline: &str, modules: &[String]) -> String {
-    let args: Vec<String> = cmdline.split_whitespace().map(grub_quote).collect();
-    let mut s = String::from(
-        "# Gestalt node boot (written by gestalt-image build)\n\
-         serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1\n\
-         terminal_input serial console\nterminal_output serial console\n\
-         set timeout=0\nset default=0\n\
-         menuentry \"Gestalt\" {\n",
-    );
-    s += &format!("  multiboot /boot/gestalt.elf {}\n", args.join(" "));
-    for m in modules {
-        s += &format!("  module /boot/{m} {m}\n");
-    }
-    s += "  boot\n}\n";
-    s
 }
 
 /// Copy the PXELINUX files from syslinux when it is installed; true when all were found.

@@ -1,0 +1,38 @@
+//! The shell on COM1 answers: version (same build id as `gestalt-image inspect`), status,
+//! help, and a hint for an unknown command.
+
+mod common;
+
+use common::{artifacts, boot_to_shell, qemu, ANSWER, QEMU_BOOT};
+use gestalt_ci::{Boot, HarnessError};
+
+#[test]
+fn shell_commands_answer_and_version_matches_the_image() -> Result<(), HarnessError> {
+    let elf = artifacts().elf()?;
+    let bytes = std::fs::read(&elf).expect("gestalt.elf is readable");
+    let report = gestalt_image::describe_file(&bytes).expect("gestalt.elf is a valid image");
+    let build = report.info.build_id_short();
+
+    let mut node = boot_to_shell(&qemu("shell", Boot::Kernel).cpus(2), QEMU_BOOT)?;
+
+    let version = node.command("version", ANSWER)?;
+    assert!(version.contains(&format!("build {build}")), "expected build {build} in:\n{version}");
+    assert!(version.contains(&report.info.version), "{version}");
+    assert!(version.contains(&format!("protocol {}", report.info.protocol)), "{version}");
+
+    let status = node.command("status", ANSWER)?;
+    assert!(status.contains("uptime"), "status lacks uptime:\n{status}");
+    assert!(status.contains("2"), "status lacks the core count:\n{status}");
+
+    let help = node.command("help", ANSWER)?;
+    for cmd in ["help", "version", "status", "mem", "pci", "log", "reboot", "poweroff"] {
+        assert!(help.contains(cmd), "help does not list {cmd}:\n{help}");
+    }
+
+    let unknown = node.command("frobnicate", ANSWER)?;
+    assert!(
+        unknown.contains("unknown command 'frobnicate'; type 'help' for the list"),
+        "{unknown}"
+    );
+    Ok(())
+}
