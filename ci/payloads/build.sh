@@ -1,0 +1,7 @@
+#!/bin/sh
+# Builds the guest payloads (Multiboot 1 ELF64 kernels) for the custom target.
+# Output: ci/payloads/target/x86_64-gestalt/release/payload-{smp,ept,triple}
+set -eu
+cd "$(dirname "$0")"
+cargo build --release --target ../../targets/x86_64-gestalt.json \
+    -Zbuild-std=core -Zbuild-std-features=compiler-builtins-mem "$@"
