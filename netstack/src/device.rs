@@ -85,3 +85,34 @@ impl core::fmt::Display for DriverError {
         }
     }
 }
+
+/// Lets the firmware pick a driver at run time: `NetInterface<Box<dyn NetDevice>>`.
+impl<T: NetDevice + ?Sized> NetDevice for alloc::boxed::Box<T> {
+    fn mac(&self) -> [u8; 6] {
+        (**self).mac()
+    }
+
+    fn link_up(&mut self) -> bool {
+        (**self).link_up()
+    }
+
+    fn mtu(&self) -> usize {
+        (**self).mtu()
+    }
+
+    fn can_transmit(&mut self) -> bool {
+        (**self).can_transmit()
+    }
+
+    fn transmit(&mut self, frame: &[u8]) -> Result<(), DriverError> {
+        (**self).transmit(frame)
+    }
+
+    fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+        (**self).receive(buf)
+    }
+
+    fn stats(&mut self) -> DeviceStats {
+        (**self).stats()
+    }
+}
