@@ -149,6 +149,11 @@ impl Console {
         String::from_utf8_lossy(&lock(&self.shared).buf).into_owned()
     }
 
+    /// False once the node's output has closed (the emulator exited).
+    pub fn is_open(&self) -> bool {
+        !lock(&self.shared).eof
+    }
+
     /// The first captured line containing `needle`, without its line end.
     pub fn line_with(&self, needle: &str) -> Option<String> {
         self.text().lines().find(|l| l.contains(needle)).map(|l| l.trim_end().to_string())
