@@ -204,6 +204,7 @@ impl Vm {
             *g = Some(v);
         }
         self.stopped.store(true, Ordering::SeqCst);
+        self.stats[me].set_state(State::Stopped);
         self.kick_others(me);
         if let Some(line) = self.uart.lock().take_partial() {
             info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
@@ -416,6 +417,7 @@ pub fn start(
         vcpus
     );
 
+    quiet_legacy_pic();
     vm.host_apic[0].store(apic::id(), Ordering::SeqCst);
     for (k, (_, apic_id)) in aps.iter().enumerate() {
         vm.host_apic[k + 1].store(*apic_id, Ordering::SeqCst);
@@ -429,6 +431,29 @@ pub fn start(
     }
     STATUS.call_once(|| "guest running");
     Ok(vm)
+}
+
+/// The BSP now takes interrupts (host IPIs exit the guest and are handled with IF set):
+/// move the 8259 PICs off the exception vectors (to 0x20-0x2F) and mask them, so a BIOS-left
+/// PIT tick is never mistaken for a double fault (8259A datasheet, ICW1-ICW4).
+fn quiet_legacy_pic() {
+    use x86_64::instructions::port::Port;
+    // SAFETY: 0x20/0x21 and 0xA0/0xA1 are the PC's two 8259s; the firmware uses the local APIC
+    // only, so remapping and masking them takes nothing away.
+    unsafe {
+        let (mut c1, mut d1) = (Port::<u8>::new(0x20), Port::<u8>::new(0x21));
+        let (mut c2, mut d2) = (Port::<u8>::new(0xA0), Port::<u8>::new(0xA1));
+        c1.write(0x11);
+        c2.write(0x11);
+        d1.write(0x20);
+        d2.write(0x28);
+        d1.write(4);
+        d2.write(2);
+        d1.write(1);
+        d2.write(1);
+        d1.write(0xff);
+        d2.write(0xff);
+    }
 }
 
 /// One vCPU with its local APIC, on the core that runs it.
@@ -535,6 +560,10 @@ impl Runner {
         let exit = self.v.run();
         let st = &vm.stats[self.id];
         st.count(exit.kind());
+        crate::console::serial::log(
+            crate::console::log::Level::Trace,
+            format_args!("hv: vcpu {} exit {exit:?}", self.id),
+        );
         self.handle(vm, exit)
     }
 
@@ -935,4 +964,3 @@ pub unsafe fn module_bytes(r: Region) -> &'static [u8] {
     // SAFETY: guaranteed by the caller; modules are excluded from every allocator.
     unsafe { core::slice::from_raw_parts(r.start as *const u8, r.len() as usize) }
 }
-

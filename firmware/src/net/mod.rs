@@ -5,3 +5,5 @@
 pub mod hal;
 #[cfg(target_os = "none")]
 pub mod nic;
+#[cfg(target_os = "none")]
+pub mod stack;

@@ -200,23 +200,23 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         frames: Mutex::new(frames),
     });
 
-    let nic = match crate::net::nic::probe(&node.pci, crate::net::hal::FwHal::new(&node.frames)) {
+    let net = match crate::net::nic::probe(&node.pci, crate::net::hal::FwHal::new(&node.frames)) {
         Ok(mut nic) => {
-            let m = nic.dev.mac();
             info!(
-                "net: {} at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {} mtu {}",
+                "net: {} at {} mac {} link {} mtu {}",
                 nic.name,
                 nic.bdf,
-                m[0],
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5],
+                crate::cluster::Mac(nic.dev.mac()),
                 if nic.dev.link_up() { "up" } else { "down" },
                 nic.dev.mtu()
             );
-            Some(nic)
+            let cores = u16::try_from(total).unwrap_or(u16::MAX);
+            Some(crate::net::stack::NodeNet::new(
+                nic.dev,
+                &node.cfg,
+                cores,
+                regions::total(&node.pool),
+            ))
         }
         Err(e) => {
             warn!("net: {e}; this node runs alone");
@@ -228,7 +228,7 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
     if let Some(t) = node.cfg.test {
         run_test(t);
     }
-    shell_loop(node, nic)
+    shell_loop(node, net)
 }
 
 /// Starts the first boot module as the guest (docs/contracts.md §4 `guest=`).
@@ -291,12 +291,15 @@ pub fn ap_idle(index: usize) -> ! {
 
 const PROMPT: &[u8] = b"gestalt> ";
 
-fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
+fn shell_loop(node: &Node, mut net: Option<crate::net::stack::NodeNet>) -> ! {
     info!("shell: ready");
     write_bytes(PROMPT);
     let mut ed = LineEditor::default();
     loop {
         crate::hv::vm::bsp_slice();
+        if let Some(n) = net.as_mut() {
+            n.poll();
+        }
         let Some(b) = serial::try_read() else {
             core::hint::spin_loop();
             continue;
@@ -310,7 +313,7 @@ fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
             Edit::None => {}
             Edit::Line => {
                 write_bytes(b"\r\n");
-                run(node, nic.as_mut(), ed.line());
+                run(node, net.as_mut(), ed.line());
                 ed.clear();
                 write_bytes(PROMPT);
             }
@@ -318,8 +321,8 @@ fn shell_loop(node: &Node, mut nic: Option<crate::net::nic::Nic>) -> ! {
     }
 }
 
-fn run(node: &Node, nic: Option<&mut crate::net::nic::Nic>, line: &str) {
-    let cmd = match shell::parse(line, &["net", "vcpu"]) {
+fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
+    let cmd = match shell::parse(line, &["net", "nodes", "ping", "netbench", "vcpu"]) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("{e}");
@@ -404,29 +407,14 @@ fn run(node: &Node, nic: Option<&mut crate::net::nic::Nic>, line: &str) {
             kprintln!("powering off");
             power::poweroff()
         }
-        Command::Other("net", _) => match nic {
-            None => kprintln!("no NIC on this node"),
-            Some(n) => {
-                let m = n.dev.mac();
-                kprintln!(
-                    "{} at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link {} mtu {}",
-                    n.name,
-                    n.bdf,
-                    m[0],
-                    m[1],
-                    m[2],
-                    m[3],
-                    m[4],
-                    m[5],
-                    if n.dev.link_up() { "up" } else { "down" },
-                    n.dev.mtu()
-                );
-                let s = n.dev.stats();
-                kprintln!(
-                    "rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full)",
-                    s.rx_packets, s.rx_bytes, s.rx_errors, s.rx_missed, s.tx_packets, s.tx_bytes, s.tx_ring_full
-                );
-            }
+        Command::Other(c @ ("net" | "nodes" | "ping" | "netbench"), args) => match net {
+            None => kprintln!("{c}: no network on this node (no supported NIC)"),
+            Some(n) => match c {
+                "net" => n.print_status(),
+                "nodes" => n.print_nodes(),
+                "ping" => n.ping(args),
+                _ => n.netbench(args),
+            },
         },
         Command::Other("vcpu", _) => crate::hv::vm::print_vcpus(),
         Command::Other(c, _) => kprint!("'{c}' is not available on this node\n"),

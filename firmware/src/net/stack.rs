@@ -1,0 +1,779 @@
+//! The node's network loop: the NIC under netstack's smoltcp interface, discovery by
+//! authenticated broadcast announcements, cluster formation, and the reliable transport to
+//! every member; plus the `net`, `nodes`, `ping` and `netbench` tools that run over it.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use gestalt_netstack::device::{DeviceStats, DriverError, NetDevice};
+use gestalt_netstack::iface::{IpConfig, NetInterface};
+use gestalt_netstack::membership::{Announce, AnnounceError, ANNOUNCE_MAGIC};
+use gestalt_netstack::transport::auth::{Authenticator, ClusterKey};
+use gestalt_netstack::transport::{self, DropReason, Event, NodeId, Transport};
+use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+
+use crate::arch::time::uptime_us;
+use crate::cluster::{Formation, Heard, Mac, View};
+use crate::cmdline::{Config, IpMode};
+use crate::{error, info, kprintln, warn};
+
+/// EtherType of the raw-frame ping (IEEE 802 local experimental 1).
+const RAW_ETHERTYPE: u16 = 0x88B5;
+/// Formation waits this long for `nodes=` peers before it gives up, or, without `nodes=`,
+/// before it commits with whoever is there.
+const FORMATION_TIMEOUT_US: u64 = 5_000_000;
+/// Key used when the command line gives none. Not secret: production clusters set `key=`.
+const DEFAULT_KEY: &[u8] = b"gestalt default cluster key: set key= on real clusters";
+
+// Application message tags carried over the transport.
+const MSG_PING: u8 = 1;
+const MSG_PONG: u8 = 2;
+const MSG_BENCH: u8 = 3;
+const MSG_BENCH_DONE: u8 = 4;
+const MSG_MESH: u8 = 5;
+
+/// The NIC as `netstack` sees it, answering raw-frame pings below smoltcp.
+pub struct AnyNic {
+    dev: Box<dyn NetDevice>,
+    raw_replies: VecDeque<u32>,
+    raw_answered: u64,
+}
+
+impl AnyNic {
+    fn raw_frame(&self, dst: [u8; 6], kind: u8, token: u32) -> [u8; 60] {
+        let mut f = [0u8; 60];
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&self.dev.mac());
+        f[12..14].copy_from_slice(&RAW_ETHERTYPE.to_be_bytes());
+        f[14] = kind;
+        f[15..19].copy_from_slice(&token.to_be_bytes());
+        f
+    }
+}
+
+impl NetDevice for AnyNic {
+    fn mac(&self) -> [u8; 6] {
+        self.dev.mac()
+    }
+    fn link_up(&mut self) -> bool {
+        self.dev.link_up()
+    }
+    fn mtu(&self) -> usize {
+        self.dev.mtu()
+    }
+    fn can_transmit(&mut self) -> bool {
+        self.dev.can_transmit()
+    }
+    fn transmit(&mut self, frame: &[u8]) -> Result<(), DriverError> {
+        self.dev.transmit(frame)
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let n = self.dev.receive(buf)?;
+            if n < 19 || buf[12..14] != RAW_ETHERTYPE.to_be_bytes() {
+                return Some(n);
+            }
+            let token = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]);
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&buf[6..12]);
+            match buf[14] {
+                1 => {
+                    let reply = self.raw_frame(src, 2, token);
+                    if self.dev.transmit(&reply).is_ok() {
+                        self.raw_answered += 1;
+                    }
+                }
+                2 => {
+                    if self.raw_replies.len() < 64 {
+                        self.raw_replies.push_back(token);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    fn stats(&mut self) -> DeviceStats {
+        self.dev.stats()
+    }
+}
+
+/// Counters of the node loop itself.
+#[derive(Default)]
+struct Counters {
+    announces_sent: u64,
+    announces_heard: u64,
+    announces_refused: u64,
+    early_datagrams: u64,
+    unknown_messages: u64,
+}
+
+/// State of the `test=mesh` run.
+struct Mesh {
+    per_peer: u32,
+    next: Vec<u32>,
+    expect: Vec<u32>,
+    errors: u32,
+    done: bool,
+}
+
+/// The node's network side.
+pub struct NodeNet {
+    iface: NetInterface<AnyNic>,
+    auth: Authenticator,
+    key: ClusterKey,
+    cluster: u32,
+    port: u16,
+    epoch: u32,
+    formation: Formation,
+    expected: Option<u16>,
+    transport: Option<Transport>,
+    view: Option<View>,
+    buf: Vec<u8>,
+    next_announce: u64,
+    refused: BTreeSet<([u8; 4], u8)>,
+    counters: Counters,
+    pongs: VecDeque<(NodeId, u32)>,
+    bench_done: Option<(NodeId, u32)>,
+    bench_rx: u32,
+    mesh: Option<Mesh>,
+    gave_up: bool,
+}
+
+fn ip_config(ip: IpMode) -> IpConfig {
+    match ip {
+        IpMode::Dhcp => IpConfig::Dhcp,
+        IpMode::Auto => IpConfig::Auto,
+        IpMode::Static { addr, prefix } => IpConfig::Static(Ipv4Cidr::new(
+            Ipv4Address::new(addr[0], addr[1], addr[2], addr[3]),
+            prefix,
+        )),
+    }
+}
+
+impl NodeNet {
+    /// Brings the interface up and starts discovery.
+    pub fn new(dev: Box<dyn NetDevice>, cfg: &Config, cores: u16, memory_bytes: u64) -> Self {
+        let now = uptime_us();
+        let epoch = (crate::arch::cpu::rdtsc() as u32) | 1;
+        let key = match &cfg.key {
+            Some(k) => ClusterKey::from_passphrase(k),
+            None => {
+                warn!("net: no key= on the command line: using the built-in default cluster key (not secret)");
+                ClusterKey::from_passphrase(DEFAULT_KEY)
+            }
+        };
+        let auth = Authenticator::new(&key);
+        let info = crate::info::current();
+        let mut build_id = [0u8; 16];
+        build_id.copy_from_slice(&info.build_id[..16]);
+        let mac = dev.mac();
+        let me = Announce {
+            cluster_id: cfg.cluster,
+            epoch,
+            build_id,
+            mac,
+            cores,
+            memory_bytes,
+            expected_nodes: cfg.nodes.unwrap_or(0),
+            primary: cfg.primary,
+        };
+        let nic = AnyNic { dev, raw_replies: VecDeque::new(), raw_answered: 0 };
+        let iface = NetInterface::new(nic, ip_config(cfg.ip), cfg.port, now, u64::from(epoch));
+        let formation =
+            Formation::new(me, ([0; 4], cfg.port), cfg.nodes, now, FORMATION_TIMEOUT_US);
+        let mesh = (cfg.test == Some("mesh")).then(|| Mesh {
+            per_peer: 200,
+            next: Vec::new(),
+            expect: Vec::new(),
+            errors: 0,
+            done: false,
+        });
+        info!(
+            "net: cluster {} port {}{}, waiting for {} node(s)",
+            cfg.cluster,
+            cfg.port,
+            if cfg.primary { ", primary" } else { "" },
+            cfg.nodes.map_or_else(
+                || alloc::string::String::from("any number of"),
+                |n| alloc::format!("{n}")
+            )
+        );
+        NodeNet {
+            iface,
+            auth,
+            key,
+            cluster: cfg.cluster,
+            port: cfg.port,
+            epoch,
+            formation,
+            expected: cfg.nodes,
+            transport: None,
+            view: None,
+            buf: vec![0; 10_000],
+            next_announce: 0,
+            refused: BTreeSet::new(),
+            counters: Counters::default(),
+            pongs: VecDeque::new(),
+            bench_done: None,
+            bench_rx: 0,
+            mesh,
+            gave_up: false,
+        }
+    }
+
+    fn my_ip(&self) -> Option<[u8; 4]> {
+        self.iface.ipv4().map(|c| c.address().octets())
+    }
+
+    /// One round of network work; call from the node loop as often as possible.
+    pub fn poll(&mut self) {
+        let now = uptime_us();
+        self.iface.poll(now);
+        self.receive(now);
+        if self.my_ip().is_some() && now >= self.next_announce {
+            self.announce();
+            self.next_announce = now + if self.view.is_some() { 1_000_000 } else { 250_000 };
+        }
+        if self.view.is_none() {
+            self.form(now);
+        }
+        self.run_transport(now);
+        self.iface.poll(now);
+    }
+
+    fn announce(&mut self) {
+        let mut b = [0u8; 64];
+        if self.formation.me().encode(&self.auth, &mut b).is_some()
+            && self.iface.send_to(&b, Ipv4Address::BROADCAST, self.port).is_ok()
+        {
+            self.counters.announces_sent += 1;
+        }
+    }
+
+    fn refuse_once(&mut self, from: [u8; 4], kind: u8, what: core::fmt::Arguments<'_>) {
+        self.counters.announces_refused += 1;
+        if self.refused.insert((from, kind)) {
+            error!("net: refused {}.{}.{}.{}: {}", from[0], from[1], from[2], from[3], what);
+        }
+    }
+
+    fn receive(&mut self, now: u64) {
+        let mut buf = core::mem::take(&mut self.buf);
+        while let Some((n, src, sport)) = self.iface.recv_from(&mut buf) {
+            let d = &buf[..n];
+            let from = src.octets();
+            if Some(from) == self.my_ip() {
+                continue; // our own broadcast
+            }
+            if n >= 4 && d[..4] == ANNOUNCE_MAGIC.to_be_bytes() {
+                match Announce::decode(d, &self.auth, self.cluster) {
+                    Ok(a) => self.heard(a, (from, sport)),
+                    Err(
+                        e @ (AnnounceError::BadTag
+                        | AnnounceError::WrongCluster
+                        | AnnounceError::BadVersion),
+                    ) => self.refuse_once(from, e as u8, format_args!("{e}")),
+                    Err(_) => self.counters.announces_refused += 1,
+                }
+                continue;
+            }
+            match &mut self.transport {
+                Some(t) => {
+                    if let Err(r) = t.handle_datagram(now, d) {
+                        if matches!(
+                            r,
+                            DropReason::BadTag | DropReason::WrongCluster | DropReason::BadVersion
+                        ) {
+                            self.refuse_once(from, 100 + r as u8, format_args!("datagram: {r}"));
+                        }
+                    }
+                }
+                None => self.counters.early_datagrams += 1,
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn heard(&mut self, a: Announce, addr: ([u8; 4], u16)) {
+        self.counters.announces_heard += 1;
+        match self.formation.on_announce(a, addr) {
+            Heard::New => info!(
+                "net: found node {} at {}.{}.{}.{} ({} cores, {} MiB) — {} of {}",
+                Mac(a.mac),
+                addr.0[0],
+                addr.0[1],
+                addr.0[2],
+                addr.0[3],
+                a.cores,
+                a.memory_bytes >> 20,
+                self.formation.count(),
+                self.expected.map_or(0, |n| n)
+            ),
+            Heard::Known => {}
+            Heard::Refused(r) => self.refuse_once(addr.0, 200, format_args!("{r}")),
+        }
+    }
+
+    fn form(&mut self, now: u64) {
+        let Some(ip) = self.my_ip() else { return };
+        let Some(view) = self.formation.poll(now).cloned() else {
+            if !self.gave_up && self.expected.is_some() && now > FORMATION_TIMEOUT_US * 6 {
+                self.gave_up = true;
+                warn!(
+                    "net: still {} of {} nodes after {} s; waiting on (check cables, cluster= and key=)",
+                    self.formation.count(),
+                    self.expected.unwrap_or(0),
+                    now / 1_000_000
+                );
+            }
+            return;
+        };
+        let mut cfg = transport::Config::new(self.cluster, view.me, self.epoch);
+        cfg.mtu = self.iface.device().mtu();
+        // The transport authenticates with the same key as the announcements.
+        let mut t = Transport::new(cfg, &self.key);
+        for m in view.members.iter().filter(|m| m.id != view.me) {
+            t.add_peer(m.id, now);
+        }
+        info!(
+            "net: view committed: {} nodes, {} cores, {} MiB; this is node {}{}",
+            view.members.len(),
+            view.cores(),
+            view.memory() >> 20,
+            view.me,
+            if view.me == 0 { " (primary)" } else { "" }
+        );
+        for m in &view.members {
+            let a = m.addr.0;
+            info!(
+                "net:   node {} mac {} ip {}.{}.{}.{} cores {} memory {} MiB{}",
+                m.id,
+                Mac(m.announce.mac),
+                if m.id == view.me { ip[0] } else { a[0] },
+                if m.id == view.me { ip[1] } else { a[1] },
+                if m.id == view.me { ip[2] } else { a[2] },
+                if m.id == view.me { ip[3] } else { a[3] },
+                m.announce.cores,
+                m.announce.memory_bytes >> 20,
+                if m.announce.primary { " primary" } else { "" }
+            );
+        }
+        if let Some(mesh) = &mut self.mesh {
+            mesh.next = vec![0; view.members.len()];
+            mesh.expect = vec![0; view.members.len()];
+            if view.members.len() == 1 {
+                mesh.done = true;
+                info!("test: mesh PASS (alone)");
+            }
+        }
+        self.transport = Some(t);
+        self.view = Some(view);
+    }
+
+    fn run_transport(&mut self, now: u64) {
+        let Some(t) = &mut self.transport else { return };
+        t.poll(now);
+        while let Some(e) = t.poll_event() {
+            match e {
+                Event::PeerDown(id) => error!("net: node {id} stopped answering"),
+                Event::PeerUp(id) => info!("net: node {id} answers again"),
+            }
+        }
+        let mut inbox = Vec::new();
+        while let Some(m) = t.recv() {
+            inbox.push(m);
+        }
+        for (from, msg) in inbox {
+            self.on_message(from, &msg);
+        }
+        self.mesh_step();
+        self.flush(now);
+    }
+
+    /// Sends what the transport has ready.
+    fn flush(&mut self, now: u64) {
+        let (Some(t), Some(view)) = (&mut self.transport, &self.view) else { return };
+        let mut buf = core::mem::take(&mut self.buf);
+        while let Some(tx) = t.poll_transmit(now, &mut buf) {
+            if let Some(m) = view.member(tx.to) {
+                let a = m.addr.0;
+                // A full socket buffer loses the datagram; retransmission recovers it.
+                let _ = self.iface.send_to(
+                    &buf[..tx.len],
+                    Ipv4Address::new(a[0], a[1], a[2], a[3]),
+                    m.addr.1,
+                );
+            }
+            self.iface.poll(now);
+        }
+        self.buf = buf;
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: &[u8]) {
+        let Some((&tag, body)) = msg.split_first() else { return };
+        match tag {
+            MSG_PING => {
+                let mut reply = msg.to_vec();
+                reply[0] = MSG_PONG;
+                self.send(from, &reply);
+            }
+            MSG_PONG if body.len() >= 4 => {
+                self.pongs
+                    .push_back((from, u32::from_be_bytes([body[0], body[1], body[2], body[3]])));
+            }
+            MSG_BENCH if body.len() >= 8 => {
+                self.bench_rx += 1;
+                let (index, total) = (be32(&body[0..4]), be32(&body[4..8]));
+                if index + 1 == total {
+                    let mut done = [MSG_BENCH_DONE, 0, 0, 0, 0];
+                    done[1..].copy_from_slice(&self.bench_rx.to_be_bytes());
+                    self.bench_rx = 0;
+                    self.send(from, &done);
+                }
+            }
+            MSG_BENCH_DONE if body.len() >= 4 => self.bench_done = Some((from, be32(&body[0..4]))),
+            MSG_MESH if body.len() >= 4 => {
+                let seq = be32(&body[0..4]);
+                if let Some(mesh) = &mut self.mesh {
+                    let want = mesh.expect.get(usize::from(from)).copied().unwrap_or(u32::MAX);
+                    if seq != want {
+                        mesh.errors += 1;
+                        error!("test: mesh message {seq} from node {from}, expected {want}");
+                    }
+                    if let Some(e) = mesh.expect.get_mut(usize::from(from)) {
+                        *e = seq + 1;
+                    }
+                }
+            }
+            _ => self.counters.unknown_messages += 1,
+        }
+    }
+
+    /// Queues a message; false when the transport refuses it (no view, back-pressure).
+    fn send(&mut self, to: NodeId, msg: &[u8]) -> bool {
+        self.transport.as_mut().is_some_and(|t| t.send(to, msg).is_ok())
+    }
+
+    fn mesh_step(&mut self) {
+        let (Some(view), Some(mesh)) = (&self.view, &mut self.mesh) else { return };
+        if mesh.done {
+            return;
+        }
+        let Some(t) = &mut self.transport else { return };
+        for m in view.members.iter().filter(|m| m.id != view.me) {
+            let i = usize::from(m.id);
+            while mesh.next[i] < mesh.per_peer {
+                let mut msg = [0u8; 5];
+                msg[0] = MSG_MESH;
+                msg[1..].copy_from_slice(&mesh.next[i].to_be_bytes());
+                if t.send(m.id, &msg).is_err() {
+                    break;
+                }
+                mesh.next[i] += 1;
+            }
+        }
+        let all_in = view
+            .members
+            .iter()
+            .filter(|m| m.id != view.me)
+            .all(|m| mesh.expect[usize::from(m.id)] >= mesh.per_peer);
+        if all_in {
+            mesh.done = true;
+            let s = t.stats();
+            if mesh.errors == 0 {
+                info!(
+                    "test: mesh PASS {} messages from each of {} peers in order; {} retransmits, {} duplicates suppressed",
+                    mesh.per_peer,
+                    view.members.len() - 1,
+                    s.retransmits,
+                    s.duplicates
+                );
+            } else {
+                error!("test: mesh FAIL {} messages out of order or missing", mesh.errors);
+            }
+        }
+    }
+
+    /// The committed view, if any.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// `net`: addresses, link and counters.
+    pub fn print_status(&mut self) {
+        let mac = self.iface.mac();
+        let link = self.iface.device().link_up();
+        let mtu = self.iface.device().mtu();
+        match self.iface.ipv4() {
+            Some(c) => kprintln!(
+                "mac {} ip {} link {} mtu {} port {}",
+                Mac(mac),
+                c,
+                if link { "up" } else { "down" },
+                mtu,
+                self.port
+            ),
+            None => kprintln!(
+                "mac {} ip (none yet) link {} mtu {} port {}",
+                Mac(mac),
+                if link { "up" } else { "down" },
+                mtu,
+                self.port
+            ),
+        }
+        let d = self.iface.device().stats();
+        kprintln!(
+            "nic: rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full); raw pings answered {}",
+            d.rx_packets, d.rx_bytes, d.rx_errors, d.rx_missed, d.tx_packets, d.tx_bytes, d.tx_ring_full,
+            self.iface.device().raw_answered
+        );
+        let c = &self.counters;
+        kprintln!(
+            "discovery: {} announcements sent, {} heard, {} refused; {} datagrams before the view",
+            c.announces_sent,
+            c.announces_heard,
+            c.announces_refused,
+            c.early_datagrams
+        );
+        if let Some(t) = &self.transport {
+            let s = t.stats();
+            kprintln!(
+                "transport: {} messages sent, {} delivered; {} datagrams sent, {} accepted; {} retransmits, {} timeouts, {} duplicates, {} acks, {} heartbeats",
+                s.messages_sent, s.messages_delivered, s.datagrams_sent, s.datagrams_accepted, s.retransmits, s.timeouts, s.duplicates, s.acks_sent, s.heartbeats_sent
+            );
+            let reasons = [
+                DropReason::Malformed,
+                DropReason::BadMagic,
+                DropReason::BadVersion,
+                DropReason::WrongCluster,
+                DropReason::NotForUs,
+                DropReason::BadTag,
+                DropReason::Replay,
+                DropReason::UnknownPeer,
+                DropReason::StaleEpoch,
+                DropReason::OutOfWindow,
+            ];
+            for r in reasons {
+                if s.dropped(r) > 0 {
+                    kprintln!("  dropped {}: {}", s.dropped(r), r);
+                }
+            }
+        } else {
+            kprintln!("transport: not started (no view yet)");
+        }
+    }
+
+    /// `nodes`: the view.
+    pub fn print_nodes(&self) {
+        let Some(v) = &self.view else {
+            kprintln!("no view yet: {} node(s) found so far", self.formation.count());
+            return;
+        };
+        kprintln!(
+            "{} nodes, {} cores, {} MiB guest memory; this is node {}",
+            v.members.len(),
+            v.cores(),
+            v.memory() >> 20,
+            v.me
+        );
+        let my_ip = self.my_ip().unwrap_or([0; 4]);
+        for m in &v.members {
+            let up = m.id == v.me || self.transport.as_ref().is_some_and(|t| t.is_up(m.id));
+            let rtt = self.transport.as_ref().and_then(|t| t.rtt(m.id));
+            let a = if m.id == v.me { my_ip } else { m.addr.0 };
+            kprintln!(
+                "  node {} {} mac {} ip {}.{}.{}.{} cores {} memory {} MiB {}{}",
+                m.id,
+                if m.id == v.me {
+                    "(this)"
+                } else if up {
+                    "up"
+                } else {
+                    "DOWN"
+                },
+                Mac(m.announce.mac),
+                a[0],
+                a[1],
+                a[2],
+                a[3],
+                m.announce.cores,
+                m.announce.memory_bytes >> 20,
+                rtt.filter(|r| r.0 > 0)
+                    .map_or_else(alloc::string::String::new, |(srtt, _)| alloc::format!(
+                        "srtt {srtt} us"
+                    )),
+                if m.announce.primary { " primary" } else { "" }
+            );
+        }
+    }
+
+    /// Polls until `done` says so or `timeout_us` passes; true when done.
+    fn wait(&mut self, timeout_us: u64, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = uptime_us() + timeout_us;
+        while uptime_us() < end {
+            self.poll();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn target(&self, arg: &str) -> Result<NodeId, &'static str> {
+        let v = self.view.as_ref().ok_or("no view yet: the cluster has not formed")?;
+        let id: NodeId = arg.trim().parse().map_err(|_| "give a node id (see 'nodes')")?;
+        if id == v.me {
+            return Err("that is this node");
+        }
+        v.member(id).map(|m| m.id).ok_or("no such node (see 'nodes')")
+    }
+
+    /// One transport ping of `size` bytes: the round trip in µs.
+    fn ping_once(&mut self, to: NodeId, token: u32, size: usize) -> Option<u64> {
+        let mut msg = vec![0u8; size.max(5)];
+        msg[0] = MSG_PING;
+        msg[1..5].copy_from_slice(&token.to_be_bytes());
+        let t0 = uptime_us();
+        if !self.wait(1_000_000, |s| s.send(to, &msg)) {
+            return None;
+        }
+        let ok = self.wait(2_000_000, |s| {
+            let hit = s.pongs.iter().position(|p| *p == (to, token));
+            if let Some(i) = hit {
+                s.pongs.remove(i);
+            }
+            hit.is_some()
+        });
+        ok.then(|| uptime_us() - t0)
+    }
+
+    /// One raw-frame round trip (below IP and the transport), in µs.
+    fn raw_ping_once(&mut self, to: NodeId, token: u32) -> Option<u64> {
+        let mac = self.view.as_ref()?.member(to)?.announce.mac;
+        let frame = self.iface.device().raw_frame(mac, 1, token);
+        let t0 = uptime_us();
+        self.iface.device().transmit(&frame).ok()?;
+        let ok = self.wait(1_000_000, |s| {
+            let r = &mut s.iface.device().raw_replies;
+            let hit = r.iter().position(|t| *t == token);
+            if let Some(i) = hit {
+                r.remove(i);
+            }
+            hit.is_some()
+        });
+        ok.then(|| uptime_us() - t0)
+    }
+
+    /// `ping <node>`: five small transport round trips.
+    pub fn ping(&mut self, arg: &str) {
+        let to = match self.target(arg) {
+            Ok(t) => t,
+            Err(e) => return kprintln!("ping: {e}"),
+        };
+        let mut got = Vec::new();
+        for i in 0..5u32 {
+            match self.ping_once(to, 0x5000 + i, 64) {
+                Some(us) => {
+                    kprintln!("64 bytes from node {to}: seq {i} time {us} us");
+                    got.push(us);
+                }
+                None => kprintln!("no reply from node {to} for seq {i} within 2 s"),
+            }
+        }
+        got.sort_unstable();
+        match (got.first(), got.last()) {
+            (Some(min), Some(max)) => kprintln!(
+                "{} of 5 answered; min {min} us, median {} us, max {max} us",
+                got.len(),
+                got[got.len() / 2]
+            ),
+            _ => kprintln!("node {to} did not answer"),
+        }
+    }
+
+    /// `netbench <node>`: page-message round trips and throughput, against raw frames.
+    pub fn netbench(&mut self, arg: &str) {
+        let to = match self.target(arg) {
+            Ok(t) => t,
+            Err(e) => return kprintln!("netbench: {e}"),
+        };
+        const ROUNDS: u32 = 20;
+        let mut raw = Vec::new();
+        let mut page = Vec::new();
+        for i in 0..ROUNDS {
+            if let Some(us) = self.raw_ping_once(to, 0x7000 + i) {
+                raw.push(us);
+            }
+            if let Some(us) = self.ping_once(to, 0x6000 + i, 4096) {
+                page.push(us);
+            }
+        }
+        raw.sort_unstable();
+        page.sort_unstable();
+        if raw.is_empty() || page.is_empty() {
+            return kprintln!(
+                "netbench: node {to} did not answer ({} raw, {} page replies)",
+                raw.len(),
+                page.len()
+            );
+        }
+        let med = |v: &Vec<u64>| v[v.len() / 2];
+        let p90 = |v: &Vec<u64>| v[(v.len() * 9 / 10).min(v.len() - 1)];
+        kprintln!(
+            "raw-frame rtt: {} samples, min {} us, median {} us, p90 {} us, max {} us",
+            raw.len(),
+            raw[0],
+            med(&raw),
+            p90(&raw),
+            raw[raw.len() - 1]
+        );
+        kprintln!(
+            "page-message rtt (4 KiB each way): {} samples, min {} us, median {} us, p90 {} us, max {} us",
+            page.len(), page[0], med(&page), p90(&page), page[page.len() - 1]
+        );
+        let ratio10 = med(&page) * 10 / med(&raw).max(1);
+        kprintln!("page rtt / raw-frame rtt (medians): {}.{}", ratio10 / 10, ratio10 % 10);
+
+        const PAGES: u32 = 256;
+        self.bench_done = None;
+        let t0 = uptime_us();
+        let mut sent = 0u32;
+        let mut msg = vec![0u8; 4096 + 9];
+        msg[0] = MSG_BENCH;
+        let all_sent = self.wait(20_000_000, |s| {
+            while sent < PAGES {
+                msg[1..5].copy_from_slice(&sent.to_be_bytes());
+                msg[5..9].copy_from_slice(&PAGES.to_be_bytes());
+                if !s.send(to, &msg) {
+                    break;
+                }
+                sent += 1;
+            }
+            sent == PAGES
+        });
+        let done = all_sent && self.wait(20_000_000, |s| s.bench_done.is_some());
+        let us = (uptime_us() - t0).max(1);
+        match (done, self.bench_done) {
+            (true, Some((_, n))) => {
+                let kib_s = u64::from(PAGES) * 4 * 1_000_000 / us;
+                kprintln!(
+                    "throughput: {PAGES} page messages in {us} us: {} KiB/s, {} messages/s; receiver counted {n}",
+                    kib_s,
+                    u64::from(PAGES) * 1_000_000 / us
+                );
+                let rtt_kib_s = 4 * 1_000_000 / med(&raw).max(1);
+                kprintln!(
+                    "throughput vs one page per raw-frame rtt: {}x",
+                    kib_s / rtt_kib_s.max(1)
+                );
+            }
+            _ => kprintln!("throughput: timed out after {sent} of {PAGES} pages"),
+        }
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
