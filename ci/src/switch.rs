@@ -287,10 +287,8 @@ fn chance(rng: &mut u64, p: f64) -> bool {
 fn port_loop(shared: &Shared, index: usize, sock: &UdpSocket, peer: SocketAddr) {
     let mut buf = vec![0u8; 65536];
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, from) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(_) => continue, // timeout (to check `stop`) or a transient error
-        };
+        // A timeout (to check `stop`) or a transient error: try again.
+        let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
         let frame = &buf[..n];
         let mut st = lock(&shared.state);
         if n < 14 || from != peer {

@@ -20,7 +20,8 @@ struct Nic {
 impl Nic {
     fn attach(switch: &mut Switch, kind: PortKind) -> Nic {
         let port = switch.add_port(kind).expect("port");
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, port.peer_udp)).expect("peer port is free");
+        let sock =
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, port.peer_udp)).expect("peer port is free");
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         Nic { sock, port }
     }

@@ -147,7 +147,12 @@ fn run(o: &Options) -> Result<(), String> {
     let mut cluster = Cluster::start(o.nodes, o.emu, boot, o.cpus, &o.cmdline, &art, o.seed)
         .map_err(|e| e.to_string())?;
     for n in &cluster.nodes {
-        eprintln!("gestalt-cluster: {} is pid {}, console log {}", n.name(), n.pid(), n.console().log_path().display());
+        eprintln!(
+            "gestalt-cluster: {} is pid {}, console log {}",
+            n.name(),
+            n.pid(),
+            n.console().log_path().display()
+        );
     }
 
     let (tx, rx) = mpsc::channel::<Option<String>>();
@@ -166,7 +171,12 @@ fn run(o: &Options) -> Result<(), String> {
     });
 
     let mut displays: Vec<Display> = (0..cluster.nodes.len())
-        .map(|i| Display { prefix: format!("n{i}| "), pos: 0, partial: Vec::new(), partial_since: None })
+        .map(|i| Display {
+            prefix: format!("n{i}| "),
+            pos: 0,
+            partial: Vec::new(),
+            partial_since: None,
+        })
         .collect();
     let stdout = std::io::stdout();
     let mut result = Ok(());
@@ -195,7 +205,8 @@ fn run(o: &Options) -> Result<(), String> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if let Some(gone) = cluster.nodes.iter().position(|n| !n.console().is_open()) {
-            result = Err(format!("node n{gone} stopped (its console closed); stopping the cluster"));
+            result =
+                Err(format!("node n{gone} stopped (its console closed); stopping the cluster"));
             break;
         }
     }

@@ -22,7 +22,10 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     let upper = unsafe { core::ptr::read_volatile((u64::from(mbi) + 8) as *const u32) };
     let ram = (u64::from(upper) + 1024) * 1024;
     let lazy = ram - (4 << 20);
-    println!("ept: {} MiB RAM; touching {PAGES} pages from {lazy:#x} (mapped on demand)", ram >> 20);
+    println!(
+        "ept: {} MiB RAM; touching {PAGES} pages from {lazy:#x} (mapped on demand)",
+        ram >> 20
+    );
     let mut ok = true;
     let f0 = vmcall(hc::FAULTS, 0, 0);
     let first: u64 = (0..PAGES).map(|i| touch(lazy + i * 4096)).sum();
@@ -30,7 +33,10 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     let second: u64 = (0..PAGES).map(|i| touch(lazy + i * 4096)).sum();
     let f2 = vmcall(hc::FAULTS, 0, 0);
     if f1 - f0 == PAGES && f2 == f1 {
-        println!("ept: PASS {PAGES} first touches took {} nested page faults, second touches none", f1 - f0);
+        println!(
+            "ept: PASS {PAGES} first touches took {} nested page faults, second touches none",
+            f1 - f0
+        );
     } else {
         println!("ept: FAIL faults first {} second {}", f1 - f0, f2 - f1);
         ok = false;
@@ -58,7 +64,9 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     // SAFETY: guest RAM.
     let v2 = unsafe { core::ptr::read_volatile(page as *const u64) };
     if r == 0 && v1 == 1 && v2 == 2 && f4 - f3 == 1 {
-        println!("ept: PASS write to a read-only page faulted once and was granted ({dt} TSC ticks)");
+        println!(
+            "ept: PASS write to a read-only page faulted once and was granted ({dt} TSC ticks)"
+        );
     } else {
         println!("ept: FAIL rights fault: protect {r:#x} read {v1} after {v2} faults {}", f4 - f3);
         ok = false;

@@ -95,10 +95,7 @@ fn round_trip(name: &str, f: impl Fn()) {
     }
     let per = (rdtsc() - t0) / N;
     let hz = tsc_hz();
-    println!(
-        "smp: {name} round trip {per} TSC ticks = {} exits/s of guest time",
-        hz / per.max(1)
-    );
+    println!("smp: {name} round trip {per} TSC ticks = {} exits/s of guest time", hz / per.max(1));
 }
 
 #[unsafe(no_mangle)]
