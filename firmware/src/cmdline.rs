@@ -24,7 +24,7 @@ pub enum IpMode {
 }
 
 /// Built-in tests selectable with `test=`.
-pub const TESTS: &[&str] = &["boot", "pagefault", "vmx", "vmx-fault"];
+pub const TESTS: &[&str] = &["boot", "pagefault", "mesh", "vmx", "vmx-fault"];
 
 /// Default UDP port of the cluster transport.
 pub const DEFAULT_PORT: u16 = 7470;
@@ -170,7 +170,7 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
         "test" => {
             let v = need("test")?;
             cfg.test = Some(TESTS.iter().copied().find(|t| *t == v).ok_or_else(|| {
-                bad("test", v, "one of the built-in tests: boot, pagefault, vmx, vmx-fault")
+                bad("test", v, "one of the built-in tests: boot, pagefault, mesh, vmx, vmx-fault")
             })?);
         }
         "port" => {
@@ -258,6 +258,15 @@ mod tests {
         assert_eq!(errs[0], CmdlineError::UnknownKey("bogus".into()));
         assert!(errs[1].to_string().contains("bad value 'abc' for 'nodes'"));
         assert!(errs[3].to_string().contains("A.B.C.D/N"));
+    }
+
+    #[test]
+    fn bad_test_name_lists_every_built_in_test() {
+        let (_, errs) = parse("x test=nope");
+        let msg = errs[0].to_string();
+        for t in TESTS {
+            assert!(msg.contains(t), "{msg} misses {t}");
+        }
     }
 
     #[test]
