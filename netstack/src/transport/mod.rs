@@ -82,7 +82,7 @@ impl Config {
         }
     }
 
-    /// Payload bytes per datagram for this MTU. With a jumbo MTU (≥ 4,420) a whole page
+    /// Payload bytes per datagram for this MTU. With a jumbo MTU (≥ 4,444) a whole page
     /// message travels in one datagram.
     pub fn fragment_payload(&self) -> usize {
         self.mtu.saturating_sub(IP_UDP_OVERHEAD + HEADER_LEN).max(1)
@@ -496,7 +496,11 @@ impl Transport {
 
     fn on_ack(peer: &mut Peer, cfg: &Config, now: u64, ack: u32, sack: u64) {
         // An ack for data never sent would be a peer bug; ignore it rather than trust it.
-        let sent_end = peer.inflight.back().map_or(peer.next_seq, |f| f.seq.wrapping_add(1));
+        let sent_end = match (peer.inflight.back(), peer.unsent.front()) {
+            (Some(f), _) => f.seq.wrapping_add(1),
+            (None, Some(f)) => f.seq,
+            (None, None) => peer.next_seq,
+        };
         if seq_lt(sent_end, ack) {
             return;
         }
@@ -598,9 +602,12 @@ impl Transport {
             }
             if let Some(deadline) = peer.rto_deadline {
                 if now >= deadline {
-                    // Timer expiry: every unacknowledged fragment is presumed lost.
+                    // Timer expiry (RFC 6298 §5.4): resend the oldest unacknowledged fragment;
+                    // its acknowledgement lets RACK mark whatever else was lost. Resending the
+                    // whole window instead would double the load on a receiver that is merely
+                    // slow.
                     self.stats.timeouts += 1;
-                    for f in peer.inflight.iter_mut().filter(|f| !f.sacked) {
+                    if let Some(f) = peer.inflight.iter_mut().find(|f| !f.sacked) {
                         f.lost = true;
                     }
                     peer.backoff = (peer.backoff + 1).min(16);

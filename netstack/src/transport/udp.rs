@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+use std::vec;
 use std::vec::Vec;
 
 use super::{NodeId, SendError, Transport};
@@ -35,6 +36,12 @@ impl UdpEndpoint {
             drop_every: 0,
             tx_count: 0,
         }
+    }
+
+    /// The socket's local address (give it to the peers).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound UDP socket always has a local address.
+        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Test knob: silently drop every `n`th outgoing datagram (0: none).
