@@ -3,5 +3,6 @@
 # Output: ci/payloads/target/x86_64-gestalt/release/payload-{smp,ept,triple}
 set -eu
 cd "$(dirname "$0")"
+export CARGO_TARGET_DIR="$PWD/target"
 cargo build --release --target ../../targets/x86_64-gestalt.json \
     -Zbuild-std=core -Zbuild-std-features=compiler-builtins-mem "$@"

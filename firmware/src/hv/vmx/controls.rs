@@ -287,18 +287,18 @@ pub fn entry_failure(reason: u32, qualification: u64) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The values Bochs 2.7 reports for `corei7_skylake_x` (DESIGN.md §8; the shape matters:
-    /// default-1 bits in the low halves, what may be 1 in the high halves).
+    /// The values Bochs 2.7 reports for `corei7_skylake_x` (printed by `log=debug` as
+    /// `hv: caps …`): default-1 bits in the low halves, what may be 1 in the high halves.
     fn skylake() -> Caps {
         Caps {
-            basic: 0x00da_0400_0000_002b,
+            basic: 0x00d8_1000_0000_002b,
             pin: 0x0000_007f_0000_0016,
-            proc: 0xfff9_fffe_0400_6172,
-            proc2: 0x0000_10ff_0000_0000,
-            exit: 0x01ff_ffff_0003_6dfb,
-            entry: 0x0003_ffff_0000_11fb,
-            misc: 0x0000_0000_0000_01e5,
-            ept_vpid: 0x0000_0f01_0631_4141,
+            proc: 0xf7f9_fffe_0400_6172,
+            proc2: 0x0217_7fff_0000_0000,
+            exit: 0x007f_ffff_0003_6dfb,
+            entry: 0x0000_ffff_0000_11fb,
+            misc: 0x0000_0000_6004_01e0,
+            ept_vpid: 0x0000_0f01_0633_4141,
         }
     }
 
@@ -309,7 +309,8 @@ mod tests {
         assert_ne!(c.proc2 & proc2::UNRESTRICTED, 0);
         assert!(c.vpid);
         assert!(c.preemption_timer);
-        assert_eq!(c.timer_shift, 5);
+        assert_eq!(c.timer_shift, 0);
+        assert!(c.wait_for_sipi);
         assert_ne!(c.proc & proc::HLT_EXITING, 0);
         assert_ne!(c.pin & pin::EXT_INT_EXITING, 0);
         // Default-1 bits the TRUE MSR still forces stay set; CR3 exiting is off.

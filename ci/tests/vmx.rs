@@ -1,0 +1,175 @@
+//! The VMX vCPU backend under Bochs (`corei7_skylake_x`, 1 and 2 CPUs): the guest payloads of
+//! ci/payloads run as the node's guest (a Multiboot module) and print PASS/FAIL lines the
+//! firmware relays as `guest: …`; the firmware's `test=vmx` / `test=vmx-fault` give the verdict.
+//! Also: the `vcpu` shell command, and QEMU TCG (no VMX) saying so in one line.
+//!
+//! The payloads are built by `ci/payloads/build.sh` (the tests build them when missing).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{artifacts, boot_to_shell, ANSWER, BOCHS_BOOT, QEMU_BOOT};
+use gestalt_ci::{Artifacts, Boot, Emu, HarnessError, Node, NodeSpec};
+
+/// A guest run after boot: payload work, a few hundred thousand exits at most.
+const GUEST_RUN: Duration = Duration::from_secs(300);
+
+static BUILD: Mutex<bool> = Mutex::new(false);
+
+fn payload(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("payloads");
+    let path = dir.join("target/x86_64-gestalt/release").join(format!("payload-{name}"));
+    let mut built = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built && std::env::var_os("GESTALT_PAYLOADS_PREBUILT").is_none() {
+        let st = Command::new("sh")
+            .arg(dir.join("build.sh"))
+            .status()
+            .expect("cannot run ci/payloads/build.sh");
+        assert!(st.success(), "ci/payloads/build.sh failed");
+        *built = true;
+    }
+    assert!(path.exists(), "payload {} missing: run ci/payloads/build.sh", path.display());
+    path
+}
+
+/// Artifacts whose ISO boots the firmware with `cmdline` and the payload as the guest module.
+struct GuestImage {
+    dir: PathBuf,
+}
+
+impl GuestImage {
+    fn new(tag: &str, name: &str, cmdline: &str) -> GuestImage {
+        let dir = std::env::temp_dir().join(format!("gestalt-vmx-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let elf = artifacts().elf().expect("gestalt.elf: run `make image` first");
+        let bytes = std::fs::read(elf).expect("reading gestalt.elf");
+        let module = payload(name);
+        let mname = format!("payload-{name}");
+        gestalt_image::iso::make_iso(
+            &bytes,
+            cmdline,
+            &[(module.as_path(), mname.as_str())],
+            &dir.join("gestalt.iso"),
+        )
+        .expect("making the guest ISO");
+        GuestImage { dir }
+    }
+
+    fn artifacts(&self) -> Artifacts {
+        Artifacts::at(&self.dir)
+    }
+}
+
+impl Drop for GuestImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn bochs(name: &str, cpus: u32) -> NodeSpec {
+    // The command line lives in the ISO: an empty spec command line boots it as it is.
+    NodeSpec::new(name, Emu::Bochs, Boot::Iso).cpus(cpus)
+}
+
+/// Boots the payload with `test=<test>` and returns the console once the verdict is printed.
+fn run_test(tag: &str, name: &str, test: &str, cpus: u32) -> Result<String, HarnessError> {
+    let img = GuestImage::new(tag, name, &format!("test={test}"));
+    let mut node = Node::start(&bochs(tag, cpus), &img.artifacts())?;
+    let verdict = node.wait_for(&format!("test: {test} "), BOCHS_BOOT + GUEST_RUN)?;
+    let text = node.console().text();
+    assert!(verdict.contains("PASS"), "{verdict}\n{text}");
+    Ok(text)
+}
+
+fn numbers_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.contains(marker))
+}
+
+#[test]
+fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
+    let text = run_test("smp1", "smp", "vmx", 1)?;
+    assert!(text.contains("hv: VMX ready: EPT, unrestricted guest"), "{text}");
+    assert!(text.contains("guest: smp: PASS all"), "{text}");
+    assert!(text.contains("guest: smp: PASS TSC-deadline timer"), "{text}");
+    assert!(text.contains("vcpu 0 cpu 0 stopped exits"), "{text}");
+    for m in ["hypercall round trip", "hv: ", "exits/s"] {
+        if let Some(l) = numbers_after(&text, m) {
+            eprintln!("{l}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn smp_payload_starts_its_second_vcpu_with_init_sipi_and_passes_on_two_cores(
+) -> Result<(), HarnessError> {
+    let text = run_test("smp2", "smp", "vmx", 2)?;
+    assert!(text.contains("guest: smp: 2/2 vCPUs started with INIT/SIPI"), "{text}");
+    assert!(text.contains("guest: smp: vcpu 1 up (x2APIC id 1)"), "{text}");
+    assert!(text.contains("guest: smp: PASS atomic counter 40000 = 2 vCPUs"), "{text}");
+    assert!(text.contains("guest: smp: PASS memory sweep on 2 vCPUs"), "{text}");
+    assert!(text.contains("guest: smp: PASS fixed IPIs delivered to 1 halted vCPUs"), "{text}");
+    assert!(text.contains("vcpu 1 cpu 1 stopped exits"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn ept_payload_is_demand_mapped_gets_a_rights_fault_and_is_stopped_outside_its_memory(
+) -> Result<(), HarnessError> {
+    let text = run_test("ept", "ept", "vmx-fault", 1)?;
+    assert!(text.contains("guest: ept: PASS all"), "{text}");
+    assert!(text.contains("EPT violation outside guest memory (denied)"), "{text}");
+    assert!(text.contains("gpa: 3221225472"), "the diagnostic names the address:\n{text}");
+    assert!(text.contains("hv:   rip "), "registers are dumped:\n{text}");
+    if let Some(l) = numbers_after(&text, "fault round trip") {
+        eprintln!("{l}");
+    }
+    Ok(())
+}
+
+#[test]
+fn triple_fault_is_diagnosed_with_a_register_dump_and_never_hangs() -> Result<(), HarnessError> {
+    let text = run_test("triple", "triple", "vmx-fault", 1)?;
+    assert!(text.contains("guest: triple: loading an empty IDT"), "{text}");
+    assert!(text.contains("hv: vcpu 0 triple fault"), "{text}");
+    assert!(text.contains("hv:   rip ") && text.contains("hv:   rax "), "{text}");
+    assert!(text.contains("hv: guest stopped: triple fault"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
+) -> Result<(), HarnessError> {
+    let img = GuestImage::new("vcpu", "smp", "log=info");
+    let mut node = Node::start(&bochs("vcpu", 2), &img.artifacts())?;
+    node.wait_for("guest: smp: PASS all", BOCHS_BOOT + GUEST_RUN)?;
+    node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
+    node.wait_for_text("gestalt> ", ANSWER)?;
+    let answer = node.command("vcpu", ANSWER)?;
+    assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
+    assert!(answer.contains("vcpu 0 cpu 0 stopped exits"), "{answer}");
+    assert!(answer.contains("vcpu 1 cpu 1 stopped exits"), "{answer}");
+    assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
+    let status = node.command("status", ANSWER)?;
+    assert!(status.contains("uptime"), "{status}");
+    Ok(())
+}
+
+#[test]
+fn qemu_tcg_says_there_is_no_vmx_in_one_line_and_serves_the_console() -> Result<(), HarnessError>
+{
+    let spec = NodeSpec::new("novmx", Emu::Qemu, Boot::Kernel);
+    let mut node = boot_to_shell(&spec, QEMU_BOOT)?;
+    let text = node.console().text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("no VMX")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("hv: this CPU has no VMX (Intel VT-x)"), "{text}");
+    let answer = node.command("vcpu", ANSWER)?;
+    assert!(answer.contains("no vCPUs: VMX unavailable"), "{answer}");
+    Ok(())
+}
