@@ -87,7 +87,11 @@ fn gestalt_cluster_run_prefixes_consoles_routes_input_and_stops_every_node_at_eo
         }
     });
     let mut seen = Vec::new();
+    // Waits for a line, looking at those already seen too (the nodes print in any order).
     let mut wait_line = |pred: &dyn Fn(&str) -> bool| {
+        if seen.iter().any(|l| pred(l)) {
+            return;
+        }
         let deadline = Instant::now() + QEMU_BOOT;
         while Instant::now() < deadline {
             if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -102,6 +106,7 @@ fn gestalt_cluster_run_prefixes_consoles_routes_input_and_stops_every_node_at_eo
     };
     wait_line(&|l| l.starts_with("n0| ") && l.contains("shell: ready"));
     wait_line(&|l| l.starts_with("n1| ") && l.contains("shell: ready"));
+    wait_line(&|l| l.starts_with("n1| gestalt> "));
     writeln!(stdin, "1: version").unwrap();
     wait_line(&|l| l.starts_with("n1| Gestalt "));
     drop(stdin); // end of input

@@ -1,0 +1,92 @@
+//! The network between nodes (issue: netstack in the firmware): nodes find each other through
+//! the switch, the transport loses nothing on a lossy link, QEMU and Bochs nodes talk, and a
+//! node with another cluster key is refused on both sides.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{artifacts, ANSWER, BOCHS_BOOT, QEMU_BOOT};
+use gestalt_ci::{Boot, Cluster, Emu, HarnessError, Node, NodeSpec, PortKind, Switch};
+
+/// Formation, then 200 messages to every peer with 5 % loss: generous for a loaded machine.
+const MESH: Duration = Duration::from_secs(180);
+
+fn mac(i: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x4e, 0x54, i]
+}
+
+#[test]
+fn three_qemu_nodes_deliver_every_message_in_order_through_a_switch_dropping_five_percent(
+) -> Result<(), HarnessError> {
+    let mut c = Cluster::start(3, Emu::Qemu, Boot::Kernel, 1, "test=mesh", &artifacts(), 21)?;
+    c.switch.set_loss(0.05);
+    let mut retransmits = 0u64;
+    for node in c.nodes.iter_mut() {
+        node.wait_for("view committed: 3 nodes", MESH)?;
+        let verdict = node.wait_for("test: mesh ", MESH)?;
+        assert!(verdict.contains("PASS"), "{}: {verdict}", node.name());
+        // "... in order; N retransmits, M duplicates suppressed"
+        retransmits += verdict
+            .split("; ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    let n = c.switch.counters();
+    assert!(n.dropped_loss > 0, "the switch dropped nothing: {n:?}");
+    assert!(retransmits > 0, "frames were dropped ({}) but nothing was retransmitted", n.dropped_loss);
+    Ok(())
+}
+
+#[test]
+fn a_bochs_node_and_a_qemu_node_form_a_cluster_and_ping_each_other() -> Result<(), HarnessError> {
+    let art = artifacts();
+    let mut sw = Switch::new(22)?;
+    let pq = sw.add_port(PortKind::Qemu)?;
+    let pb = sw.add_port(PortKind::Bochs)?;
+    let q = NodeSpec::new("q0", Emu::Qemu, Boot::Kernel).cmdline("nodes=2 primary").nic(pq, mac(1));
+    let b = NodeSpec::new("b1", Emu::Bochs, Boot::Iso).cmdline("nodes=2").nic(pb, mac(2));
+    let mut q = Node::start(&q, &art)?;
+    let mut b = Node::start(&b, &art)?;
+    b.wait_for("view committed: 2 nodes", BOCHS_BOOT)?;
+    q.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    b.wait_for_text("gestalt> ", BOCHS_BOOT)?;
+    q.wait_for_text("gestalt> ", QEMU_BOOT)?;
+    let from_qemu = q.command("ping 1", ANSWER)?;
+    assert!(from_qemu.contains("64 bytes from node 1"), "QEMU → Bochs ping:\n{from_qemu}");
+    let from_bochs = b.command("ping 0", ANSWER)?;
+    assert!(from_bochs.contains("64 bytes from node 0"), "Bochs → QEMU ping:\n{from_bochs}");
+    Ok(())
+}
+
+#[test]
+fn a_node_with_another_cluster_key_is_refused_and_both_sides_say_so() -> Result<(), HarnessError> {
+    let art = artifacts();
+    let mut sw = Switch::new(23)?;
+    let key_b = "key=".to_string() + &"5a".repeat(32);
+    let specs = [
+        ("good0", "nodes=2 primary".to_string()),
+        ("good1", "nodes=2".to_string()),
+        ("intruder", format!("nodes=2 {key_b}")),
+    ];
+    let mut nodes = Vec::new();
+    for (i, (name, line)) in specs.iter().enumerate() {
+        let port = sw.add_port(PortKind::Qemu)?;
+        let spec = NodeSpec::new(name, Emu::Qemu, Boot::Kernel).cmdline(line).nic(port, mac(10 + i as u8));
+        nodes.push(Node::start(&spec, &art)?);
+    }
+    // The two good nodes agree without the intruder…
+    for n in nodes.iter_mut().take(2) {
+        n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    }
+    // …each refuses it, and it refuses them: the refusal is logged on both sides.
+    for n in nodes.iter_mut() {
+        let line = n.wait_for("failed authentication (wrong cluster key?)", QEMU_BOOT)?;
+        assert!(line.contains("refused"), "{}: {line}", n.name());
+    }
+    let intruder = nodes[2].console().text();
+    assert!(!intruder.contains("view committed"), "the intruder joined a view:\n{intruder}");
+    Ok(())
+}
