@@ -86,7 +86,7 @@ fn gestalt_cluster_run_prefixes_consoles_routes_input_and_stops_every_node_at_eo
             let _ = tx.send(line);
         }
     });
-    let mut seen = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     // Waits for a line, looking at those already seen too (the nodes print in any order).
     let mut wait_line = |pred: &dyn Fn(&str) -> bool| {
         if seen.iter().any(|l| pred(l)) {
