@@ -25,13 +25,27 @@ impl Cluster {
         art: &Artifacts,
         seed: u64,
     ) -> Result<Cluster, HarnessError> {
+        let nodes: Vec<(Emu, Boot)> = vec![(emu, boot); n];
+        Self::start_mixed(&nodes, cpus, cmdline, art, seed)
+    }
+
+    /// Boot one node per `(emulator, boot path)` entry, all on one switch (QEMU and Bochs
+    /// nodes can share it: both carry one frame per datagram).
+    pub fn start_mixed(
+        kinds: &[(Emu, Boot)],
+        cpus: u32,
+        cmdline: &str,
+        art: &Artifacts,
+        seed: u64,
+    ) -> Result<Cluster, HarnessError> {
+        let n = kinds.len();
         let mut switch = Switch::new(seed)?;
-        let kind = match emu {
-            Emu::Qemu => PortKind::Qemu,
-            Emu::Bochs => PortKind::Bochs,
-        };
         let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, &(emu, boot)) in kinds.iter().enumerate() {
+            let kind = match emu {
+                Emu::Qemu => PortKind::Qemu,
+                Emu::Bochs => PortKind::Bochs,
+            };
             let port = switch.add_port(kind)?;
             let mut line = format!("nodes={n}");
             if i == 0 {

@@ -25,6 +25,20 @@ fn two_qemu_nodes_on_the_switch_find_each_other_and_commit_a_view() -> Result<()
 }
 
 #[test]
+fn a_qemu_node_and_a_bochs_node_on_the_switch_commit_a_view() -> Result<(), HarnessError> {
+    let kinds = [(Emu::Qemu, Boot::Kernel), (Emu::Bochs, Boot::Iso)];
+    let mut c = Cluster::start_mixed(&kinds, 1, "", &artifacts(), 13)?;
+    for node in c.nodes.iter_mut() {
+        node.wait_for("shell: ready", common::BOCHS_BOOT)?;
+    }
+    for node in c.nodes.iter_mut() {
+        let view = node.wait_for("view committed: 2 nodes", common::BOCHS_BOOT)?;
+        eprintln!("{}: {view}", node.name());
+    }
+    Ok(())
+}
+
+#[test]
 fn partitioned_nodes_do_not_find_each_other() -> Result<(), HarnessError> {
     let mut c = Cluster::start(2, Emu::Qemu, Boot::Kernel, 1, "", &artifacts(), 12)?;
     c.switch.partition(&[&[0], &[1]]);

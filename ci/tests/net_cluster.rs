@@ -36,7 +36,11 @@ fn three_qemu_nodes_deliver_every_message_in_order_through_a_switch_dropping_fiv
     }
     let n = c.switch.counters();
     assert!(n.dropped_loss > 0, "the switch dropped nothing: {n:?}");
-    assert!(retransmits > 0, "frames were dropped ({}) but nothing was retransmitted", n.dropped_loss);
+    assert!(
+        retransmits > 0,
+        "frames were dropped ({}) but nothing was retransmitted",
+        n.dropped_loss
+    );
     Ok(())
 }
 
@@ -74,7 +78,8 @@ fn a_node_with_another_cluster_key_is_refused_and_both_sides_say_so() -> Result<
     let mut nodes = Vec::new();
     for (i, (name, line)) in specs.iter().enumerate() {
         let port = sw.add_port(PortKind::Qemu)?;
-        let spec = NodeSpec::new(name, Emu::Qemu, Boot::Kernel).cmdline(line).nic(port, mac(10 + i as u8));
+        let spec =
+            NodeSpec::new(name, Emu::Qemu, Boot::Kernel).cmdline(line).nic(port, mac(10 + i as u8));
         nodes.push(Node::start(&spec, &art)?);
     }
     // The two good nodes agree without the intruder…

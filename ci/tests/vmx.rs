@@ -161,8 +161,7 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
 }
 
 #[test]
-fn qemu_tcg_says_there_is_no_vmx_in_one_line_and_serves_the_console() -> Result<(), HarnessError>
-{
+fn qemu_tcg_says_there_is_no_vmx_in_one_line_and_serves_the_console() -> Result<(), HarnessError> {
     let spec = NodeSpec::new("novmx", Emu::Qemu, Boot::Kernel);
     let mut node = boot_to_shell(&spec, QEMU_BOOT)?;
     let text = node.console().text();
