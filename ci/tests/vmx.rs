@@ -23,7 +23,7 @@ static BUILD: Mutex<bool> = Mutex::new(false);
 fn payload(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("payloads");
     let path = dir.join("target/x86_64-gestalt/release").join(format!("payload-{name}"));
-    let mut built = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !*built && std::env::var_os("GESTALT_PAYLOADS_PREBUILT").is_none() {
         let st = Command::new("sh")
             .arg(dir.join("build.sh"))
