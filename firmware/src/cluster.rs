@@ -289,7 +289,9 @@ mod tests {
         let (mut other, oa) = node(6, false);
         other.build_id = [0xee; 16];
         let heard = f.on_announce(other, oa);
-        assert!(matches!(heard, Heard::Refused(Refusal::OtherBuild { build, .. }) if build == [0xee; 8]));
+        assert!(
+            matches!(heard, Heard::Refused(Refusal::OtherBuild { build, .. }) if build == [0xee; 8])
+        );
         if let Heard::Refused(r) = heard {
             assert!(r.to_string().contains("runs another image (build eeeeeeeeeeeeeeee)"));
         }

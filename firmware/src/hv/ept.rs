@@ -110,7 +110,7 @@ impl Ept {
         rights: u64,
     ) -> Result<MapStats, MapError> {
         for a in [gpa, hpa, len] {
-            if a % KIB4 != 0 {
+            if !a.is_multiple_of(KIB4) {
                 return Err(MapError::Unaligned(a));
             }
         }
@@ -120,7 +120,7 @@ impl Ept {
             let (g, h) = (gpa + off, hpa + off);
             let pd = self.pd(mem, g)?;
             let pde = mem.read(pd, index(g, 1));
-            let can_large = g % MIB2 == 0 && h % MIB2 == 0 && len - off >= MIB2;
+            let can_large = g.is_multiple_of(MIB2) && h.is_multiple_of(MIB2) && len - off >= MIB2;
             if can_large && (pde & RWX == 0 || pde & LARGE != 0) {
                 mem.write(pd, index(g, 1), h | rights | MT_WB | LARGE);
                 s.large += 1;
@@ -143,7 +143,7 @@ impl Ept {
         gpa: u64,
         rights: u64,
     ) -> Result<(), EptError> {
-        if gpa % KIB4 != 0 {
+        if !gpa.is_multiple_of(KIB4) {
             return Err(MapError::Unaligned(gpa).into());
         }
         let pd = self.pd(mem, gpa)?;

@@ -54,6 +54,10 @@ impl Shared {
     }
 }
 
+/// The access raises #GP in the guest (read-only or reserved register).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gp;
+
 /// Delivery of an IPI the guest asked for through the ICR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpiKind {
@@ -209,8 +213,8 @@ impl Local {
         })
     }
 
-    /// WRMSR of an x2APIC register or the TSC deadline at TSC `now`; Err = #GP.
-    pub fn write(&mut self, _shared: &Shared, msr: u32, val: u64, now: u64) -> Result<Effect, ()> {
+    /// WRMSR of an x2APIC register or the TSC deadline at TSC `now`.
+    pub fn write(&mut self, _shared: &Shared, msr: u32, val: u64, now: u64) -> Result<Effect, Gp> {
         let v32 = val as u32;
         match msr {
             0x808 => self.tpr = v32 as u8,
@@ -246,7 +250,7 @@ impl Local {
                     self.deadline = (val != 0).then_some(val);
                 }
             }
-            0x802 | 0x803 | 0x80A | 0x80D | 0x810..=0x827 | 0x839 => return Err(()),
+            0x802 | 0x803 | 0x80A | 0x80D | 0x810..=0x827 | 0x839 => return Err(Gp),
             _ => return Ok(Effect::Ignored),
         }
         Ok(Effect::None)

@@ -795,7 +795,7 @@ impl Runner {
                             true
                         }
                         Ok(_) => true,
-                        Err(()) => false,
+                        Err(vlapic::Gp) => false,
                     }
                 }
                 _ => true,
@@ -933,7 +933,7 @@ pub fn print_vcpus() {
         vm.ram >> 20,
         vm.faults.load(Ordering::Relaxed),
         match verdict {
-            None => alloc::format!("running"),
+            None => "running".into(),
             Some(Verdict::Exit(c)) => alloc::format!("exited with code {c:#x}"),
             Some(Verdict::Fatal(w)) => alloc::format!("stopped: {w}"),
         }

@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn no_secondary_controls_means_no_ept() {
         let mut caps = skylake();
-        caps.proc &= !((proc::SECONDARY as u64) << 32);
+        caps.proc &= !(u64::from(proc::SECONDARY) << 32);
         let e = compute(&caps).unwrap_err();
         assert!(e.to_string().contains("EPT"), "{e}");
     }
@@ -340,14 +340,14 @@ mod tests {
     #[test]
     fn missing_unrestricted_guest_is_named() {
         let mut caps = skylake();
-        caps.proc2 &= !((proc2::UNRESTRICTED as u64) << 32);
+        caps.proc2 &= !(u64::from(proc2::UNRESTRICTED) << 32);
         assert!(compute(&caps).unwrap_err().to_string().contains("unrestricted guest"));
     }
 
     #[test]
     fn no_preemption_timer_is_not_fatal() {
         let mut caps = skylake();
-        caps.pin &= !((pin::PREEMPTION_TIMER as u64) << 32);
+        caps.pin &= !(u64::from(pin::PREEMPTION_TIMER) << 32);
         let c = compute(&caps).unwrap();
         assert!(!c.preemption_timer);
     }
