@@ -4,10 +4,11 @@ use alloc::boxed::Box;
 
 use gestalt_netstack::device::NetDevice;
 use gestalt_netstack::drivers::e1000::E1000;
+use gestalt_netstack::drivers::virtio_net::{VirtioNet, VirtioPciRegions};
 
 use super::hal::FwHal;
 use crate::pci::config::{read32, write32};
-use crate::pci::{Bar, Device};
+use crate::pci::{virtio_caps, Bar, Device, VirtioCap};
 
 /// A started NIC.
 pub struct Nic {
@@ -50,12 +51,46 @@ fn enable(d: &Device) {
     write32(d.bdf, 0x04, (cmd & 0xFFFF) | 0x6);
 }
 
+fn mapped(addr: u64, len: u64) -> bool {
+    addr != 0
+        && addr.saturating_add(len)
+            <= crate::arch::idt::MAPPED_LIMIT.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The CPU address of a virtio structure, if its BAR is a mapped memory BAR that holds it.
+fn region(d: &Device, cap: VirtioCap) -> Option<usize> {
+    let Some(Bar::Mem { addr, size, .. }) = d.bars.get(usize::from(cap.bar)).copied().flatten()
+    else {
+        return None;
+    };
+    let end = u64::from(cap.offset) + u64::from(cap.len);
+    (end <= size && mapped(addr, size)).then_some((addr + u64::from(cap.offset)) as usize)
+}
+
+fn probe_virtio(d: &Device, hal: FwHal) -> Result<Nic, NicError> {
+    const NAME: &str = "virtio-net";
+    let caps = virtio_caps(|off| read32(d.bdf, off)).ok_or(NicError::BadBar(NAME))?;
+    let regions = VirtioPciRegions {
+        common_cfg: region(d, caps.common).ok_or(NicError::BadBar(NAME))?,
+        notify: region(d, caps.notify).ok_or(NicError::BadBar(NAME))?,
+        notify_off_multiplier: caps.notify_multiplier,
+        isr: region(d, caps.isr).ok_or(NicError::BadBar(NAME))?,
+        device_cfg: region(d, caps.device).ok_or(NicError::BadBar(NAME))?,
+    };
+    enable(d);
+    // SAFETY: the regions are inside this function's memory BARs (checked against the BAR
+    // sizes), identity-mapped; decoding and bus mastering are on; we own the device.
+    let dev = unsafe { VirtioNet::new(hal, regions) }.map_err(|e| NicError::Driver(NAME, e))?;
+    Ok(Nic { dev: Box::new(dev), name: NAME, bdf: d.bdf })
+}
+
 /// Starts the first supported NIC in `devices`.
 pub fn probe(devices: &[Device], hal: FwHal) -> Result<Nic, NicError> {
     for d in devices {
         let name = match (d.vendor, d.device) {
             (0x8086, 0x100e) | (0x8086, 0x100f) | (0x8086, 0x1015) | (0x8086, 0x100c) => "e1000",
             (0x8086, 0x10d3) => "e1000e",
+            (0x1af4, 0x1000) | (0x1af4, 0x1041) => return probe_virtio(d, hal),
             _ => continue,
         };
         let Some(Bar::Mem { addr, .. }) = d.bars[0] else { return Err(NicError::BadBar(name)) };

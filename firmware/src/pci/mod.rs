@@ -164,9 +164,113 @@ impl fmt::Display for Size {
     }
 }
 
+/// Where a virtio modern PCI structure lives (virtio 1.2 §4.1.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtioCap {
+    /// BAR index.
+    pub bar: u8,
+    /// Offset in the BAR.
+    pub offset: u32,
+    /// Length.
+    pub len: u32,
+}
+
+/// The virtio structures a driver needs: common, notify (+ multiplier), ISR, device config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtioCaps {
+    /// `VIRTIO_PCI_CAP_COMMON_CFG`.
+    pub common: VirtioCap,
+    /// `VIRTIO_PCI_CAP_NOTIFY_CFG`.
+    pub notify: VirtioCap,
+    /// Its `notify_off_multiplier`.
+    pub notify_multiplier: u32,
+    /// `VIRTIO_PCI_CAP_ISR_CFG`.
+    pub isr: VirtioCap,
+    /// `VIRTIO_PCI_CAP_DEVICE_CFG`.
+    pub device: VirtioCap,
+}
+
+/// Walks the capability list (PCI spec §6.7) of a function whose config dwords `read` returns,
+/// collecting the virtio vendor capabilities (id 0x09). `None` when one of the four is missing
+/// (a legacy-only device) or the list is malformed.
+pub fn virtio_caps(read: impl Fn(u8) -> u32) -> Option<VirtioCaps> {
+    // Status register bit 4: capabilities list present.
+    if (read(0x04) >> 16) & 0x10 == 0 {
+        return None;
+    }
+    let mut caps = VirtioCaps::default();
+    let mut found = 0u8;
+    let mut ptr = (read(0x34) & 0xFC) as u8;
+    // A list longer than config space can hold is a loop.
+    for _ in 0..48 {
+        if ptr < 0x40 {
+            break;
+        }
+        let head = read(ptr);
+        let (id, next, cfg_type) = (head as u8, (head >> 8) as u8 & 0xFC, (head >> 24) as u8);
+        if id == 0x09 {
+            let cap = VirtioCap {
+                bar: read(ptr + 4) as u8,
+                offset: read(ptr.wrapping_add(8)),
+                len: read(ptr.wrapping_add(12)),
+            };
+            match cfg_type {
+                1 => (caps.common, found) = (cap, found | 1),
+                2 => {
+                    (caps.notify, found) = (cap, found | 2);
+                    caps.notify_multiplier = read(ptr.wrapping_add(16));
+                }
+                3 => (caps.isr, found) = (cap, found | 4),
+                4 => (caps.device, found) = (cap, found | 8),
+                _ => {}
+            }
+        }
+        ptr = next;
+    }
+    (found == 15).then_some(caps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_capabilities_are_collected_from_the_list() {
+        let mut cfg = [0u32; 64];
+        cfg[0x04 / 4] = 0x10 << 16;
+        cfg[0x34 / 4] = 0x40;
+        // (at, next, type, bar, offset, len)
+        let caps = [
+            (0x40u8, 0x54u8, 1u8, 4u8, 0x0u32, 0x1000u32),
+            (0x54, 0x68, 3, 4, 0x1000, 0x1000),
+            (0x68, 0x7c, 4, 4, 0x2000, 0x1000),
+            (0x7c, 0x94, 2, 4, 0x3000, 0x1000),
+        ];
+        for (at, next, ty, bar, off, len) in caps {
+            let i = usize::from(at) / 4;
+            cfg[i] = 0x09 | u32::from(next) << 8 | 16 << 16 | u32::from(ty) << 24;
+            cfg[i + 1] = u32::from(bar);
+            cfg[i + 2] = off;
+            cfg[i + 3] = len;
+            cfg[i + 4] = 4; // notify_off_multiplier (only read for type 2)
+        }
+        cfg[0x94 / 4] = 0x05; // an MSI capability ends the list
+        let got = virtio_caps(|off| cfg[usize::from(off) / 4]).unwrap();
+        assert_eq!(got.common, VirtioCap { bar: 4, offset: 0, len: 0x1000 });
+        assert_eq!(got.notify, VirtioCap { bar: 4, offset: 0x3000, len: 0x1000 });
+        assert_eq!(got.notify_multiplier, 4);
+        assert_eq!(got.device.offset, 0x2000);
+    }
+
+    #[test]
+    fn legacy_devices_and_looping_lists_give_none() {
+        let mut cfg = [0u32; 64];
+        assert_eq!(virtio_caps(|off| cfg[usize::from(off) / 4]), None);
+        cfg[0x04 / 4] = 0x10 << 16;
+        cfg[0x34 / 4] = 0x40;
+        cfg[0x40 / 4] = 0x09 | 0x40 << 8 | 1 << 24; // points at itself
+        assert_eq!(virtio_caps(|off| cfg[usize::from(off) / 4]), None);
+    }
 
     #[test]
     fn memory_bar_sizes_decode_from_the_all_ones_readback() {
