@@ -43,6 +43,8 @@ pub enum Boot {
     Iso,
     /// Real PXE: QEMU's TFTP serves `pxe/`, its e1000 ROM (iPXE) runs `boot.ipxe`. QEMU only.
     Pxe,
+    /// The ISO as a raw hard disk, as after `dd` to a USB stick (writes are discarded). QEMU only.
+    Disk,
 }
 
 /// What to boot and how.
@@ -176,6 +178,12 @@ impl Node {
             }
             Boot::Iso => {
                 cmd.arg("-cdrom").arg(node_iso(spec, art, dir)?).args(["-boot", "d"]);
+            }
+            Boot::Disk => {
+                let iso = node_iso(spec, art, dir)?;
+                cmd.arg("-drive")
+                    .arg(format!("file={},format=raw,if=ide,snapshot=on", iso.display()))
+                    .args(["-boot", "c"]);
             }
             Boot::Pxe => {
                 let root = art.pxe_dir()?;

@@ -32,6 +32,12 @@ fn qemu_iso_boot_with_a_command_line_passes_it_through_grub() -> Result<(), Harn
 }
 
 #[test]
+fn the_iso_written_to_a_disk_boots_like_a_usb_stick() -> Result<(), HarnessError> {
+    boot_to_shell(&qemu("disk", Boot::Disk), QEMU_BOOT)?;
+    Ok(())
+}
+
+#[test]
 fn qemu_pxe_boot_through_ipxe_reaches_the_shell() -> Result<(), HarnessError> {
     let node = boot_to_shell(&qemu("pxe", Boot::Pxe).cmdline("nodes=2"), QEMU_BOOT)?;
     let line = node.console().line_with("boot: cmdline").unwrap_or_default();

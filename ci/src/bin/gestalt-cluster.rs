@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gestalt_ci::{Artifacts, Boot, Cluster, Emu};
 
 const USAGE: &str = "\
-usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe] [--cpus C]
+usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe|disk] [--cpus C]
                            [--out DIR] [--cmdline \"k=v ...\"] [--seed S]
   Boots N nodes (default 2; QEMU boots with -kernel, Bochs from the ISO) joined by a virtual
   switch on 127.0.0.1 and shows their consoles prefixed by node. Type a line to send it to node
@@ -60,7 +60,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "kernel" => Boot::Kernel,
                     "iso" => Boot::Iso,
                     "pxe" => Boot::Pxe,
-                    other => return Err(format!("unknown boot '{other}': use kernel, iso or pxe")),
+                    "disk" => Boot::Disk,
+                    other => {
+                        return Err(format!("unknown boot '{other}': use kernel, iso, pxe or disk"))
+                    }
                 });
             }
             "--cpus" => o.cpus = val()?.parse().map_err(|_| "--cpus takes a number")?,
