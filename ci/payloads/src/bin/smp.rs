@@ -87,6 +87,28 @@ fn timer_test(name: &str, arm: impl Fn(u64)) -> bool {
     ok
 }
 
+/// An interrupt that becomes due while IF=0 must wait (the hypervisor asks for an interrupt
+/// window) and arrive right after STI.
+fn window_test() -> bool {
+    let before = TICKS.load(Ordering::SeqCst);
+    wrmsr(0x832, 0x41 | (2 << 17));
+    wrmsr(0x6E0, rdtsc() + 100);
+    let t0 = rdtsc();
+    while rdtsc() - t0 < tsc_hz() / 100 {
+        core::hint::spin_loop();
+    }
+    let held = TICKS.load(Ordering::SeqCst) == before;
+    // SAFETY: opens a two-instruction interrupt window; handlers are installed.
+    unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
+    let got = TICKS.load(Ordering::SeqCst) != before;
+    if held && got {
+        println!("smp: PASS interrupt held while IF=0 and delivered in the window after STI");
+    } else {
+        println!("smp: FAIL interrupt window: held {held} delivered {got}");
+    }
+    held && got
+}
+
 fn round_trip(name: &str, f: impl Fn()) {
     const N: u64 = 2000;
     let t0 = rdtsc();
@@ -135,6 +157,8 @@ extern "C" fn payload_main(_mbi: u32) -> ! {
         wrmsr(0x832, 0x41 | (2 << 17));
         wrmsr(0x6E0, rdtsc() + ticks);
     });
+
+    ok &= window_test();
 
     let up = start_aps(n, ap_main);
     println!("smp: {}/{} vCPUs started with INIT/SIPI", up + 1, n);
