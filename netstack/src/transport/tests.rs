@@ -455,5 +455,39 @@ mod properties {
             });
             all_to_all(&mut c, 10, seed);
         }
+
+        /// A peer that holds the key but sends nonsense (any kind, fragment fields, epoch,
+        /// packet number, seq, ack, sack) cannot make the engine panic.
+        #[test]
+        fn authenticated_nonsense_never_panics_the_engine(
+            records in proptest::collection::vec(
+                (0u8..4, 0u8..3, 0u8..4, 0u8..4, 0u32..2, 0u64..200, 0u32..100, 0u32..100, any::<u64>(), 0usize..40),
+                1..60,
+            ),
+        ) {
+            let auth = Authenticator::new(&key());
+            let mut cfg = Config::new(CLUSTER, 1, 5);
+            cfg.mtu = 576;
+            let mut t = Transport::new(cfg, &key());
+            t.add_peer(0, 0);
+            let mut out = vec![0u8; t.config().max_datagram()];
+            let mut dgram = [0u8; HEADER_LEN + 64];
+            for (now, (op, kind, frag_index, frag_count, epoch, pn, seq, ack, sack, len)) in records.into_iter().enumerate() {
+                let now = now as u64 * 7_000;
+                match op {
+                    0 => { let _ = t.send(0, &[7u8; 40][..len]); }
+                    1 => while t.poll_transmit(now, &mut out).is_some() {},
+                    _ => {
+                        let kind = [Kind::Data, Kind::Ack, Kind::Heartbeat][usize::from(kind)];
+                        let h = Header { kind, frag_index, frag_count, cluster_id: CLUSTER, src: 0, dst: 1, epoch, pn, seq, ack, sack };
+                        if let Some(n) = h.seal(&auth, &[1u8; 40][..len], &mut dgram) {
+                            let _ = t.handle_datagram(now, &dgram[..n]);
+                        }
+                    }
+                }
+                while t.recv().is_some() {}
+                while t.poll_event().is_some() {}
+            }
+        }
     }
 }
