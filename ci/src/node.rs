@@ -245,6 +245,21 @@ impl Node {
                 ),
             ));
         }
+        for (file, package) in [
+            ("/usr/share/bochs/BIOS-bochs-latest", "bochsbios"),
+            ("/usr/share/vgabios/vgabios.bin", "vgabios"),
+            ("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so", "bochs-term"),
+        ] {
+            if !Path::new(file).exists() {
+                return Err(HarnessError::io(
+                    "starting Bochs",
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{file} is missing: install the Debian package {package}"),
+                    ),
+                ));
+            }
+        }
         let iso = node_iso(spec, art, dir)?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .map_err(|e| HarnessError::io("binding the Bochs console listener", e))?;
