@@ -66,6 +66,21 @@ fn test_pagefault_prints_the_exception_diagnostic_with_cr2() -> Result<(), Harne
     node.wait_for("exception: backtrace", QEMU_BOOT)?;
     node.wait_for("exception: halted", QEMU_BOOT)?;
     assert!(!node.console().text().contains("shell: ready"), "the node went on after #PF");
+    let status = node.wait_exit(QEMU_BOOT)?;
+    // The diagnostic is the result; test mode then leaves through isa-debug-exit.
+    assert!(matches!(status.code(), Some(33 | 35)), "QEMU exited with {status}");
+    Ok(())
+}
+
+#[test]
+fn test_boot_passes_and_exits_qemu_with_code_33() -> Result<(), HarnessError> {
+    let mut node = gestalt_ci::Node::start(
+        &qemu("test-boot", Boot::Kernel).cmdline("test=boot"),
+        &common::artifacts(),
+    )?;
+    node.wait_for("test: boot PASS", QEMU_BOOT)?;
+    let status = node.wait_exit(QEMU_BOOT)?;
+    assert_eq!(status.code(), Some(33), "isa-debug-exit 0x10 (pass) gives 33");
     Ok(())
 }
 
