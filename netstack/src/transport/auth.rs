@@ -1,14 +1,17 @@
-//! Datagram authentication: HMAC-SHA256 under the cluster key, truncated to 16 bytes.
+//! Datagram authentication: keyed BLAKE2b with a 128-bit output (RFC 7693 §2.5 keyed mode)
+//! under the cluster key.
 //!
-//! The MAC comes from RustCrypto (`hmac` + `sha2` with `force-soft`); this module only fixes
-//! the key type, the tag length and a constant-time check.
+//! The primitive comes from RustCrypto's `blake2` (portable code, no SIMD); this module only
+//! fixes the key type, the tag length and a constant-time check.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use blake2::digest::consts::{U16, U32};
+use blake2::digest::{Digest, KeyInit, Mac};
+use blake2::{Blake2b, Blake2bMac};
 
-/// Length of the authentication tag carried in every datagram (HMAC-SHA256 truncated to
-/// 128 bits, as allowed by RFC 2104 §5 and NIST SP 800-107 §5.3.3).
+/// Length of the authentication tag carried in every datagram.
 pub const TAG_LEN: usize = 16;
+
+type TagMac = Blake2bMac<U16>;
 
 /// The shared cluster key (from the image or the command line).
 #[derive(Clone)]
@@ -20,11 +23,10 @@ impl ClusterKey {
         Self(bytes)
     }
 
-    /// A key derived from a passphrase of any length (SHA-256 of it), for command lines such
-    /// as `key=...`.
+    /// A key derived from a passphrase of any length (unkeyed BLAKE2b-256 of it), for
+    /// command lines such as `key=...`.
     pub fn from_passphrase(passphrase: &[u8]) -> Self {
-        use sha2::Digest;
-        let digest = Sha256::digest(passphrase);
+        let digest = Blake2b::<U32>::digest(passphrase);
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(&digest);
         Self(bytes)
@@ -37,10 +39,10 @@ impl core::fmt::Debug for ClusterKey {
     }
 }
 
-/// A keyed authenticator: the HMAC key schedule is done once and cloned per datagram.
+/// A keyed authenticator: the keyed state is built once and cloned per datagram.
 #[derive(Clone)]
 pub struct Authenticator {
-    mac: Hmac<Sha256>,
+    mac: TagMac,
 }
 
 impl core::fmt::Debug for Authenticator {
@@ -52,9 +54,9 @@ impl core::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator for `key`.
     pub fn new(key: &ClusterKey) -> Self {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let Ok(mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key.0) else {
-            unreachable!("HMAC takes keys of any length")
+        // BLAKE2b takes keys of 1 to 64 bytes; ours is 32.
+        let Ok(mac) = <TagMac as KeyInit>::new_from_slice(&key.0) else {
+            unreachable!("a 32-byte key is a valid BLAKE2b key")
         };
         Self { mac }
     }
@@ -63,21 +65,18 @@ impl Authenticator {
     pub fn tag(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
         let mut mac = self.mac.clone();
         for part in parts {
-            mac.update(part);
+            Mac::update(&mut mac, part);
         }
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&full[..TAG_LEN]);
-        tag
+        mac.finalize().into_bytes().into()
     }
 
     /// Whether `tag` authenticates the concatenation of `parts` (constant time in the tag).
     pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
         let mut mac = self.mac.clone();
         for part in parts {
-            mac.update(part);
+            Mac::update(&mut mac, part);
         }
-        mac.verify_truncated_left(tag).is_ok() && tag.len() == TAG_LEN
+        mac.verify_slice(tag).is_ok()
     }
 }
 
@@ -86,20 +85,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hmac_sha256_matches_rfc4231_test_case_2_truncated() {
-        // RFC 4231 §4.3: key "Jefe", data "what do ya want for nothing?".
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(b"Jefe");
-        // HMAC pads short keys with zeros, so a zero-padded 32-byte key is the same key.
-        let auth = Authenticator::new(&ClusterKey::new(key));
-        let tag = auth.tag(&[b"what do ya ", b"want for nothing?"]);
-        let expected = [
-            0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95,
-            0x75, 0xc7,
-        ];
-        assert_eq!(tag, expected);
-        assert!(auth.verify(&[b"what do ya want for nothing?"], &expected));
+    fn blake2b_matches_rfc7693_appendix_a() {
+        // BLAKE2b-512("abc"), RFC 7693 Appendix A: checks the primitive the MAC is built on.
+        let d = Blake2b::<blake2::digest::consts::U64>::digest(b"abc");
+        assert_eq!(d[..8], [0xBA, 0x80, 0xA5, 0x3F, 0x98, 0x1C, 0x4D, 0x0D]);
+        assert_eq!(d[56..], [0xB9, 0x23, 0x86, 0xED, 0xD4, 0x00, 0x99, 0x23]);
     }
+
+    #[test]
+    fn the_tag_is_frozen_for_wire_compatibility() {
+        // Known answer for key = 00..1f, message "gestalt": a change here changes the wire
+        // format and needs a PROTOCOL_VERSION bump.
+        let mut key = [0u8; 32];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let auth = Authenticator::new(&ClusterKey::new(key));
+        let tag = auth.tag(&[b"ges", b"talt"]);
+        assert_eq!(tag, auth.tag(&[b"gestalt"]), "parts are concatenated");
+        assert_eq!(tag, KNOWN_TAG, "got {tag:02x?}");
+    }
+
+    /// Same value from the BLAKE2 reference code: Python's
+    /// `hashlib.blake2b(b"gestalt", key=bytes(range(32)), digest_size=16)`.
+    const KNOWN_TAG: [u8; TAG_LEN] = [
+        0xe9, 0x93, 0x41, 0x55, 0xe1, 0x7d, 0xbf, 0x06, 0xd7, 0x51, 0x72, 0xec, 0xbe, 0x6d, 0xc5,
+        0xaa,
+    ];
 
     #[test]
     fn a_tag_under_another_key_does_not_verify() {
