@@ -1,7 +1,8 @@
 //! The VMX vCPU backend under Bochs (`corei7_skylake_x`, 1 and 2 CPUs): the guest payloads of
 //! ci/payloads run as the node's guest (a Multiboot module) and print PASS/FAIL lines the
 //! firmware relays as `guest: …`; the firmware's `test=vmx` / `test=vmx-fault` give the verdict.
-//! Also: the `vcpu` shell command, and QEMU TCG (no VMX) saying so in one line.
+//! Also: the `vcpu` shell command, console input to the guest, and QEMU TCG (no VMX) saying so
+//! in one line.
 //!
 //! The payloads are built by `ci/payloads/build.sh` (the tests build them when missing).
 
@@ -174,5 +175,18 @@ fn qemu_tcg_says_there_is_no_vmx_in_one_line_and_serves_the_console() -> Result<
     assert!(lines[0].contains("hv: this CPU has no VMX (Intel VT-x)"), "{text}");
     let answer = node.command("vcpu", ANSWER)?;
     assert!(answer.contains("no vCPUs: VMX unavailable"), "{answer}");
+    Ok(())
+}
+
+#[test]
+fn console_input_reaches_the_guest_uart_after_ctrl_bracket() -> Result<(), HarnessError> {
+    let img = GuestImage::new("echo", "echo", "log=info");
+    let mut node = Node::start(&bochs("echo", 1), &img.artifacts())?;
+    node.wait_for("guest: echo: type a line", BOCHS_BOOT + GUEST_RUN)?;
+    // Ctrl-] gives the console to the guest; the rest of the line goes to its UART.
+    node.send_line("\u{1d}hello gestalt")?;
+    node.wait_for("hv: console input goes to the guest's UART", ANSWER)?;
+    node.wait_for("guest: echo: hello gestalt", GUEST_RUN)?;
+    node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
     Ok(())
 }

@@ -456,6 +456,10 @@ fn quiet_legacy_pic() {
     }
 }
 
+fn slice_ticks() -> u64 {
+    time::tsc_hz().max(1_000_000) / 1_000_000 * SLICE_US
+}
+
 /// One vCPU with its local APIC, on the core that runs it.
 struct Runner {
     v: VmxVcpu,
@@ -511,7 +515,8 @@ impl Runner {
         vm.stats[self.id].set_state(s);
     }
 
-    fn step(&mut self, vm: &Vm) -> Step {
+    /// Runs until the next exit (handled), entering the guest at most until TSC `slice_end`.
+    fn step(&mut self, vm: &Vm, slice_end: u64) -> Step {
         if vm.stopped.load(Ordering::SeqCst) {
             self.set_state(vm, State::Stopped);
             return Step::Stopped;
@@ -554,9 +559,8 @@ impl Runner {
             self.v.flush_nested();
             self.v.ept_gen = gen;
         }
-        let slice = time::tsc_hz().max(1_000_000) / 1_000_000 * SLICE_US;
         let until_timer = self.apic.deadline().map_or(u64::MAX, |d| d.saturating_sub(now));
-        self.v.set_time_slice(slice.min(until_timer).max(1));
+        self.v.set_time_slice(slice_end.saturating_sub(now).min(until_timer).max(1));
         let exit = self.v.run();
         let st = &vm.stats[self.id];
         st.count(exit.kind());
@@ -842,9 +846,12 @@ pub fn bsp_slice() {
     let Some(vm) = VM.get() else { return };
     let mut g = BSP_RUNNER.lock();
     let Some(r) = g.as_mut() else { return };
+    // The slice is absolute: a guest exiting often (polling a port) still hands the CPU back.
+    let end = rdtsc() + slice_ticks();
     loop {
-        match r.step(vm) {
-            Step::Continue => {}
+        match r.step(vm, end) {
+            Step::Continue if rdtsc() < end => {}
+            Step::Continue => return,
             Step::Yield | Step::Idle => return,
             Step::Stopped => {
                 *g = None;
@@ -879,7 +886,7 @@ pub fn ap_poll(index: usize) {
         }
     };
     loop {
-        match r.step(vm) {
+        match r.step(vm, rdtsc() + slice_ticks()) {
             Step::Continue | Step::Yield => {}
             Step::Idle => {
                 // Sleep until a kick (IPI) unless a timer is due soon: then spin to it.
