@@ -99,24 +99,22 @@ fn fatal(
 ) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let rip = frame.instruction_pointer.as_u64();
+    // One timestamp for the whole report: it describes one moment.
     let us = super::time::uptime_us();
-    print_forced(format_args!(
-        "[{:5}.{:06}] ERROR exception: {mnemonic} {desc} (vector {vector}) error {code:#x} rip {rip:#x} cr2 {cr2:#x} rsp {:#x} cpu {}\n",
-        us / 1_000_000,
-        us % 1_000_000,
+    let line = |args: core::fmt::Arguments<'_>| {
+        print_forced(format_args!(
+            "[{:5}.{:06}] ERROR exception: {args}\n",
+            us / 1_000_000,
+            us % 1_000_000
+        ));
+    };
+    line(format_args!(
+        "{mnemonic} {desc} (vector {vector}) error {code:#x} rip {rip:#x} cr2 {cr2:#x} rsp {:#x} cpu {}",
         frame.stack_pointer.as_u64(),
         super::apic::id(),
     ));
-    print_forced(format_args!(
-        "[{:5}.{:06}] ERROR exception: backtrace\n",
-        us / 1_000_000,
-        us % 1_000_000
-    ));
-    print_forced(format_args!(
-        "[{:5}.{:06}] ERROR exception:   {rip:#x}\n",
-        us / 1_000_000,
-        us % 1_000_000
-    ));
+    line(format_args!("backtrace"));
+    line(format_args!("  {rip:#x}"));
     // [rbp] is the interrupted code's frame pointer: this handler pushed it in its prologue.
     let mut fp = if readable(rbp) {
         // SAFETY: `readable` checked the address is aligned and identity-mapped.
@@ -133,21 +131,13 @@ fn fatal(
         if ret == 0 {
             break;
         }
-        print_forced(format_args!(
-            "[{:5}.{:06}] ERROR exception:   {ret:#x}\n",
-            us / 1_000_000,
-            us % 1_000_000
-        ));
+        line(format_args!("  {ret:#x}"));
         if next <= fp {
             break;
         }
         fp = next;
     }
-    print_forced(format_args!(
-        "[{:5}.{:06}] ERROR exception: halted\n",
-        us / 1_000_000,
-        us % 1_000_000
-    ));
+    line(format_args!("halted"));
     super::power::stop(false)
 }
 

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::{Mutex, Once};
 
 use super::cpuid::{self, Topology};
-use super::ept::{self, Ept, EptError};
+use super::ept::{self, Ept, EptError, NestedPaging};
 use super::loader;
 use super::stats::{self, State, VcpuStats};
 use super::uart::Uart;
@@ -20,7 +20,7 @@ use super::{Exit, IoDir, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, power, time};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
-use crate::paging::TableMem;
+use crate::paging::{MapError, MapStats, TableMem};
 use crate::{error, info, kprintln, warn};
 
 /// Most vCPUs (and CPUs) one node runs.
@@ -98,6 +98,31 @@ impl FaultHandler for LocalMemory<'_> {
     }
 }
 
+/// The guest's EPT behind the [`NestedPaging`] seam: the fault handler's answers and the
+/// hypercalls change it only through this.
+struct GuestEpt<'a>(&'a Vm);
+
+impl NestedPaging for GuestEpt<'_> {
+    fn map(&mut self, gpa: u64, hpa: u64, len: u64, rights: u64) -> Result<MapStats, MapError> {
+        let mut g = self.0.ept.lock();
+        let (ept, tm) = &mut *g;
+        ept.map(tm, gpa, hpa, len, rights)
+    }
+
+    fn set_rights(&mut self, gpa: u64, rights: u64) -> Result<(), EptError> {
+        let mut g = self.0.ept.lock();
+        let (ept, tm) = &mut *g;
+        ept.set_rights(tm, gpa, rights)
+    }
+
+    fn invalidate(&mut self) {
+        // Each vCPU compares generations before entering and runs INVEPT when behind; the
+        // kick makes running ones exit now.
+        self.0.ept_gen.fetch_add(1, Ordering::SeqCst);
+        self.0.kick_others(usize::MAX);
+    }
+}
+
 struct Reserve(&'static Mutex<FrameAllocator>);
 
 impl TableMem for Reserve {
@@ -157,7 +182,9 @@ static FOCUS: AtomicBool = AtomicBool::new(false);
 static BSP_RUNNER: Mutex<Option<Runner>> = Mutex::new(None);
 static AP_CPUS: Mutex<heapless::Vec<(usize, u32), MAX_VCPUS>> = Mutex::new(heapless::Vec::new());
 static MAILBOX: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
-static VMXON_DONE: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+/// Cores in VMX root operation, by APIC id (low 8 bits).
+static VMXON_DONE: [AtomicBool; 256] = [const { AtomicBool::new(false) }; 256];
+static VMX_CORES: AtomicU32 = AtomicU32::new(0);
 
 /// Why no guest runs.
 pub fn status() -> &'static str {
@@ -280,6 +307,9 @@ pub fn probe() -> bool {
                 if c.preemption_timer { ", preemption timer" } else { "" },
                 p.revision
             );
+            if let Err(e) = vmxon_here() {
+                error!("hv: boot CPU: {e}");
+            }
             crate::debug!(
                 "hv: caps basic {:#x} pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x} misc {:#x} ept {:#x}",
                 p.caps.basic, p.caps.pin, p.caps.proc, p.caps.proc2, p.caps.exit, p.caps.entry,
@@ -302,13 +332,24 @@ fn alloc_frame(frames: &Mutex<FrameAllocator>) -> Result<u64, VmError> {
     Ok(f)
 }
 
-fn vmxon_here(cpu: usize, frames: &Mutex<FrameAllocator>) -> Result<(), VmError> {
-    if VMXON_DONE[cpu].load(Ordering::SeqCst) {
+/// Enters VMX root operation on this core once, with a VMXON region from the heap (which is
+/// identity-mapped RAM of the reserve, so its address is physical).
+fn vmxon_here() -> Result<(), VmError> {
+    let slot = &VMXON_DONE[(apic::id() & 0xff) as usize];
+    if slot.load(Ordering::SeqCst) {
         return Ok(());
     }
     let p = vmx::detect().map_err(VmError::Vmx)?;
-    vmx::vmxon(p, alloc_frame(frames)?).map_err(VmError::Vmx)?;
-    VMXON_DONE[cpu].store(true, Ordering::SeqCst);
+    let layout =
+        core::alloc::Layout::from_size_align(4096, 4096).map_err(|_| VmError::Memory("layout"))?;
+    // SAFETY: a non-zero-sized layout; the region is leaked: VMX owns it for the core's life.
+    let region = unsafe { alloc::alloc::alloc_zeroed(layout) } as u64;
+    if region == 0 {
+        return Err(VmError::Memory("no heap for a VMXON region"));
+    }
+    vmx::vmxon(p, region).map_err(VmError::Vmx)?;
+    slot.store(true, Ordering::SeqCst);
+    VMX_CORES.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 
@@ -481,7 +522,7 @@ enum Step {
 
 impl Runner {
     fn new(vm: &'static Vm, id: usize, cpu: usize) -> Result<Runner, VmError> {
-        vmxon_here(cpu, vm.frames)?;
+        vmxon_here()?;
         let p = vmx::detect().map_err(VmError::Vmx)?;
         let vmcs = alloc_frame(vm.frames)?;
         let mut v =
@@ -660,22 +701,24 @@ impl Runner {
 
     fn nested_fault(&mut self, vm: &Vm, gpa: u64, write: bool, exec: bool, exit: &Exit) -> Step {
         let page = gpa & !0xfff;
-        let mut guard = vm.ept.lock();
-        let (ept, tm) = &mut *guard;
-        let current = ept.translate(tm, page);
+        let current = {
+            let g = vm.ept.lock();
+            g.0.translate(&g.1, page)
+        };
         let res = LocalMemory(vm).resolve(gpa, write, exec, current);
+        // Mapping or widening rights needs no invalidation: the violation itself dropped the
+        // stale translation (SDM Vol. 3C §29.4.3.1).
+        let mut n = GuestEpt(vm);
         let done = match res {
             Resolution::Map { hpa, rights } => {
-                ept.map(tm, page, hpa, 0x1000, rights).map(|_| ()).map_err(EptError::from)
+                n.map(page, hpa, 0x1000, rights).map(|_| ()).map_err(EptError::from)
             }
-            Resolution::Grant { rights } => ept.set_rights(tm, page, rights),
+            Resolution::Grant { rights } => n.set_rights(page, rights),
             Resolution::Fetch => return Step::Yield,
             Resolution::Deny => {
-                drop(guard);
                 return self.fatal(vm, "EPT violation outside guest memory (denied)", exit);
             }
         };
-        drop(guard);
         if let Err(e) = done {
             error!("hv: vcpu {}: cannot map gpa {gpa:#x}: {e}", self.id);
             return self.fatal(vm, "EPT update failed", exit);
@@ -698,17 +741,11 @@ impl Runner {
             hypercall::TSC_HZ => time::tsc_hz(),
             hypercall::NOP => 0,
             hypercall::PROTECT => {
-                let r = {
-                    let mut g = vm.ept.lock();
-                    let (ept, tm) = &mut *g;
-                    ept.set_rights(tm, rbx & !0xfff, rcx & ept::RWX)
-                };
-                match r {
+                let mut n = GuestEpt(vm);
+                match n.set_rights(rbx & !0xfff, rcx & ept::RWX) {
                     Ok(()) => {
-                        vm.ept_gen.fetch_add(1, Ordering::SeqCst);
-                        self.v.flush_nested();
-                        self.v.ept_gen = vm.ept_gen.load(Ordering::SeqCst);
-                        vm.kick_others(self.id);
+                        // Rights went down: every vCPU flushes before its next entry.
+                        n.invalidate();
                         0
                     }
                     Err(_) => u64::MAX,
@@ -863,6 +900,12 @@ pub fn bsp_slice() {
 
 /// An AP reports for work (from its idle loop).
 pub fn ap_register(index: usize) {
+    // VMXON on every core as it comes up, when the boot CPU found VMX usable.
+    if vmx::platform().is_some() {
+        if let Err(e) = vmxon_here() {
+            error!("hv: cpu {index}: {e}");
+        }
+    }
     if index < MAX_VCPUS {
         let _ = AP_CPUS.lock().push((index, apic::id()));
     }
@@ -933,6 +976,7 @@ pub fn print_vcpus() {
         kprintln!("no vCPUs: {}", status());
         return;
     };
+    kprintln!("VMX root operation on {} cores", VMX_CORES.load(Ordering::SeqCst));
     let verdict = *vm.verdict.lock();
     kprintln!(
         "guest: {} vCPUs, {} MiB RAM, {} nested page faults served, {}",

@@ -165,16 +165,7 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
 
     let devices = pci::config::enumerate();
     for d in &devices {
-        info!(
-            "pci: {} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
-            d.bdf,
-            d.vendor,
-            d.device,
-            d.class[0],
-            d.class[1],
-            d.class[2],
-            d.name()
-        );
+        info!("pci: {d}");
         for (i, b) in d.bars.iter().enumerate() {
             if let Some(b) = b {
                 info!("pci:   bar{i} {b}");
@@ -380,16 +371,7 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
         }
         Command::Pci => {
             for d in &node.pci {
-                kprintln!(
-                    "{} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
-                    d.bdf,
-                    d.vendor,
-                    d.device,
-                    d.class[0],
-                    d.class[1],
-                    d.class[2],
-                    d.name()
-                );
+                kprintln!("{d}");
                 for (i, b) in d.bars.iter().enumerate() {
                     if let Some(b) = b {
                         kprintln!("    bar{i} {b}");

@@ -108,6 +108,24 @@ impl Device {
     }
 }
 
+impl fmt::Display for Device {
+    /// `bb:dd.f vvvv:dddd class cc.ss.pp <name>`, as the console shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.class;
+        write!(
+            f,
+            "{} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
+            self.bdf,
+            self.vendor,
+            self.device,
+            c[0],
+            c[1],
+            c[2],
+            self.name()
+        )
+    }
+}
+
 /// The PCI class code's name (PCI Code and ID Assignment spec).
 pub fn class_name(class: u8, sub: u8) -> &'static str {
     match (class, sub) {
@@ -307,6 +325,7 @@ mod tests {
         d.vendor = 0xabcd;
         assert_eq!(d.name(), "Ethernet controller");
         assert_eq!(d.bdf.to_string(), "00:03.0");
+        assert_eq!(d.to_string(), "00:03.0 abcd:100e class 02.00.00 Ethernet controller");
     }
 
     #[test]
