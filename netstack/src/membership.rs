@@ -5,7 +5,7 @@
 //!  0 magic u32 "GSTA"   4 version u8   5 flags u8 (bit 0: primary)   6 cores u16
 //!  8 cluster_id u32    12 epoch u32   16 build_id [u8; 16]          32 mac [u8; 6]
 //! 38 expected_nodes u16 40 memory_bytes u64
-//! 48 tag [u8; 16]: HMAC-SHA256(cluster key, bytes 0..48), truncated
+//! 48 tag [u8; 16]: keyed BLAKE2b-128(cluster key, bytes 0..48)
 //! ```
 //! Big-endian integers, 64 bytes in all. Distinct from transport datagrams by its magic.
 

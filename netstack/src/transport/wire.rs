@@ -7,7 +7,7 @@
 //! 16  epoch u32            20 len u16     22 reserved u16 (0)
 //! 24  pn u64  (packet number: per sender and epoch, never reused; anti-replay)
 //! 32  seq u32 (data only)  36 ack u32 (next expected seq)   40 sack u64 (bit i: ack+1+i held)
-//! 48  tag [u8; 16]  HMAC-SHA256(cluster key, bytes 0..48 ‖ payload), truncated
+//! 48  tag [u8; 16]  keyed BLAKE2b-128(cluster key, bytes 0..48 ‖ payload)
 //! 64  payload (len bytes)
 //! ```
 //! All integers are big-endian (network order).
