@@ -156,6 +156,7 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
     node.wait_for("guest: smp: PASS all", BOCHS_BOOT + GUEST_RUN)?;
     node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
     let answer = node.command("vcpu", ANSWER)?;
+    assert!(answer.contains("VMX root operation on 2 cores"), "{answer}");
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
     assert!(answer.contains("vcpu 0 cpu 0 stopped exits"), "{answer}");
     assert!(answer.contains("vcpu 1 cpu 1 stopped exits"), "{answer}");
