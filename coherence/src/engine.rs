@@ -306,6 +306,9 @@ impl Engine {
     }
 
     /// This node's stable cache state for `gfn`.
+    ///
+    /// # Panics
+    /// If `gfn` is outside guest memory.
     pub fn cache_state(&self, gfn: Gfn) -> CacheState {
         self.cache.get(gfn.0 as usize)
     }
@@ -325,7 +328,10 @@ impl Engine {
         self.busy.len()
     }
 
-    /// The directory's view of `gfn`, which must be homed here: state, owner, sharers, busy.
+    /// The directory's view of `gfn`: state, owner, sharers, busy.
+    ///
+    /// # Panics
+    /// If `gfn` is not homed at this node.
     pub fn directory_entry(&self, gfn: Gfn) -> (DirState, NodeId, NodeSet, bool) {
         let i = self.cfg.home_index(gfn);
         (self.dir.state(i), self.dir.owner(i), self.dir.sharers(i), self.dir.busy(i))
@@ -583,10 +589,12 @@ impl Engine {
         };
         self.cache.set(i, new);
         out.push(Action::Map { gfn, rights });
-        let (served, waiting): (Vec<_>, Vec<_>) =
-            p.waiters.into_iter().partition(|&(_, a)| rights.allows(a));
+        let mut waiting = p.waiters;
+        let served: Vec<VcpuId> =
+            waiting.iter().filter(|&&(_, a)| rights.allows(a)).map(|&(v, _)| v).collect();
+        waiting.retain(|&(_, a)| !rights.allows(a));
         if !served.is_empty() {
-            out.push(Action::Resume { vcpus: served.into_iter().map(|(v, _)| v).collect() });
+            out.push(Action::Resume { vcpus: served });
         }
         if let Some(deferred) = p.deferred {
             let home = self.cfg.home(gfn);

@@ -440,3 +440,23 @@ fn model_three_nodes_one_page_is_coherent_deadlock_free_and_live() {
     let r = run_and_report(Model { nodes: 3, pages: 1, vcpus_per_node: 1, ops_per_vcpu: 3 });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
+
+/// Larger models, for `cargo test -p gestalt-coherence --release model_deep -- --ignored
+/// --nocapture` (minutes in release; too slow for every CI run).
+#[test]
+#[ignore = "minutes long: run in release with --ignored"]
+fn model_deep_three_nodes_one_page_with_coalescing_vcpus() {
+    run_and_report(Model { nodes: 3, pages: 1, vcpus_per_node: 2, ops_per_vcpu: 2 });
+}
+
+#[test]
+#[ignore = "minutes long: run in release with --ignored"]
+fn model_deep_two_nodes_two_pages_three_accesses_per_vcpu() {
+    run_and_report(Model { nodes: 2, pages: 2, vcpus_per_node: 2, ops_per_vcpu: 3 });
+}
+
+#[test]
+#[ignore = "minutes long: run in release with --ignored"]
+fn model_deep_three_nodes_two_pages() {
+    run_and_report(Model { nodes: 3, pages: 2, vcpus_per_node: 1, ops_per_vcpu: 3 });
+}
