@@ -64,6 +64,9 @@ pub struct NodeSpec {
     pub cmdline: String,
     /// A NIC on the virtual switch, with its MAC.
     pub nic: Option<(SwitchPort, [u8; 6])>,
+    /// QEMU's device model for that NIC (`e1000`, `e1000e`, `virtio-net-pci`); Bochs has
+    /// only the e1000.
+    pub nic_model: String,
 }
 
 impl NodeSpec {
@@ -77,6 +80,7 @@ impl NodeSpec {
             mem_mib: 256,
             cmdline: String::new(),
             nic: None,
+            nic_model: "e1000".to_string(),
         }
     }
 
@@ -89,6 +93,12 @@ impl NodeSpec {
     /// Set the command line.
     pub fn cmdline(mut self, c: &str) -> NodeSpec {
         self.cmdline = c.to_string();
+        self
+    }
+
+    /// Choose QEMU's NIC model (`e1000`, `e1000e`, `virtio-net-pci`).
+    pub fn nic_model(mut self, model: &str) -> NodeSpec {
+        self.nic_model = model.to_string();
         self
     }
 
@@ -210,7 +220,7 @@ impl Node {
             }
         }
         if let Some((port, mac)) = spec.nic {
-            cmd.args(port.qemu_args("n0", mac));
+            cmd.args(port.qemu_args("n0", &spec.nic_model, mac));
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         cmd.stderr(Stdio::from(

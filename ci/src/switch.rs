@@ -39,8 +39,9 @@ pub struct SwitchPort {
 }
 
 impl SwitchPort {
-    /// QEMU arguments for a NIC with id `id` and MAC `mac` on this port.
-    pub fn qemu_args(&self, id: &str, mac: [u8; 6]) -> Vec<String> {
+    /// QEMU arguments for a NIC of QEMU device `model` (`e1000`, `e1000e`, `virtio-net-pci`)
+    /// with id `id` and MAC `mac` on this port.
+    pub fn qemu_args(&self, id: &str, model: &str, mac: [u8; 6]) -> Vec<String> {
         vec![
             "-netdev".into(),
             format!(
@@ -49,7 +50,7 @@ impl SwitchPort {
                 self.peer_udp, self.switch_udp
             ),
             "-device".into(),
-            format!("e1000,netdev={id},mac={},romfile=", mac_str(mac)),
+            format!("{model},netdev={id},mac={},romfile=", mac_str(mac)),
         ]
     }
 

@@ -54,6 +54,33 @@ fn three_qemu_nodes_deliver_every_message_in_order_through_a_switch_dropping_fiv
 }
 
 #[test]
+fn e1000_e1000e_and_virtio_net_nodes_find_each_other_and_exchange_messages(
+) -> Result<(), HarnessError> {
+    let art = artifacts();
+    let mut sw = Switch::new(24)?;
+    let models = ["e1000", "e1000e", "virtio-net-pci"];
+    let mut nodes = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        let port = sw.add_port(PortKind::Qemu)?;
+        let line = if i == 0 { "nodes=3 primary test=mesh" } else { "nodes=3 test=mesh" };
+        let spec = NodeSpec::new(&format!("{model}-node"), Emu::Qemu, Boot::Kernel)
+            .cmdline(line)
+            .nic_model(model)
+            .nic(port, mac(30 + i as u8));
+        nodes.push(Node::start(&spec, &art)?);
+    }
+    let drivers = ["net: e1000 at", "net: e1000e at", "net: virtio-net at"];
+    for (n, driver) in nodes.iter_mut().zip(drivers) {
+        n.wait_for(driver, QEMU_BOOT)?;
+        // The verdict follows the view ("test: mesh starting" comes before both).
+        n.wait_for("view committed: 3 nodes", MESH)?;
+        let verdict = n.wait_for("test: mesh ", MESH)?;
+        assert!(verdict.contains("PASS"), "{}: {verdict}", n.name());
+    }
+    Ok(())
+}
+
+#[test]
 fn a_bochs_node_and_a_qemu_node_form_a_cluster_and_ping_each_other() -> Result<(), HarnessError> {
     let art = artifacts();
     let mut sw = Switch::new(22)?;
