@@ -135,9 +135,9 @@ type Visited = HashSet<u128, std::hash::BuildHasherDefault<Identity>>;
 /// Size of a model.
 #[derive(Clone, Copy, Debug)]
 pub struct Model {
-    pub nodes: u8,
     pub pages: u8,
-    pub vcpus_per_node: u8,
+    /// vCPUs on each node (its length is the node count).
+    pub vcpus: &'static [u8],
     pub ops_per_vcpu: u8,
 }
 
@@ -152,11 +152,12 @@ pub struct Report {
 
 impl World {
     fn new(m: Model) -> World {
-        let n = usize::from(m.nodes);
-        let cfg = Config::interleaved(u16::from(m.nodes), u64::from(m.pages));
+        let n = m.vcpus.len();
+        let cfg = Config::interleaved(n as u16, u64::from(m.pages));
         let mut vcpus = Vec::new();
-        for node in 0..m.nodes {
-            for _ in 0..m.vcpus_per_node {
+        for (node, &count) in m.vcpus.iter().enumerate() {
+            let node = node as u8;
+            for _ in 0..count {
                 vcpus.push(Vcpu { node, blocked: None, ops_left: m.ops_per_vcpu });
             }
         }
@@ -311,7 +312,7 @@ impl World {
             return Err("terminal state with work in flight".into());
         }
         // Quiescent: the directory describes the caches exactly.
-        let cfg = Config::interleaved(u16::from(m.nodes), u64::from(m.pages));
+        let cfg = Config::interleaved(m.vcpus.len() as u16, u64::from(m.pages));
         for p in 0..u64::from(m.pages) {
             let gfn = Gfn(p);
             let home = &self.engines[cfg.home(gfn).index()];
@@ -423,21 +424,21 @@ fn run_and_report(m: Model) -> Report {
     let t = std::time::Instant::now();
     let r = check(m).unwrap_or_else(|e| panic!("model {m:?} violated: {e}"));
     std::println!(
-        "model {} nodes x {} pages, {} vcpus/node x {} ops: {} states, {} transitions, {} terminal, depth {} in {:.2?}",
-        m.nodes, m.pages, m.vcpus_per_node, m.ops_per_vcpu, r.states, r.transitions, r.terminal, r.max_depth, t.elapsed()
+        "model {} nodes x {} pages, vcpus per node {:?} x {} accesses: {} states, {} transitions, {} terminal, depth {} in {:.2?}",
+        m.vcpus.len(), m.pages, m.vcpus, m.ops_per_vcpu, r.states, r.transitions, r.terminal, r.max_depth, t.elapsed()
     );
     r
 }
 
 #[test]
 fn model_two_nodes_two_pages_is_coherent_deadlock_free_and_live() {
-    let r = run_and_report(Model { nodes: 2, pages: 2, vcpus_per_node: 2, ops_per_vcpu: 2 });
+    let r = run_and_report(Model { pages: 2, vcpus: &[2, 2], ops_per_vcpu: 2 });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
 
 #[test]
 fn model_three_nodes_one_page_is_coherent_deadlock_free_and_live() {
-    let r = run_and_report(Model { nodes: 3, pages: 1, vcpus_per_node: 1, ops_per_vcpu: 3 });
+    let r = run_and_report(Model { pages: 1, vcpus: &[1, 1, 1], ops_per_vcpu: 3 });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
 
@@ -446,17 +447,23 @@ fn model_three_nodes_one_page_is_coherent_deadlock_free_and_live() {
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_three_nodes_one_page_with_coalescing_vcpus() {
-    run_and_report(Model { nodes: 3, pages: 1, vcpus_per_node: 2, ops_per_vcpu: 2 });
+    run_and_report(Model { pages: 1, vcpus: &[2, 2, 2], ops_per_vcpu: 2 });
 }
 
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_two_nodes_two_pages_three_accesses_per_vcpu() {
-    run_and_report(Model { nodes: 2, pages: 2, vcpus_per_node: 2, ops_per_vcpu: 3 });
+    run_and_report(Model { pages: 2, vcpus: &[2, 2], ops_per_vcpu: 3 });
 }
 
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_three_nodes_two_pages() {
-    run_and_report(Model { nodes: 3, pages: 2, vcpus_per_node: 1, ops_per_vcpu: 3 });
+    run_and_report(Model { pages: 2, vcpus: &[1, 1, 1], ops_per_vcpu: 3 });
+}
+
+#[test]
+fn model_three_nodes_one_page_with_two_vcpus_coalescing_on_a_remote_node() {
+    let r = run_and_report(Model { pages: 1, vcpus: &[1, 2, 1], ops_per_vcpu: 2 });
+    assert!(r.states > 10_000, "explored only {} states", r.states);
 }
