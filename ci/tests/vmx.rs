@@ -127,7 +127,16 @@ fn smp_payload_starts_its_second_vcpu_with_init_sipi_and_passes_on_two_cores(
 #[test]
 fn ept_payload_is_demand_mapped_gets_a_rights_fault_and_is_stopped_outside_its_memory(
 ) -> Result<(), HarnessError> {
-    let text = run_test("ept", "ept", "vmx-fault", 1)?;
+    ept_payload(1)
+}
+
+#[test]
+fn ept_payload_passes_with_a_second_vcpu_waiting_for_sipi() -> Result<(), HarnessError> {
+    ept_payload(2)
+}
+
+fn ept_payload(cpus: u32) -> Result<(), HarnessError> {
+    let text = run_test(&format!("ept{cpus}"), "ept", "vmx-fault", cpus)?;
     assert!(text.contains("guest: ept: PASS all"), "{text}");
     assert!(text.contains("EPT violation outside guest memory (denied)"), "{text}");
     assert!(text.contains("gpa: 3221225472"), "the diagnostic names the address:\n{text}");
@@ -140,12 +149,23 @@ fn ept_payload_is_demand_mapped_gets_a_rights_fault_and_is_stopped_outside_its_m
 
 #[test]
 fn triple_fault_is_diagnosed_with_a_register_dump_and_never_hangs() -> Result<(), HarnessError> {
-    let text = run_test("triple", "triple", "vmx-fault", 1)?;
+    triple_payload(1).map(|_| ())
+}
+
+#[test]
+fn triple_fault_on_a_two_core_node_stops_both_vcpus() -> Result<(), HarnessError> {
+    let text = triple_payload(2)?;
+    assert!(text.contains("vcpu 1 cpu 1 stopped"), "{text}");
+    Ok(())
+}
+
+fn triple_payload(cpus: u32) -> Result<String, HarnessError> {
+    let text = run_test(&format!("triple{cpus}"), "triple", "vmx-fault", cpus)?;
     assert!(text.contains("guest: triple: loading an empty IDT"), "{text}");
     assert!(text.contains("hv: vcpu 0 triple fault"), "{text}");
     assert!(text.contains("hv:   rip ") && text.contains("hv:   rax "), "{text}");
     assert!(text.contains("hv: guest stopped: triple fault"), "{text}");
-    Ok(())
+    Ok(text)
 }
 
 #[test]
