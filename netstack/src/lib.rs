@@ -1,8 +1,11 @@
 //! Gestalt's network stack: NIC drivers behind a small [`NetDevice`](device::NetDevice) trait,
 //! one smoltcp adapter, and the reliable authenticated transport between nodes.
 //!
-//! Layers, bottom up (DESIGN.md §2, §4):
+//! Layers, bottom up (DESIGN.md §2, §4; README.md has the design and the firmware glue):
 //! - [`hal`]: what drivers need from the firmware (DMA memory, address translation, MMIO).
+//! - [`device`] and [`drivers`]: the `NetDevice` trait; e1000/82574L and virtio-net drivers.
+//! - [`phy`]: the one `smoltcp::phy::Device` adapter over any `NetDevice`.
+//! - [`iface`]: smoltcp interface, addressing (`dhcp`, static, link-local `auto`), UDP glue.
 //! - [`transport`]: sans-IO reliable per-peer FIFO messages with authentication.
 //! - [`membership`]: the discovery announcement codec.
 #![cfg_attr(not(test), no_std)]

@@ -383,6 +383,10 @@ pub(crate) struct FakeVirtioNet {
     pub(crate) wire: RefCell<Vec<Vec<u8>>>,
     pub(crate) rx_dropped: Cell<u32>,
     pub(crate) generation: Cell<u8>,
+    /// When false, TX chains stay pending after a notify.
+    pub(crate) tx_running: Cell<bool>,
+    /// Sets VIRTQ_USED_F_NO_NOTIFY in both used rings (on the next `run_tx`/injection).
+    pub(crate) suppress_notify: Cell<bool>,
 }
 
 pub(crate) const VIRTIO_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xAB, 0xCD, 0xEF];
@@ -408,6 +412,8 @@ impl FakeVirtioNet {
             wire: RefCell::new(Vec::new()),
             rx_dropped: Cell::new(0),
             generation: Cell::new(0),
+            tx_running: Cell::new(true),
+            suppress_notify: Cell::new(false),
         }
     }
 
@@ -509,11 +515,15 @@ impl FakeVirtioNet {
 
     /// Completes every available TX chain: the frame (after the 12-byte header) goes on the
     /// wire, the chain goes to the used ring.
-    fn run_tx(&self) {
-        if self.status.get() & 4 == 0 {
+    pub(crate) fn run_tx(&self) {
+        if self.status.get() & 4 == 0 || !self.tx_running.get() {
             return;
         }
         let mut qs = self.queues.borrow_mut();
+        let flags = u16::from(self.suppress_notify.get());
+        for q in qs.iter() {
+            self.mem.write(q.device, &flags.to_le_bytes());
+        }
         let q = &mut qs[1];
         let n = q.size;
         while q.last_avail != self.mem.u16(q.driver + 2) {

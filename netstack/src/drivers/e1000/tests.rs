@@ -208,3 +208,13 @@ fn jumbo_frames_use_long_packets_and_16k_buffers() {
         assert_eq!(buf[..n], big);
     }
 }
+
+#[test]
+fn a_broadcast_or_multicast_station_address_is_reported() {
+    for mac in [[0xFF; 6], [0x01, 0, 0, 0, 0, 1]] {
+        let fake = FakeE1000::with_ral(Model::I8254x, mac);
+        // SAFETY: the fake maps its registers at E1000_BAR.
+        let r = unsafe { E1000::new(Rc::clone(&fake), E1000_BAR, 0x100E) };
+        assert_eq!(r.err(), Some(DriverError::NoMac), "{mac:02x?}");
+    }
+}

@@ -148,3 +148,38 @@ fn without_jumbo_a_big_device_mtu_is_ignored() {
     assert_eq!(nic.mtu(), 1500);
     assert_eq!(nic.transmit(&[0; 2000]), Err(DriverError::BadFrameLength(2000)));
 }
+
+#[test]
+fn a_stalled_device_fills_the_tx_queue_and_slots_return_when_it_completes() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    fake.tx_running.set(false);
+    for k in 0..8 {
+        assert!(nic.can_transmit());
+        nic.transmit(&frame(k, 64)).unwrap();
+    }
+    assert!(!nic.can_transmit());
+    assert_eq!(nic.transmit(&frame(8, 64)), Err(DriverError::TxRingFull));
+    assert_eq!(nic.stats().tx_ring_full, 1);
+    fake.tx_running.set(true);
+    fake.run_tx();
+    assert!(nic.can_transmit());
+    nic.transmit(&frame(8, 64)).unwrap();
+    let wire = fake.wire.borrow();
+    assert_eq!(wire.len(), 9);
+    assert!(wire.iter().enumerate().all(|(k, f)| *f == frame(k as u16, 64)));
+}
+
+#[test]
+fn notifications_are_skipped_while_the_device_asks_for_none() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    nic.transmit(&frame(0, 64)).unwrap();
+    let before = fake.notifies.get();
+    fake.suppress_notify.set(true);
+    fake.run_tx();
+    nic.transmit(&frame(1, 64)).unwrap();
+    assert_eq!(fake.notifies.get(), before, "no notify while USED_F_NO_NOTIFY is set");
+    fake.run_tx();
+    assert_eq!(fake.wire.borrow().len(), 2, "the device still polls the ring");
+}
