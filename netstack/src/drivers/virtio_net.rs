@@ -301,7 +301,7 @@ impl<H: Hal> Mmio<'_, H> {
         // SAFETY: see above.
         unsafe { self.hal.mmio_write32(self.regs.common_cfg + off, v) }
     }
-    /// 64-bit fields as two 32-bit halves, low first (§4.1.3.1).
+    /// 64-bit fields as two 32-bit halves, which §4.1.3.1 allows.
     fn c_w64(&self, off: usize, v: u64) {
         self.c_w32(off, v as u32);
         self.c_w32(off + 4, (v >> 32) as u32);
