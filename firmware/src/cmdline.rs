@@ -50,6 +50,8 @@ pub struct Config {
     pub port: u16,
     /// Start the first boot module as the guest (`guest=on|off`), default on.
     pub guest: bool,
+    /// Jumbo frames (`mtu=9000`) where the NIC has them: one 4 KiB page per datagram.
+    pub jumbo: bool,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             primary: false,
             port: DEFAULT_PORT,
             guest: true,
+            jumbo: false,
         }
     }
 }
@@ -91,7 +94,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -180,6 +183,14 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                 _ => return Err(bad("port", v, "a UDP port from 1 to 65535")),
             }
         }
+        "mtu" => {
+            let v = need("mtu")?;
+            cfg.jumbo = match v {
+                "1500" => false,
+                "9000" => true,
+                _ => return Err(bad("mtu", v, "1500 or 9000 (jumbo frames)")),
+            };
+        }
         "guest" => {
             let v = need("guest")?;
             cfg.guest = match v {
@@ -230,6 +241,15 @@ mod tests {
         assert_eq!(cfg.cluster, 7);
         assert_eq!(cfg.log, Level::Debug);
         assert!(cfg.primary);
+    }
+
+    #[test]
+    fn mtu_selects_jumbo_frames_or_refuses_odd_sizes() {
+        assert!(parse("x mtu=9000").0.jumbo);
+        assert!(!parse("x mtu=1500").0.jumbo);
+        let (cfg, errs) = parse("x mtu=4000");
+        assert!(!cfg.jumbo);
+        assert!(errs[0].to_string().contains("1500 or 9000"));
     }
 
     #[test]

@@ -639,7 +639,11 @@ impl Runner {
 
     fn handle(&mut self, vm: &Vm, exit: Exit) -> Step {
         match exit {
-            Exit::Preempted => Step::Yield,
+            Exit::Preempted => {
+                // Where the guest is, for `vcpu` (sampled once a slice, not on every exit).
+                vm.stats[self.id].rip.store(self.v.snapshot().rip, Ordering::Relaxed);
+                Step::Yield
+            }
             Exit::Interrupt => {
                 // The host interrupt is still pending at the local APIC: let it in.
                 x86_64::instructions::interrupts::enable();
@@ -652,6 +656,7 @@ impl Runner {
                 Step::Continue
             }
             Exit::Hlt => {
+                vm.stats[self.id].rip.store(self.v.snapshot().rip, Ordering::Relaxed);
                 self.v.skip_instruction();
                 if self.apic.deliverable(&vm.shared[self.id]).is_none() {
                     self.set_state(vm, State::Halted);
@@ -992,9 +997,10 @@ pub fn print_vcpus() {
     for i in 0..vm.vcpus as usize {
         let s = &vm.stats[i];
         let mut line = alloc::format!(
-            "vcpu {i} cpu {} {} exits {}",
+            "vcpu {i} cpu {} {} rip {:#x} exits {}",
             s.cpu.load(Ordering::Relaxed),
             s.state().name(),
+            s.rip.load(Ordering::Relaxed),
             s.total()
         );
         for (k, name) in stats::NAMES.iter().enumerate() {

@@ -3,8 +3,8 @@
 use alloc::boxed::Box;
 
 use gestalt_netstack::device::NetDevice;
-use gestalt_netstack::drivers::e1000::E1000;
-use gestalt_netstack::drivers::virtio_net::{VirtioNet, VirtioPciRegions};
+use gestalt_netstack::drivers::e1000::{E1000Config, E1000};
+use gestalt_netstack::drivers::virtio_net::{VirtioNet, VirtioNetConfig, VirtioPciRegions};
 
 use super::hal::FwHal;
 use crate::pci::config::{read32, write32};
@@ -67,7 +67,7 @@ fn region(d: &Device, cap: VirtioCap) -> Option<usize> {
     (end <= size && mapped(addr, size)).then_some((addr + u64::from(cap.offset)) as usize)
 }
 
-fn probe_virtio(d: &Device, hal: FwHal) -> Result<Nic, NicError> {
+fn probe_virtio(d: &Device, hal: FwHal, jumbo: bool) -> Result<Nic, NicError> {
     const NAME: &str = "virtio-net";
     let caps = virtio_caps(|off| read32(d.bdf, off)).ok_or(NicError::BadBar(NAME))?;
     let regions = VirtioPciRegions {
@@ -78,32 +78,33 @@ fn probe_virtio(d: &Device, hal: FwHal) -> Result<Nic, NicError> {
         device_cfg: region(d, caps.device).ok_or(NicError::BadBar(NAME))?,
     };
     enable(d);
+    let cfg = VirtioNetConfig { jumbo, ..VirtioNetConfig::default() };
     // SAFETY: the regions are inside this function's memory BARs (checked against the BAR
     // sizes), identity-mapped; decoding and bus mastering are on; we own the device.
-    let dev = unsafe { VirtioNet::new(hal, regions) }.map_err(|e| NicError::Driver(NAME, e))?;
+    let dev = unsafe { VirtioNet::with_config(hal, regions, cfg) }
+        .map_err(|e| NicError::Driver(NAME, e))?;
     Ok(Nic { dev: Box::new(dev), name: NAME, bdf: d.bdf })
 }
 
-/// Starts the first supported NIC in `devices`.
-pub fn probe(devices: &[Device], hal: FwHal) -> Result<Nic, NicError> {
+/// Starts the first supported NIC in `devices`, with jumbo frames if asked and possible.
+pub fn probe(devices: &[Device], hal: FwHal, jumbo: bool) -> Result<Nic, NicError> {
     for d in devices {
         let name = match (d.vendor, d.device) {
             (0x8086, 0x100e) | (0x8086, 0x100f) | (0x8086, 0x1015) | (0x8086, 0x100c) => "e1000",
             (0x8086, 0x10d3) => "e1000e",
-            (0x1af4, 0x1000) | (0x1af4, 0x1041) => return probe_virtio(d, hal),
+            (0x1af4, 0x1000) | (0x1af4, 0x1041) => return probe_virtio(d, hal, jumbo),
             _ => continue,
         };
         let Some(Bar::Mem { addr, .. }) = d.bars[0] else { return Err(NicError::BadBar(name)) };
-        if addr == 0
-            || addr >= crate::arch::idt::MAPPED_LIMIT.load(core::sync::atomic::Ordering::Relaxed)
-        {
+        if !mapped(addr, 128 << 10) {
             return Err(NicError::BadBar(name));
         }
         enable(d);
+        let cfg = E1000Config { jumbo, ..E1000Config::default() };
         // SAFETY: BAR0 is the device's register window, identity-mapped uncached (the MMIO
         // hole below 4 GiB) or write-back above (QEMU/Bochs do not care); decoding and bus
         // mastering are on; nothing else drives this function.
-        let dev = unsafe { E1000::new(hal, addr as usize, d.device) }
+        let dev = unsafe { E1000::with_config(hal, addr as usize, d.device, cfg) }
             .map_err(|e| NicError::Driver(name, e))?;
         return Ok(Nic { dev: Box::new(dev), name, bdf: d.bdf });
     }

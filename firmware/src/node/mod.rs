@@ -191,7 +191,11 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         frames: Mutex::new(frames),
     });
 
-    let net = match crate::net::nic::probe(&node.pci, crate::net::hal::FwHal::new(&node.frames)) {
+    let net = match crate::net::nic::probe(
+        &node.pci,
+        crate::net::hal::FwHal::new(&node.frames),
+        node.cfg.jumbo,
+    ) {
         Ok(mut nic) => {
             info!(
                 "net: {} at {} mac {} link {} mtu {}",
@@ -201,6 +205,13 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
                 if nic.dev.link_up() { "up" } else { "down" },
                 nic.dev.mtu()
             );
+            if node.cfg.jumbo && nic.dev.mtu() < 9000 {
+                warn!(
+                    "net: mtu=9000 asked but {} runs at mtu {}: every node of a cluster must use the same MTU",
+                    nic.name,
+                    nic.dev.mtu()
+                );
+            }
             let cores = u16::try_from(total).unwrap_or(u16::MAX);
             Some(crate::net::stack::NodeNet::new(
                 nic.dev,
