@@ -102,7 +102,7 @@ fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
     assert!(text.contains("guest: smp: PASS TSC-deadline timer"), "{text}");
     assert!(text.contains("guest: smp: PASS interrupt held while IF=0"), "{text}");
     assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
-    assert!(text.contains("vcpu 0 cpu 0 stopped exits"), "{text}");
+    assert!(text.contains("vcpu 0 cpu 0 stopped rip "), "{text}");
     for m in ["hypercall round trip", "hv: ", "exits/s"] {
         if let Some(l) = numbers_after(&text, m) {
             eprintln!("{l}");
@@ -120,7 +120,7 @@ fn smp_payload_starts_its_second_vcpu_with_init_sipi_and_passes_on_two_cores(
     assert!(text.contains("guest: smp: PASS atomic counter 40000 = 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS memory sweep on 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS fixed IPIs delivered to 1 halted vCPUs"), "{text}");
-    assert!(text.contains("vcpu 1 cpu 1 stopped exits"), "{text}");
+    assert!(text.contains("vcpu 1 cpu 1 stopped rip "), "{text}");
     Ok(())
 }
 
@@ -178,8 +178,8 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
     let answer = node.command("vcpu", ANSWER)?;
     assert!(answer.contains("VMX root operation on 2 cores"), "{answer}");
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
-    assert!(answer.contains("vcpu 0 cpu 0 stopped exits"), "{answer}");
-    assert!(answer.contains("vcpu 1 cpu 1 stopped exits"), "{answer}");
+    assert!(answer.contains("vcpu 0 cpu 0 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 1 cpu 1 stopped rip "), "{answer}");
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
     let status = node.command("status", ANSWER)?;
     assert!(status.contains("uptime"), "{status}");
