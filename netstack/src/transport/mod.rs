@@ -260,6 +260,9 @@ struct Peer {
     id: NodeId,
     up: bool,
     // Sending.
+    /// Packet number of our next datagram to this peer. Per peer, so the receiver's 64-entry
+    /// anti-replay window tolerates 64 datagrams of reordering however many peers we have.
+    next_pn: u64,
     next_seq: u32,
     unsent: VecDeque<Fragment>,
     /// Sent and not cumulatively acked, ordered by seq; the front is `snd_una`.
@@ -284,6 +287,7 @@ impl Peer {
         Self {
             id,
             up: true,
+            next_pn: 0,
             next_seq: 0,
             unsent: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -325,7 +329,6 @@ pub struct Transport {
     cfg: Config,
     auth: Authenticator,
     peers: Vec<Peer>,
-    next_pn: u64,
     rr: usize,
     inbox: VecDeque<(NodeId, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -340,7 +343,6 @@ impl Transport {
             auth: Authenticator::new(key),
             cfg,
             peers: Vec::new(),
-            next_pn: 0,
             rr: 0,
             inbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -646,7 +648,7 @@ impl Transport {
             src: cfg.local,
             dst: peer.id,
             epoch: cfg.epoch,
-            pn: self.next_pn,
+            pn: peer.next_pn,
             seq: 0,
             ack,
             sack,
@@ -690,7 +692,7 @@ impl Transport {
             }
         }
         let len = header.seal(&self.auth, payload, buf)?;
-        self.next_pn += 1;
+        peer.next_pn += 1;
         peer.ack_pending = false;
         peer.last_sent = now;
         Some(Transmit { to: peer.id, len })

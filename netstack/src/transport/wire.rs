@@ -5,7 +5,7 @@
 //!  0  magic u32 "GSTL"      4 version u8   5 kind u8   6 frag_index u8   7 frag_count u8
 //!  8  cluster_id u32       12 src u16     14 dst u16
 //! 16  epoch u32            20 len u16     22 reserved u16 (0)
-//! 24  pn u64  (packet number: per sender and epoch, never reused; anti-replay)
+//! 24  pn u64  (packet number: per sender, receiver and epoch, never reused; anti-replay)
 //! 32  seq u32 (data only)  36 ack u32 (next expected seq)   40 sack u64 (bit i: ack+1+i held)
 //! 48  tag [u8; 16]  keyed BLAKE2b-128(cluster key, bytes 0..48 ‖ payload)
 //! 64  payload (len bytes)
@@ -65,7 +65,7 @@ pub struct Header {
     pub dst: u16,
     /// The sender's boot epoch.
     pub epoch: u32,
-    /// Packet number, unique per (sender, epoch).
+    /// Packet number, unique per (sender, receiver, sender epoch).
     pub pn: u64,
     /// Sequence number of this fragment (data only).
     pub seq: u32,
