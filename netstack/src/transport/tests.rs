@@ -491,3 +491,22 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn packet_numbers_count_per_peer() {
+    let mut a = Transport::new(Config::new(CLUSTER, 0, 1), &key());
+    a.add_peer(1, 0);
+    a.add_peer(2, 0);
+    let mut buf = vec![0u8; a.config().max_datagram()];
+    for _ in 0..10 {
+        a.send(2, b"to two").unwrap();
+    }
+    a.send(1, b"to one").unwrap();
+    let mut pns = Vec::new();
+    while let Some(t) = a.poll_transmit(0, &mut buf) {
+        let h = Header::parse_unauthenticated(&buf[..t.len]).unwrap();
+        pns.push((h.dst, h.pn));
+    }
+    assert!(pns.contains(&(1, 0)), "first datagram to node 1 is pn 0: {pns:?}");
+    assert!(pns.contains(&(2, 9)));
+}
