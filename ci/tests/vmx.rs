@@ -211,3 +211,20 @@ fn console_input_reaches_the_guest_uart_after_ctrl_bracket() -> Result<(), Harne
     node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
     Ok(())
 }
+
+#[test]
+fn invalid_guest_state_is_decoded_and_dumped() -> Result<(), HarnessError> {
+    let text = run_test("badstate", "badstate", "vmx-fault", 1)?;
+    assert!(text.contains("hv: vcpu 0 invalid guest state: InvalidGuestState"), "{text}");
+    assert!(text.contains("hv:   rip ") && text.contains("hv:   rax "), "{text}");
+    assert!(text.contains("hv: guest stopped: invalid guest state"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn failed_vm_entry_names_the_vm_instruction_error() -> Result<(), HarnessError> {
+    let text = run_test("badctl", "badctl", "vmx-fault", 1)?;
+    assert!(text.contains("EntryFailed { code: 7"), "{text}");
+    assert!(text.contains("hv: guest stopped: VM entry with invalid control field(s)"), "{text}");
+    Ok(())
+}

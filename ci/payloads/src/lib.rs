@@ -267,6 +267,8 @@ pub mod hc {
     pub const PROTECT: u64 = 4;
     /// Nested page faults served.
     pub const FAULTS: u64 = 5;
+    /// Test hook: break guest state (0) or a control (1) for the next entry.
+    pub const BREAK: u64 = 6;
 }
 
 /// VMCALL with RAX = nr, RBX, RCX.

@@ -240,4 +240,16 @@ pub trait Vcpu {
     fn flush_nested(&mut self);
     /// Delivers a hardware exception (with an error code for the vectors that push one).
     fn inject_exception(&mut self, vector: u8, error: Option<u32>);
+    /// Test hook: makes the next entry fail, with a guest state the CPU refuses (`Guest`) or a
+    /// control value it refuses (`Control`), so the failure paths can be driven end to end.
+    fn break_for_test(&mut self, what: Breakage);
+}
+
+/// What [`Vcpu::break_for_test`] breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakage {
+    /// Guest state (entry fails with an invalid-guest-state exit).
+    Guest,
+    /// A VM-execution control (the entry instruction fails).
+    Control,
 }

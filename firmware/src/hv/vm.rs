@@ -16,7 +16,7 @@ use super::stats::{self, State, VcpuStats};
 use super::uart::Uart;
 use super::vlapic::{self, Dest, Effect, IpiKind};
 use super::vmx::hw::{self as vmx, VmxVcpu};
-use super::{Exit, IoDir, Vcpu};
+use super::{Breakage, Exit, IoDir, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, power, time};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
@@ -48,6 +48,9 @@ pub mod hypercall {
     pub const PROTECT: u64 = 4;
     /// RAX = nested page faults served so far on this node.
     pub const FAULTS: u64 = 5;
+    /// Test hook: RBX = 0 breaks the guest state, 1 a VM-execution control, so the next entry
+    /// fails and the hypervisor's diagnosis of that can be checked.
+    pub const BREAK: u64 = 6;
 }
 
 /// Guest debug-exit port: a write ends the guest with that exit code (0 = success).
@@ -757,6 +760,13 @@ impl Runner {
                 }
             }
             hypercall::FAULTS => vm.faults.load(Ordering::Relaxed),
+            hypercall::BREAK => {
+                self.v.regs().rax = 0;
+                self.v.skip_instruction();
+                let what = if rbx == 0 { Breakage::Guest } else { Breakage::Control };
+                self.v.break_for_test(what);
+                return Step::Continue;
+            }
             _ => u64::MAX,
         };
         self.v.regs().rax = ret;

@@ -10,7 +10,7 @@ use spin::Once;
 use super::controls::{self, entry, proc, CapError, Caps, Controls};
 use super::fields::{self as f, reason};
 use crate::arch::cpu::{cpuid, has_vmx, rdmsr, wrmsr, MSR_EFER};
-use crate::hv::{Exit, IoDir, Regs, Snapshot, Vcpu};
+use crate::hv::{Breakage, Exit, IoDir, Regs, Snapshot, Vcpu};
 
 const MSR_FEATURE_CONTROL: u32 = 0x3A;
 const MSR_VMX_BASIC: u32 = 0x480;
@@ -771,6 +771,15 @@ impl Vcpu for VmxVcpu {
 
     fn flush_nested(&mut self) {
         invept(self.p, self.eptp);
+    }
+
+    fn break_for_test(&mut self, what: Breakage) {
+        match what {
+            // RFLAGS bit 1 must be 1 (SDM Vol. 3C §27.3.1.4): an invalid-guest-state exit.
+            Breakage::Guest => w(f::GUEST_RFLAGS, vmread(f::GUEST_RFLAGS) & !2),
+            // Pin-based must-be-1 bits cleared: VMfailValid, error 7 (SDM Vol. 3C §27.2.1.1).
+            Breakage::Control => w(f::PIN_CONTROLS, 0),
+        }
     }
 
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
