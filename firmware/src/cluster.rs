@@ -109,13 +109,16 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// An announcement and the (IPv4, port) it came from.
+type Seen = (Announce, ([u8; 4], u16));
+
 /// The formation state machine.
 pub struct Formation {
     me: Announce,
     my_addr: ([u8; 4], u16),
     expected: Option<u16>,
     deadline: u64,
-    seen: BTreeMap<[u8; 6], (Announce, ([u8; 4], u16))>,
+    seen: BTreeMap<[u8; 6], Seen>,
     view: Option<View>,
 }
 
@@ -192,7 +195,7 @@ impl Formation {
     }
 
     fn commit(&self) -> View {
-        let mut all: Vec<(Announce, ([u8; 4], u16))> = self.seen.values().copied().collect();
+        let mut all: Vec<Seen> = self.seen.values().copied().collect();
         all.push((self.me, self.my_addr));
         all.sort_by_key(|(a, _)| (!a.primary, a.mac));
         if let Some(n) = self.expected {

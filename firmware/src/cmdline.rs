@@ -221,7 +221,7 @@ fn parse_ip(v: &str) -> Option<IpMode> {
 }
 
 fn parse_hex(v: &str) -> Option<Vec<u8>> {
-    if v.len() % 2 != 0 || !(32..=128).contains(&v.len()) {
+    if !v.len().is_multiple_of(2) || !(32..=128).contains(&v.len()) {
         return None;
     }
     (0..v.len()).step_by(2).map(|i| u8::from_str_radix(v.get(i..i + 2)?, 16).ok()).collect()

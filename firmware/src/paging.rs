@@ -105,14 +105,14 @@ pub fn identity_map(
     while va < end {
         let left = end - va;
         let pdpt = next_table(mem, root, index(va, 3), va)?;
-        if huge && va % GIB1 == 0 && left >= GIB1 {
+        if huge && va.is_multiple_of(GIB1) && left >= GIB1 {
             mem.write(pdpt, index(va, 2), va | flags | P | PS);
             stats.huge += 1;
             va += GIB1;
             continue;
         }
         let pd = next_table(mem, pdpt, index(va, 2), va)?;
-        if va % MIB2 == 0 && left >= MIB2 {
+        if va.is_multiple_of(MIB2) && left >= MIB2 {
             mem.write(pd, index(va, 1), va | flags | P | PS);
             stats.large += 1;
             va += MIB2;

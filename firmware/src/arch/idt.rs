@@ -85,7 +85,7 @@ extern "x86-interrupt" fn wake(_frame: InterruptStackFrame) {
 extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}
 
 fn readable(addr: u64) -> bool {
-    addr >= 0x1000 && addr % 8 == 0 && addr + 16 <= MAPPED_LIMIT.load(Ordering::Relaxed)
+    addr >= 0x1000 && addr.is_multiple_of(8) && addr + 16 <= MAPPED_LIMIT.load(Ordering::Relaxed)
 }
 
 /// Prints the diagnostic and never returns.

@@ -88,10 +88,7 @@ pub fn print_forced(args: fmt::Arguments<'_>) {
 
 /// Waits until the UART has sent everything (before power-off or an emulator exit).
 pub fn flush() {
-    let mut c = match CONSOLE.try_lock() {
-        Some(c) => c,
-        None => return,
-    };
+    let Some(mut c) = CONSOLE.try_lock() else { return };
     if let Some(u) = c.uart.as_mut() {
         for _ in 0..10_000_000 {
             if u.lsr().contains(LSR::TRANSMITTER_EMPTY) {

@@ -85,11 +85,7 @@ impl NetDevice for AnyNic {
                         self.raw_answered += 1;
                     }
                 }
-                2 => {
-                    if self.raw_replies.len() < 64 {
-                        self.raw_replies.push_back(token);
-                    }
-                }
+                2 if self.raw_replies.len() < 64 => self.raw_replies.push_back(token),
                 _ => {}
             }
         }

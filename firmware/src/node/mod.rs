@@ -427,7 +427,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         us % 1_000_000,
         info.message(),
         info.location().map_or("?", |l| l.file()),
-        info.location().map_or(0, |l| l.line()),
+        info.location().map_or(0, core::panic::Location::line),
     ));
     power::stop(false)
 }

@@ -170,8 +170,8 @@ impl fmt::Display for Size {
         for (shift, unit) in [(30u32, "GiB"), (20, "MiB"), (10, "KiB")] {
             if b >= 1 << shift {
                 let whole = b >> shift;
-                let tenth = (b - (whole << shift)) * 10 >> shift;
-                return if tenth == 0 && b % (1 << shift) == 0 {
+                let tenth = ((b - (whole << shift)) * 10) >> shift;
+                return if tenth == 0 && b.is_multiple_of(1 << shift) {
                     write!(f, "{whole} {unit}")
                 } else {
                     write!(f, "{whole}.{tenth} {unit}")
