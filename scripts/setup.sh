@@ -3,7 +3,7 @@
 # rust-src component. Installs only what is missing; names the step that failed.
 set -uo pipefail
 
-PKGS=(qemu-system-x86 bochs bochs-term bochsbios vgabios grub-pc-bin grub-common xorriso mtools ipxe-qemu)
+PKGS=(qemu-system-x86 bochs bochs-term bochsbios vgabios grub-pc-bin grub-common xorriso mtools ipxe-qemu pxelinux syslinux-common)
 
 fail() { echo "setup: FAILED at step '$1': $2" >&2; exit 1; }
 

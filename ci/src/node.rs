@@ -43,6 +43,10 @@ pub enum Boot {
     Iso,
     /// Real PXE: QEMU's TFTP serves `pxe/`, its e1000 ROM (iPXE) runs `boot.ipxe`. QEMU only.
     Pxe,
+    /// Real PXE through PXELINUX: QEMU's TFTP serves `pxe/`, its ROM chains `pxelinux.0`,
+    /// which loads the image with `mboot.c32`. QEMU only; needs `pxelinux` and
+    /// `syslinux-common` installed when the image was built.
+    Pxelinux,
     /// The ISO as a raw hard disk, as after `dd` to a USB stick (writes are discarded). QEMU only.
     Disk,
 }
@@ -195,25 +199,42 @@ impl Node {
                     .arg(format!("file={},format=raw,if=ide,snapshot=on", iso.display()))
                     .args(["-boot", "c"]);
             }
-            Boot::Pxe => {
+            Boot::Pxe | Boot::Pxelinux => {
                 let root = art.pxe_dir()?;
+                let bootfile = if spec.boot == Boot::Pxe { "boot.ipxe" } else { "pxelinux.0" };
+                if !root.join(bootfile).is_file() {
+                    return Err(HarnessError::MissingArtifact { path: root.join(bootfile) });
+                }
                 let tftp = if spec.cmdline.is_empty() {
                     root
                 } else {
+                    // A TFTP root of the node's own: the same files, its command line in the
+                    // loader's configuration.
                     let own = dir.join("tftp");
-                    std::fs::create_dir_all(&own)
+                    std::fs::create_dir_all(own.join("pxelinux.cfg"))
                         .map_err(|e| HarnessError::io("creating the node's TFTP root", e))?;
-                    std::fs::copy(root.join("gestalt.elf"), own.join("gestalt.elf"))
-                        .map_err(|e| HarnessError::io("copying gestalt.elf to the TFTP root", e))?;
+                    for entry in std::fs::read_dir(&root)
+                        .map_err(|e| HarnessError::io("reading the TFTP root", e))?
+                        .flatten()
+                        .filter(|e| e.path().is_file())
+                    {
+                        std::fs::copy(entry.path(), own.join(entry.file_name()))
+                            .map_err(|e| HarnessError::io("copying the TFTP root", e))?;
+                    }
                     write_file(
                         &own.join("boot.ipxe"),
                         &gestalt_image::boot_config::ipxe_script(&spec.cmdline, &[]),
                     )?;
+                    write_file(
+                        &own.join("pxelinux.cfg").join("default"),
+                        &gestalt_image::boot_config::pxelinux_cfg(&spec.cmdline, &[]),
+                    )?;
                     own
                 };
-                // User-mode networking here only serves TFTP to the guest; it listens on nothing.
+                // User-mode networking here only serves TFTP to the guest; `restrict=on` keeps
+                // every guest packet inside QEMU.
                 cmd.arg("-netdev").arg(format!(
-                    "user,id=pxe,tftp={},bootfile=boot.ipxe,restrict=on",
+                    "user,id=pxe,tftp={},bootfile={bootfile},restrict=on",
                     tftp.display()
                 ));
                 cmd.args(["-device", "e1000,netdev=pxe,bootindex=1", "-boot", "n"]);

@@ -46,6 +46,16 @@ fn qemu_pxe_boot_through_ipxe_reaches_the_shell() -> Result<(), HarnessError> {
 }
 
 #[test]
+fn qemu_pxe_boot_through_pxelinux_and_mboot_reaches_the_shell() -> Result<(), HarnessError> {
+    let node = boot_to_shell(&qemu("pxelinux", Boot::Pxelinux).cmdline("nodes=3"), QEMU_BOOT)?;
+    let loader = node.console().line_with("boot: loaded by").unwrap_or_default();
+    assert!(loader.contains("PXELINUX"), "not loaded by PXELINUX: {loader}");
+    let line = node.console().line_with("boot: cmdline").unwrap_or_default();
+    assert!(line.contains("nodes=3"), "{line}");
+    Ok(())
+}
+
+#[test]
 fn all_cores_come_up_with_two_cpus_in_qemu() -> Result<(), HarnessError> {
     let mut node =
         gestalt_ci::Node::start(&qemu("smp", Boot::Kernel).cpus(2), &common::artifacts())?;
