@@ -56,6 +56,19 @@ fn qemu_pxe_boot_through_pxelinux_and_mboot_reaches_the_shell() -> Result<(), Ha
 }
 
 #[test]
+fn ip_dhcp_takes_an_address_from_the_dhcp_server() -> Result<(), HarnessError> {
+    // The PXE node's NIC sits on QEMU's user network (restrict=on), whose DHCP server leases
+    // 10.0.2.15: the same firmware NIC that booted it now runs smoltcp's DHCP client.
+    let mut node = gestalt_ci::Node::start(
+        &qemu("dhcp", Boot::Pxe).cmdline("ip=dhcp nodes=1"),
+        &common::artifacts(),
+    )?;
+    let line = node.wait_for("net: address", QEMU_BOOT)?;
+    assert!(line.contains("10.0.2.15/24 (dhcp)"), "{line}");
+    Ok(())
+}
+
+#[test]
 fn all_cores_come_up_with_two_cpus_in_qemu() -> Result<(), HarnessError> {
     let mut node =
         gestalt_ci::Node::start(&qemu("smp", Boot::Kernel).cpus(2), &common::artifacts())?;

@@ -135,6 +135,9 @@ pub struct NodeNet {
     bench_rx: u32,
     mesh: Option<Mesh>,
     gave_up: bool,
+    /// The address last logged, to report changes once.
+    shown_ip: Option<Ipv4Cidr>,
+    ip_mode: IpMode,
 }
 
 fn ip_config(ip: IpMode) -> IpConfig {
@@ -216,6 +219,8 @@ impl NodeNet {
             bench_rx: 0,
             mesh,
             gave_up: false,
+            shown_ip: None,
+            ip_mode: cfg.ip,
         }
     }
 
@@ -227,6 +232,18 @@ impl NodeNet {
     pub fn poll(&mut self) {
         let now = uptime_us();
         self.iface.poll(now);
+        if self.iface.ipv4() != self.shown_ip {
+            self.shown_ip = self.iface.ipv4();
+            let how = match self.ip_mode {
+                IpMode::Dhcp => "dhcp",
+                IpMode::Auto => "link-local",
+                IpMode::Static { .. } => "static",
+            };
+            match self.shown_ip {
+                Some(c) => info!("net: address {c} ({how})"),
+                None => warn!("net: address lost ({how})"),
+            }
+        }
         self.receive(now);
         if self.my_ip().is_some() && now >= self.next_announce {
             self.announce();
