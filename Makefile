@@ -5,7 +5,7 @@ OUT ?= out
 FIRMWARE := target/x86_64-gestalt/release/gestalt-firmware
 CARGO ?= cargo
 
-.PHONY: setup firmware image run test lint host-test clean
+.PHONY: setup firmware image payloads run test lint host-test clean
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,10 @@ firmware: setup
 
 image: firmware
 	$(CARGO) run -q -p gestalt-image -- build --firmware $(FIRMWARE) --out $(OUT)
+
+# Guest payloads (bare-metal test programs the VMX tests boot as the guest module).
+payloads: setup
+	ci/payloads/build.sh
 
 run: image
 	$(CARGO) run -q -p gestalt-ci --bin gestalt-cluster -- run --nodes $(NODES) --emu $(EMU) --out $(OUT)
@@ -29,8 +33,8 @@ host-test: setup
 
 # Every test: formatting, lints (host crates and the firmware target), the image, then all
 # host and emulator tests (the emulator tests boot out/ artifacts).
-test: lint image
-	GESTALT_OUT=$(CURDIR)/$(OUT) $(CARGO) test --workspace
+test: lint image payloads
+	GESTALT_OUT=$(CURDIR)/$(OUT) GESTALT_PAYLOADS_PREBUILT=1 $(CARGO) test --workspace
 
 clean:
 	$(CARGO) clean
