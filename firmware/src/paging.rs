@@ -145,16 +145,17 @@ pub fn translate(mem: &dyn TableMem, root: u64, virt: u64) -> Option<(u64, u64)>
     None
 }
 
+/// A page-table memory for host tests: sparse tables, optionally a limit on how many.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::TableMem;
     use std::collections::HashMap;
 
     #[derive(Default)]
-    struct Fake {
+    pub(crate) struct Fake {
         tables: HashMap<u64, Box<[u64; 512]>>,
         next: u64,
-        limit: usize,
+        pub(crate) limit: usize,
     }
 
     impl TableMem for Fake {
@@ -173,6 +174,12 @@ mod tests {
             self.tables.get_mut(&t).unwrap()[i] = v;
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Fake;
+    use super::*;
 
     #[test]
     fn range_uses_the_largest_pages_alignment_allows() {
@@ -208,7 +215,8 @@ mod tests {
 
     #[test]
     fn errors_are_values() {
-        let mut m = Fake { limit: 2, ..Fake::default() };
+        let mut m = Fake::default();
+        m.limit = 2;
         let root = m.alloc_table().unwrap();
         assert_eq!(
             identity_map(&mut m, root, 0x10, 0x1000, 0, false),

@@ -193,27 +193,7 @@ impl Ept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct Fake {
-        tables: HashMap<u64, Box<[u64; 512]>>,
-        next: u64,
-    }
-
-    impl TableMem for Fake {
-        fn alloc_table(&mut self) -> Option<u64> {
-            self.next += 0x1000;
-            self.tables.insert(self.next, Box::new([0; 512]));
-            Some(self.next)
-        }
-        fn read(&self, t: u64, i: usize) -> u64 {
-            self.tables[&t][i]
-        }
-        fn write(&mut self, t: u64, i: usize, v: u64) {
-            self.tables.get_mut(&t).unwrap()[i] = v;
-        }
-    }
+    use crate::paging::testing::Fake;
 
     #[test]
     fn aligned_ranges_get_2mib_leaves_and_the_rest_4kib() {
