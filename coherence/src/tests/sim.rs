@@ -93,8 +93,8 @@ impl SimConfig {
 
     pub fn replay_command(&self) -> String {
         format!(
-            "GESTALT_SIM_SEED={} GESTALT_SIM_NODES={} GESTALT_SIM_OPS={} cargo test -p gestalt-coherence --release sim_replay -- --nocapture",
-            self.seed, self.nodes, self.ops
+            "GESTALT_SIM_SEED={} GESTALT_SIM_NODES={} GESTALT_SIM_OPS={} GESTALT_SIM_PAGES={} cargo test -p gestalt-coherence --release sim_replay -- --nocapture",
+            self.seed, self.nodes, self.ops, self.pages
         )
     }
 }
@@ -446,6 +446,18 @@ fn sim_sixty_four_nodes_stays_coherent_over_half_a_million_accesses() {
 }
 
 #[test]
+fn sim_sixteen_nodes_fighting_over_32_pages_stays_coherent() {
+    let t = std::time::Instant::now();
+    for seed in 200..202 {
+        let mut cfg = SimConfig::new(seed, 16, 50_000);
+        cfg.pages = 32;
+        let s = simulate(cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.ops, 50_000);
+        std::println!("sim 16 nodes x 32 pages seed {seed}: {s:?} in {:.2?}", t.elapsed());
+    }
+}
+
+#[test]
 fn sim_catches_a_lost_message_and_prints_a_replay_command() {
     let mut cfg = SimConfig::new(7, 4, 2_000);
     cfg.drop_nth = Some(100);
@@ -461,15 +473,16 @@ fn sim_runs_are_deterministic_per_seed() {
 }
 
 /// Replays one run: `GESTALT_SIM_SEED=.. GESTALT_SIM_NODES=.. GESTALT_SIM_OPS=..`
-/// (defaults: seed 1, 16 nodes, 100k accesses).
+/// `GESTALT_SIM_PAGES=..` (defaults: seed 1, 16 nodes, 100k accesses, 4096 pages).
 #[test]
 fn sim_replay() {
     let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let cfg = SimConfig::new(
+    let mut cfg = SimConfig::new(
         var("GESTALT_SIM_SEED", 1),
         var("GESTALT_SIM_NODES", 16) as u16,
         var("GESTALT_SIM_OPS", 100_000),
     );
+    cfg.pages = var("GESTALT_SIM_PAGES", cfg.pages);
     let t = std::time::Instant::now();
     let s = simulate(cfg).unwrap_or_else(|e| panic!("{e}"));
     std::println!("{cfg:?}: {s:?} in {:.2?}", t.elapsed());
