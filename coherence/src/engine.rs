@@ -471,6 +471,11 @@ impl Engine {
         if !self.cfg.has_node(from) {
             return self.error(ProtocolError::UnknownNode { from }, out);
         }
+        if let Message::FwdRead { requester, .. } | Message::FwdWrite { requester, .. } = msg {
+            if !self.cfg.has_node(requester) {
+                return self.error(ProtocolError::UnknownNode { from: requester }, out);
+            }
+        }
         if !self.cfg.contains(gfn) {
             return self.error(ProtocolError::GfnOutOfRange { gfn }, out);
         }

@@ -213,6 +213,15 @@ fn faults_and_messages_outside_guest_memory_are_errors_not_panics() {
     // gfn 2 is homed at node 0, so node 1 refuses directory traffic for it.
     let ev = Event::Message { from: NodeId(0), msg: Message::ReadReq { gfn: Gfn(2) } };
     assert!(matches!(e.handle(ev, &mut s)[..], [Action::Error(ProtocolError::NotHome { .. })]));
+    // A forward naming a requester outside the cluster is refused even in the right state.
+    let mut c = cluster(3);
+    c.write(1, G, 1);
+    let ev = Event::Message {
+        from: NodeId(HOME),
+        msg: Message::FwdRead { gfn: Gfn(G), requester: NodeId(9) },
+    };
+    let acts = c.engines[1].handle(ev, &mut c.stores[1]);
+    assert_eq!(acts, [Action::Error(ProtocolError::UnknownNode { from: NodeId(9) })]);
     assert_eq!(e.counters().errors, 3);
 }
 
