@@ -34,7 +34,7 @@ host-test: setup
 # Every test: formatting, lints (host crates and the firmware target), the image, then all
 # host and emulator tests (the emulator tests boot out/ artifacts).
 test: lint image payloads
-	GESTALT_OUT=$(CURDIR)/$(OUT) GESTALT_PAYLOADS_PREBUILT=1 $(CARGO) test --workspace
+	GESTALT_OUT=$(CURDIR)/$(OUT) GESTALT_PAYLOADS_PREBUILT=1 $(CARGO) test --workspace --no-fail-fast
 
 clean:
 	$(CARGO) clean
