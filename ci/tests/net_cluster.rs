@@ -129,3 +129,22 @@ fn a_node_with_another_cluster_key_is_refused_and_both_sides_say_so() -> Result<
     assert!(!intruder.contains("view committed"), "the intruder joined a view:\n{intruder}");
     Ok(())
 }
+
+/// Not a pass/fail test: the figures for the closing note and the README. Run with
+/// `cargo test -p gestalt-ci --test net_cluster -- --ignored --nocapture netbench_figures`.
+#[test]
+#[ignore = "a measurement, not a check: run by hand"]
+fn netbench_figures() -> Result<(), HarnessError> {
+    for line in ["", "mtu=9000"] {
+        let mut c = Cluster::start(2, Emu::Qemu, Boot::Kernel, 1, line, &artifacts(), 25)?;
+        for n in c.nodes.iter_mut() {
+            n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+        }
+        let out = c.nodes[0].command("netbench 1", Duration::from_secs(120))?;
+        println!(
+            "--- netbench, 2 QEMU nodes, {} ---\n{out}",
+            if line.is_empty() { "mtu 1500" } else { line }
+        );
+    }
+    Ok(())
+}
