@@ -258,6 +258,11 @@ pub struct Engine {
     loopback: VecDeque<Message>,
     now: u64,
     stall_after: u64,
+    /// Minimum residency: ticks a freshly filled page stays before a deferred message that
+    /// takes it away is handled (0: at once).
+    hold: u64,
+    /// Deferred messages parked by `hold`: frame → (message, release time).
+    held: BTreeMap<Gfn, (Message, u64)>,
     counters: Counters,
 }
 
@@ -280,6 +285,8 @@ impl Engine {
             loopback: VecDeque::new(),
             now: 0,
             stall_after: 0,
+            hold: 0,
+            held: BTreeMap::new(),
             counters: Counters::default(),
         }
     }
@@ -303,6 +310,20 @@ impl Engine {
     /// (0, the default, never reports).
     pub fn set_stall_after(&mut self, ticks: u64) {
         self.stall_after = ticks;
+    }
+
+    /// Keep a page that just arrived for at least `ticks` (counted from the last
+    /// [`Event::Timer`]) before handling a deferred invalidation or forward that takes it away,
+    /// so that the vCPUs resumed on it can retire their access first — otherwise two nodes
+    /// writing one page could take it from each other forever. The parked message is handled
+    /// on the first `Timer` at or after the release time. 0 (the default) handles it at once.
+    pub fn set_hold(&mut self, ticks: u64) {
+        self.hold = ticks;
+    }
+
+    /// Number of deferred messages parked by [`Engine::set_hold`].
+    pub fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// This node's stable cache state for `gfn`.
@@ -406,6 +427,11 @@ impl Engine {
 
     fn timer(&mut self, now: u64, out: &mut Vec<Action>) {
         self.now = now;
+        while let Some((&gfn, _)) = self.held.iter().find(|(_, &(_, until))| until <= now) {
+            if let Some((msg, _)) = self.held.remove(&gfn) {
+                self.release(msg, out);
+            }
+        }
         if self.stall_after == 0 {
             return;
         }
@@ -562,6 +588,15 @@ impl Engine {
         }
     }
 
+    /// Handles a deferred message from the home now that our own data has arrived.
+    fn release(&mut self, deferred: Message, out: &mut Vec<Action>) {
+        let home = self.cfg.home(deferred.gfn());
+        match deferred {
+            Message::Inv { .. } => self.cache_inv(home, deferred, out),
+            _ => self.cache_forward(home, deferred, out),
+        }
+    }
+
     fn cache_fill<S: PageStore>(
         &mut self,
         from: NodeId,
@@ -602,10 +637,10 @@ impl Engine {
             out.push(Action::Resume { vcpus: served });
         }
         if let Some(deferred) = p.deferred {
-            let home = self.cfg.home(gfn);
-            match deferred {
-                Message::Inv { .. } => self.cache_inv(home, deferred, out),
-                _ => self.cache_forward(home, deferred, out),
+            if self.hold == 0 {
+                self.release(deferred, out);
+            } else {
+                self.held.insert(gfn, (deferred, self.now.saturating_add(self.hold)));
             }
         }
         if !waiting.is_empty() {

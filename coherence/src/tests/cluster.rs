@@ -76,6 +76,14 @@ impl Cluster {
         self.apply(NodeId(node), acts);
     }
 
+    /// A timer event on `node`, then delivery of whatever it sends.
+    pub fn timer(&mut self, node: u8, now: u64) {
+        let n = usize::from(node);
+        let acts = self.engines[n].handle(Event::Timer { now }, &mut self.stores[n]);
+        self.apply(NodeId(node), acts);
+        self.run();
+    }
+
     /// Delivers messages in global FIFO order until the network is empty.
     pub fn run(&mut self) {
         while let Some((from, to, msg)) = self.net.pop_front() {

@@ -267,3 +267,34 @@ fn contiguous_range_homes_serve_their_own_range_without_messages() {
     assert!(c.access(1, 20, Access::Write).is_empty());
     assert_eq!(c.access(2, 20, Access::Read), ["ReadReq", "DataShared"]);
 }
+
+#[test]
+fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it() {
+    let mut c = cluster(4);
+    for e in &mut c.engines {
+        e.set_hold(10);
+    }
+    c.write(2, G, 1);
+    c.log.clear();
+    // Node 1 asks to write (forwarded to owner 2), node 3 to read (forwarded to the new
+    // owner 1, which is still waiting for its data and defers the forward).
+    c.fault_only(1, G, Access::Write, 10);
+    c.fault_only(3, G, Access::Read, 30);
+    c.run();
+    assert_eq!(c.maps[1][&Gfn(G)], Rights::ReadWriteExec);
+    assert!(c.resumed.contains(&(NodeId(1), VcpuId(10))));
+    assert!(!c.maps[3].contains_key(&Gfn(G)), "the reader waits for the hold");
+    assert_eq!(c.engines[1].held_count(), 1);
+    c.timer(1, 9);
+    assert_eq!(c.engines[1].held_count(), 1);
+    c.write(1, G, 2);
+    c.timer(1, 10);
+    assert_eq!(c.engines[1].held_count(), 0);
+    assert_eq!(c.maps[1][&Gfn(G)], Rights::ReadExec);
+    assert_eq!(c.read(3, G), 2);
+    let kinds: Vec<_> = c.log.iter().map(|m| m.2).collect();
+    assert_eq!(
+        kinds,
+        ["WriteReq", "ReadReq", "FwdWrite", "FwdRead", "DataExclusive", "DataShared", "WriteBack"]
+    );
+}

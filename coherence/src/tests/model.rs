@@ -139,6 +139,8 @@ pub struct Model {
     /// vCPUs on each node (its length is the node count).
     pub vcpus: &'static [u8],
     pub ops_per_vcpu: u8,
+    /// Engines park deferred messages (`Engine::set_hold`) until a timer step releases them.
+    pub hold: bool,
 }
 
 /// What a run explored.
@@ -162,7 +164,13 @@ impl World {
             }
         }
         World {
-            engines: (0..n).map(|i| Engine::new(NodeId(i as u8), cfg)).collect(),
+            engines: (0..n)
+                .map(|i| {
+                    let mut e = Engine::new(NodeId(i as u8), cfg);
+                    e.set_hold(u64::from(m.hold));
+                    e
+                })
+                .collect(),
             stores: vec![Vals(vec![0; usize::from(m.pages)]); n],
             chans: vec![VecDeque::new(); n * n],
             ept: vec![vec![None; usize::from(m.pages)]; n],
@@ -258,6 +266,15 @@ impl World {
                 out.push((label, w));
             }
         }
+        for node in 0..n {
+            if self.engines[node].held_count() > 0 {
+                let label = Step::Tick { node };
+                let mut w = self.clone();
+                // Time is abstract: a tick means "the hold has passed".
+                w.run(node, Event::Timer { now: u64::MAX }).map_err(|e| format!("{label}: {e}"))?;
+                out.push((label, w));
+            }
+        }
         for (v, vc) in self.vcpus.iter().enumerate() {
             if vc.blocked.is_some() || vc.ops_left == 0 {
                 continue;
@@ -308,7 +325,7 @@ impl World {
         if let Some(v) = self.vcpus.iter().position(|v| v.blocked.is_some()) {
             return Err(format!("deadlock: vcpu {v} is never served"));
         }
-        if self.engines.iter().any(|e| e.pending_count() > 0 || e.busy_count() > 0) {
+        if self.engines.iter().any(|e| e.pending_count() + e.busy_count() + e.held_count() > 0) {
             return Err("terminal state with work in flight".into());
         }
         // Quiescent: the directory describes the caches exactly.
@@ -343,6 +360,7 @@ impl World {
 enum Step {
     Start,
     Deliver { kind: &'static str, from: usize, to: usize },
+    Tick { node: usize },
     Access { vcpu: usize, node: usize, page: u8, access: Access, fault: bool },
 }
 
@@ -351,6 +369,7 @@ impl std::fmt::Display for Step {
         match *self {
             Step::Start => write!(f, "start"),
             Step::Deliver { kind, from, to } => write!(f, "deliver {kind} {from}->{to}"),
+            Step::Tick { node } => write!(f, "timer on node {node}"),
             Step::Access { vcpu, node, page, access, fault } => {
                 write!(
                     f,
@@ -424,21 +443,21 @@ fn run_and_report(m: Model) -> Report {
     let t = std::time::Instant::now();
     let r = check(m).unwrap_or_else(|e| panic!("model {m:?} violated: {e}"));
     std::println!(
-        "model {} nodes x {} pages, vcpus per node {:?} x {} accesses: {} states, {} transitions, {} terminal, depth {} in {:.2?}",
-        m.vcpus.len(), m.pages, m.vcpus, m.ops_per_vcpu, r.states, r.transitions, r.terminal, r.max_depth, t.elapsed()
+        "model {} nodes x {} pages, vcpus per node {:?} x {} accesses{}: {} states, {} transitions, {} terminal, depth {} in {:.2?}",
+        m.vcpus.len(), m.pages, m.vcpus, m.ops_per_vcpu, if m.hold { ", hold" } else { "" }, r.states, r.transitions, r.terminal, r.max_depth, t.elapsed()
     );
     r
 }
 
 #[test]
 fn model_two_nodes_two_pages_is_coherent_deadlock_free_and_live() {
-    let r = run_and_report(Model { pages: 2, vcpus: &[2, 2], ops_per_vcpu: 2 });
+    let r = run_and_report(Model { pages: 2, vcpus: &[2, 2], ops_per_vcpu: 2, hold: false });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
 
 #[test]
 fn model_three_nodes_one_page_is_coherent_deadlock_free_and_live() {
-    let r = run_and_report(Model { pages: 1, vcpus: &[1, 1, 1], ops_per_vcpu: 3 });
+    let r = run_and_report(Model { pages: 1, vcpus: &[1, 1, 1], ops_per_vcpu: 3, hold: false });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
 
@@ -447,29 +466,29 @@ fn model_three_nodes_one_page_is_coherent_deadlock_free_and_live() {
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_three_nodes_one_page_with_coalescing_vcpus() {
-    run_and_report(Model { pages: 1, vcpus: &[2, 2, 1], ops_per_vcpu: 2 });
+    run_and_report(Model { pages: 1, vcpus: &[2, 2, 1], ops_per_vcpu: 2, hold: false });
 }
 
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_two_nodes_two_pages_three_accesses_per_vcpu() {
-    run_and_report(Model { pages: 2, vcpus: &[2, 1], ops_per_vcpu: 3 });
+    run_and_report(Model { pages: 2, vcpus: &[2, 1], ops_per_vcpu: 3, hold: false });
 }
 
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_three_nodes_two_pages_three_accesses_per_vcpu() {
-    run_and_report(Model { pages: 2, vcpus: &[1, 1, 1], ops_per_vcpu: 3 });
+    run_and_report(Model { pages: 2, vcpus: &[1, 1, 1], ops_per_vcpu: 3, hold: false });
 }
 
 #[test]
 fn model_three_nodes_two_pages_is_coherent_deadlock_free_and_live() {
-    let r = run_and_report(Model { pages: 2, vcpus: &[1, 1, 1], ops_per_vcpu: 2 });
+    let r = run_and_report(Model { pages: 2, vcpus: &[1, 1, 1], ops_per_vcpu: 2, hold: false });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
 
 #[test]
-fn model_three_nodes_one_page_with_two_vcpus_coalescing_on_a_remote_node() {
-    let r = run_and_report(Model { pages: 1, vcpus: &[1, 2, 1], ops_per_vcpu: 2 });
+fn model_three_nodes_one_page_with_coalescing_and_held_pages() {
+    let r = run_and_report(Model { pages: 1, vcpus: &[1, 2, 1], ops_per_vcpu: 2, hold: true });
     assert!(r.states > 10_000, "explored only {} states", r.states);
 }
