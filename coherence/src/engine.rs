@@ -270,9 +270,13 @@ impl Engine {
     /// The engine of node `id` in a cluster described by `cfg`.
     ///
     /// # Panics
-    /// If `id` is not a node of `cfg` or `cfg.nodes` is 0 or above 256.
+    /// If `id` is not a node of `cfg`, `cfg.nodes` is 0 or above 256, or a range placement
+    /// has empty ranges.
     pub fn new(id: NodeId, cfg: Config) -> Engine {
         assert!((1..=256).contains(&cfg.nodes), "a cluster has 1..=256 nodes");
+        if let crate::HomeMap::Ranges { pages_per_node } = cfg.home {
+            assert!(pages_per_node > 0, "home ranges must not be empty");
+        }
         assert!(cfg.has_node(id), "node id outside the cluster");
         let homed = cfg.pages_homed_at(id) as usize;
         Engine {
