@@ -71,7 +71,8 @@ pub struct SimConfig {
     pub ops: u64,
     /// Contiguous homes instead of interleaved.
     pub ranges: bool,
-    /// Largest message delay, in ticks (vCPUs think 0..20 ticks between accesses).
+    /// Largest usual message delay, in ticks (1 % of messages take up to 20 times longer;
+    /// vCPUs think 0..20 ticks between accesses).
     pub max_delay: u64,
     /// `Engine::set_hold` ticks (0: deferred messages are handled at once).
     pub hold: u64,
@@ -285,8 +286,13 @@ impl Sim {
                     msg.encode(&mut self.buf);
                     let msg = Message::decode(&self.buf).map_err(|e| format!("codec: {e}"))?;
                     let c = node * n + to.index();
-                    let at =
-                        (self.now + 1 + self.rng.below(self.cfg.max_delay)).max(self.chan_last[c]);
+                    // Mostly short delays, now and then a long one (a retransmission).
+                    let spread = if self.rng.chance(1) {
+                        self.cfg.max_delay * 20
+                    } else {
+                        self.cfg.max_delay
+                    };
+                    let at = (self.now + 1 + self.rng.below(spread)).max(self.chan_last[c]);
                     self.chan_last[c] = at;
                     self.chans[c].push_back(msg);
                     self.schedule(at, Ev::Deliver { from: node as u16, to: to.0.into() });
