@@ -130,6 +130,24 @@ fn a_node_with_another_cluster_key_is_refused_and_both_sides_say_so() -> Result<
     Ok(())
 }
 
+#[test]
+fn a_silent_node_is_reported_down_and_back_up_when_the_link_heals() -> Result<(), HarnessError> {
+    let mut c = Cluster::start(2, Emu::Qemu, Boot::Kernel, 1, "", &artifacts(), 26)?;
+    for n in c.nodes.iter_mut() {
+        n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    }
+    c.switch.partition(&[&[0], &[1]]);
+    // Heartbeats stop crossing: after the peer timeout (3 s) each side names the other.
+    c.nodes[0].wait_for("net: node 1 stopped answering", QEMU_BOOT)?;
+    c.nodes[1].wait_for("net: node 0 stopped answering", QEMU_BOOT)?;
+    c.switch.heal();
+    c.nodes[0].wait_for("net: node 1 answers again", QEMU_BOOT)?;
+    c.nodes[1].wait_for("net: node 0 answers again", QEMU_BOOT)?;
+    let answer = c.nodes[0].command("ping 1", ANSWER)?;
+    assert!(answer.contains("64 bytes from node 1"), "{answer}");
+    Ok(())
+}
+
 /// Not a pass/fail test: the figures for the closing note and the README. Run with
 /// `cargo test -p gestalt-ci --test net_cluster -- --ignored --nocapture netbench_figures`.
 #[test]
