@@ -45,7 +45,28 @@ fn partitioned_nodes_do_not_find_each_other() -> Result<(), HarnessError> {
     for node in c.nodes.iter_mut() {
         node.wait_for("shell: ready", QEMU_BOOT)?;
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Not a sleep: each node must have announced itself many times (the switch dropped every
+    // copy) before "no view" means anything.
+    for node in c.nodes.iter_mut() {
+        let deadline = Instant::now() + QEMU_BOOT;
+        loop {
+            let net = node.command("net", common::ANSWER)?;
+            let sent = net
+                .split("discovery: ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            if sent >= 8 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} announced only {sent} times:\n{net}",
+                node.name()
+            );
+        }
+    }
     for node in &c.nodes {
         let text = node.console().text();
         assert!(
