@@ -36,3 +36,27 @@ fn shell_commands_answer_and_version_matches_the_image() -> Result<(), HarnessEr
     );
     Ok(())
 }
+
+#[test]
+fn backspace_edits_the_line_and_the_other_commands_answer() -> Result<(), HarnessError> {
+    let mut node = boot_to_shell(&qemu("shell-edit", Boot::Kernel).cpus(2), QEMU_BOOT)?;
+    // "statux", DEL, "s": the shell must run "status".
+    node.send_line("statux\u{7f}s")?;
+    node.wait_for("cores 2 online of 2", ANSWER)?;
+
+    let mem = node.command("mem", ANSWER)?;
+    for part in ["usable:", "reserve:", "pool:", "heap:", "frames:"] {
+        assert!(mem.contains(part), "mem lacks {part}:\n{mem}");
+    }
+    let pci = node.command("pci", ANSWER)?;
+    assert!(pci.contains("8086:1237") && pci.contains("host bridge"), "{pci}");
+    let log = node.command("log debug", ANSWER)?;
+    assert!(log.contains("log level debug"), "{log}");
+    let bad = node.command("log loud", ANSWER)?;
+    assert!(bad.contains("usage: log [error|warn|info|debug|trace]"), "{bad}");
+
+    node.send_line("poweroff")?;
+    let status = node.wait_exit(ANSWER)?;
+    assert!(status.success(), "QEMU did not power off cleanly: {status:?}");
+    Ok(())
+}
