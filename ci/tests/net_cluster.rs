@@ -54,7 +54,7 @@ fn three_qemu_nodes_deliver_every_message_in_order_through_a_switch_dropping_fiv
 }
 
 #[test]
-fn e1000_e1000e_and_virtio_net_nodes_find_each_other_and_exchange_messages(
+fn e1000_e1000e_and_virtio_net_nodes_with_static_addresses_exchange_messages(
 ) -> Result<(), HarnessError> {
     let art = artifacts();
     let mut sw = Switch::new(24)?;
@@ -62,16 +62,24 @@ fn e1000_e1000e_and_virtio_net_nodes_find_each_other_and_exchange_messages(
     let mut nodes = Vec::new();
     for (i, model) in models.iter().enumerate() {
         let port = sw.add_port(PortKind::Qemu)?;
-        let line = if i == 0 { "nodes=3 primary test=mesh" } else { "nodes=3 test=mesh" };
+        // Static addresses here (the other tests use link-local): ip=A.B.C.D/N end to end.
+        let ip = format!("ip=10.47.0.{}/24", 10 + i);
+        let line = if i == 0 {
+            format!("nodes=3 primary test=mesh {ip}")
+        } else {
+            format!("nodes=3 test=mesh {ip}")
+        };
         let spec = NodeSpec::new(&format!("{model}-node"), Emu::Qemu, Boot::Kernel)
-            .cmdline(line)
+            .cmdline(&line)
             .nic_model(model)
             .nic(port, mac(30 + i as u8));
         nodes.push(Node::start(&spec, &art)?);
     }
     let drivers = ["net: e1000 at", "net: e1000e at", "net: virtio-net at"];
-    for (n, driver) in nodes.iter_mut().zip(drivers) {
+    for (i, (n, driver)) in nodes.iter_mut().zip(drivers).enumerate() {
         n.wait_for(driver, QEMU_BOOT)?;
+        let addr = n.wait_for("net: address", QEMU_BOOT)?;
+        assert!(addr.contains(&format!("10.47.0.{}/24 (static)", 10 + i)), "{addr}");
         // The verdict follows the view ("test: mesh starting" comes before both).
         n.wait_for("view committed: 3 nodes", MESH)?;
         let verdict = n.wait_for("test: mesh ", MESH)?;
