@@ -597,7 +597,7 @@ impl NodeNet {
             let rtt = self.transport.as_ref().and_then(|t| t.rtt(m.id));
             let a = if m.id == v.me { my_ip } else { m.addr.0 };
             kprintln!(
-                "  node {} {} mac {} ip {}.{}.{}.{} cores {} memory {} MiB {}{}",
+                "  node {} {} mac {} ip {}.{}.{}.{} cores {} memory {} MiB{}{}",
                 m.id,
                 if m.id == v.me {
                     "(this)"
@@ -615,7 +615,7 @@ impl NodeNet {
                 m.announce.memory_bytes >> 20,
                 rtt.filter(|r| r.0 > 0)
                     .map_or_else(alloc::string::String::new, |(srtt, _)| alloc::format!(
-                        "srtt {srtt} us"
+                        " srtt {srtt} us"
                     )),
                 if m.announce.primary { " primary" } else { "" }
             );
