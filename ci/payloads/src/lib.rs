@@ -97,85 +97,12 @@ pl_start64:
 3:  hlt
     jmp 3b
 
-.section .text.ap_trampoline, "ax"
-.code16
-.global pl_tramp_start
-pl_tramp_start:
-    cli
-    cld
-    xorw %ax, %ax
-    movw %ax, %ds
-    lgdtl PL_GDTR
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl $0x18, $PL_PM32
-.code32
-pl_tramp_pm32:
-    movw $0x20, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl %cr4, %eax
-    orl $(1 << 5), %eax
-    movl %eax, %cr4
-    movl PL_CR3, %eax
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx
-    rdmsr
-    orl $(1 << 8), %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax
-    movl %eax, %cr0
-    ljmp $0x08, $PL_LM64
-.code64
-pl_tramp_lm64:
-    movw $0x20, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movq PL_STACK, %rsp
-    movq PL_ARG, %rdi
-    movq PL_ENTRY, %rax
-    xorl %ebp, %ebp
-    callq *%rax
-4:  hlt
-    jmp 4b
-.balign 8
-pl_tramp_gdt:
-    .quad 0
-    .quad 0x00AF9A000000FFFF
-    .quad 0x00CF92000000FFFF
-    .quad 0x00CF9A000000FFFF
-    .quad 0x00CF92000000FFFF
-pl_tramp_gdtr:
-    .word 39
-    .long 0x8000 + (pl_tramp_gdt - pl_tramp_start)
-    .word 0
-.balign 8
-.global pl_tramp_cr3
-pl_tramp_cr3:   .long 0
-pl_tramp_pad:   .long 0
-.global pl_tramp_stack
-pl_tramp_stack: .quad 0
-.global pl_tramp_entry
-pl_tramp_entry: .quad 0
-.global pl_tramp_arg
-pl_tramp_arg:   .quad 0
-.global pl_tramp_end
-pl_tramp_end:
-
-.set PL_GDTR,  0x8000 + (pl_tramp_gdtr - pl_tramp_start)
-.set PL_PM32,  0x8000 + (pl_tramp_pm32 - pl_tramp_start)
-.set PL_LM64,  0x8000 + (pl_tramp_lm64 - pl_tramp_start)
-.set PL_CR3,   0x8000 + (pl_tramp_cr3 - pl_tramp_start)
-.set PL_STACK, 0x8000 + (pl_tramp_stack - pl_tramp_start)
-.set PL_ENTRY, 0x8000 + (pl_tramp_entry - pl_tramp_start)
-.set PL_ARG,   0x8000 + (pl_tramp_arg - pl_tramp_start)
 "#,
     options(att_syntax)
 );
+
+// The firmware's own AP trampoline, shared: the payload starts its APs the same way.
+global_asm!(include_str!("../../../firmware/src/arch/ap_trampoline.s"), options(att_syntax));
 
 /// Port output.
 pub fn outb(port: u16, v: u8) {
@@ -403,12 +330,13 @@ static mut STACKS: Stacks = Stacks([[0; AP_STACK]; MAX_APS]);
 static ARRIVED: AtomicU64 = AtomicU64::new(u64::MAX);
 
 unsafe extern "C" {
-    static pl_tramp_start: u8;
-    static pl_tramp_end: u8;
-    static pl_tramp_cr3: u8;
-    static pl_tramp_stack: u8;
-    static pl_tramp_entry: u8;
-    static pl_tramp_arg: u8;
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+    static ap_data_cr3: u8;
+    static ap_data_efer: u8;
+    static ap_data_stack: u8;
+    static ap_data_entry: u8;
+    static ap_data_arg: u8;
 }
 
 /// Marks this AP as arrived (call first thing in the AP entry).
@@ -419,17 +347,19 @@ pub fn ap_arrived(id: u64) {
 /// Starts vCPUs 1..n one by one with INIT-SIPI(-SIPI) through x2APIC ICR writes; each runs
 /// `entry(id)`. Returns how many arrived.
 pub fn start_aps(n: u32, entry: extern "C" fn(u64) -> !) -> u32 {
-    let slot = |s: &u8| 0x8000 + (s as *const u8 as u64) - (&raw const pl_tramp_start as u64);
+    let slot = |s: &u8| 0x8000 + (s as *const u8 as u64) - (&raw const ap_trampoline_start as u64);
     // SAFETY: 0x8000.. is free guest RAM (below our image); the trampoline is position-
     // dependent on exactly that address; slots are written before each SIPI.
     unsafe {
-        let start = &raw const pl_tramp_start as u64;
-        let len = (&raw const pl_tramp_end as u64) - start;
+        let start = &raw const ap_trampoline_start as u64;
+        let len = (&raw const ap_trampoline_end as u64) - start;
         core::ptr::copy_nonoverlapping(start as *const u8, 0x8000 as *mut u8, len as usize);
         let cr3: u64;
         asm!("mov {}, cr3", out(reg) cr3);
-        core::ptr::write_volatile(slot(&pl_tramp_cr3) as *mut u32, cr3 as u32);
-        core::ptr::write_volatile(slot(&pl_tramp_entry) as *mut u64, entry as usize as u64);
+        core::ptr::write_volatile(slot(&ap_data_cr3) as *mut u32, cr3 as u32);
+        // EFER.LME only: the payload's page tables use no NX bits.
+        core::ptr::write_volatile(slot(&ap_data_efer) as *mut u32, 1 << 8);
+        core::ptr::write_volatile(slot(&ap_data_entry) as *mut u64, entry as usize as u64);
     }
     let mut up = 0;
     for id in 1..n.min(MAX_APS as u32 + 1) {
@@ -437,8 +367,8 @@ pub fn start_aps(n: u32, entry: extern "C" fn(u64) -> !) -> u32 {
         let top = unsafe { (&raw mut STACKS.0[id as usize - 1]) as u64 + AP_STACK as u64 };
         // SAFETY: the slots are in the trampoline copy no AP is using now.
         unsafe {
-            core::ptr::write_volatile(slot(&pl_tramp_stack) as *mut u64, top);
-            core::ptr::write_volatile(slot(&pl_tramp_arg) as *mut u64, u64::from(id));
+            core::ptr::write_volatile(slot(&ap_data_stack) as *mut u64, top);
+            core::ptr::write_volatile(slot(&ap_data_arg) as *mut u64, u64::from(id));
         }
         ARRIVED.store(u64::MAX, Ordering::SeqCst);
         send_ipi(id, 0x4500);
