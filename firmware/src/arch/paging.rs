@@ -5,27 +5,8 @@
 use core::sync::atomic::Ordering;
 
 use crate::mem::frames::FrameAllocator;
+use crate::mem::tables::IdentityTables;
 use crate::paging::{identity_map, MapError, MapStats, TableMem, NX, PCD, PWT, W};
-
-struct Frames<'a>(&'a mut FrameAllocator);
-
-impl TableMem for Frames<'_> {
-    fn alloc_table(&mut self) -> Option<u64> {
-        let f = self.0.alloc(1, 4096)?;
-        // SAFETY: the frame is fresh from the reserve and identity-mapped by the boot tables
-        // (which map all of the first 4 GiB; the reserve is allocated from the bottom).
-        unsafe { core::ptr::write_bytes(f as *mut u8, 0, 4096) };
-        Some(f)
-    }
-    fn read(&self, table: u64, idx: usize) -> u64 {
-        // SAFETY: `table` is a table frame this allocator handed out, identity-mapped.
-        unsafe { core::ptr::read_volatile((table as *const u64).add(idx)) }
-    }
-    fn write(&mut self, table: u64, idx: usize, val: u64) {
-        // SAFETY: as in `read`; idx < 512 by construction in `crate::paging`.
-        unsafe { core::ptr::write_volatile((table as *mut u64).add(idx), val) }
-    }
-}
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -46,7 +27,7 @@ pub fn install(frames: &mut FrameAllocator, top: u64) -> Result<MapStats, MapErr
     let (img, text_end, ro_end, bss_end) =
         unsafe { (sym(&__image_start), sym(&__text_end), sym(&__rodata_end), sym(&__bss_end)) };
     let bss_end = bss_end.next_multiple_of(4096);
-    let mut fa = Frames(frames);
+    let mut fa = IdentityTables(frames);
     let root = fa.alloc_table().ok_or(MapError::OutOfMemory)?;
     let mut total = MapStats::default();
     let plan: [(u64, u64, u64); 8] = [

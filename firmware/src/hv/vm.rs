@@ -20,7 +20,8 @@ use super::{Breakage, Exit, IoDir, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, power, time};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
-use crate::paging::{MapError, MapStats, TableMem};
+use crate::mem::tables::IdentityTables;
+use crate::paging::{MapError, MapStats};
 use crate::{error, info, kprintln, warn};
 
 /// Most vCPUs (and CPUs) one node runs.
@@ -126,24 +127,8 @@ impl NestedPaging for GuestEpt<'_> {
     }
 }
 
-struct Reserve(&'static Mutex<FrameAllocator>);
-
-impl TableMem for Reserve {
-    fn alloc_table(&mut self) -> Option<u64> {
-        let f = self.0.lock().alloc(1, 4096)?;
-        // SAFETY: a fresh frame from the reserve, identity-mapped, used by nothing else.
-        unsafe { core::ptr::write_bytes(f as *mut u8, 0, 4096) };
-        Some(f)
-    }
-    fn read(&self, table: u64, idx: usize) -> u64 {
-        // SAFETY: `table` is a table frame from `alloc_table`; idx < 512.
-        unsafe { core::ptr::read_volatile((table as *const u64).add(idx)) }
-    }
-    fn write(&mut self, table: u64, idx: usize, val: u64) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((table as *mut u64).add(idx), val) }
-    }
-}
+/// EPT tables in frames from the reserve.
+type Reserve = IdentityTables<&'static Mutex<FrameAllocator>>;
 
 /// How the guest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,7 +399,7 @@ pub fn start(
     if ram < 8 << 20 || kernel.end() > ram - LAZY {
         return Err(VmError::Memory("the guest pool is too small for the guest"));
     }
-    let mut tm = Reserve(frames);
+    let mut tm = IdentityTables(frames);
     let ept = Ept::new(&mut tm).map_err(|e| VmError::Ept(e.into()))?;
     for (i, c) in chunks.iter().enumerate() {
         let gpa = i as u64 * MIB2;

@@ -11,3 +11,5 @@ pub const MIB: u64 = 1 << 20;
 
 #[cfg(target_os = "none")]
 pub mod heap;
+#[cfg(target_os = "none")]
+pub mod tables;
