@@ -180,23 +180,9 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     (r.eax, r.ebx, r.ecx, r.edx)
 }
 
-/// Hypercall numbers (firmware/src/hv/vm.rs `hypercall`).
-pub mod hc {
-    /// ABI version.
-    pub const VERSION: u64 = 0;
-    /// End the guest with a code.
-    pub const EXIT: u64 = 1;
-    /// TSC rate.
-    pub const TSC_HZ: u64 = 2;
-    /// Nothing (round trips).
-    pub const NOP: u64 = 3;
-    /// Set EPT rights of a page.
-    pub const PROTECT: u64 = 4;
-    /// Nested page faults served.
-    pub const FAULTS: u64 = 5;
-    /// Test hook: break guest state (0) or a control (1) for the next entry.
-    pub const BREAK: u64 = 6;
-}
+/// Hypercall numbers: the hypervisor's own definition.
+#[path = "../../../firmware/src/hv/hypercall.rs"]
+pub mod hc;
 
 /// VMCALL with RAX = nr, RBX, RCX.
 pub fn vmcall(nr: u64, a: u64, b: u64) -> u64 {

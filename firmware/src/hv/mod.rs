@@ -6,6 +6,7 @@
 
 pub mod cpuid;
 pub mod ept;
+pub mod hypercall;
 pub mod loader;
 pub mod stats;
 pub mod uart;

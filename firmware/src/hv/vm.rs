@@ -11,6 +11,7 @@ use spin::{Mutex, Once};
 
 use super::cpuid::{self, Topology};
 use super::ept::{self, Ept, EptError, NestedPaging};
+use super::hypercall;
 use super::loader;
 use super::stats::{self, State, VcpuStats};
 use super::uart::Uart;
@@ -34,25 +35,6 @@ const LAZY: u64 = 4 << 20;
 /// Guest time between returns to the node loop.
 const SLICE_US: u64 = 2000;
 const MIB2: u64 = 2 << 20;
-
-/// Hypercall numbers (RAX) of the test ABI; results in RAX, `u64::MAX` for unknown calls.
-pub mod hypercall {
-    /// RAX = ABI version.
-    pub const VERSION: u64 = 0;
-    /// Ends the guest with exit code RBX.
-    pub const EXIT: u64 = 1;
-    /// RAX = TSC ticks per second.
-    pub const TSC_HZ: u64 = 2;
-    /// Does nothing (round-trip measurements).
-    pub const NOP: u64 = 3;
-    /// Sets the EPT rights (RCX: bit 0 R, 1 W, 2 X) of the 4 KiB page at guest-physical RBX.
-    pub const PROTECT: u64 = 4;
-    /// RAX = nested page faults served so far on this node.
-    pub const FAULTS: u64 = 5;
-    /// Test hook: RBX = 0 breaks the guest state, 1 a VM-execution control, so the next entry
-    /// fails and the hypervisor's diagnosis of that can be checked.
-    pub const BREAK: u64 = 6;
-}
 
 /// Guest debug-exit port: a write ends the guest with that exit code (0 = success).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
