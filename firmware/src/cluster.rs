@@ -38,7 +38,8 @@ impl View {
 
     /// Total guest memory in bytes.
     pub fn memory(&self) -> u64 {
-        self.members.iter().map(|m| m.announce.memory_bytes).sum()
+        // Announced by peers: never trust a sum of them not to overflow.
+        self.members.iter().fold(0u64, |t, m| t.saturating_add(m.announce.memory_bytes))
     }
 
     /// The member with id `id`.
@@ -276,6 +277,17 @@ mod tests {
         f.on_announce(node(6, false).0, node(6, false).1);
         assert!(f.poll(1099).is_none());
         assert_eq!(f.poll(1100).unwrap().members.len(), 2);
+    }
+
+    #[test]
+    fn absurd_announced_memory_saturates_instead_of_overflowing() {
+        let (mut me, addr) = node(5, false);
+        me.memory_bytes = u64::MAX;
+        let mut f = Formation::new(me, addr, Some(2), 0, 1);
+        let (mut other, oa) = node(6, false);
+        other.memory_bytes = u64::MAX;
+        f.on_announce(other, oa);
+        assert_eq!(f.poll(0).unwrap().memory(), u64::MAX);
     }
 
     #[test]
