@@ -31,9 +31,11 @@ fn a_node_is_killed_when_the_test_holding_it_panics() {
 #[test]
 fn a_bochs_node_is_killed_on_drop_although_bochs_ignores_sigterm() {
     artifacts().iso().expect("artifacts");
-    let node = Node::start(&NodeSpec::new("dropped", Emu::Bochs, Boot::Iso), &artifacts()).unwrap();
+    let mut node =
+        Node::start(&NodeSpec::new("dropped", Emu::Bochs, Boot::Iso), &artifacts()).unwrap();
     let pid = node.pid();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Running for sure: the firmware is printing.
+    node.wait_for("boot: Gestalt", common::BOCHS_BOOT).unwrap();
     assert!(alive(pid));
     drop(node);
     assert!(!alive(pid), "Bochs pid {pid} survived the drop");
