@@ -117,11 +117,18 @@ pub const HELP: &[(&str, &str)] = &[
     ("status", "uptime, cores and memory"),
     ("mem", "memory map: usable RAM, hypervisor reserve, guest pool, heap"),
     ("pci", "PCI devices and their BARs"),
+    ("net", "address, link, NIC, discovery and transport counters"),
+    ("nodes", "the cluster view: every node, its cores, memory and state"),
+    ("ping <node>", "five small round trips over the cluster transport"),
+    ("netbench <node>", "raw-frame vs 4 KiB-message round trips, and page throughput"),
     ("vcpu", "vCPUs: state, host CPU, exits by reason (Ctrl-] gives the console to the guest)"),
     ("log [error|warn|info|debug|trace]", "show or set the console log level"),
     ("reboot", "reset this node"),
     ("poweroff", "power this node off"),
 ];
+
+/// Commands the node loop runs itself (parsed as [`Command::Other`]).
+pub const NODE_COMMANDS: &[&str] = &["net", "nodes", "ping", "netbench", "vcpu"];
 
 /// Parses one line. `extra` names further commands the caller runs itself (`Other`).
 pub fn parse<'a>(line: &'a str, extra: &[&str]) -> Result<Command<'a>, ShellError<'a>> {
@@ -190,6 +197,24 @@ mod tests {
         }
         assert_eq!(ed.feed(b'y'), Edit::Echo(b"\x07"));
         assert_eq!(ed.line().len(), LINE_MAX);
+    }
+
+    #[test]
+    fn every_command_in_help_is_one_the_shell_takes() {
+        for (usage, _) in HELP {
+            let name = usage.split(' ').next().unwrap();
+            let parsed = parse(name, NODE_COMMANDS);
+            assert!(
+                !matches!(parsed, Err(ShellError::Unknown(_))),
+                "help lists '{name}' but the shell refuses it"
+            );
+        }
+        for c in NODE_COMMANDS {
+            assert!(
+                HELP.iter().any(|(u, _)| u.split(' ').next() == Some(c)),
+                "'{c}' is missing from help"
+            );
+        }
     }
 
     #[test]

@@ -327,7 +327,7 @@ fn shell_loop(node: &Node, mut net: Option<crate::net::stack::NodeNet>) -> ! {
 }
 
 fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
-    let cmd = match shell::parse(line, &["net", "nodes", "ping", "netbench", "vcpu"]) {
+    let cmd = match shell::parse(line, shell::NODE_COMMANDS) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("{e}");
