@@ -43,6 +43,8 @@ fn backspace_edits_the_line_and_the_other_commands_answer() -> Result<(), Harnes
     // "statux", DEL, "s": the shell must run "status".
     node.send_line("statux\u{7f}s")?;
     node.wait_for("cores 2 online of 2", ANSWER)?;
+    // The rest of the answer, up to the next prompt, before the next command is typed.
+    node.wait_for_text("gestalt> ", ANSWER)?;
 
     let mem = node.command("mem", ANSWER)?;
     for part in ["usable:", "reserve:", "pool:", "heap:", "frames:"] {
