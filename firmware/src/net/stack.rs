@@ -14,6 +14,7 @@ use gestalt_netstack::transport::auth::{Authenticator, ClusterKey};
 use gestalt_netstack::transport::{self, DropReason, Event, NodeId, Transport};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
+use super::app::{pong_for, AppMsg};
 use crate::arch::time::uptime_us;
 use crate::cluster::{Formation, Heard, Mac, View};
 use crate::cmdline::{Config, IpMode};
@@ -26,13 +27,6 @@ const RAW_ETHERTYPE: u16 = 0x88B5;
 const FORMATION_TIMEOUT_US: u64 = 5_000_000;
 /// Key used when the command line gives none. Not secret: production clusters set `key=`.
 const DEFAULT_KEY: &[u8] = b"gestalt default cluster key: set key= on real clusters";
-
-// Application message tags carried over the transport.
-const MSG_PING: u8 = 1;
-const MSG_PONG: u8 = 2;
-const MSG_BENCH: u8 = 3;
-const MSG_BENCH_DONE: u8 = 4;
-const MSG_MESH: u8 = 5;
 
 /// The NIC as `netstack` sees it, answering raw-frame pings below smoltcp.
 pub struct AnyNic {
@@ -425,30 +419,21 @@ impl NodeNet {
     }
 
     fn on_message(&mut self, from: NodeId, msg: &[u8]) {
-        let Some((&tag, body)) = msg.split_first() else { return };
-        match tag {
-            MSG_PING => {
-                let mut reply = msg.to_vec();
-                reply[0] = MSG_PONG;
-                self.send(from, &reply);
+        match AppMsg::decode(msg) {
+            Some(AppMsg::Ping { .. }) => {
+                self.send(from, &pong_for(msg));
             }
-            MSG_PONG if body.len() >= 4 => {
-                self.pongs
-                    .push_back((from, u32::from_be_bytes([body[0], body[1], body[2], body[3]])));
-            }
-            MSG_BENCH if body.len() >= 8 => {
+            Some(AppMsg::Pong { token }) => self.pongs.push_back((from, token)),
+            Some(AppMsg::Bench { index, total }) => {
                 self.bench_rx += 1;
-                let (index, total) = (be32(&body[0..4]), be32(&body[4..8]));
                 if index + 1 == total {
-                    let mut done = [MSG_BENCH_DONE, 0, 0, 0, 0];
-                    done[1..].copy_from_slice(&self.bench_rx.to_be_bytes());
+                    let done = AppMsg::BenchDone { count: self.bench_rx }.encode(0);
                     self.bench_rx = 0;
                     self.send(from, &done);
                 }
             }
-            MSG_BENCH_DONE if body.len() >= 4 => self.bench_done = Some((from, be32(&body[0..4]))),
-            MSG_MESH if body.len() >= 4 => {
-                let seq = be32(&body[0..4]);
+            Some(AppMsg::BenchDone { count }) => self.bench_done = Some((from, count)),
+            Some(AppMsg::Mesh { seq }) => {
                 if let Some(mesh) = &mut self.mesh {
                     let want = mesh.expect.get(usize::from(from)).copied().unwrap_or(u32::MAX);
                     if seq != want {
@@ -456,11 +441,11 @@ impl NodeNet {
                         error!("test: mesh message {seq} from node {from}, expected {want}");
                     }
                     if let Some(e) = mesh.expect.get_mut(usize::from(from)) {
-                        *e = seq + 1;
+                        *e = seq.wrapping_add(1);
                     }
                 }
             }
-            _ => self.counters.unknown_messages += 1,
+            None => self.counters.unknown_messages += 1,
         }
     }
 
@@ -478,9 +463,7 @@ impl NodeNet {
         for m in view.members.iter().filter(|m| m.id != view.me) {
             let i = usize::from(m.id);
             while mesh.next[i] < mesh.per_peer {
-                let mut msg = [0u8; 5];
-                msg[0] = MSG_MESH;
-                msg[1..].copy_from_slice(&mesh.next[i].to_be_bytes());
+                let msg = AppMsg::Mesh { seq: mesh.next[i] }.encode(0);
                 if t.send(m.id, &msg).is_err() {
                     break;
                 }
@@ -645,9 +628,7 @@ impl NodeNet {
 
     /// One transport ping of `size` bytes: the round trip in µs.
     fn ping_once(&mut self, to: NodeId, token: u32, size: usize) -> Option<u64> {
-        let mut msg = vec![0u8; size.max(5)];
-        msg[0] = MSG_PING;
-        msg[1..5].copy_from_slice(&token.to_be_bytes());
+        let msg = AppMsg::Ping { token }.encode(size);
         let t0 = uptime_us();
         if !self.wait(1_000_000, |s| s.send(to, &msg)) {
             return None;
@@ -753,12 +734,10 @@ impl NodeNet {
         self.bench_done = None;
         let t0 = uptime_us();
         let mut sent = 0u32;
-        let mut msg = vec![0u8; 4096 + 9];
-        msg[0] = MSG_BENCH;
         let all_sent = self.wait(20_000_000, |s| {
             while sent < PAGES {
-                msg[1..5].copy_from_slice(&sent.to_be_bytes());
-                msg[5..9].copy_from_slice(&PAGES.to_be_bytes());
+                // A whole page of payload after the fields.
+                let msg = AppMsg::Bench { index: sent, total: PAGES }.encode(4096 + 9);
                 if !s.send(to, &msg) {
                     break;
                 }
@@ -789,8 +768,4 @@ impl NodeNet {
             _ => kprintln!("throughput: timed out after {sent} of {PAGES} pages"),
         }
     }
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
