@@ -148,6 +148,11 @@ impl Formation {
         &self.me
     }
 
+    /// The node count the view waits for: `nodes=` here, or learnt from a peer.
+    pub fn expected(&self) -> Option<u16> {
+        self.expected
+    }
+
     /// Nodes known so far, this one included.
     pub fn count(&self) -> usize {
         self.seen.len() + 1
@@ -169,6 +174,11 @@ impl Formation {
             } else {
                 Heard::Refused(Refusal::Late { mac: a.mac })
             };
+        }
+        // A node started without `nodes=` takes the count from one that has it, so a cluster
+        // where only some command lines say `nodes=N` still commits one view of N.
+        if self.expected.is_none() && a.expected_nodes > 0 {
+            self.expected = Some(a.expected_nodes);
         }
         match self.seen.insert(a.mac, (a, addr)) {
             None => Heard::New,
@@ -272,9 +282,12 @@ mod tests {
 
     #[test]
     fn without_an_expected_count_the_timeout_commits_what_is_there() {
-        let (me, addr) = node(5, false);
+        let (mut me, addr) = node(5, false);
+        me.expected_nodes = 0;
         let mut f = Formation::new(me, addr, None, 100, 1000);
-        f.on_announce(node(6, false).0, node(6, false).1);
+        let (mut other, oa) = node(6, false);
+        other.expected_nodes = 0;
+        f.on_announce(other, oa);
         assert!(f.poll(1099).is_none());
         assert_eq!(f.poll(1100).unwrap().members.len(), 2);
     }
@@ -288,6 +301,19 @@ mod tests {
         other.memory_bytes = u64::MAX;
         f.on_announce(other, oa);
         assert_eq!(f.poll(0).unwrap().memory(), u64::MAX);
+    }
+
+    #[test]
+    fn a_node_without_nodes_takes_the_count_from_a_peer_that_has_it() {
+        let (mut me, addr) = node(5, false);
+        me.expected_nodes = 0;
+        let mut f = Formation::new(me, addr, None, 0, 1000);
+        let (a, aa) = node(6, false); // says nodes=3
+        f.on_announce(a, aa);
+        // Past the timeout, but two of the three are not enough.
+        assert!(f.poll(5000).is_none());
+        f.on_announce(node(7, false).0, node(7, false).1);
+        assert_eq!(f.poll(5001).unwrap().members.len(), 3);
     }
 
     #[test]

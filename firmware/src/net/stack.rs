@@ -117,7 +117,6 @@ pub struct NodeNet {
     port: u16,
     epoch: u32,
     formation: Formation,
-    expected: Option<u16>,
     transport: Option<Transport>,
     view: Option<View>,
     buf: Vec<u8>,
@@ -201,7 +200,6 @@ impl NodeNet {
             port: cfg.port,
             epoch,
             formation,
-            expected: cfg.nodes,
             transport: None,
             view: None,
             buf: vec![0; 10_000],
@@ -307,7 +305,7 @@ impl NodeNet {
         self.counters.announces_heard += 1;
         match self.formation.on_announce(a, addr) {
             Heard::New => info!(
-                "net: found node {} at {}.{}.{}.{} ({} cores, {} MiB) — {} of {}",
+                "net: found node {} at {}.{}.{}.{} ({} cores, {} MiB) — {} of {} nodes",
                 Mac(a.mac),
                 addr.0[0],
                 addr.0[1],
@@ -316,7 +314,9 @@ impl NodeNet {
                 a.cores,
                 a.memory_bytes >> 20,
                 self.formation.count(),
-                self.expected.map_or(0, |n| n)
+                self.formation
+                    .expected()
+                    .map_or_else(|| alloc::string::String::from("?"), |n| alloc::format!("{n}"))
             ),
             Heard::Known => {}
             Heard::Refused(r) => self.refuse_once(addr.0, 200, format_args!("{r}")),
@@ -326,12 +326,15 @@ impl NodeNet {
     fn form(&mut self, now: u64) {
         let Some(ip) = self.my_ip() else { return };
         let Some(view) = self.formation.poll(now).cloned() else {
-            if !self.gave_up && self.expected.is_some() && now > FORMATION_TIMEOUT_US * 6 {
+            if !self.gave_up
+                && self.formation.expected().is_some()
+                && now > FORMATION_TIMEOUT_US * 6
+            {
                 self.gave_up = true;
                 warn!(
                     "net: still {} of {} nodes after {} s; waiting on (check cables, cluster= and key=)",
                     self.formation.count(),
-                    self.expected.unwrap_or(0),
+                    self.formation.expected().unwrap_or(0),
                     now / 1_000_000
                 );
             }
