@@ -1,3 +1,6 @@
+//! The smoltcp interface on an in-memory hub: addressing (static, DHCP, link-local) and
+//! transport traffic over UDP.
+
 use super::*;
 use crate::device::{DeviceStats, DriverError};
 use crate::transport::{ClusterKey, Config, SendError};

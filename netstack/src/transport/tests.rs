@@ -1,3 +1,6 @@
+//! The transport over the simulated lossy network: exactly-once in-order delivery,
+//! authentication, replay, windows, heartbeats and peer-down detection.
+
 use super::sim::{Faults, Rng, SimNetwork};
 use super::*;
 

@@ -1,3 +1,5 @@
+//! e1000/82574L driver against the fake device: reset, EEPROM MAC, rings, jumbo, errors.
+
 use super::*;
 use crate::drivers::fake::{FakeE1000, E1000_BAR, EEPROM_MAC};
 use std::rc::Rc;

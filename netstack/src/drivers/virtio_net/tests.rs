@@ -1,3 +1,5 @@
+//! virtio-net driver against the fake device: negotiation, queues, frames, refusals.
+
 use super::*;
 use crate::drivers::fake::*;
 use std::rc::Rc;
