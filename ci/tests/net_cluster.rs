@@ -156,6 +156,62 @@ fn a_silent_node_is_reported_down_and_back_up_when_the_link_heals() -> Result<()
     Ok(())
 }
 
+/// A directory removed when dropped, also when the test fails.
+struct OwnDir(std::path::PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `gestalt.elf` as another build would be: one byte of the commit text changed, the build id
+/// stamped again. Written to a directory of its own under the OS temp dir.
+fn another_image() -> Result<(gestalt_ci::Artifacts, OwnDir), HarnessError> {
+    let mut bytes = std::fs::read(artifacts().elf()?).expect("gestalt.elf is readable");
+    // The ELF32 wrapper puts the flat load image at file offset 0x1000 (docs/contracts.md §1).
+    let flat = &mut bytes[0x1000..];
+    let info = gestalt_image::info::find(flat).expect("gestalt.elf has an info block");
+    flat[info.offset + 88] ^= 0x01; // first character of the commit text
+    let stamped = gestalt_image::info::stamp(flat).expect("restamp");
+    assert_ne!(stamped.build_id, info.build_id);
+    let dir = std::env::temp_dir().join(format!("gestalt-other-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("gestalt.elf"), &bytes).expect("write the other image");
+    Ok((gestalt_ci::Artifacts::at(&dir), OwnDir(dir)))
+}
+
+#[test]
+fn a_node_running_another_image_is_refused_and_the_others_go_on() -> Result<(), HarnessError> {
+    let art = artifacts();
+    let (other, _dir) = another_image()?;
+    let mut sw = Switch::new(27)?;
+    let mut nodes = Vec::new();
+    for (i, (name, line, image)) in [
+        ("same0", "nodes=2 primary", &art),
+        ("same1", "nodes=2", &art),
+        ("upgraded", "nodes=2", &other),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = sw.add_port(PortKind::Qemu)?;
+        let spec =
+            NodeSpec::new(name, Emu::Qemu, Boot::Kernel).cmdline(line).nic(port, mac(40 + i as u8));
+        nodes.push(Node::start(&spec, image)?);
+    }
+    for n in nodes.iter_mut().take(2) {
+        n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    }
+    for n in nodes.iter_mut() {
+        let line = seen_or_wait(n, "runs another image (build ")?;
+        assert!(line.contains("all nodes must boot the same image"), "{}: {line}", n.name());
+    }
+    let odd = nodes[2].console().text();
+    assert!(!odd.contains("view committed"), "the other image joined a view:\n{odd}");
+    Ok(())
+}
+
 /// Not a pass/fail test: the figures for the closing note and the README. Run with
 /// `cargo test -p gestalt-ci --test net_cluster -- --ignored --nocapture netbench_figures`.
 #[test]
