@@ -153,6 +153,8 @@ fn a_silent_node_is_reported_down_and_back_up_when_the_link_heals() -> Result<()
     c.nodes[1].wait_for("net: node 0 answers again", QEMU_BOOT)?;
     let answer = c.nodes[0].command("ping 1", ANSWER)?;
     assert!(answer.contains("64 bytes from node 1"), "{answer}");
+    let status = c.nodes[1].command("status", ANSWER)?;
+    assert!(status.contains("cluster: node 1 of 2"), "{status}");
     Ok(())
 }
 

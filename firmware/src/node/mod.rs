@@ -353,6 +353,17 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
                 regions::total(&node.pool) / MIB
             );
             kprintln!("tsc {} Hz, log level {}", time::tsc_hz(), serial::level().name());
+            match net.as_ref().map(|n| n.view()) {
+                None => kprintln!("cluster: no network"),
+                Some(None) => kprintln!("cluster: forming (see 'nodes')"),
+                Some(Some(v)) => kprintln!(
+                    "cluster: node {} of {}, {} cores and {} MiB in all",
+                    v.me,
+                    v.members.len(),
+                    v.cores(),
+                    v.memory() >> 20
+                ),
+            }
         }
         Command::Mem => {
             for (name, list) in
