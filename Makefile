@@ -5,7 +5,7 @@ OUT ?= out
 FIRMWARE := target/x86_64-gestalt/release/gestalt-firmware
 CARGO ?= cargo
 
-.PHONY: setup firmware image payloads run test lint host-test clean
+.PHONY: setup firmware image payloads run test lint host-test bench clean
 
 setup:
 	@scripts/setup.sh
@@ -35,6 +35,11 @@ host-test: setup
 # host and emulator tests (the emulator tests boot out/ artifacts).
 test: lint image payloads
 	GESTALT_OUT=$(CURDIR)/$(OUT) GESTALT_PAYLOADS_PREBUILT=1 $(CARGO) test --workspace --no-fail-fast
+
+# Host benchmarks (criterion): transport and coherence engine. Figures, not pass/fail.
+bench: setup
+	$(CARGO) bench -p gestalt-netstack --bench transport
+	$(CARGO) bench -p gestalt-coherence
 
 clean:
 	$(CARGO) clean
