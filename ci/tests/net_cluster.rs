@@ -158,6 +158,35 @@ fn a_silent_node_is_reported_down_and_back_up_when_the_link_heals() -> Result<()
     Ok(())
 }
 
+#[test]
+fn a_link_local_address_already_taken_is_given_up_for_the_next_candidate(
+) -> Result<(), HarnessError> {
+    use gestalt_netstack::iface::LinkLocal;
+    let art = artifacts();
+    let mut sw = Switch::new(28)?;
+    let auto_mac = mac(50);
+    // The first address `ip=auto` would pick for that MAC, held statically by another node.
+    let taken = LinkLocal::candidate_for(auto_mac, 0);
+    let holder = NodeSpec::new("holder", Emu::Qemu, Boot::Kernel)
+        .cmdline(&format!("nodes=2 primary ip={taken}/16"))
+        .nic(sw.add_port(PortKind::Qemu)?, mac(51));
+    let mut holder = Node::start(&holder, &art)?;
+    holder.wait_for(&format!("net: address {taken}/16 (static)"), QEMU_BOOT)?;
+    let auto = NodeSpec::new("auto", Emu::Qemu, Boot::Kernel)
+        .cmdline("nodes=2")
+        .nic(sw.add_port(PortKind::Qemu)?, auto_mac);
+    let mut auto = Node::start(&auto, &art)?;
+    // QEMU's e1000 delivers nothing for about a second, so the holder's answer may come only
+    // after the probes: then the node claims the address, hears the holder, and moves on.
+    let next = LinkLocal::candidate_for(auto_mac, 1);
+    let line = auto.wait_for(&format!("net: address {next}/16 (link-local)"), QEMU_BOOT)?;
+    assert!(!line.contains(&taken.to_string()), "{line}");
+    // Both sit in 169.254/16 and form their cluster.
+    auto.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    holder.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    Ok(())
+}
+
 /// A directory removed when dropped, also when the test fails.
 struct OwnDir(std::path::PathBuf);
 

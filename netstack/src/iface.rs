@@ -162,12 +162,25 @@ impl LinkLocal {
             // After binding we keep the address (defence per RFC 3927 §2.5 is not done).
             return false;
         }
+        self.next_candidate(now);
+        true
+    }
+
+    /// Gives up a claimed address that another station turned out to hold (its answer came
+    /// after our probes, as a NIC that starts receiving late makes happen): RFC 3927 §2.5 (c),
+    /// stop using it and probe the next candidate. A link-local address yields to any holder.
+    pub fn give_up(&mut self, now: u64) {
+        self.next_candidate(now);
+    }
+
+    fn next_candidate(&mut self, now: u64) {
         self.conflicts += 1;
         self.attempt += 1;
         self.candidate = Self::candidate_for(self.mac, self.attempt);
         self.probes_sent = 0;
+        self.announced = 0;
+        self.bound = false;
         self.next_at = now;
-        true
     }
 }
 
@@ -206,11 +219,13 @@ pub struct ProbeGuard<D: NetDevice> {
     /// MAC of a station that probed for our address, owed a reply.
     owed: Option<[u8; 6]>,
     defended: u64,
+    /// Another station sent ARP with our address as its own.
+    clash: bool,
 }
 
 impl<D: NetDevice> ProbeGuard<D> {
     fn new(dev: D) -> Self {
-        Self { dev, claimed: None, owed: None, defended: 0 }
+        Self { dev, claimed: None, owed: None, defended: 0, clash: false }
     }
 
     /// The wrapped driver.
@@ -221,6 +236,11 @@ impl<D: NetDevice> ProbeGuard<D> {
     /// Probes for our address answered so far.
     pub fn defended(&self) -> u64 {
         self.defended
+    }
+
+    /// Whether another station claimed our address since the last call.
+    fn take_clash(&mut self) -> bool {
+        core::mem::take(&mut self.clash)
     }
 
     fn answer_probe(&mut self) {
@@ -265,6 +285,11 @@ impl<D: NetDevice> NetDevice for ProbeGuard<D> {
         if let (Some(ip), Some((sha, spa, tpa, 1))) = (self.claimed, parse_arp(&buf[..n])) {
             if spa == Ipv4Address::UNSPECIFIED && tpa == ip && sha != self.dev.mac() {
                 self.owed = Some(sha);
+            }
+        }
+        if let (Some(ip), Some((sha, spa, _, _))) = (self.claimed, parse_arp(&buf[..n])) {
+            if spa == ip && sha != self.dev.mac() {
+                self.clash = true;
             }
         }
         Some(n)
@@ -406,6 +431,13 @@ impl<D: NetDevice> NetInterface<D> {
                     self.set_address(cidr);
                 }
                 return busy;
+            }
+            if self.device.inner().take_clash() {
+                // Someone else holds it: drop the address and probe the next candidate.
+                ll.give_up(now);
+                self.device.inner().claimed = None;
+                self.iface.update_ip_addrs(|addrs| addrs.clear());
+                return true;
             }
             let mut frame = [0u8; 64];
             if let Some(n) = ll.poll(now, &mut frame) {

@@ -15,6 +15,9 @@ struct Hub {
     sent: u64,
     drop_every: u64,
     log: Vec<Vec<u8>>,
+    /// A port whose NIC delivers nothing yet (frames wait in its queue), as QEMU's e1000 does
+    /// for about a second after receive is enabled.
+    deaf: Option<usize>,
 }
 
 struct Port {
@@ -67,6 +70,9 @@ impl NetDevice for Port {
         Ok(())
     }
     fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.hub.borrow().deaf == Some(self.index) {
+            return None;
+        }
         let f = self.hub.borrow_mut().ports[self.index].pop_front()?;
         let n = f.len().min(buf.len());
         buf[..n].copy_from_slice(&f[..n]);
@@ -206,6 +212,30 @@ fn auto_addressing_moves_on_when_the_candidate_is_taken() {
     assert_eq!(ll.conflicts(), 1);
     assert_eq!(nodes[0].probes_defended(), 1, "the holder answered the probe");
     assert_eq!(nodes[1].ipv4().unwrap().address(), LinkLocal::candidate_for(mac_b, 1));
+}
+
+#[test]
+fn auto_addressing_gives_up_a_claimed_address_when_the_holder_is_heard_late() {
+    let hub = Rc::new(RefCell::new(Hub { deaf: Some(1), ..Hub::default() }));
+    let mac_b = [0x02, 0, 0, 0, 0, 2];
+    let squatted = LinkLocal::candidate_for(mac_b, 0);
+    let holder = IpConfig::Static(Ipv4Cidr::new(squatted, 16));
+    let mut nodes = vec![
+        NetInterface::new(port(&hub, 1), holder, PORT, 0, 1),
+        NetInterface::new(port(&hub, 2), IpConfig::Auto, PORT, 0, 2),
+    ];
+    let mut now = 0;
+    // Deaf, node 2 hears no defence and claims the taken address…
+    run_until(&mut nodes, &mut now, 5_000_000, |n| n[1].ipv4().is_some());
+    assert_eq!(nodes[1].ipv4().unwrap().address(), squatted);
+    // …then its NIC delivers the holder's answer: it must give the address up and move on.
+    hub.borrow_mut().deaf = None;
+    let next = LinkLocal::candidate_for(mac_b, 1);
+    run_until(&mut nodes, &mut now, 10_000_000, |n| {
+        n[1].ipv4().is_some_and(|c| c.address() == next)
+    });
+    assert_eq!(nodes[1].link_local().unwrap().conflicts(), 1);
+    assert_eq!(nodes[0].ipv4().unwrap().address(), squatted, "the holder keeps its address");
 }
 
 #[test]
