@@ -436,7 +436,9 @@ impl<D: NetDevice> NetInterface<D> {
                 // Someone else holds it: drop the address and probe the next candidate.
                 ll.give_up(now);
                 self.device.inner().claimed = None;
-                self.iface.update_ip_addrs(|addrs| addrs.clear());
+                self.iface.update_ip_addrs(|addrs| {
+                    addrs.clear();
+                });
                 return true;
             }
             let mut frame = [0u8; 64];
