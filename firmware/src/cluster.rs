@@ -55,6 +55,14 @@ pub enum Heard {
     New,
     /// A node already known (re-announcement).
     Known,
+    /// A member of the committed view announced from a new address (its link-local address
+    /// changed after a late conflict): the view now has the new one.
+    Moved {
+        /// The member.
+        id: NodeId,
+        /// Its new IPv4 address and port.
+        addr: ([u8; 4], u16),
+    },
     /// Refused: see the reason.
     Refused(Refusal),
 }
@@ -168,11 +176,14 @@ impl Formation {
             build.copy_from_slice(&a.build_id[..8]);
             return Heard::Refused(Refusal::OtherBuild { mac: a.mac, build });
         }
-        if let Some(v) = &self.view {
-            return if v.members.iter().any(|m| m.announce.mac == a.mac) {
-                Heard::Known
-            } else {
-                Heard::Refused(Refusal::Late { mac: a.mac })
+        if let Some(v) = &mut self.view {
+            return match v.members.iter_mut().find(|m| m.announce.mac == a.mac) {
+                Some(m) if m.addr != addr => {
+                    m.addr = addr;
+                    Heard::Moved { id: m.id, addr }
+                }
+                Some(_) => Heard::Known,
+                None => Heard::Refused(Refusal::Late { mac: a.mac }),
             };
         }
         // A node started without `nodes=` takes the count from one that has it, so a cluster
@@ -314,6 +325,19 @@ mod tests {
         assert!(f.poll(5000).is_none());
         f.on_announce(node(7, false).0, node(7, false).1);
         assert_eq!(f.poll(5001).unwrap().members.len(), 3);
+    }
+
+    #[test]
+    fn a_member_announcing_from_a_new_address_is_followed() {
+        let (me, addr) = node(5, false);
+        let mut f = Formation::new(me, addr, Some(2), 0, 1);
+        let (a, aa) = node(6, false);
+        f.on_announce(a, aa);
+        assert!(f.poll(0).is_some());
+        let moved = ([169, 254, 9, 9], 7470);
+        assert_eq!(f.on_announce(a, moved), Heard::Moved { id: 1, addr: moved });
+        assert_eq!(f.view().unwrap().member(1).unwrap().addr, moved);
+        assert_eq!(f.on_announce(a, moved), Heard::Known);
     }
 
     #[test]

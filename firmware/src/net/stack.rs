@@ -319,6 +319,14 @@ impl NodeNet {
                     .map_or_else(|| alloc::string::String::from("?"), |n| alloc::format!("{n}"))
             ),
             Heard::Known => {}
+            Heard::Moved { id, addr } => {
+                if let Some(m) = self.view.as_mut().and_then(|v| v.members.get_mut(usize::from(id)))
+                {
+                    m.addr = addr;
+                }
+                let a = addr.0;
+                warn!("net: node {id} now answers at {}.{}.{}.{}", a[0], a[1], a[2], a[3]);
+            }
             Heard::Refused(r) => self.refuse_once(addr.0, 200, format_args!("{r}")),
         }
     }
