@@ -12,7 +12,6 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod boot;
-pub mod cluster;
 pub mod cmdline;
 pub mod console;
 pub mod hv;

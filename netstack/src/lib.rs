@@ -8,6 +8,7 @@
 //! - [`iface`]: smoltcp interface, addressing (`dhcp`, static, link-local `auto`), UDP glue.
 //! - [`transport`]: sans-IO reliable per-peer FIFO messages with authentication.
 //! - [`membership`]: the discovery announcement codec.
+//! - [`formation`]: the view every node commits from those announcements.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ extern crate std;
 
 pub mod device;
 pub mod drivers;
+pub mod formation;
 pub mod hal;
 pub mod iface;
 pub mod membership;

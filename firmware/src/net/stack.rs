@@ -16,9 +16,9 @@ use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
 use super::app::{pong_for, AppMsg};
 use crate::arch::time::uptime_us;
-use crate::cluster::{Formation, Heard, Mac, View};
 use crate::cmdline::{Config, IpMode};
 use crate::{error, info, kprintln, warn};
+use gestalt_netstack::formation::{Formation, Heard, Mac, View};
 
 /// EtherType of the raw-frame ping (IEEE 802 local experimental 1).
 const RAW_ETHERTYPE: u16 = 0x88B5;

@@ -201,7 +201,7 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
                 "net: {} at {} mac {} link {} mtu {}",
                 nic.name,
                 nic.bdf,
-                crate::cluster::Mac(nic.dev.mac()),
+                gestalt_netstack::formation::Mac(nic.dev.mac()),
                 if nic.dev.link_up() { "up" } else { "down" },
                 nic.dev.mtu()
             );

@@ -1,14 +1,15 @@
 //! Cluster formation (DESIGN.md §5), sans-IO: collects authenticated announcements, refuses
 //! nodes running another image, and commits a view once the expected number of nodes is
 //! there (or the formation timeout passed). Node ids: `primary`-flagged nodes first, then by
-//! MAC, so every node computes the same ids from the same set.
+//! MAC, so every node computes the same ids from the same set. The firmware feeds it the
+//! announcements it receives ([`crate::membership`]) and the time.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use gestalt_netstack::membership::Announce;
-use gestalt_netstack::transport::NodeId;
+use crate::membership::Announce;
+use crate::transport::NodeId;
 
 /// One member of a committed view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
