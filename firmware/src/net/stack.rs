@@ -118,7 +118,6 @@ pub struct NodeNet {
     epoch: u32,
     formation: Formation,
     transport: Option<Transport>,
-    view: Option<View>,
     buf: Vec<u8>,
     next_announce: u64,
     refused: BTreeSet<([u8; 4], u8)>,
@@ -201,7 +200,6 @@ impl NodeNet {
             epoch,
             formation,
             transport: None,
-            view: None,
             buf: vec![0; 10_000],
             next_announce: 0,
             refused: BTreeSet::new(),
@@ -239,9 +237,9 @@ impl NodeNet {
         self.receive(now);
         if self.my_ip().is_some() && now >= self.next_announce {
             self.announce();
-            self.next_announce = now + if self.view.is_some() { 1_000_000 } else { 250_000 };
+            self.next_announce = now + if self.transport.is_some() { 1_000_000 } else { 250_000 };
         }
-        if self.view.is_none() {
+        if self.transport.is_none() {
             self.form(now);
         }
         self.run_transport(now);
@@ -320,10 +318,6 @@ impl NodeNet {
             ),
             Heard::Known => {}
             Heard::Moved { id, addr } => {
-                if let Some(m) = self.view.as_mut().and_then(|v| v.members.get_mut(usize::from(id)))
-                {
-                    m.addr = addr;
-                }
                 let a = addr.0;
                 warn!("net: node {id} now answers at {}.{}.{}.{}", a[0], a[1], a[2], a[3]);
             }
@@ -387,7 +381,6 @@ impl NodeNet {
             }
         }
         self.transport = Some(t);
-        self.view = Some(view);
     }
 
     fn run_transport(&mut self, now: u64) {
@@ -412,7 +405,7 @@ impl NodeNet {
 
     /// Sends what the transport has ready.
     fn flush(&mut self, now: u64) {
-        let (Some(t), Some(view)) = (&mut self.transport, &self.view) else { return };
+        let (Some(t), Some(view)) = (&mut self.transport, self.formation.view()) else { return };
         let mut buf = core::mem::take(&mut self.buf);
         while let Some(tx) = t.poll_transmit(now, &mut buf) {
             if let Some(m) = view.member(tx.to) {
@@ -466,7 +459,7 @@ impl NodeNet {
     }
 
     fn mesh_step(&mut self) {
-        let (Some(view), Some(mesh)) = (&self.view, &mut self.mesh) else { return };
+        let (Some(view), Some(mesh)) = (self.formation.view(), &mut self.mesh) else { return };
         if mesh.done {
             return;
         }
@@ -505,7 +498,7 @@ impl NodeNet {
 
     /// The committed view, if any.
     pub fn view(&self) -> Option<&View> {
-        self.view.as_ref()
+        self.formation.view()
     }
 
     /// `net`: addresses, link and counters.
@@ -574,7 +567,7 @@ impl NodeNet {
 
     /// `nodes`: the view.
     pub fn print_nodes(&self) {
-        let Some(v) = &self.view else {
+        let Some(v) = self.formation.view() else {
             kprintln!("no view yet: {} node(s) found so far", self.formation.count());
             return;
         };
@@ -629,7 +622,7 @@ impl NodeNet {
     }
 
     fn target(&self, arg: &str) -> Result<NodeId, &'static str> {
-        let v = self.view.as_ref().ok_or("no view yet: the cluster has not formed")?;
+        let v = self.formation.view().ok_or("no view yet: the cluster has not formed")?;
         let id: NodeId = arg.trim().parse().map_err(|_| "give a node id (see 'nodes')")?;
         if id == v.me {
             return Err("that is this node");
@@ -656,7 +649,7 @@ impl NodeNet {
 
     /// One raw-frame round trip (below IP and the transport), in µs.
     fn raw_ping_once(&mut self, to: NodeId, token: u32) -> Option<u64> {
-        let mac = self.view.as_ref()?.member(to)?.announce.mac;
+        let mac = self.formation.view()?.member(to)?.announce.mac;
         let frame = self.iface.device().raw_frame(mac, 1, token);
         let t0 = uptime_us();
         self.iface.device().transmit(&frame).ok()?;
