@@ -5,6 +5,7 @@
 use core::sync::atomic::Ordering;
 
 use crate::mem::frames::FrameAllocator;
+use crate::mem::regions::Region;
 use crate::mem::tables::IdentityTables;
 use crate::paging::{identity_map, MapError, MapStats, TableMem, NX, PCD, PWT, W};
 
@@ -17,6 +18,12 @@ unsafe extern "C" {
 
 fn sym(s: &u8) -> u64 {
     s as *const u8 as u64
+}
+
+/// Where the firmware lies in physical memory: load image and bss.
+pub fn image_range() -> Region {
+    // SAFETY: linker-script symbols; only their addresses are taken.
+    unsafe { Region::new(sym(&__image_start), sym(&__bss_end)) }
 }
 
 /// Builds the tables mapping `[0, top)` (top ≥ 4 GiB) and loads them; returns the page counts.

@@ -21,7 +21,7 @@ use super::{Breakage, Exit, IoDir, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, power, time};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
-use crate::mem::tables::IdentityTables;
+use crate::mem::tables::{alloc_zeroed, IdentityTables};
 use crate::paging::{MapError, MapStats};
 use crate::{error, info, kprintln, warn};
 
@@ -296,10 +296,7 @@ pub fn probe() -> bool {
 }
 
 fn alloc_frame(frames: &Mutex<FrameAllocator>) -> Result<u64, VmError> {
-    let f = frames.lock().alloc(1, 4096).ok_or(VmError::Memory("reserve exhausted"))?;
-    // SAFETY: fresh reserve frame, identity-mapped.
-    unsafe { core::ptr::write_bytes(f as *mut u8, 0, 4096) };
-    Ok(f)
+    alloc_zeroed(&mut frames.lock(), 1, 4096).ok_or(VmError::Memory("reserve exhausted"))
 }
 
 /// Enters VMX root operation on this core once, with a VMXON region from the heap (which is

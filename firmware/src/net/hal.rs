@@ -7,6 +7,7 @@ use gestalt_netstack::hal::{DmaRegion, Hal};
 use spin::Mutex;
 
 use crate::mem::frames::FrameAllocator;
+use crate::mem::tables::alloc_zeroed;
 
 /// The firmware's driver services.
 #[derive(Clone, Copy)]
@@ -27,9 +28,7 @@ impl FwHal {
 unsafe impl Hal for FwHal {
     fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
         let pages = (len as u64).div_ceil(4096).max(1);
-        let phys = self.frames.lock().alloc(pages, (align as u64).max(4096))?;
-        // SAFETY: fresh frames from the reserve, identity-mapped, used by nothing else.
-        unsafe { core::ptr::write_bytes(phys as *mut u8, 0, (pages * 4096) as usize) };
+        let phys = alloc_zeroed(&mut self.frames.lock(), pages, (align as u64).max(4096))?;
         Some(DmaRegion { phys, virt: NonNull::new(phys as *mut u8)?, len: (pages * 4096) as usize })
     }
 

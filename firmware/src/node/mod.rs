@@ -57,11 +57,6 @@ pub struct Node {
 
 static NODE: Once<Node> = Once::new();
 
-unsafe extern "C" {
-    static __image_start: u8;
-    static __bss_end: u8;
-}
-
 fn halt_with(msg: core::fmt::Arguments<'_>) -> ! {
     error!("{msg}");
     error!("boot: cannot continue; halted");
@@ -81,14 +76,11 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
     // Memory: everything usable minus low memory (BIOS data, AP trampoline), the image and
     // the modules; the bottom of the rest is the hypervisor reserve.
     let usable = regions::usable(&boot.mmap);
-    // SAFETY: linker symbols; only their addresses are taken.
-    let image_range =
-        unsafe { Region::new(&__image_start as *const u8 as u64, &__bss_end as *const u8 as u64) };
     let mut holes: heapless::Vec<Region, 24> = heapless::Vec::new();
-    let _ = holes.extend_from_slice(&[Region::new(0, 0x10_0000), image_range]);
-    let _ = holes.extend_from_slice(
-        &boot.modules.iter().map(|m| m.range).collect::<heapless::Vec<Region, 16>>(),
-    );
+    let _ = holes.extend_from_slice(&[Region::new(0, 0x10_0000), arch::paging::image_range()]);
+    for m in &boot.modules {
+        let _ = holes.push(m.range);
+    }
     let free = regions::subtract(&usable, &holes);
     let (reserve, pool) = regions::split(&free, regions::reserve_size(regions::total(&free)));
     let mut frames = FrameAllocator::new(&reserve);
