@@ -5,8 +5,17 @@ use heapless::Vec;
 
 use crate::PhysRead;
 
-/// Most CPUs a node brings up.
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs a node brings up (and runs vCPUs on); the MADT's others stay offline, counted.
+pub const MAX_CPUS: usize = 512;
+
+/// The processors of a MADT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Madt {
+    /// The first [`MAX_CPUS`] enabled processors, in table order.
+    pub cpus: Vec<Cpu, MAX_CPUS>,
+    /// Enabled processors beyond [`MAX_CPUS`], left offline.
+    pub beyond: u32,
+}
 
 /// A processor the MADT lists as usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,9 +116,10 @@ pub fn find_madt(mem: &dyn PhysRead, rsdp: u64) -> Result<u64, AcpiError> {
 }
 
 /// The enabled processors of the MADT at `madt` (types 0 and 9, flags bit 0).
-pub fn madt_cpus(mem: &dyn PhysRead, madt: u64) -> Result<Vec<Cpu, MAX_CPUS>, AcpiError> {
+pub fn madt_cpus(mem: &dyn PhysRead, madt: u64) -> Result<Madt, AcpiError> {
     let len = u64::from(mem.read_u32(madt + 4).ok_or(AcpiError::BadTable("MADT"))?);
     let mut cpus = Vec::new();
+    let mut beyond = 0u32;
     let mut off = 44;
     while off + 2 <= len {
         let mut h = [0u8; 2];
@@ -131,13 +141,15 @@ pub fn madt_cpus(mem: &dyn PhysRead, madt: u64) -> Result<Vec<Cpu, MAX_CPUS>, Ac
             _ => None,
         };
         if let Some(apic_id) = cpu {
-            if !cpus.iter().any(|c: &Cpu| c.apic_id == apic_id) {
-                let _ = cpus.push(Cpu { apic_id });
+            if !cpus.iter().any(|c: &Cpu| c.apic_id == apic_id)
+                && cpus.push(Cpu { apic_id }).is_err()
+            {
+                beyond = beyond.saturating_add(1);
             }
         }
         off += u64::from(h[1]);
     }
-    Ok(cpus)
+    Ok(Madt { cpus, beyond })
 }
 
 #[cfg(test)]
@@ -190,9 +202,28 @@ mod tests {
         let rsdp = find_rsdp(&m).unwrap();
         assert_eq!(rsdp, 0xF_5A40);
         let madt = find_madt(&m, rsdp).unwrap();
-        let cpus = madt_cpus(&m, madt).unwrap();
-        let ids: std::vec::Vec<u32> = cpus.iter().map(|c| c.apic_id).collect();
+        let found = madt_cpus(&m, madt).unwrap();
+        let ids: std::vec::Vec<u32> = found.cpus.iter().map(|c| c.apic_id).collect();
         assert_eq!(ids, vec![0, 1, 0x107]);
+        assert_eq!(found.beyond, 0);
+    }
+
+    #[test]
+    fn processors_beyond_the_limit_are_counted_not_dropped_silently() {
+        let mut m = FakeMem::default();
+        let mut madt = vec![0u8; 8];
+        let total = MAX_CPUS as u32 + 88;
+        for id in 0..total {
+            let mut e = vec![9, 16, 0, 0];
+            e.extend_from_slice(&(id * 3).to_le_bytes()); // x2APIC ids well above 255
+            e.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+            madt.extend_from_slice(&e);
+        }
+        m.put(0x3000, &sdt(b"APIC", &madt));
+        let found = madt_cpus(&m, 0x3000).unwrap();
+        assert_eq!(found.cpus.len(), MAX_CPUS);
+        assert_eq!(found.beyond, 88);
+        assert_eq!(found.cpus[300].apic_id, 900);
     }
 
     #[test]

@@ -99,6 +99,22 @@ impl Ept {
         Self::next(mem, pdpt, index(gpa, 2), gpa)
     }
 
+    /// The page directory covering `gpa` if the tables down to it exist.
+    fn existing_pd(&self, mem: &dyn TableMem, gpa: u64) -> Result<Option<u64>, MapError> {
+        let mut table = self.root;
+        for level in [3, 2] {
+            let e = mem.read(table, index(gpa, level));
+            if e & RWX == 0 {
+                return Ok(None);
+            }
+            if e & LARGE != 0 {
+                return Err(MapError::Overlap(gpa));
+            }
+            table = e & ADDR;
+        }
+        Ok(Some(table))
+    }
+
     /// Maps `[gpa, gpa+len)` → `[hpa, …)` with 2 MiB leaves where both addresses and the rest
     /// of the length allow, 4 KiB leaves elsewhere. Existing 4 KiB leaves are replaced.
     pub fn map(
@@ -146,7 +162,11 @@ impl Ept {
         if !gpa.is_multiple_of(KIB4) {
             return Err(MapError::Unaligned(gpa).into());
         }
-        let pd = self.pd(mem, gpa)?;
+        // Walk without building: rights on an address nothing maps must cost no tables (a
+        // guest could otherwise spend the hypervisor's reserve one request at a time).
+        let Some(pd) = self.existing_pd(mem, gpa)? else {
+            return if rights == 0 { Ok(()) } else { Err(EptError::NotMapped(gpa)) };
+        };
         let pde = mem.read(pd, index(gpa, 1));
         if pde & RWX == 0 {
             // Nothing there: removing rights is done; granting needs a frame (use `map`).
@@ -257,5 +277,20 @@ mod tests {
         assert_eq!(ept.set_rights(&mut m, 0x10, 0), Err(EptError::Map(MapError::Unaligned(0x10))));
         assert_eq!(ept.set_rights(&mut m, 0x5000, R), Err(EptError::NotMapped(0x5000)));
         assert_eq!(ept.set_rights(&mut m, 0x5000, 0), Ok(()));
+    }
+
+    #[test]
+    fn rights_on_unmapped_addresses_allocate_no_tables() {
+        let mut m = Fake::default();
+        let ept = Ept::new(&mut m).unwrap();
+        ept.map(&mut m, 0, 0x80_0000, 2 << 20, RWX).unwrap();
+        m.limit = 3; // root, PDPT, PD: not one table more
+        for i in 1..3000u64 {
+            let gpa = i << 30;
+            assert_eq!(ept.set_rights(&mut m, gpa, R), Err(EptError::NotMapped(gpa)));
+            assert_eq!(ept.set_rights(&mut m, gpa, 0), Ok(()));
+        }
+        // With no table to spare, splitting the 2 MiB leaf fails as a value.
+        assert_eq!(ept.set_rights(&mut m, 0x3000, R), Err(EptError::Map(MapError::OutOfMemory)));
     }
 }

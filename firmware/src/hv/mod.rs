@@ -1,18 +1,24 @@
-//! The hypervisor: a vendor-neutral [`Vcpu`] backend trait and [`Exit`] enum (DESIGN.md §2),
-//! the VMX backend (`vmx/`), EPT (`ept`), the guest's virtual devices, CPUID and x2APIC
-//! models, the Multiboot guest loader and the per-vCPU exit dispatch (`vm`).
+//! The hypervisor: a vendor-neutral [`Vcpu`] backend trait and [`Exit`] enum, the exit
+//! dispatch generic over both (`dispatch`), the VMX backend (`vmx/`), EPT (`ept`), guest memory
+//! (`memory`), MSRs (`msr`), port devices (`devices`, `uart`), CPUID and x2APIC models, the
+//! Multiboot guest loader, and the node's guest with its scheduling (`vm`).
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
 pub mod cpuid;
+pub mod devices;
+pub mod dispatch;
 pub mod ept;
 pub mod hypercall;
 pub mod loader;
+pub mod msr;
 pub mod stats;
 pub mod uart;
 pub mod vlapic;
 pub mod vmx;
 
+#[cfg(target_os = "none")]
+pub mod memory;
 #[cfg(target_os = "none")]
 pub mod vm;
 

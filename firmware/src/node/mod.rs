@@ -141,7 +141,16 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
     let mode = arch::apic::init_this_cpu();
     info!("apic: {mode}, bsp apic id {}", arch::apic::id());
     let cpus = match cpus {
-        Ok(c) if !c.is_empty() => c,
+        Ok(m) if !m.cpus.is_empty() => {
+            if m.beyond > 0 {
+                warn!(
+                    "smp: the MADT lists {} more processors than the {} this build runs; they stay offline",
+                    m.beyond,
+                    crate::acpi::MAX_CPUS
+                );
+            }
+            m.cpus
+        }
         Ok(_) => {
             warn!("smp: the MADT lists no processor; running on the boot CPU only");
             heapless::Vec::new()

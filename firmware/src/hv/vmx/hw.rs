@@ -293,8 +293,6 @@ pub struct VmxVcpu {
     entry: u32,
     eptp: u64,
     slice: u64,
-    /// Generation of EPT invalidations this vCPU has caught up with.
-    pub ept_gen: u64,
 }
 
 /// Exits since boot on this node (all vCPUs), for rates.
@@ -348,7 +346,6 @@ impl VmxVcpu {
             entry: c.entry,
             eptp,
             slice: 0,
-            ept_gen: 0,
         };
         w(f::PIN_CONTROLS, u64::from(c.pin));
         w(f::PROC_CONTROLS, u64::from(c.proc));

@@ -7,3 +7,5 @@ pub mod fields;
 
 #[cfg(target_os = "none")]
 pub mod hw;
+#[cfg(target_os = "none")]
+pub mod root;

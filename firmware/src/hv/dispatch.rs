@@ -1,0 +1,411 @@
+//! The exit dispatch, generic over the [`Vcpu`] backend and the [`Machine`] around it: one
+//! `step` per VM entry that delivers pending interrupts, runs the guest and answers the neutral
+//! [`Exit`] — CPUID, MSRs and the virtual x2APIC, port I/O, HLT, CR writes, hypercalls, nested
+//! page faults, INIT/SIPI and fatal exits. Nothing here touches hardware, so a fake backend
+//! drives all of it in host tests; VMX (and later SVM) only translate their exits.
+
+use core::sync::atomic::Ordering;
+
+use super::cpuid::{self, Regs4, Topology};
+use super::hypercall;
+use super::msr::MsrFile;
+use super::stats::{State, VcpuStats};
+use super::vlapic::{self, Dest, Effect, IpiKind};
+use super::{Breakage, Exit, IoDir, Regs, Snapshot, Vcpu};
+
+/// How the guest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It asked to exit (debug port or hypercall) with this code.
+    Exit(u32),
+    /// The hypervisor stopped it: what happened.
+    Fatal(&'static str),
+}
+
+/// The answer to a nested page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The page is mapped with the rights the access needs: retry the access.
+    Mapped,
+    /// The page is on its way: park the vCPU until [`Machine::kick`] wakes it.
+    Wait,
+    /// No memory there (or the mapping failed): the guest is stopped with this reason.
+    Deny(&'static str),
+}
+
+/// The guest machine around one vCPU: its memory, devices, the other vCPUs and time. The
+/// firmware's `Vm` implements it over hardware; tests implement it over plain memory.
+pub trait Machine {
+    /// vCPUs of the guest.
+    fn vcpus(&self) -> u32;
+    /// The APIC state other vCPUs write (`vcpu < vcpus()`).
+    fn shared(&self, vcpu: usize) -> &vlapic::Shared;
+    /// The counters of `vcpu` (`vcpu < vcpus()`).
+    fn stats(&self, vcpu: usize) -> &VcpuStats;
+    /// The guest has ended (on any vCPU).
+    fn stopped(&self) -> bool;
+    /// Ends the guest with `verdict` (the first verdict wins), found by `vcpu`.
+    fn stop(&self, vcpu: usize, verdict: Verdict);
+    /// Makes `vcpu` leave the guest or its sleep soon (an IPI to its core).
+    fn kick(&self, vcpu: usize);
+    /// TSC now.
+    fn now(&self) -> u64;
+    /// TSC ticks per second.
+    fn tsc_hz(&self) -> u64;
+    /// The host CPU's CPUID answer.
+    fn host_cpuid(&self, leaf: u32, sub: u32) -> Regs4;
+    /// A port access by `vcpu` (one element of `size` bytes): the value read for `In`.
+    fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32;
+    /// A nested page fault at `gpa`.
+    fn nested_fault(&self, vcpu: usize, gpa: u64, write: bool, exec: bool) -> Fault;
+    /// Bumped whenever nested-paging rights went down; a vCPU behind it flushes before entry.
+    fn nested_generation(&self) -> u64;
+    /// Nested page faults served so far.
+    fn faults(&self) -> u64;
+    /// The test hypercalls (PROTECT, BREAK) are allowed: only under `test=`.
+    fn test_hooks(&self) -> bool;
+    /// Test hook: sets the rights of the guest page at `gpa`; false when `gpa` is not guest
+    /// RAM or the tables refuse.
+    fn protect(&self, gpa: u64, rights: u64) -> bool;
+    /// A host interrupt made the guest exit: take it now (on hardware, a moment with IF set).
+    fn take_host_interrupt(&self);
+    /// A fatal exit of `vcpu`, for the console (before the guest is stopped).
+    fn report_fatal(&self, vcpu: usize, what: &str, exit: &Exit, snap: &Snapshot, regs: &Regs);
+    /// Every exit, for tracing.
+    fn trace(&self, _vcpu: usize, _exit: &Exit) {}
+}
+
+/// What the scheduler does after one [`Runner::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Enter the guest again.
+    Continue,
+    /// Give the core back now (the slice ended or a host interrupt was taken).
+    Yield,
+    /// Nothing to run until an interrupt, a start-up IPI or a page arrives: sleep.
+    Idle,
+    /// The guest ended.
+    Stopped,
+}
+
+/// How a vCPU starts: the guest's boot processor enters its kernel, the others wait for SIPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// 32-bit protected mode at `eip` with RAX and RBX set (Multiboot §3.2).
+    ProtectedMode {
+        /// Entry point.
+        eip: u32,
+        /// RAX at entry.
+        rax: u64,
+        /// RBX at entry.
+        rbx: u64,
+    },
+    /// Wait-for-SIPI.
+    WaitForSipi,
+}
+
+/// One vCPU with its local APIC and MSRs, on the core that runs it.
+pub struct Runner<V: Vcpu> {
+    /// The backend.
+    pub v: V,
+    /// Global vCPU index (= x2APIC id).
+    pub id: usize,
+    /// The local APIC.
+    pub apic: vlapic::Local,
+    state: State,
+    msrs: MsrFile,
+    nested_gen: u64,
+}
+
+impl<V: Vcpu> Runner<V> {
+    /// Wraps backend `v` as vCPU `id` on host CPU `cpu`.
+    pub fn new<M: Machine>(m: &M, mut v: V, id: usize, cpu: usize, start: Start) -> Self {
+        let state = match start {
+            Start::ProtectedMode { eip, rax, rbx } => {
+                v.enter_protected_mode(eip);
+                let r = v.regs();
+                r.rax = rax;
+                r.rbx = rbx;
+                State::Running
+            }
+            Start::WaitForSipi => State::WaitForSipi,
+        };
+        m.stats(id).cpu.store(cpu as u32, Ordering::Relaxed);
+        m.stats(id).set_state(state);
+        Runner {
+            v,
+            id,
+            apic: vlapic::Local::new(id as u32),
+            state,
+            msrs: MsrFile::new(id == 0),
+            nested_gen: m.nested_generation(),
+        }
+    }
+
+    /// Where the vCPU is.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    fn set_state<M: Machine>(&mut self, m: &M, s: State) {
+        self.state = s;
+        m.stats(self.id).set_state(s);
+    }
+
+    /// Runs until the next exit (handled), entering the guest at most until TSC `slice_end`.
+    pub fn step<M: Machine>(&mut self, m: &M, slice_end: u64) -> Step {
+        if m.stopped() {
+            self.set_state(m, State::Stopped);
+            return Step::Stopped;
+        }
+        let shared = m.shared(self.id);
+        let s = shared.startup.swap(0, Ordering::SeqCst);
+        if s & 1 != 0 {
+            shared.reset();
+            self.apic = vlapic::Local::new(self.id as u32);
+            self.set_state(m, State::WaitForSipi);
+        }
+        if s & 0x100 != 0 && self.state == State::WaitForSipi {
+            self.v.enter_sipi(s as u8);
+            self.msrs.efer = 0;
+            self.set_state(m, State::Running);
+        }
+        if self.state == State::WaitForSipi {
+            return Step::Idle;
+        }
+        let now = m.now();
+        self.apic.poll_timer(shared, now);
+        let pending = self.apic.deliverable(shared);
+        if self.state == State::Halted {
+            if pending.is_none() {
+                return Step::Idle;
+            }
+            self.set_state(m, State::Running);
+        }
+        if let Some(vec) = pending {
+            if self.v.interruptible() {
+                self.v.inject_interrupt(vec);
+                self.apic.accept(shared, vec);
+                self.v.set_interrupt_window(false);
+            } else {
+                self.v.set_interrupt_window(true);
+            }
+        }
+        let gen = m.nested_generation();
+        if self.nested_gen != gen {
+            self.v.flush_nested();
+            self.nested_gen = gen;
+        }
+        let until_timer = self.apic.deadline().map_or(u64::MAX, |d| d.saturating_sub(now));
+        self.v.set_time_slice(slice_end.saturating_sub(now).min(until_timer).max(1));
+        let exit = self.v.run();
+        m.stats(self.id).count(exit.kind());
+        m.trace(self.id, &exit);
+        self.handle(m, exit)
+    }
+
+    fn fatal<M: Machine>(&mut self, m: &M, what: &'static str, exit: &Exit) -> Step {
+        let snap = self.v.snapshot();
+        let regs = *self.v.regs();
+        m.report_fatal(self.id, what, exit, &snap, &regs);
+        self.set_state(m, State::Stopped);
+        m.stop(self.id, Verdict::Fatal(what));
+        Step::Stopped
+    }
+
+    /// Answers one exit.
+    pub fn handle<M: Machine>(&mut self, m: &M, exit: Exit) -> Step {
+        match exit {
+            Exit::Preempted => {
+                // Where the guest is, for `vcpu` (sampled once a slice, not on every exit).
+                m.stats(self.id).rip.store(self.v.snapshot().rip, Ordering::Relaxed);
+                Step::Yield
+            }
+            Exit::Interrupt => {
+                m.take_host_interrupt();
+                Step::Yield
+            }
+            Exit::InterruptWindow => {
+                self.v.set_interrupt_window(false);
+                Step::Continue
+            }
+            Exit::Hlt => {
+                m.stats(self.id).rip.store(self.v.snapshot().rip, Ordering::Relaxed);
+                self.v.skip_instruction();
+                if self.apic.deliverable(m.shared(self.id)).is_none() {
+                    self.set_state(m, State::Halted);
+                    return Step::Idle;
+                }
+                Step::Continue
+            }
+            Exit::Cpuid { leaf, sub } => {
+                let t = Topology { vcpus: m.vcpus(), tsc_hz: m.tsc_hz() };
+                let a = cpuid::answer(leaf, sub, m.host_cpuid(leaf, sub), self.id as u32, &t);
+                let r = self.v.regs();
+                (r.rax, r.rbx, r.rcx, r.rdx) =
+                    (a.eax.into(), a.ebx.into(), a.ecx.into(), a.edx.into());
+                self.v.skip_instruction();
+                Step::Continue
+            }
+            Exit::Hypercall { nr } => self.hypercall(m, nr),
+            Exit::Io { port, size, dir, string } => {
+                if string {
+                    return self.fatal(m, "string port I/O is not emulated", &exit);
+                }
+                self.io(m, port, size, dir);
+                self.v.skip_instruction();
+                if m.stopped() {
+                    self.set_state(m, State::Stopped);
+                    return Step::Stopped;
+                }
+                Step::Continue
+            }
+            Exit::Msr { msr, write } => self.msr(m, msr, write),
+            Exit::CrAccess { cr, write } => {
+                if let Some(v) = write {
+                    self.v.set_cr(cr, v);
+                }
+                self.v.skip_instruction();
+                Step::Continue
+            }
+            Exit::NestedPageFault { gpa, write, exec, .. } => {
+                match m.nested_fault(self.id, gpa, write, exec) {
+                    Fault::Mapped => Step::Continue,
+                    Fault::Wait => Step::Idle,
+                    Fault::Deny(what) => self.fatal(m, what, &exit),
+                }
+            }
+            Exit::Exception { .. } | Exit::Init | Exit::Sipi { .. } => Step::Continue,
+            Exit::TripleFault => self.fatal(m, "triple fault", &exit),
+            Exit::InvalidGuestState { what, .. }
+            | Exit::EntryFailed { what, .. }
+            | Exit::Other { what, .. } => self.fatal(m, what, &exit),
+        }
+    }
+
+    fn hypercall<M: Machine>(&mut self, m: &M, nr: u64) -> Step {
+        let (rbx, rcx) = (self.v.regs().rbx, self.v.regs().rcx);
+        let ret = match nr {
+            hypercall::VERSION => u64::from(cpuid::ABI_VERSION),
+            hypercall::EXIT => {
+                self.v.skip_instruction();
+                m.stop(self.id, Verdict::Exit(rbx as u32));
+                self.set_state(m, State::Stopped);
+                return Step::Stopped;
+            }
+            hypercall::TSC_HZ => m.tsc_hz(),
+            hypercall::NOP => 0,
+            hypercall::FAULTS => m.faults(),
+            // Test hooks exist only under `test=`: a production guest must not reshape the
+            // EPT or break its own vCPU.
+            hypercall::PROTECT if m.test_hooks() => {
+                if m.protect(rbx & !0xfff, rcx & 7) {
+                    0
+                } else {
+                    u64::MAX
+                }
+            }
+            hypercall::BREAK if m.test_hooks() => {
+                self.v.regs().rax = 0;
+                self.v.skip_instruction();
+                let what = if rbx == 0 { Breakage::Guest } else { Breakage::Control };
+                self.v.break_for_test(what);
+                return Step::Continue;
+            }
+            _ => u64::MAX,
+        };
+        self.v.regs().rax = ret;
+        self.v.skip_instruction();
+        Step::Continue
+    }
+
+    fn io<M: Machine>(&mut self, m: &M, port: u16, size: u8, dir: IoDir) {
+        let mask: u64 = match size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        let val = (self.v.regs().rax & mask) as u32;
+        let result = m.port(self.id, port, size, dir, val);
+        if dir == IoDir::In {
+            let r = self.v.regs();
+            r.rax = (r.rax & !mask) | (u64::from(result) & mask);
+        }
+    }
+
+    fn msr<M: Machine>(&mut self, m: &M, msr: u32, write: Option<u64>) -> Step {
+        let now = m.now();
+        let is_apic =
+            matches!(msr, vlapic::MSR_FIRST..=vlapic::MSR_LAST | vlapic::MSR_TSC_DEADLINE);
+        let ok = match write {
+            None => {
+                let v = if is_apic {
+                    self.apic.read(m.shared(self.id), msr, now)
+                } else {
+                    self.msrs.read(msr, now)
+                };
+                if let Some(v) = v {
+                    let r = self.v.regs();
+                    r.rax = v & 0xffff_ffff;
+                    r.rdx = v >> 32;
+                }
+                v.is_some()
+            }
+            Some(v) if is_apic => match self.apic.write(m.shared(self.id), msr, v, now) {
+                Ok(Effect::Ipi(dest, kind)) => {
+                    self.ipi(m, dest, kind);
+                    true
+                }
+                Ok(_) => true,
+                Err(vlapic::Gp) => false,
+            },
+            Some(v) => match self.msrs.write(msr, v) {
+                Ok(efer) => {
+                    if let Some(e) = efer {
+                        self.v.set_efer(e);
+                    }
+                    true
+                }
+                Err(vlapic::Gp) => false,
+            },
+        };
+        if !ok {
+            self.v.inject_exception(13, Some(0));
+            return Step::Continue;
+        }
+        self.v.skip_instruction();
+        Step::Continue
+    }
+
+    fn ipi<M: Machine>(&mut self, m: &M, dest: Dest, kind: IpiKind) {
+        let me = self.id;
+        for t in targets(dest, me, m.vcpus() as usize) {
+            let sh = m.shared(t);
+            match kind {
+                IpiKind::Fixed(v) => sh.raise(v),
+                IpiKind::Init => {
+                    sh.startup.fetch_or(1, Ordering::SeqCst);
+                }
+                IpiKind::Startup(v) => {
+                    sh.startup.fetch_or(0x100 | u32::from(v), Ordering::SeqCst);
+                }
+            }
+            if t != me {
+                m.kick(t);
+            }
+        }
+    }
+}
+
+/// The vCPUs an IPI from `me` to `dest` reaches, among `n` (an id beyond them reaches none).
+pub fn targets(dest: Dest, me: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).filter(move |&i| match dest {
+        Dest::One(id) => i == id as usize,
+        Dest::Me => i == me,
+        Dest::All => true,
+        Dest::Others => i != me,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,450 @@
+//! The dispatch driven by a scripted backend and a machine over plain memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::vec::Vec;
+
+use super::*;
+use crate::hv::devices::{Devices, PortEffect, DEBUG_EXIT_PORT};
+
+/// A backend that replays exits and records what the dispatch asked of it.
+#[derive(Default)]
+struct FakeVcpu {
+    exits: VecDeque<Exit>,
+    regs: Regs,
+    rip: u64,
+    if_set: bool,
+    injected: Vec<u8>,
+    exceptions: Vec<(u8, Option<u32>)>,
+    window: bool,
+    flushes: u32,
+    efer: Option<u64>,
+    sipi: Option<u8>,
+    protected: Option<u32>,
+    broken: Option<Breakage>,
+    slice: u64,
+}
+
+impl FakeVcpu {
+    fn with(exits: &[Exit]) -> FakeVcpu {
+        FakeVcpu { exits: exits.iter().copied().collect(), if_set: true, ..FakeVcpu::default() }
+    }
+}
+
+impl Vcpu for FakeVcpu {
+    fn run(&mut self) -> Exit {
+        self.exits.pop_front().expect("the test scripted no more exits")
+    }
+    fn regs(&mut self) -> &mut Regs {
+        &mut self.regs
+    }
+    fn skip_instruction(&mut self) {
+        self.rip += 1;
+    }
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { rip: self.rip, ..Snapshot::default() }
+    }
+    fn interruptible(&self) -> bool {
+        self.if_set
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.injected.push(vector);
+    }
+    fn set_interrupt_window(&mut self, on: bool) {
+        self.window = on;
+    }
+    fn set_time_slice(&mut self, tsc_ticks: u64) {
+        self.slice = tsc_ticks;
+    }
+    fn set_efer(&mut self, efer: u64) {
+        self.efer = Some(efer);
+    }
+    fn set_cr(&mut self, _cr: u8, _val: u64) {}
+    fn enter_protected_mode(&mut self, eip: u32) {
+        self.protected = Some(eip);
+    }
+    fn enter_sipi(&mut self, vector: u8) {
+        self.sipi = Some(vector);
+    }
+    fn flush_nested(&mut self) {
+        self.flushes += 1;
+    }
+    fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
+        self.exceptions.push((vector, error));
+    }
+    fn break_for_test(&mut self, what: Breakage) {
+        self.broken = Some(what);
+    }
+}
+
+/// A guest of `n` vCPUs with RAM `0..ram` and the real port devices.
+struct FakeMachine {
+    shared: Vec<vlapic::Shared>,
+    stats: Vec<VcpuStats>,
+    verdict: RefCell<Option<Verdict>>,
+    kicks: RefCell<Vec<usize>>,
+    now: Cell<u64>,
+    devices: RefCell<Devices>,
+    lines: RefCell<Vec<Vec<u8>>>,
+    ram: u64,
+    test: bool,
+    protected: RefCell<Vec<(u64, u64)>>,
+    fault: Cell<Fault>,
+    generation: Cell<u64>,
+    fatal: RefCell<Vec<String>>,
+}
+
+impl FakeMachine {
+    fn new(n: usize) -> FakeMachine {
+        FakeMachine {
+            shared: (0..n).map(|_| vlapic::Shared::NEW).collect(),
+            stats: (0..n).map(|_| VcpuStats::NEW).collect(),
+            verdict: RefCell::new(None),
+            kicks: RefCell::new(Vec::new()),
+            now: Cell::new(1000),
+            devices: RefCell::new(Devices::default()),
+            lines: RefCell::new(Vec::new()),
+            ram: 16 << 20,
+            test: false,
+            protected: RefCell::new(Vec::new()),
+            fault: Cell::new(Fault::Mapped),
+            generation: Cell::new(0),
+            fatal: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn verdict(&self) -> Option<Verdict> {
+        *self.verdict.borrow()
+    }
+}
+
+impl Machine for FakeMachine {
+    fn vcpus(&self) -> u32 {
+        self.shared.len() as u32
+    }
+    fn shared(&self, vcpu: usize) -> &vlapic::Shared {
+        &self.shared[vcpu]
+    }
+    fn stats(&self, vcpu: usize) -> &VcpuStats {
+        &self.stats[vcpu]
+    }
+    fn stopped(&self) -> bool {
+        self.verdict.borrow().is_some()
+    }
+    fn stop(&self, _vcpu: usize, verdict: Verdict) {
+        self.verdict.borrow_mut().get_or_insert(verdict);
+    }
+    fn kick(&self, vcpu: usize) {
+        self.kicks.borrow_mut().push(vcpu);
+    }
+    fn now(&self) -> u64 {
+        self.now.get()
+    }
+    fn tsc_hz(&self) -> u64 {
+        1_000_000_000
+    }
+    fn host_cpuid(&self, _leaf: u32, _sub: u32) -> Regs4 {
+        Regs4 { eax: 1, ebx: 2, ecx: 3, edx: 4 }
+    }
+    fn port(&self, _vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
+        let (v, effect) = self.devices.borrow_mut().access(port, size, dir, value);
+        match effect {
+            PortEffect::None => {}
+            PortEffect::Line(l) => self.lines.borrow_mut().push(l.to_vec()),
+            PortEffect::Exit(code) => self.stop(0, Verdict::Exit(code)),
+        }
+        v
+    }
+    fn nested_fault(&self, _vcpu: usize, _gpa: u64, _write: bool, _exec: bool) -> Fault {
+        self.fault.get()
+    }
+    fn nested_generation(&self) -> u64 {
+        self.generation.get()
+    }
+    fn faults(&self) -> u64 {
+        7
+    }
+    fn test_hooks(&self) -> bool {
+        self.test
+    }
+    fn protect(&self, gpa: u64, rights: u64) -> bool {
+        if gpa >= self.ram {
+            return false;
+        }
+        self.protected.borrow_mut().push((gpa, rights));
+        true
+    }
+    fn take_host_interrupt(&self) {}
+    fn report_fatal(&self, _vcpu: usize, what: &str, _e: &Exit, _s: &Snapshot, _r: &Regs) {
+        self.fatal.borrow_mut().push(what.into());
+    }
+}
+
+fn boot(m: &FakeMachine, exits: &[Exit]) -> Runner<FakeVcpu> {
+    let start = Start::ProtectedMode { eip: 0x10_0000, rax: 0x2BAD_B002, rbx: 0x9000 };
+    Runner::new(m, FakeVcpu::with(exits), 0, 0, start)
+}
+
+fn run_all(r: &mut Runner<FakeVcpu>, m: &FakeMachine) -> Vec<Step> {
+    let mut steps = Vec::new();
+    while !r.v.exits.is_empty() {
+        steps.push(r.step(m, u64::MAX));
+    }
+    steps
+}
+
+#[test]
+fn the_boot_vcpu_enters_its_kernel_with_the_multiboot_registers() {
+    let m = FakeMachine::new(1);
+    let r = boot(&m, &[]);
+    assert_eq!(r.v.protected, Some(0x10_0000));
+    assert_eq!((r.v.regs.rax, r.v.regs.rbx), (0x2BAD_B002, 0x9000));
+    assert_eq!(r.state(), State::Running);
+}
+
+#[test]
+fn cpuid_answers_in_the_registers_and_moves_past_the_instruction() {
+    let m = FakeMachine::new(2);
+    let mut r = boot(&m, &[Exit::Cpuid { leaf: 0x4000_0000, sub: 0 }]);
+    assert_eq!(run_all(&mut r, &m), [Step::Continue]);
+    assert_eq!(r.v.rip, 1);
+    let sig = cpuid::SIGNATURE;
+    assert_eq!(r.v.regs.rbx as u32, u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]));
+}
+
+#[test]
+fn an_unknown_msr_read_raises_gp_without_skipping() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Msr { msr: 0x1234, write: None }]);
+    run_all(&mut r, &m);
+    assert_eq!(r.v.exceptions, [(13, Some(0))]);
+    assert_eq!(r.v.rip, 0);
+}
+
+#[test]
+fn an_efer_write_reaches_the_backend_and_reads_back() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Msr { msr: 0xC000_0080, write: Some(0x100) },
+            Exit::Msr { msr: 0xC000_0080, write: None },
+        ],
+    );
+    run_all(&mut r, &m);
+    assert_eq!(r.v.efer, Some(0x100));
+    assert_eq!(r.v.regs.rax, 0x100);
+    assert_eq!(r.v.rip, 2);
+}
+
+#[test]
+fn the_tsc_msr_reads_the_machine_time() {
+    let m = FakeMachine::new(1);
+    m.now.set(0x1_2345_6789);
+    let mut r = boot(&m, &[Exit::Msr { msr: 0x10, write: None }]);
+    run_all(&mut r, &m);
+    assert_eq!((r.v.regs.rdx, r.v.regs.rax), (1, 0x2345_6789));
+}
+
+#[test]
+fn a_write_to_the_debug_port_ends_the_guest_with_its_code() {
+    let m = FakeMachine::new(1);
+    let mut r =
+        boot(&m, &[Exit::Io { port: DEBUG_EXIT_PORT, size: 1, dir: IoDir::Out, string: false }]);
+    r.v.regs.rax = 0x1_0042; // only the low byte is the access
+    assert_eq!(run_all(&mut r, &m), [Step::Stopped]);
+    assert_eq!(m.verdict(), Some(Verdict::Exit(0x42)));
+    assert_eq!(r.state(), State::Stopped);
+}
+
+#[test]
+fn a_port_read_replaces_only_the_bytes_of_its_size() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Io { port: 0x61, size: 2, dir: IoDir::In, string: false }]);
+    r.v.regs.rax = 0xdead_0000_1234_5678;
+    run_all(&mut r, &m);
+    assert_eq!(r.v.regs.rax, 0xdead_0000_1234_ffff);
+}
+
+#[test]
+fn string_port_io_stops_the_guest_with_a_reason() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Io { port: 0x3f8, size: 1, dir: IoDir::Out, string: true }]);
+    assert_eq!(run_all(&mut r, &m), [Step::Stopped]);
+    assert_eq!(m.verdict(), Some(Verdict::Fatal("string port I/O is not emulated")));
+    assert_eq!(m.fatal.borrow().len(), 1);
+}
+
+#[test]
+fn hlt_without_a_pending_interrupt_parks_the_vcpu_until_one_arrives() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hlt, Exit::Hlt]);
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.state(), State::Halted);
+    // Nothing pending: the next step does not enter the guest.
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.v.exits.len(), 1);
+    // Enable the virtual APIC (SVR bit 8) so the raised vector is deliverable.
+    r.apic.write(&m.shared[0], 0x80F, 0x1FF, 0).unwrap();
+    m.shared[0].raise(0x40);
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.v.injected, [0x40]);
+}
+
+#[test]
+fn a_page_that_is_on_its_way_parks_the_vcpu() {
+    let m = FakeMachine::new(1);
+    m.fault.set(Fault::Wait);
+    let mut r = boot(
+        &m,
+        &[Exit::NestedPageFault { gpa: 0x5000, write: true, exec: false, present: false }],
+    );
+    assert_eq!(run_all(&mut r, &m), [Step::Idle]);
+    assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn a_denied_page_fault_stops_the_guest_with_the_reason() {
+    let m = FakeMachine::new(1);
+    m.fault.set(Fault::Deny("EPT violation outside guest memory (denied)"));
+    let mut r = boot(
+        &m,
+        &[Exit::NestedPageFault { gpa: 1 << 40, write: false, exec: false, present: false }],
+    );
+    assert_eq!(run_all(&mut r, &m), [Step::Stopped]);
+    assert_eq!(m.verdict(), Some(Verdict::Fatal("EPT violation outside guest memory (denied)")));
+}
+
+#[test]
+fn test_hypercalls_do_nothing_outside_test_mode() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[Exit::Hypercall { nr: hypercall::PROTECT }, Exit::Hypercall { nr: hypercall::BREAK }],
+    );
+    r.v.regs.rbx = 0x5000;
+    r.v.regs.rcx = 1;
+    assert_eq!(r.step(&m, u64::MAX), Step::Continue);
+    assert_eq!(r.v.regs.rax, u64::MAX);
+    r.v.regs.rbx = 0;
+    assert_eq!(r.step(&m, u64::MAX), Step::Continue);
+    assert_eq!(r.v.regs.rax, u64::MAX);
+    assert!(m.protected.borrow().is_empty());
+    assert_eq!(r.v.broken, None);
+}
+
+#[test]
+fn protect_in_test_mode_changes_guest_ram_only() {
+    let mut m = FakeMachine::new(1);
+    m.test = true;
+    let mut r = boot(
+        &m,
+        &[Exit::Hypercall { nr: hypercall::PROTECT }, Exit::Hypercall { nr: hypercall::PROTECT }],
+    );
+    (r.v.regs.rbx, r.v.regs.rcx) = (0x5123, 0xff);
+    r.step(&m, u64::MAX);
+    assert_eq!(r.v.regs.rax, 0);
+    (r.v.regs.rbx, r.v.regs.rcx) = (1 << 40, 1);
+    r.step(&m, u64::MAX);
+    assert_eq!(r.v.regs.rax, u64::MAX);
+    assert_eq!(*m.protected.borrow(), [(0x5000, 7)]);
+}
+
+#[test]
+fn the_exit_hypercall_ends_the_guest_with_rbx() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::EXIT }]);
+    r.v.regs.rbx = 5;
+    assert_eq!(run_all(&mut r, &m), [Step::Stopped]);
+    assert_eq!(m.verdict(), Some(Verdict::Exit(5)));
+}
+
+#[test]
+fn an_unknown_hypercall_returns_all_ones() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: 999 }]);
+    run_all(&mut r, &m);
+    assert_eq!(r.v.regs.rax, u64::MAX);
+    assert_eq!(r.v.rip, 1);
+}
+
+/// x2APIC ICR (SDM Vol. 3A §11.12.9): delivery mode in bits 8-10, destination in 32-63.
+fn icr(m: &FakeMachine, r: &mut Runner<FakeVcpu>, value: u64) {
+    r.v.exits.push_back(Exit::Msr { msr: 0x830, write: Some(value) });
+    assert_eq!(r.step(m, u64::MAX), Step::Continue);
+}
+
+#[test]
+fn init_and_startup_ipis_bring_an_ap_from_wait_for_sipi_into_the_guest() {
+    let m = FakeMachine::new(2);
+    let mut bsp = boot(&m, &[]);
+    let mut ap = Runner::new(&m, FakeVcpu::with(&[]), 1, 1, Start::WaitForSipi);
+    assert_eq!(ap.step(&m, u64::MAX), Step::Idle);
+    icr(&m, &mut bsp, (1 << 32) | (5 << 8) | (1 << 14)); // INIT, assert
+    icr(&m, &mut bsp, (1 << 32) | (6 << 8) | 0x08); // SIPI, vector 8
+    assert_eq!(*m.kicks.borrow(), [1, 1]);
+    ap.v.exits.push_back(Exit::Hlt);
+    ap.step(&m, u64::MAX);
+    assert_eq!(ap.v.sipi, Some(8));
+    assert_eq!(ap.state(), State::Halted);
+}
+
+#[test]
+fn a_broadcast_ipi_raises_the_vector_on_every_other_vcpu_once() {
+    let m = FakeMachine::new(4);
+    let mut bsp = boot(&m, &[]);
+    icr(&m, &mut bsp, (3 << 18) | 0x50); // all excluding self, fixed, vector 0x50
+    assert_eq!(*m.kicks.borrow(), [1, 2, 3]);
+    assert_eq!(m.shared[0].highest(), None);
+    for s in &m.shared[1..] {
+        assert_eq!(s.highest(), Some(0x50));
+    }
+}
+
+#[test]
+fn an_ipi_to_a_vcpu_that_does_not_exist_reaches_nobody() {
+    assert_eq!(targets(Dest::One(9), 0, 4).count(), 0);
+    assert_eq!(targets(Dest::All, 0, 3).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
+#[test]
+fn a_vcpu_flushes_its_nested_translations_once_after_rights_went_down() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::NOP }; 3]);
+    r.step(&m, u64::MAX);
+    assert_eq!(r.v.flushes, 0);
+    m.generation.set(1);
+    r.step(&m, u64::MAX);
+    r.step(&m, u64::MAX);
+    assert_eq!(r.v.flushes, 1);
+}
+
+#[test]
+fn a_stopped_guest_is_never_entered_again() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hlt]);
+    m.stop(0, Verdict::Fatal("elsewhere"));
+    assert_eq!(r.step(&m, u64::MAX), Step::Stopped);
+    assert_eq!(r.v.exits.len(), 1);
+}
+
+#[test]
+fn an_interrupt_the_guest_cannot_take_opens_an_interrupt_window() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::InterruptWindow]);
+    r.apic.write(&m.shared[0], 0x80F, 0x1FF, 0).unwrap();
+    r.v.if_set = false;
+    m.shared[0].raise(0x41);
+    r.step(&m, u64::MAX);
+    // The window was asked for, then closed by the window exit; nothing was injected.
+    assert!(r.v.injected.is_empty());
+    assert!(!r.v.window);
+}
+
+#[test]
+fn the_time_slice_ends_at_the_slice_or_the_guest_timer_whichever_is_first() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Preempted]);
+    assert_eq!(r.step(&m, m.now() + 500), Step::Yield);
+    assert_eq!(r.v.slice, 500);
+}
