@@ -14,7 +14,7 @@ use core::hash::{Hash, Hasher};
 use crate::directory::{CacheState, CacheStates, DirState, Directory};
 use crate::home::Config;
 use crate::message::Message;
-use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId};
+use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId, PAGE_SIZE};
 
 /// Guest memory of this node, as the engine and its caller see it. Tests use plain memory
 /// ([`crate::MemStore`]).
@@ -135,6 +135,25 @@ pub enum ProtocolError {
         /// Frame.
         gfn: Gfn,
     },
+    /// A message that claims to come from this node itself: a node's messages to itself never
+    /// leave the engine, so this one was forged or misrouted.
+    FromSelf {
+        /// Message kind.
+        kind: &'static str,
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// A data-bearing message whose page is not exactly [`PAGE_SIZE`] bytes.
+    PageSize {
+        /// Sender.
+        from: NodeId,
+        /// Message kind.
+        kind: &'static str,
+        /// Frame.
+        gfn: Gfn,
+        /// Bytes it carried.
+        len: usize,
+    },
     /// A message that makes no sense in the frame's current state (a duplicate, a bug, or a
     /// peer running other code).
     Unexpected {
@@ -163,6 +182,16 @@ impl fmt::Display for ProtocolError {
                     from.0, gfn.0
                 )
             }
+            ProtocolError::FromSelf { kind, gfn } => write!(
+                f,
+                "{kind} for gfn {:#x} claims to come from this node itself (forged or misrouted)",
+                gfn.0
+            ),
+            ProtocolError::PageSize { from, kind, gfn, len } => write!(
+                f,
+                "{kind} from node {} for gfn {:#x} carries {len} bytes, not a {PAGE_SIZE}-byte page",
+                from.0, gfn.0
+            ),
             ProtocolError::Unexpected { from, kind, gfn } => write!(
                 f,
                 "unexpected {kind} from node {} for gfn {:#x} (duplicate or peer bug)",
@@ -231,9 +260,11 @@ struct Pending {
 /// A directory transaction in flight at the home.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Txn {
-    /// Invalidations sent; grant `requester` write once `remaining` acks are in. `upgrade`:
-    /// the requester still holds a current shared copy, so the grant carries no data.
-    CollectAcks { requester: NodeId, remaining: u16, upgrade: bool },
+    /// Invalidations sent to `waiting`; grant `requester` write once each of them has acked
+    /// (an ack from anyone else, or a second one, is refused: counting acks would let a
+    /// duplicate stand in for a sharer that still maps the page). `upgrade`: the requester
+    /// still holds a current shared copy, so the grant carries no data.
+    CollectAcks { requester: NodeId, waiting: NodeSet, upgrade: bool },
     /// Read forwarded to the owner; wait for its write-back, then `requester` shares.
     AwaitWriteBack { requester: NodeId },
 }
@@ -241,7 +272,8 @@ enum Txn {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Busy {
     txn: Txn,
-    /// Requests waiting behind the transaction: (requester, wants write).
+    /// Requests waiting behind the transaction: (requester, wants write). A node has at most
+    /// one request in flight per frame, so this holds at most one entry per node.
     queue: VecDeque<(NodeId, bool)>,
 }
 
@@ -384,7 +416,7 @@ impl Engine {
                 Some(gfn)
             }
             Event::Message { from, msg } => {
-                self.message(from, msg, store, out);
+                self.peer_message(from, msg, store, out);
                 None
             }
             Event::Timer { now } => {
@@ -488,6 +520,27 @@ impl Engine {
         self.pending.insert(gfn, p);
         let msg = if write { Message::WriteReq { gfn } } else { Message::ReadReq { gfn } };
         self.send(self.cfg.home(gfn), msg, out);
+    }
+
+    /// A message from the network: refuses what only a forged, misrouted or corrupted message
+    /// can be before the protocol sees it. The internal loopback bypasses this (its messages
+    /// are from this node and carry no page: our frame is the home's frame).
+    fn peer_message<S: PageStore>(
+        &mut self,
+        from: NodeId,
+        msg: Message,
+        store: &mut S,
+        out: &mut Vec<Action>,
+    ) {
+        if from == self.id {
+            let e = ProtocolError::FromSelf { kind: msg.name(), gfn: msg.gfn() };
+            return self.error(e, out);
+        }
+        if let Some(len) = msg.page().map(<[u8]>::len).filter(|&l| l != PAGE_SIZE) {
+            let e = ProtocolError::PageSize { from, kind: msg.name(), gfn: msg.gfn(), len };
+            return self.error(e, out);
+        }
+        self.message(from, msg, store, out);
     }
 
     fn message<S: PageStore>(
@@ -622,7 +675,8 @@ impl Engine {
         }
         let Some(p) = self.pending.remove(&gfn) else { return };
         if let Some(page) = msg.page() {
-            // A message from ourselves carries no page: our frame is the home's frame.
+            // A message from ourselves (only ever the loopback: `peer_message` refuses our
+            // own id) carries no page: our frame is the home's frame.
             if from != self.id {
                 store.install(gfn, page);
             }
@@ -656,6 +710,18 @@ impl Engine {
 
     fn dir_request(&mut self, from: NodeId, gfn: Gfn, write: bool, out: &mut Vec<Action>) {
         if let Some(b) = self.busy.get_mut(&gfn) {
+            // A node sends its next request for a frame only once the last one is served, so
+            // a second one from a node already queued, or from the node whose invalidations
+            // are being collected, is a duplicate: refusing it keeps the queue within one
+            // entry per node.
+            let collecting_for = match b.txn {
+                Txn::CollectAcks { requester, .. } => Some(requester),
+                Txn::AwaitWriteBack { .. } => None,
+            };
+            if collecting_for == Some(from) || b.queue.iter().any(|&(n, _)| n == from) {
+                let msg = if write { Message::WriteReq { gfn } } else { Message::ReadReq { gfn } };
+                return self.unexpected(from, &msg, out);
+            }
             self.counters.queued += 1;
             b.queue.push_back((from, write));
             return;
@@ -694,8 +760,7 @@ impl Engine {
                 // is a fresh miss.
                 self.dir.set_shared(i, &NodeSet::EMPTY);
                 self.dir.set_busy(i, true);
-                let remaining = others.len() as u16;
-                let txn = Txn::CollectAcks { requester: r, remaining, upgrade };
+                let txn = Txn::CollectAcks { requester: r, waiting: others, upgrade };
                 self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
                 for o in others.iter() {
                     self.counters.invalidations += 1;
@@ -735,13 +800,16 @@ impl Engine {
 
     fn dir_inv_ack(&mut self, from: NodeId, msg: &Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
-        let Some(Busy { txn: Txn::CollectAcks { requester, remaining, upgrade }, .. }) =
+        let Some(Busy { txn: Txn::CollectAcks { requester, waiting, upgrade }, .. }) =
             self.busy.get_mut(&gfn)
         else {
             return self.unexpected(from, msg, out);
         };
-        *remaining -= 1;
-        if *remaining > 0 {
+        if !waiting.contains(from) {
+            return self.unexpected(from, msg, out);
+        }
+        waiting.remove(from);
+        if !waiting.is_empty() {
             return;
         }
         let (r, up) = (*requester, *upgrade);

@@ -1,8 +1,9 @@
 //! Protocol messages between engines and their versioned binary encoding.
 //!
 //! Layout (little endian): `version:u8, kind:u8, gfn:u64`, then for forwards `requester:u8`,
-//! for data-bearing kinds `len:u16` and `len` page bytes (`len <= 4096`). Decoding never
-//! panics: any other byte string is a [`DecodeError`].
+//! for data-bearing kinds `len:u16` and `len` page bytes (`len` must be 4096: a shorter page
+//! would be installed as a whole one). Decoding never panics: any other byte string is a
+//! [`DecodeError`].
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -98,8 +99,8 @@ pub enum DecodeError {
     Version(u8),
     /// Unknown message kind.
     Kind(u8),
-    /// Page payload longer than a page.
-    PageTooLong(u16),
+    /// Page payload of another length than a page.
+    PageLength(u16),
     /// Bytes left after the message.
     Trailing(usize),
 }
@@ -115,8 +116,8 @@ impl fmt::Display for DecodeError {
                 )
             }
             DecodeError::Kind(k) => write!(f, "unknown coherence message kind {k}"),
-            DecodeError::PageTooLong(n) => {
-                write!(f, "page payload of {n} bytes exceeds {PAGE_SIZE}")
+            DecodeError::PageLength(n) => {
+                write!(f, "page payload of {n} bytes, a page is {PAGE_SIZE}")
             }
             DecodeError::Trailing(n) => write!(f, "{n} stray bytes after coherence message"),
         }
@@ -272,8 +273,8 @@ impl Reader<'_> {
 
     fn page(&mut self) -> Result<Vec<u8>, DecodeError> {
         let len = u16::from_le_bytes(self.array()?);
-        if usize::from(len) > PAGE_SIZE {
-            return Err(DecodeError::PageTooLong(len));
+        if usize::from(len) != PAGE_SIZE {
+            return Err(DecodeError::PageLength(len));
         }
         Ok(self.take(usize::from(len))?.to_vec())
     }
@@ -287,7 +288,7 @@ mod tests {
 
     fn any_message() -> impl Strategy<Value = Message> {
         let gfn = any::<u64>().prop_map(Gfn);
-        let page = proptest::collection::vec(any::<u8>(), 0..=PAGE_SIZE);
+        let page = proptest::collection::vec(any::<u8>(), PAGE_SIZE);
         prop_oneof![
             gfn.clone().prop_map(|gfn| Message::ReadReq { gfn }),
             gfn.clone().prop_map(|gfn| Message::WriteReq { gfn }),
@@ -373,6 +374,16 @@ mod tests {
         assert_eq!(Message::decode(&buf), Err(DecodeError::Trailing(1)));
         let mut data = vec![WIRE_VERSION, K_WRITE_BACK, 0, 0, 0, 0, 0, 0, 0, 0];
         data.extend_from_slice(&4097u16.to_le_bytes());
-        assert_eq!(Message::decode(&data), Err(DecodeError::PageTooLong(4097)));
+        assert_eq!(Message::decode(&data), Err(DecodeError::PageLength(4097)));
+    }
+
+    #[test]
+    fn a_page_message_shorter_than_a_page_is_refused_by_decode() {
+        for len in [0usize, 1, 8, PAGE_SIZE - 1] {
+            let mut buf = vec![WIRE_VERSION, K_DATA_EXCLUSIVE, 0, 0, 0, 0, 0, 0, 0, 0];
+            buf.extend_from_slice(&(len as u16).to_le_bytes());
+            buf.resize(buf.len() + len, 0xAB);
+            assert_eq!(Message::decode(&buf), Err(DecodeError::PageLength(len as u16)));
+        }
     }
 }

@@ -84,6 +84,27 @@ impl Cluster {
         self.run();
     }
 
+    /// Hands `node` one message as if it came from `from` and carries out what it answers
+    /// except errors, which are returned (the raw actions, for tests of refused input).
+    pub fn deliver_raw(&mut self, from: NodeId, to: NodeId, msg: Message) -> Vec<Action> {
+        let acts = self.engines[to.index()]
+            .handle(Event::Message { from, msg }, &mut self.stores[to.index()]);
+        let applied = acts.iter().filter(|a| !matches!(a, Action::Error(_))).cloned().collect();
+        self.apply(to, applied);
+        acts
+    }
+
+    /// Takes the first message in flight from `from` to `to` off the network (to hold it back
+    /// or deliver it out of the global order; per-peer FIFO is the caller's to keep).
+    pub fn take(&mut self, from: u8, to: u8) -> Message {
+        let i = self
+            .net
+            .iter()
+            .position(|(f, t, _)| (f.0, t.0) == (from, to))
+            .expect("a message in flight between these nodes");
+        self.net.remove(i).expect("index is in range").2
+    }
+
     /// Delivers messages in global FIFO order until the network is empty.
     pub fn run(&mut self) {
         while let Some((from, to, msg)) = self.net.pop_front() {

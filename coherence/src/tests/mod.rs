@@ -4,5 +4,6 @@
 mod cluster;
 mod counts;
 mod model;
+mod refusals;
 mod robust;
 mod sim;

@@ -31,7 +31,7 @@ struct Vals(Vec<u8>);
 
 impl PageStore for Vals {
     fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
-        out.push(self.0[gfn.0 as usize]);
+        out.resize(crate::PAGE_SIZE, self.0[gfn.0 as usize]);
     }
 
     fn install(&mut self, gfn: Gfn, data: &[u8]) {
@@ -224,6 +224,7 @@ impl World {
                     let gfn = msg.gfn();
                     if let Some(page) = msg.page_mut() {
                         self.stores[node].copy_out(gfn, page);
+                        page.truncate(1);
                     }
                     if to.index() == node {
                         return Err(format!("node {node} sent {} to itself", msg.name()));
@@ -260,7 +261,13 @@ impl World {
                 let (from, to) = (c / n, c % n);
                 let label = Step::Deliver { kind: msg.name(), from, to };
                 let mut w = self.clone();
-                let msg = w.chans[c].pop_front().unwrap();
+                let mut msg = w.chans[c].pop_front().unwrap();
+                // Channels hold one byte per page (the value); the wire holds a whole page.
+                if let Some(page) = msg.page_mut() {
+                    let v = page[0];
+                    page.clear();
+                    page.resize(crate::PAGE_SIZE, v);
+                }
                 w.run(to, Event::Message { from: NodeId(from as u8), msg })
                     .map_err(|e| format!("{label}: {e}"))?;
                 out.push((label, w));

@@ -7,7 +7,11 @@ use crate::{Access, Action, Config, Engine, Event, Gfn, MemStore, Message, NodeI
 fn any_event() -> impl Strategy<Value = Event> {
     let gfn = (0u64..20).prop_map(Gfn);
     let node = (0u8..6).prop_map(NodeId);
-    let page = proptest::collection::vec(any::<u8>(), 0..16);
+    // Mostly whole pages (so fills happen), sometimes a wrong length (refused).
+    let page = prop_oneof![
+        3 => any::<u8>().prop_map(|b| std::vec![b; crate::PAGE_SIZE]),
+        1 => proptest::collection::vec(any::<u8>(), 0..16),
+    ];
     let msg = prop_oneof![
         gfn.clone().prop_map(|gfn| Message::ReadReq { gfn }),
         gfn.clone().prop_map(|gfn| Message::WriteReq { gfn }),

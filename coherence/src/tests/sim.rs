@@ -16,7 +16,7 @@ use std::vec::Vec;
 
 use crate::{
     Access, Action, CacheState, Config, DirState, Engine, Event, Gfn, Message, NodeId, PageStore,
-    Rights, VcpuId,
+    Rights, VcpuId, PAGE_SIZE,
 };
 
 /// splitmix64: small, fast, seedable.
@@ -49,8 +49,11 @@ impl Rng {
 struct Vals(Vec<u64>);
 
 impl PageStore for Vals {
+    /// A whole page goes on the wire (the engine refuses anything shorter): the value, then
+    /// zeros.
     fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.0[gfn.0 as usize].to_le_bytes());
+        out.resize(PAGE_SIZE, 0);
     }
 
     fn install(&mut self, gfn: Gfn, data: &[u8]) {
