@@ -230,6 +230,17 @@ fn failed_vm_entry_names_the_vm_instruction_error() -> Result<(), HarnessError> 
 }
 
 #[test]
+fn test_hypercalls_are_refused_to_a_guest_booted_without_test_mode() -> Result<(), HarnessError> {
+    let img = GuestImage::new("hooks", "hooks", "");
+    let mut node = Node::start(&bochs("hooks", 1), &img.artifacts())?;
+    let end = node.wait_for("hv: guest exited with code", BOCHS_BOOT + GUEST_RUN)?;
+    let text = node.console().text();
+    assert!(text.contains("guest: hooks: PASS test hypercalls are refused"), "{text}");
+    assert!(end.contains("code 0x0"), "{text}");
+    Ok(())
+}
+
+#[test]
 fn hypercall_exit_rate_is_measured_in_emulated_and_wall_time() -> Result<(), HarnessError> {
     let img = GuestImage::new("bench", "bench", "test=vmx");
     let mut node = Node::start(&bochs("bench", 1), &img.artifacts())?;

@@ -159,14 +159,14 @@ impl<V: Vcpu> Runner<V> {
             return Step::Stopped;
         }
         let shared = m.shared(self.id);
-        let s = shared.startup.swap(0, Ordering::SeqCst);
-        if s & 1 != 0 {
+        let (init, sipi) = shared.take_startup();
+        if init {
             shared.reset();
             self.apic = vlapic::Local::new(self.id as u32);
             self.set_state(m, State::WaitForSipi);
         }
-        if s & 0x100 != 0 && self.state == State::WaitForSipi {
-            self.v.enter_sipi(s as u8);
+        if let Some(vector) = sipi.filter(|_| self.state == State::WaitForSipi) {
+            self.v.enter_sipi(vector);
             self.msrs.efer = 0;
             self.set_state(m, State::Running);
         }
@@ -383,12 +383,8 @@ impl<V: Vcpu> Runner<V> {
             let sh = m.shared(t);
             match kind {
                 IpiKind::Fixed(v) => sh.raise(v),
-                IpiKind::Init => {
-                    sh.startup.fetch_or(1, Ordering::SeqCst);
-                }
-                IpiKind::Startup(v) => {
-                    sh.startup.fetch_or(0x100 | u32::from(v), Ordering::SeqCst);
-                }
+                IpiKind::Init => sh.post_init(),
+                IpiKind::Startup(v) => sh.post_sipi(v),
             }
             if t != me {
                 m.kick(t);

@@ -15,9 +15,15 @@ pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
 /// The part of a vCPU's APIC other vCPUs write.
 pub struct Shared {
     irr: [AtomicU64; 4],
-    /// Pending INIT (1) and start-up IPI (0x100 | vector), consumed by the owner.
-    pub startup: AtomicU32,
+    /// Pending INIT ([`INIT_PENDING`]) and start-up IPI ([`SIPI_PENDING`] | vector), taken
+    /// by the owner with [`Shared::take_startup`].
+    startup: AtomicU32,
 }
+
+/// [`Shared`]'s startup word: an INIT is pending (above the vector byte, so both fit).
+const INIT_PENDING: u32 = 1 << 16;
+/// [`Shared`]'s startup word: a start-up IPI is pending; its vector is the low byte.
+const SIPI_PENDING: u32 = 1 << 8;
 
 impl Shared {
     /// Nothing pending.
@@ -44,6 +50,35 @@ impl Shared {
 
     fn word(&self, i: usize) -> u32 {
         (self.irr[i / 2].load(Ordering::SeqCst) >> (32 * (i % 2))) as u32
+    }
+
+    /// Posts an INIT.
+    pub fn post_init(&self) {
+        self.startup.fetch_or(INIT_PENDING, Ordering::SeqCst);
+    }
+
+    /// Posts a start-up IPI; while one is pending, later ones are dropped (the first vector
+    /// is the one the AP starts at, SDM Vol. 3A §9.4.4).
+    pub fn post_sipi(&self, vector: u8) {
+        let mut w = self.startup.load(Ordering::SeqCst);
+        while w & SIPI_PENDING == 0 {
+            let want = w | SIPI_PENDING | u32::from(vector);
+            match self.startup.compare_exchange(w, want, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Takes what is pending: (an INIT, a start-up vector).
+    pub fn take_startup(&self) -> (bool, Option<u8>) {
+        let w = self.startup.swap(0, Ordering::SeqCst);
+        (w & INIT_PENDING != 0, (w & SIPI_PENDING != 0).then_some(w as u8))
+    }
+
+    /// An INIT or start-up IPI is waiting.
+    pub fn startup_pending(&self) -> bool {
+        self.startup.load(Ordering::SeqCst) != 0
     }
 
     /// Forgets everything (INIT).
@@ -292,6 +327,18 @@ mod tests {
         assert_eq!(l.read(&s, 0x802, 0), Some(17));
         assert_eq!(l.read(&s, 0x80D, 0), Some((1 << 16) | 2));
         assert_eq!(l.read(&s, 0x899, 0), None);
+    }
+
+    #[test]
+    fn an_init_and_a_startup_pending_together_keep_the_vector() {
+        let s = Shared::NEW;
+        s.post_init();
+        s.post_sipi(0x09);
+        s.post_sipi(0x42); // a second SIPI while the first is pending is dropped
+        assert_eq!(s.take_startup(), (true, Some(0x09)));
+        assert_eq!(s.take_startup(), (false, None));
+        s.post_sipi(0x08);
+        assert_eq!(s.take_startup(), (false, Some(0x08)));
     }
 
     #[test]

@@ -458,7 +458,7 @@ pub fn ap_poll(index: usize) {
                 if r.apic.deadline().is_some() {
                     core::hint::spin_loop();
                 } else if vm.shared[id].highest().is_none()
-                    && vm.shared[id].startup.load(Ordering::SeqCst) == 0
+                    && !vm.shared[id].startup_pending()
                     && !vm.stopped()
                 {
                     x86_64::instructions::interrupts::enable_and_hlt();
