@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gestalt_netstack::transport::{
-    Authenticator, ClusterKey, Config, Header, Kind, SendError, Transport,
+    Authenticator, ClusterKey, Config, Header, Kind, Seed, SendError, Transport, HEADER_LEN,
 };
 
 fn key() -> ClusterKey {
@@ -24,16 +24,18 @@ fn seal_open(c: &mut Criterion) {
         cluster_id: 1,
         src: 0,
         dst: 1,
-        epoch: 1,
+        src_nonce: 1,
+        dst_nonce: 2,
         pn: 1,
+        pn_echo: 1,
         seq: 1,
         ack: 0,
         sack: 0,
     };
     let mut g = c.benchmark_group("datagram");
-    for size in [64usize, 1408, 4096] {
+    for size in [64usize, 1388, 4096] {
         let payload = vec![0xA5u8; size];
-        let mut buf = vec![0u8; size + 64];
+        let mut buf = vec![0u8; size + HEADER_LEN];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("seal+open", size), &size, |b, _| {
             b.iter(|| {
@@ -50,7 +52,7 @@ fn seal_open(c: &mut Criterion) {
 fn exchange(count: usize, size: usize, mtu: usize) {
     let mut nodes: Vec<Transport> = (0..2u16)
         .map(|id| {
-            let mut cfg = Config::new(1, id, 1);
+            let mut cfg = Config::new(1, id, Seed::new([id as u8; 32]));
             cfg.mtu = mtu;
             let mut t = Transport::new(cfg, &key());
             t.add_peer(1 - id, 0);

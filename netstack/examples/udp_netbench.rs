@@ -8,7 +8,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use gestalt_netstack::transport::udp::UdpEndpoint;
-use gestalt_netstack::transport::{ClusterKey, Config, SendError, Transport};
+use gestalt_netstack::transport::{ClusterKey, Config, Seed, SendError, Transport};
 
 const PINGS: usize = 2_000;
 const STREAM: usize = 20_000;
@@ -16,7 +16,11 @@ const PAGE: usize = 4096;
 
 fn endpoint(id: u16) -> UdpEndpoint {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let mut cfg = Config::new(1, id, 100 + u32::from(id));
+    // Fresh per run: the wall clock (to the nanosecond) and the socket's OS-chosen port.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let nanos = now.map_or(0, |d| d.as_nanos()).to_be_bytes();
+    let port = socket.local_addr().map_or(0, |a| a.port()).to_be_bytes();
+    let mut cfg = Config::new(1, id, Seed::condition(&[&nanos, &port, &id.to_be_bytes()]));
     cfg.mtu = std::env::var("MTU").ok().and_then(|m| m.parse().ok()).unwrap_or(1500);
     UdpEndpoint::new(Transport::new(cfg, &ClusterKey::from_passphrase(b"netbench")), socket)
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::device::{DeviceStats, DriverError};
-use crate::transport::{ClusterKey, Config, SendError};
+use crate::transport::{ClusterKey, Config, Seed, SendError};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -260,7 +260,7 @@ fn transport_messages_cross_smoltcp_exactly_once_in_order_despite_frame_loss() {
     let key = ClusterKey::from_passphrase(b"smoltcp test");
     let mut transports: Vec<Transport> = (0..2)
         .map(|id| {
-            let mut t = Transport::new(Config::new(3, id, 40 + u32::from(id)), &key);
+            let mut t = Transport::new(Config::new(3, id, Seed::new([40 + id as u8; 32])), &key);
             t.add_peer(1 - id, 0);
             t
         })

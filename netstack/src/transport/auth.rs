@@ -2,7 +2,9 @@
 //! under the cluster key.
 //!
 //! The primitive comes from RustCrypto's `blake2` (portable code, no SIMD); this module only
-//! fixes the key type, the tag length and a constant-time check.
+//! fixes the key type, the tag length and a constant-time check. It also holds the per-engine
+//! [`Seed`] from which session nonces are derived (README "Freshness"), and the key
+//! [`ClusterKey::fingerprint`] that consoles show instead of the key.
 
 use blake2::digest::consts::{U16, U32};
 use blake2::digest::{Digest, KeyInit, Mac};
@@ -33,9 +35,75 @@ impl ClusterKey {
     }
 }
 
+impl ClusterKey {
+    /// A short public name for the key, for consoles and logs: the first 8 bytes of the keyed
+    /// BLAKE2b tag of a fixed string. Two nodes with the same fingerprint hold the same key.
+    /// It tells an eavesdropper no more than any datagram tag does (both are tags under the
+    /// key), so it is safe to print where the key itself never may be.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let tag = Authenticator::new(self).tag(&[b"gestalt cluster key fingerprint"]);
+        let mut f = [0u8; 8];
+        f.copy_from_slice(&tag[..8]);
+        f
+    }
+}
+
 impl core::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("ClusterKey(..)")
+    }
+}
+
+/// Fresh randomness for one [`super::Transport`] (one boot, one view): 32 bytes that must
+/// never repeat. Every session nonce the engine uses is derived from it, so a repeated seed
+/// would let datagrams recorded under it authenticate again. The firmware fills it from
+/// RDSEED/RDRAND (or its documented fallback) each time it builds a transport; tests pass
+/// distinct constants. `Debug` does not show it.
+#[derive(Clone)]
+pub struct Seed([u8; 32]);
+
+impl Seed {
+    /// A seed from 32 bytes that are already uniformly random (e.g. RDSEED output).
+    pub const fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A seed from raw entropy of uneven quality (hardware random words, timer jitter,
+    /// clocks, the MAC): BLAKE2b-256 over all `parts`, each length-prefixed so that parts
+    /// cannot run into each other. The seed is as unpredictable as the parts together are,
+    /// and differs from any other seed whenever any part differs.
+    pub fn condition(parts: &[&[u8]]) -> Self {
+        let mut h = Blake2b::<U32>::new();
+        Digest::update(&mut h, b"gestalt transport seed v1");
+        for part in parts {
+            Digest::update(&mut h, (part.len() as u64).to_be_bytes());
+            Digest::update(&mut h, part);
+        }
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(&h.finalize());
+        Self(bytes)
+    }
+
+    /// The nonce this engine (node `local`) uses towards `peer` in session `generation`:
+    /// keyed BLAKE2b under the seed, so nonces are unpredictable, distinct per peer and per
+    /// generation, and never 0 (0 on the wire means "nonce not known yet").
+    pub(crate) fn nonce(&self, local: u16, peer: u16, generation: u32) -> u64 {
+        let auth = Authenticator::new(&ClusterKey(self.0));
+        let tag = auth.tag(&[
+            b"gestalt session nonce",
+            &local.to_be_bytes(),
+            &peer.to_be_bytes(),
+            &generation.to_be_bytes(),
+        ]);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag[..8]);
+        u64::from_be_bytes(b).max(1)
+    }
+}
+
+impl core::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Seed(..)")
     }
 }
 
@@ -112,6 +180,33 @@ mod tests {
         0xe9, 0x93, 0x41, 0x55, 0xe1, 0x7d, 0xbf, 0x06, 0xd7, 0x51, 0x72, 0xec, 0xbe, 0x6d, 0xc5,
         0xaa,
     ];
+
+    #[test]
+    fn the_fingerprint_names_the_key_without_containing_it() {
+        let a = ClusterKey::from_passphrase(b"alpha");
+        assert_eq!(a.fingerprint(), ClusterKey::from_passphrase(b"alpha").fingerprint());
+        assert_ne!(a.fingerprint(), ClusterKey::from_passphrase(b"beta").fingerprint());
+    }
+
+    #[test]
+    fn seeds_give_distinct_nonzero_nonces_per_peer_and_generation() {
+        let s = Seed::condition(&[b"boot 1"]);
+        let t = Seed::condition(&[b"boot 2"]);
+        let all = [
+            s.nonce(0, 1, 0),
+            s.nonce(0, 1, 1),
+            s.nonce(0, 2, 0),
+            s.nonce(1, 0, 0),
+            t.nonce(0, 1, 0),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert_ne!(*a, 0);
+            assert!(all[i + 1..].iter().all(|b| b != a), "{all:x?}");
+        }
+        assert_eq!(s.nonce(0, 1, 0), Seed::condition(&[b"boot 1"]).nonce(0, 1, 0));
+        // Length prefixes: moving a byte from one part to the next changes the seed.
+        assert_ne!(Seed::condition(&[b"ab", b"c"]).0, Seed::condition(&[b"a", b"bc"]).0);
+    }
 
     #[test]
     fn a_tag_under_another_key_does_not_verify() {

@@ -5,18 +5,30 @@
 //! ids, not addresses: mapping a [`NodeId`] to an IP and port is the caller's business. The
 //! same engine runs over smoltcp in the firmware, over [`sim`] in tests and the simulator, and
 //! over a std `UdpSocket` ([`udp`], feature `std`).
+//!
+//! Every pair of engines talks in a *session* named by one fresh nonce of each side
+//! ([`session`]): nothing recorded in an earlier boot, view or session authenticates in a
+//! later one, and a peer that restarts inside a view is seen by its counterparts
+//! ([`Event::PeerRestarted`]). Randomness comes in as [`Config::seed`].
 
 pub mod auth;
+mod rtt;
+mod session;
 pub mod sim;
 #[cfg(any(test, feature = "std"))]
 pub mod udp;
+mod window;
 pub mod wire;
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-pub use auth::{Authenticator, ClusterKey};
+pub use auth::{Authenticator, ClusterKey, Seed};
 pub use wire::{DropReason, Header, Kind, HEADER_LEN, PROTOCOL_VERSION};
+
+use rtt::Rtt;
+use session::{Incoming, Session};
+use window::{seq_lt, ReplayWindow};
 
 /// A node's id within the cluster (DESIGN.md §5: ids come from sorting MACs).
 pub type NodeId = u16;
@@ -28,6 +40,9 @@ pub const DEFAULT_MAX_MESSAGE: usize = 4096 + 256;
 /// The most fragments the selective ack can describe beyond the cumulative ack, and so the
 /// largest usable window.
 pub const MAX_WINDOW: u32 = 64;
+/// Send times kept per peer for the latest packet numbers, to date what an echo proves. An
+/// echo older than this many datagrams proves nothing recent.
+const SENT_LOG: usize = 128;
 
 /// Tunables of a [`Transport`]. Times are in microseconds.
 #[derive(Clone, Debug)]
@@ -36,8 +51,9 @@ pub struct Config {
     pub cluster_id: u32,
     /// This node's id.
     pub local: NodeId,
-    /// This boot's epoch (any value that differs between boots, e.g. from the TSC).
-    pub epoch: u32,
+    /// Fresh randomness for this engine: one per boot *and* per view (never reused, never
+    /// derived from anything that repeats, such as ids or a TSC read at a fixed point).
+    pub seed: Seed,
     /// IP MTU of the link: 1500 for plain Ethernet, up to 9000 with jumbo frames.
     pub mtu: usize,
     /// Fragments in flight per peer, at most [`MAX_WINDOW`].
@@ -55,20 +71,21 @@ pub struct Config {
     pub min_rto_us: u64,
     /// Upper bound of the retransmission timeout, backoff included.
     pub max_rto_us: u64,
-    /// A peer that heard nothing from us for this long gets a heartbeat.
+    /// A peer that heard nothing from us for this long gets a heartbeat (which it answers).
     pub heartbeat_us: u64,
-    /// A peer we heard nothing from for this long is declared down.
+    /// A peer that showed for this long no sign of hearing us (its `pn_echo` did not move) is
+    /// declared down: so a one-way cut is seen from both ends.
     pub peer_timeout_us: u64,
 }
 
 impl Config {
     /// Defaults for a LAN or an emulated switch: 1500-byte MTU, window 64, 50 ms initial RTO,
     /// heartbeats every 100 ms, peer down after 3 s of silence.
-    pub fn new(cluster_id: u32, local: NodeId, epoch: u32) -> Self {
+    pub fn new(cluster_id: u32, local: NodeId, seed: Seed) -> Self {
         Self {
             cluster_id,
             local,
-            epoch,
+            seed,
             mtu: 1500,
             window: MAX_WINDOW,
             send_queue: 256,
@@ -105,6 +122,8 @@ pub enum SendError {
     UnknownPeer,
     /// The peer was declared down.
     PeerDown,
+    /// The peer restarted; it is out until [`Transport::reset_peer`].
+    PeerRestarted,
 }
 
 impl core::fmt::Display for SendError {
@@ -114,6 +133,7 @@ impl core::fmt::Display for SendError {
             Self::TooLarge => "message larger than the configured maximum",
             Self::UnknownPeer => "no such peer",
             Self::PeerDown => "peer is down",
+            Self::PeerRestarted => "peer restarted (reset it to talk to its new instance)",
         })
     }
 }
@@ -121,10 +141,16 @@ impl core::fmt::Display for SendError {
 /// Something the caller should know about a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Nothing heard from this peer for `peer_timeout_us`.
+    /// For `peer_timeout_us` the peer gave no sign of hearing us.
     PeerDown(NodeId),
-    /// A peer that was down spoke again (authenticated, same epoch).
+    /// A peer that was down shows again that it hears us (same session).
     PeerUp(NodeId),
+    /// A new instance of the peer (it rebooted, or reset its session with us) proved itself
+    /// fresh. Everything of the old session is void: unsent and unacknowledged messages are
+    /// dropped, nothing more is delivered from it. The peer stays out — sends fail with
+    /// [`SendError::PeerRestarted`], its datagrams are dropped — until the caller either
+    /// counts it as failed or readmits it with [`Transport::reset_peer`].
+    PeerRestarted(NodeId),
 }
 
 /// A datagram to put on the wire: `len` bytes at the start of the caller's buffer.
@@ -163,6 +189,12 @@ pub struct Stats {
     pub inbox_full: u64,
     /// Peers declared down.
     pub peers_down: u64,
+    /// Sessions confirmed (a peer's nonce proven fresh).
+    pub sessions: u64,
+    /// Peers seen to restart.
+    pub peers_restarted: u64,
+    /// RTT samples taken.
+    pub rtt_samples: u64,
     /// Dropped datagrams by reason, indexed by `DropReason as usize`.
     pub dropped: [u64; 10],
 }
@@ -179,70 +211,6 @@ impl Stats {
     }
 }
 
-/// `a < b` in sequence space (RFC 1982 serial arithmetic).
-fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-/// RFC 6298 estimator in integer microseconds.
-#[derive(Clone, Debug)]
-struct Rtt {
-    srtt: u64,
-    rttvar: u64,
-    rto: u64,
-    sampled: bool,
-}
-
-impl Rtt {
-    fn new(cfg: &Config) -> Self {
-        Self { srtt: 0, rttvar: 0, rto: cfg.initial_rto_us, sampled: false }
-    }
-
-    fn sample(&mut self, r: u64, cfg: &Config) {
-        if self.sampled {
-            let diff = self.srtt.abs_diff(r);
-            self.rttvar = (3 * self.rttvar + diff) / 4;
-            self.srtt = (7 * self.srtt + r) / 8;
-        } else {
-            self.srtt = r;
-            self.rttvar = r / 2;
-            self.sampled = true;
-        }
-        // RFC 6298 §2.3 with a clock granularity of 100 µs.
-        self.rto = (self.srtt + (4 * self.rttvar).max(100)).clamp(cfg.min_rto_us, cfg.max_rto_us);
-    }
-}
-
-/// RFC 4303 §3.4.3-style anti-replay window over packet numbers.
-#[derive(Clone, Debug, Default)]
-struct ReplayWindow {
-    /// Highest packet number accepted plus one (0: none yet).
-    top: u64,
-    /// Bit i set: packet `top - 1 - i` accepted.
-    bits: u64,
-}
-
-impl ReplayWindow {
-    fn check(&self, pn: u64) -> bool {
-        if pn >= self.top {
-            return true;
-        }
-        let back = self.top - 1 - pn;
-        back < 64 && self.bits & (1 << back) == 0
-    }
-
-    fn accept(&mut self, pn: u64) {
-        if pn >= self.top {
-            let shift = pn + 1 - self.top;
-            self.bits = if shift >= 64 { 0 } else { self.bits << shift };
-            self.bits |= 1;
-            self.top = pn + 1;
-        } else {
-            self.bits |= 1 << (self.top - 1 - pn);
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Fragment {
     seq: u32,
@@ -250,7 +218,11 @@ struct Fragment {
     count: u8,
     data: Vec<u8>,
     sent_at: u64,
+    /// Packet number of its latest transmission.
+    pn: u64,
     retransmitted: bool,
+    /// May give an RTT sample (Karn): sent once, and not outstanding when a timer fired.
+    timed: bool,
     sacked: bool,
     lost: bool,
 }
@@ -259,9 +231,13 @@ struct Fragment {
 struct Peer {
     id: NodeId,
     up: bool,
+    /// Seen to restart: out until `reset_peer`.
+    restarted: bool,
+    session: Session,
     // Sending.
-    /// Packet number of our next datagram to this peer. Per peer, so the receiver's 64-entry
-    /// anti-replay window tolerates 64 datagrams of reordering however many peers we have.
+    /// Packet number of our next datagram to this peer. Per peer and per nonce of ours, so
+    /// the receiver's 64-entry anti-replay window tolerates 64 datagrams of reordering
+    /// however many peers we have.
     next_pn: u64,
     next_seq: u32,
     unsent: VecDeque<Fragment>,
@@ -271,22 +247,31 @@ struct Peer {
     backoff: u32,
     rto_deadline: Option<u64>,
     last_sent: u64,
-    // Receiving.
-    peer_epoch: Option<u32>,
+    /// A hello or probe is owed now (new session).
+    hello_due: bool,
+    // Liveness: what the peer shows it heard from us.
+    /// Highest `pn_echo` seen in this session.
+    echo_seen: u64,
+    /// When we sent the latest datagram the peer showed it received (or when we started).
+    last_heard: u64,
+    /// Send time of packet number `pn` at `pn % SENT_LOG`, for the latest `SENT_LOG`.
+    sent_log: [u64; SENT_LOG],
+    // Receiving (confirmed session only).
     replay: ReplayWindow,
     rcv_next: u32,
     out_of_order: BTreeMap<u32, (u8, u8, Vec<u8>)>,
     partial: Vec<u8>,
     partial_next: u8,
     ack_pending: bool,
-    last_heard: u64,
 }
 
 impl Peer {
-    fn new(id: NodeId, now: u64, cfg: &Config) -> Self {
+    fn new(id: NodeId, now: u64, cfg: &Config, generation: u32) -> Self {
         Self {
             id,
             up: true,
+            restarted: false,
+            session: Session::new(&cfg.seed, cfg.local, id, generation),
             next_pn: 0,
             next_seq: 0,
             unsent: VecDeque::new(),
@@ -295,14 +280,16 @@ impl Peer {
             backoff: 0,
             rto_deadline: None,
             last_sent: now,
-            peer_epoch: None,
+            hello_due: true,
+            echo_seen: 0,
+            last_heard: now,
+            sent_log: [0; SENT_LOG],
             replay: ReplayWindow::default(),
             rcv_next: 0,
             out_of_order: BTreeMap::new(),
             partial: Vec::new(),
             partial_next: 0,
             ack_pending: false,
-            last_heard: now,
         }
     }
 
@@ -320,6 +307,18 @@ impl Peer {
             }
         }
         (self.rcv_next, sack)
+    }
+
+    /// The session is over: a new instance of the peer spoke. Nothing of it survives.
+    fn void(&mut self) {
+        self.restarted = true;
+        self.up = false;
+        self.unsent.clear();
+        self.inflight.clear();
+        self.out_of_order.clear();
+        self.partial.clear();
+        self.rto_deadline = None;
+        self.ack_pending = false;
     }
 }
 
@@ -360,19 +359,25 @@ impl Transport {
         &self.stats
     }
 
-    /// Starts talking to `id` (idempotent). `now` starts its peer-down clock.
+    /// Starts talking to `id` (idempotent). `now` starts its peer-down clock: a peer that
+    /// never completes the handshake is declared down after `peer_timeout_us`.
     pub fn add_peer(&mut self, id: NodeId, now: u64) {
         if id != self.cfg.local && self.peer_index(id).is_none() {
-            self.peers.push(Peer::new(id, now, &self.cfg));
+            self.peers.push(Peer::new(id, now, &self.cfg, 0));
         }
     }
 
-    /// Forgets everything about `id` (e.g. to readmit it after it rebooted with a new epoch;
-    /// the peer must reset us too). Returns whether it was known.
+    /// Starts a new session with `id`: everything queued, in flight or half received is
+    /// dropped, and a new nonce of ours (the next generation from the seed) names the new
+    /// session, so nothing sent or received in an earlier one — retransmissions, acks, a
+    /// recording — can authenticate in it. The peer learns the new nonce from our next
+    /// datagram; if it still runs the old session it sees [`Event::PeerRestarted`] for us.
+    /// Returns whether `id` was known.
     pub fn reset_peer(&mut self, id: NodeId, now: u64) -> bool {
         match self.peer_index(id) {
             Some(i) => {
-                self.peers[i] = Peer::new(id, now, &self.cfg);
+                let generation = self.peers[i].session.generation.wrapping_add(1);
+                self.peers[i] = Peer::new(id, now, &self.cfg, generation);
                 true
             }
             None => false,
@@ -387,6 +392,14 @@ impl Transport {
     /// Whether `id` is a peer currently considered up.
     pub fn is_up(&self, id: NodeId) -> bool {
         self.peer_index(id).is_some_and(|i| self.peers[i].up)
+    }
+
+    /// Whether the session with `id` is confirmed (its nonce proven fresh) and running.
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        self.peer_index(id).is_some_and(|i| {
+            let p = &self.peers[i];
+            p.session.peer.is_some() && !p.restarted
+        })
     }
 
     /// The current smoothed RTT and RTO to `id`, in microseconds.
@@ -407,7 +420,8 @@ impl Transport {
     }
 
     /// Queues `msg` for reliable in-order delivery to `to`. The message is split into
-    /// MTU-sized fragments; all or none of them are queued.
+    /// MTU-sized fragments; all or none of them are queued. Data waits for the session
+    /// handshake (one round trip) before it is sent.
     pub fn send(&mut self, to: NodeId, msg: &[u8]) -> Result<(), SendError> {
         let i = self.peer_index(to).ok_or(SendError::UnknownPeer)?;
         if msg.len() > self.cfg.max_message {
@@ -417,6 +431,9 @@ impl Transport {
         let count = msg.len().div_ceil(chunk).max(1);
         let count = u8::try_from(count).map_err(|_| SendError::TooLarge)?;
         let peer = &mut self.peers[i];
+        if peer.restarted {
+            return Err(SendError::PeerRestarted);
+        }
         if !peer.up {
             return Err(SendError::PeerDown);
         }
@@ -433,7 +450,9 @@ impl Transport {
                 count,
                 data: msg[start..end].to_vec(),
                 sent_at: 0,
+                pn: 0,
                 retransmitted: false,
+                timed: true,
                 sacked: false,
                 lost: false,
             });
@@ -468,9 +487,25 @@ impl Transport {
         let (h, payload) = Header::open(datagram, &self.auth, self.cfg.cluster_id, self.cfg.local)?;
         let i = self.peer_index(h.src).ok_or(DropReason::UnknownPeer)?;
         let peer = &mut self.peers[i];
-        match peer.peer_epoch {
-            Some(e) if e != h.epoch => return Err(DropReason::StaleEpoch),
-            _ => {}
+        if peer.restarted {
+            return Err(DropReason::StaleSession);
+        }
+        match peer.session.classify(h.src_nonce, h.dst_nonce) {
+            // Before the session, a hello is what it claims to be (a nonce to probe) whenever
+            // it was sent; anything else for another nonce of ours, or any hello once the
+            // session runs, belongs to a session that is over.
+            Incoming::NotOurs if h.kind == Kind::Hello && peer.session.peer.is_none() => {
+                return Ok(())
+            }
+            Incoming::NotOurs => return Err(DropReason::StaleSession),
+            Incoming::Restarted => {
+                peer.void();
+                self.stats.peers_restarted += 1;
+                self.events.push_back(Event::PeerRestarted(h.src));
+                return Ok(());
+            }
+            Incoming::Confirmed => self.stats.sessions += 1,
+            Incoming::Current => {}
         }
         if !peer.replay.check(h.pn) {
             return Err(DropReason::Replay);
@@ -481,22 +516,57 @@ impl Transport {
                 return Err(DropReason::OutOfWindow);
             }
         }
-        // Authenticated, fresh and in window: from here on the datagram counts.
-        peer.peer_epoch = Some(h.epoch);
+        // Authenticated, of this session, fresh and in window: from here on it counts.
         peer.replay.accept(h.pn);
-        peer.last_heard = now;
-        if !peer.up {
-            peer.up = true;
-            self.events.push_back(Event::PeerUp(h.src));
-        }
-        Self::on_ack(peer, &self.cfg, now, h.ack, h.sack);
-        if h.kind == Kind::Data {
-            Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
+        Self::on_ack(peer, &self.cfg, &mut self.stats, now, h.ack, h.sack);
+        Self::on_echo(peer, &self.cfg, &mut self.events, now, h.pn_echo);
+        match h.kind {
+            Kind::Data => {
+                Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
+            }
+            // Answered at once: the echo in the answer is the sender's proof that we hear it.
+            Kind::Heartbeat => peer.ack_pending = true,
+            Kind::Ack | Kind::Hello => {}
         }
         Ok(())
     }
 
-    fn on_ack(peer: &mut Peer, cfg: &Config, now: u64, ack: u32, sack: u64) {
+    /// Liveness comes from what the peer shows it heard from us, not from hearing it: with
+    /// one direction cut we keep hearing the peer, but its echo stops moving. And it is
+    /// dated by when we *sent* what the peer echoes: an echo of something old proves nothing
+    /// about now.
+    fn on_echo(peer: &mut Peer, cfg: &Config, events: &mut VecDeque<Event>, now: u64, echo: u64) {
+        // An echo of a number we never sent would be a peer bug; it proves nothing.
+        if echo <= peer.echo_seen || echo > peer.next_pn {
+            return;
+        }
+        peer.echo_seen = echo;
+        let heard = echo - 1;
+        if heard.saturating_add(SENT_LOG as u64) >= peer.next_pn {
+            let sent_at = peer.sent_log[(heard % SENT_LOG as u64) as usize];
+            peer.last_heard = peer.last_heard.max(sent_at);
+        }
+        if !peer.up && now.saturating_sub(peer.last_heard) < cfg.peer_timeout_us {
+            peer.up = true;
+            events.push_back(Event::PeerUp(peer.id));
+            // Answer at once, so the peer sees our echo move too and recovers without
+            // waiting for our next heartbeat.
+            peer.ack_pending = true;
+        }
+        if peer.backoff > 0 {
+            // Recovering from a timeout, and the peer heard a datagram we sent after the
+            // latest transmission of the oldest unacknowledged fragment: that copy is lost
+            // (typically, the path just came back after a partition). Resend it now rather
+            // than after the backed-off timer, which may be seconds away.
+            if let Some(f) = peer.inflight.iter_mut().find(|f| !f.sacked) {
+                if f.pn < echo - 1 {
+                    f.lost = true;
+                }
+            }
+        }
+    }
+
+    fn on_ack(peer: &mut Peer, cfg: &Config, stats: &mut Stats, now: u64, ack: u32, sack: u64) {
         // An ack for data never sent would be a peer bug; ignore it rather than trust it.
         let sent_end = match (peer.inflight.back(), peer.unsent.front()) {
             (Some(f), _) => f.seq.wrapping_add(1),
@@ -506,7 +576,21 @@ impl Transport {
         if seq_lt(sent_end, ack) {
             return;
         }
+        // Karn (RFC 6298 §3): one ack covering any retransmitted or timer-era fragment may
+        // have been prompted by the retransmission, or held up by whatever made the timer
+        // fire; it says nothing about the round trip, and neither do the other fragments it
+        // covers (after a partition heals, they would read as seconds).
+        let mut ambiguous = false;
+        let mut newest_timed = None::<u64>;
         let mut newest_acked_sent_at = None::<u64>;
+        let mut newly = |f: &Fragment| {
+            if f.retransmitted || !f.timed {
+                ambiguous = true;
+            } else {
+                newest_timed = newest_timed.max(Some(f.sent_at));
+            }
+            newest_acked_sent_at = newest_acked_sent_at.max(Some(f.sent_at));
+        };
         let mut progressed = false;
         while let Some(front) = peer.inflight.front() {
             if !seq_lt(front.seq, ack) {
@@ -515,10 +599,7 @@ impl Transport {
             let Some(f) = peer.inflight.pop_front() else { break };
             progressed = true;
             if !f.sacked {
-                if !f.retransmitted {
-                    peer.rtt.sample(now.saturating_sub(f.sent_at), cfg);
-                }
-                newest_acked_sent_at = newest_acked_sent_at.max(Some(f.sent_at));
+                newly(&f);
             }
         }
         for f in peer.inflight.iter_mut() {
@@ -526,11 +607,13 @@ impl Transport {
             if (1..=64).contains(&off) && sack & (1 << (off - 1)) != 0 && !f.sacked {
                 f.sacked = true;
                 f.lost = false;
-                if !f.retransmitted {
-                    peer.rtt.sample(now.saturating_sub(f.sent_at), cfg);
-                }
-                newest_acked_sent_at = newest_acked_sent_at.max(Some(f.sent_at));
+                newly(f);
             }
+        }
+        if let (false, Some(t)) = (ambiguous, newest_timed) {
+            // The most recently sent fragment: the sample least inflated by queueing.
+            peer.rtt.sample(now.saturating_sub(t), cfg);
+            stats.rtt_samples += 1;
         }
         if progressed {
             peer.backoff = 0;
@@ -596,7 +679,7 @@ impl Transport {
     /// Advances timers: declares silent peers down and arms retransmissions. `poll_transmit`
     /// calls it; call it directly when there is nothing to send.
     pub fn poll(&mut self, now: u64) {
-        for peer in &mut self.peers {
+        for peer in self.peers.iter_mut().filter(|p| !p.restarted) {
             if peer.up && now.saturating_sub(peer.last_heard) >= self.cfg.peer_timeout_us {
                 peer.up = false;
                 self.stats.peers_down += 1;
@@ -611,6 +694,11 @@ impl Transport {
                     self.stats.timeouts += 1;
                     if let Some(f) = peer.inflight.iter_mut().find(|f| !f.sacked) {
                         f.lost = true;
+                    }
+                    // Karn: whatever was outstanding when the timer fired may be acknowledged
+                    // arbitrarily late (a partition); none of it may give an RTT sample.
+                    for f in peer.inflight.iter_mut() {
+                        f.timed = false;
                     }
                     peer.backoff = (peer.backoff + 1).min(16);
                     peer.rto_deadline = Some(now + peer.current_rto(&self.cfg));
@@ -639,61 +727,88 @@ impl Transport {
     fn transmit_for(&mut self, i: usize, now: u64, buf: &mut [u8]) -> Option<Transmit> {
         let cfg = &self.cfg;
         let peer = &mut self.peers[i];
-        let (ack, sack) = peer.ack_fields();
+        // A restarted peer is out; and a pair whose packet numbers ran out (2^64 datagrams:
+        // never in practice) falls silent rather than reuse one.
+        if peer.restarted || peer.next_pn == u64::MAX {
+            return None;
+        }
         let mut header = Header {
-            kind: Kind::Ack,
+            kind: Kind::Heartbeat,
             frag_index: 0,
             frag_count: 0,
             cluster_id: cfg.cluster_id,
             src: cfg.local,
             dst: peer.id,
-            epoch: cfg.epoch,
+            src_nonce: peer.session.local,
+            dst_nonce: 0,
             pn: peer.next_pn,
+            pn_echo: 0,
             seq: 0,
-            ack,
-            sack,
+            ack: 0,
+            sack: 0,
         };
-        // Which in-flight fragment (if any) this datagram carries: a lost one first, then
-        // new data while the window allows.
-        let mut carry = None;
-        if peer.up {
-            if let Some(k) = peer.inflight.iter().position(|f| f.lost) {
-                let f = &mut peer.inflight[k];
-                f.lost = false;
-                f.retransmitted = true;
-                f.sent_at = now;
-                self.stats.retransmits += 1;
-                carry = Some(k);
-            } else if peer.inflight.len() < cfg.window as usize {
-                if let Some(mut f) = peer.unsent.pop_front() {
-                    f.sent_at = now;
-                    peer.inflight.push_back(f);
-                    carry = Some(peer.inflight.len() - 1);
-                    if peer.rto_deadline.is_none() {
-                        peer.rto_deadline = Some(now + peer.current_rto(cfg));
+        let heartbeat_due = now.saturating_sub(peer.last_sent) >= cfg.heartbeat_us;
+        let mut payload: &[u8] = &[];
+        match peer.session.peer {
+            None => {
+                // Handshake: probe a nonce we heard of, or say ours. No data, no acks: we
+                // cannot tell yet which session (if any) they would belong to.
+                if let Some(n) = peer.session.take_probe() {
+                    header.dst_nonce = n;
+                } else if peer.hello_due || heartbeat_due {
+                    match peer.session.latest() {
+                        Some(n) => header.dst_nonce = n,
+                        None => header.kind = Kind::Hello,
                     }
+                } else {
+                    return None;
+                }
+                self.stats.heartbeats_sent += 1;
+            }
+            Some(dst_nonce) => {
+                let (ack, sack) = peer.ack_fields();
+                (header.dst_nonce, header.pn_echo, header.ack, header.sack) =
+                    (dst_nonce, peer.replay.echo(), ack, sack);
+                // Which in-flight fragment (if any) this datagram carries: a lost one first,
+                // then new data while the window allows.
+                let mut carry = None;
+                if peer.up {
+                    if let Some(k) = peer.inflight.iter().position(|f| f.lost) {
+                        let f = &mut peer.inflight[k];
+                        f.lost = false;
+                        f.retransmitted = true;
+                        self.stats.retransmits += 1;
+                        carry = Some(k);
+                    } else if peer.inflight.len() < cfg.window as usize {
+                        if let Some(f) = peer.unsent.pop_front() {
+                            peer.inflight.push_back(f);
+                            carry = Some(peer.inflight.len() - 1);
+                            if peer.rto_deadline.is_none() {
+                                peer.rto_deadline = Some(now + peer.current_rto(cfg));
+                            }
+                        }
+                    }
+                }
+                if let Some(f) = carry.and_then(|k| peer.inflight.get_mut(k)) {
+                    (f.sent_at, f.pn) = (now, peer.next_pn);
+                    (header.kind, header.seq) = (Kind::Data, f.seq);
+                    (header.frag_index, header.frag_count) = (f.index, f.count);
+                    payload = &f.data;
+                } else if peer.ack_pending {
+                    header.kind = Kind::Ack;
+                    self.stats.acks_sent += 1;
+                } else if heartbeat_due || peer.hello_due {
+                    self.stats.heartbeats_sent += 1;
+                } else {
+                    return None;
                 }
             }
         }
-        let mut payload: &[u8] = &[];
-        if let Some(f) = carry.and_then(|k| peer.inflight.get(k)) {
-            (header.kind, header.seq) = (Kind::Data, f.seq);
-            (header.frag_index, header.frag_count) = (f.index, f.count);
-            payload = &f.data;
-        }
-        if header.kind == Kind::Ack {
-            if peer.ack_pending {
-                self.stats.acks_sent += 1;
-            } else if now.saturating_sub(peer.last_sent) >= cfg.heartbeat_us {
-                header.kind = Kind::Heartbeat;
-                self.stats.heartbeats_sent += 1;
-            } else {
-                return None;
-            }
-        }
         let len = header.seal(&self.auth, payload, buf)?;
+        peer.sent_log[(peer.next_pn % SENT_LOG as u64) as usize] = now;
         peer.next_pn += 1;
         peer.ack_pending = false;
+        peer.hello_due = false;
         peer.last_sent = now;
         Some(Transmit { to: peer.id, len })
     }
@@ -702,8 +817,13 @@ impl Transport {
     pub fn next_deadline(&self) -> Option<u64> {
         self.peers
             .iter()
+            .filter(|p| !p.restarted)
             .flat_map(|p| {
-                let heartbeat = p.last_sent + self.cfg.heartbeat_us;
+                let heartbeat = if p.hello_due || p.session.has_probe() {
+                    p.last_sent
+                } else {
+                    p.last_sent + self.cfg.heartbeat_us
+                };
                 let down = p.up.then_some(p.last_heard + self.cfg.peer_timeout_us);
                 [p.rto_deadline, Some(heartbeat), down]
             })

@@ -1,5 +1,7 @@
 //! A deterministic lossy datagram network for tests and the simulator: seeded drop,
-//! duplication and reordering (random per-datagram delay). No clocks: time is an input.
+//! duplication and reordering (random per-datagram delay), directed cuts (partitions, one-way
+//! failures), and a tap that records every datagram for replay attacks. No clocks: time is an
+//! input.
 
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
@@ -80,6 +82,8 @@ pub struct SimStats {
     pub duplicated: u64,
     /// Datagrams delivered (copies included).
     pub delivered: u64,
+    /// Datagrams lost to a cut.
+    pub cut: u64,
 }
 
 /// The network: datagrams go in with `send`, come out of `deliver` once their time came.
@@ -90,6 +94,10 @@ pub struct SimNetwork {
     queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
     stats: SimStats,
+    /// Directions that lose everything: (from, to).
+    cuts: Vec<(NodeId, NodeId)>,
+    /// Every datagram handed to the network, when recording.
+    tap: Option<Vec<(NodeId, NodeId, Vec<u8>)>>,
 }
 
 impl SimNetwork {
@@ -101,7 +109,37 @@ impl SimNetwork {
             queue: BinaryHeap::new(),
             order: 0,
             stats: SimStats::default(),
+            cuts: Vec::new(),
+            tap: None,
         }
+    }
+
+    /// From now on, everything `from` sends to `to` is lost (one direction only).
+    pub fn cut(&mut self, from: NodeId, to: NodeId) {
+        if !self.cuts.contains(&(from, to)) {
+            self.cuts.push((from, to));
+        }
+    }
+
+    /// Cuts both directions between `a` and `b`.
+    pub fn partition(&mut self, a: NodeId, b: NodeId) {
+        self.cut(a, b);
+        self.cut(b, a);
+    }
+
+    /// Removes every cut.
+    pub fn heal(&mut self) {
+        self.cuts.clear();
+    }
+
+    /// Starts recording every datagram sent (what an eavesdropper on the wire captures).
+    pub fn record(&mut self) {
+        self.tap.get_or_insert_with(Vec::new);
+    }
+
+    /// The datagrams recorded so far, as `(from, to, bytes)`.
+    pub fn recorded(&self) -> &[(NodeId, NodeId, Vec<u8>)] {
+        self.tap.as_deref().unwrap_or(&[])
     }
 
     /// Counters.
@@ -117,6 +155,13 @@ impl SimNetwork {
     /// Sends `bytes` from `from` to `to` at time `now`.
     pub fn send(&mut self, now: u64, from: NodeId, to: NodeId, bytes: &[u8]) {
         self.stats.sent += 1;
+        if let Some(tap) = &mut self.tap {
+            tap.push((from, to, bytes.to_vec()));
+        }
+        if self.cuts.contains(&(from, to)) {
+            self.stats.cut += 1;
+            return;
+        }
         if self.rng.chance(self.faults.drop_per_mille) {
             self.stats.dropped += 1;
             return;

@@ -135,7 +135,7 @@ impl UdpEndpoint {
 #[cfg(test)]
 mod tests {
     use super::super::sim::Rng;
-    use super::super::{ClusterKey, Config};
+    use super::super::{ClusterKey, Config, Seed};
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -143,7 +143,8 @@ mod tests {
     fn endpoint(id: NodeId) -> UdpEndpoint {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let key = ClusterKey::from_passphrase(b"udp loopback test");
-        UdpEndpoint::new(Transport::new(Config::new(7, id, u32::from(id) + 1), &key), socket)
+        let seed = Seed::condition(&[b"udp test", &id.to_be_bytes()]);
+        UdpEndpoint::new(Transport::new(Config::new(7, id, seed), &key), socket)
     }
 
     fn msg(from: NodeId, k: u32, rng: &mut Rng) -> Vec<u8> {

@@ -1,27 +1,32 @@
-//! The transport datagram: a fixed 64-byte header, the payload, and the checks a receiver
+//! The transport datagram: a fixed 84-byte header, the payload, and the checks a receiver
 //! applies before it believes any field.
 //!
 //! ```text
 //!  0  magic u32 "GSTL"      4 version u8   5 kind u8   6 frag_index u8   7 frag_count u8
 //!  8  cluster_id u32       12 src u16     14 dst u16
-//! 16  epoch u32            20 len u16     22 reserved u16 (0)
-//! 24  pn u64  (packet number: per sender, receiver and epoch, never reused; anti-replay)
-//! 32  seq u32 (data only)  36 ack u32 (next expected seq)   40 sack u64 (bit i: ack+1+i held)
-//! 48  tag [u8; 16]  keyed BLAKE2b-128(cluster key, bytes 0..48 ‖ payload)
-//! 64  payload (len bytes)
+//! 16  len u16              18 reserved u16 (0)          20 seq u32 (data only)
+//! 24  src_nonce u64  the sender's nonce for this pair: fresh per boot, view and reset; never 0
+//! 32  dst_nonce u64  the receiver's nonce as the sender knows it; 0 only in a Hello
+//! 40  pn u64         packet number: per sender nonce, never reused; anti-replay
+//! 48  pn_echo u64    highest pn the sender accepted from the receiver in this session, + 1
+//! 56  ack u32 (next expected seq)   60 sack u64 (bit i: ack+1+i held)
+//! 68  tag [u8; 16]  keyed BLAKE2b-128(cluster key, bytes 0..68 ‖ payload)
+//! 84  payload (len bytes)
 //! ```
-//! All integers are big-endian (network order).
+//! All integers are big-endian (network order). Both nonces sit under the tag: a datagram
+//! names the session (the pair of nonces) it belongs to, and nothing can move it to another.
 
 use super::auth::Authenticator;
 
 /// `"GSTL"`: first four bytes of every transport datagram.
 pub const MAGIC: u32 = 0x4753_544C;
 /// The wire protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2: session nonces and the packet-number echo replaced the boot epoch.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Length of the fixed header, tag included.
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = 84;
 /// Bytes of the header covered by the tag (everything before it).
-const AUTH_LEN: usize = 48;
+const AUTH_LEN: usize = 68;
 /// Node id meaning "every node" (not used for sequenced traffic).
 pub const BROADCAST: u16 = 0xFFFF;
 
@@ -33,8 +38,12 @@ pub enum Kind {
     Data = 1,
     /// Acknowledgement only.
     Ack = 2,
-    /// Keep-alive; also carries acknowledgements.
+    /// Keep-alive; also carries acknowledgements. The receiver answers it at once, so the
+    /// sender learns through `pn_echo` that it is heard.
     Heartbeat = 3,
+    /// "This is my nonce": sent while the receiver's nonce is unknown (`dst_nonce` 0). Carries
+    /// nothing else, proves nothing about freshness, and is never acknowledged.
+    Hello = 4,
 }
 
 impl Kind {
@@ -43,6 +52,7 @@ impl Kind {
             1 => Some(Self::Data),
             2 => Some(Self::Ack),
             3 => Some(Self::Heartbeat),
+            4 => Some(Self::Hello),
             _ => None,
         }
     }
@@ -63,10 +73,15 @@ pub struct Header {
     pub src: u16,
     /// Receiving node.
     pub dst: u16,
-    /// The sender's boot epoch.
-    pub epoch: u32,
-    /// Packet number, unique per (sender, receiver, sender epoch).
+    /// The sender's nonce for this pair (never 0).
+    pub src_nonce: u64,
+    /// The receiver's nonce as the sender knows it; 0 in a [`Kind::Hello`] only.
+    pub dst_nonce: u64,
+    /// Packet number, unique per sender nonce.
     pub pn: u64,
+    /// Highest packet number the sender accepted from the receiver in this session, plus one
+    /// (0: none yet). Liveness: it advances only if the receiver's datagrams get through.
+    pub pn_echo: u64,
     /// Sequence number of this fragment (data only).
     pub seq: u32,
     /// Cumulative acknowledgement: every seq below this was received.
@@ -94,8 +109,9 @@ pub enum DropReason {
     Replay,
     /// From a node that is not a configured peer.
     UnknownPeer,
-    /// From a known peer but another boot epoch (the peer restarted).
-    StaleEpoch,
+    /// Authentic, but not for our current session with the peer: recorded in an earlier boot,
+    /// view or session, or from a peer instance we no longer talk to (it restarted).
+    StaleSession,
     /// Sequence number outside the receive window.
     OutOfWindow,
 }
@@ -111,10 +127,26 @@ impl core::fmt::Display for DropReason {
             Self::BadTag => "authentication failed (wrong cluster key?)",
             Self::Replay => "replayed or duplicated datagram",
             Self::UnknownPeer => "sender is not a configured peer",
-            Self::StaleEpoch => "sender restarted (another boot epoch)",
+            Self::StaleSession => "not for the current session (earlier boot, or restarted peer)",
             Self::OutOfWindow => "sequence number outside the receive window",
         })
     }
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 10] = [
+        Self::Malformed,
+        Self::BadMagic,
+        Self::BadVersion,
+        Self::WrongCluster,
+        Self::NotForUs,
+        Self::BadTag,
+        Self::Replay,
+        Self::UnknownPeer,
+        Self::StaleSession,
+        Self::OutOfWindow,
+    ];
 }
 
 impl Header {
@@ -135,13 +167,15 @@ impl Header {
         h[8..12].copy_from_slice(&self.cluster_id.to_be_bytes());
         h[12..14].copy_from_slice(&self.src.to_be_bytes());
         h[14..16].copy_from_slice(&self.dst.to_be_bytes());
-        h[16..20].copy_from_slice(&self.epoch.to_be_bytes());
-        h[20..22].copy_from_slice(&len.to_be_bytes());
-        h[22..24].copy_from_slice(&[0, 0]);
-        h[24..32].copy_from_slice(&self.pn.to_be_bytes());
-        h[32..36].copy_from_slice(&self.seq.to_be_bytes());
-        h[36..40].copy_from_slice(&self.ack.to_be_bytes());
-        h[40..48].copy_from_slice(&self.sack.to_be_bytes());
+        h[16..18].copy_from_slice(&len.to_be_bytes());
+        h[18..20].copy_from_slice(&[0, 0]);
+        h[20..24].copy_from_slice(&self.seq.to_be_bytes());
+        h[24..32].copy_from_slice(&self.src_nonce.to_be_bytes());
+        h[32..40].copy_from_slice(&self.dst_nonce.to_be_bytes());
+        h[40..48].copy_from_slice(&self.pn.to_be_bytes());
+        h[48..56].copy_from_slice(&self.pn_echo.to_be_bytes());
+        h[56..60].copy_from_slice(&self.ack.to_be_bytes());
+        h[60..68].copy_from_slice(&self.sack.to_be_bytes());
         buf[HEADER_LEN..total].copy_from_slice(payload);
         let tag = auth.tag(&[&buf[..AUTH_LEN], &buf[HEADER_LEN..total]]);
         buf[AUTH_LEN..HEADER_LEN].copy_from_slice(&tag);
@@ -190,30 +224,41 @@ impl Header {
         }
         let kind = Kind::from_u8(datagram[5]).ok_or(DropReason::Malformed)?;
         let (frag_index, frag_count) = (datagram[6], datagram[7]);
-        let len = usize::from(u16_at(20));
-        if len != datagram.len() - HEADER_LEN || u16_at(22) != 0 {
+        let len = usize::from(u16_at(16));
+        if len != datagram.len() - HEADER_LEN || u16_at(18) != 0 {
             return Err(DropReason::Malformed);
         }
-        let frag_ok = match kind {
-            Kind::Data => frag_count != 0 && frag_index < frag_count,
-            Kind::Ack | Kind::Heartbeat => frag_count == 0 && frag_index == 0 && len == 0,
-        };
-        if !frag_ok {
-            return Err(DropReason::Malformed);
-        }
-        Ok(Header {
+        let h = Header {
             kind,
             frag_index,
             frag_count,
             cluster_id: u32_at(8),
             src: u16_at(12),
             dst: u16_at(14),
-            epoch: u32_at(16),
-            pn: u64_at(24),
-            seq: u32_at(32),
-            ack: u32_at(36),
-            sack: u64_at(40),
-        })
+            src_nonce: u64_at(24),
+            dst_nonce: u64_at(32),
+            pn: u64_at(40),
+            pn_echo: u64_at(48),
+            seq: u32_at(20),
+            ack: u32_at(56),
+            sack: u64_at(60),
+        };
+        let no_fragment = frag_count == 0 && frag_index == 0 && len == 0;
+        let shape_ok = h.src_nonce != 0
+            && match kind {
+                Kind::Data => frag_count != 0 && frag_index < frag_count && h.dst_nonce != 0,
+                Kind::Ack | Kind::Heartbeat => no_fragment && h.seq == 0 && h.dst_nonce != 0,
+                // A hello knows nothing of the receiver, so it cannot acknowledge anything.
+                Kind::Hello => {
+                    no_fragment
+                        && h.dst_nonce == 0
+                        && (h.seq, h.ack, h.sack, h.pn_echo) == (0, 0, 0, 0)
+                }
+            };
+        if !shape_ok {
+            return Err(DropReason::Malformed);
+        }
+        Ok(h)
     }
 }
 
@@ -235,8 +280,10 @@ mod tests {
             cluster_id: 7,
             src: 2,
             dst: 5,
-            epoch: 0xdead_beef,
+            src_nonce: 0xdead_beef_0bad_cafe,
+            dst_nonce: 0x0123_4567_89ab_cdef,
             pn: 1 << 40,
+            pn_echo: 77,
             seq: 99,
             ack: 42,
             sack: 0b1011,
@@ -281,6 +328,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_carries_no_receiver_nonce_and_acknowledges_nothing() {
+        let hello = Header {
+            kind: Kind::Hello,
+            frag_index: 0,
+            frag_count: 0,
+            dst_nonce: 0,
+            pn_echo: 0,
+            seq: 0,
+            ack: 0,
+            sack: 0,
+            ..sample()
+        };
+        let mut buf = [0u8; 128];
+        let n = hello.seal(&auth(), b"", &mut buf).unwrap();
+        assert_eq!(Header::open(&buf[..n], &auth(), 7, 5).map(|h| h.0), Ok(hello));
+        for bad in [
+            Header { ack: 1, ..hello },
+            Header { pn_echo: 1, ..hello },
+            Header { dst_nonce: 1, ..hello },
+            Header { kind: Kind::Heartbeat, ..hello },
+            Header { kind: Kind::Ack, src_nonce: 0, dst_nonce: 3, ..hello },
+        ] {
+            let n = bad.seal(&auth(), b"", &mut buf).unwrap();
+            assert_eq!(
+                Header::open(&buf[..n], &auth(), 7, 5),
+                Err(DropReason::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn seal_refuses_a_buffer_that_is_too_small() {
         let mut buf = [0u8; HEADER_LEN + 3];
         assert_eq!(sample().seal(&auth(), b"1234", &mut buf), None);
@@ -310,17 +389,21 @@ mod tests {
         #[test]
         fn any_header_roundtrips(
             kind in 1u8..=3, seq in any::<u32>(), ack in any::<u32>(), sack in any::<u64>(),
-            pn in any::<u64>(), epoch in any::<u32>(), src in any::<u16>(),
+            pn in any::<u64>(), pn_echo in any::<u64>(), src in any::<u16>(),
+            src_nonce in 1..=u64::MAX, dst_nonce in 1..=u64::MAX,
             count in 1u8..=255, index in any::<u8>(),
             payload in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let kind = Kind::from_u8(kind).unwrap();
-            let (frag_index, frag_count, payload) = if kind == Kind::Data {
-                (index % count, count, payload)
+            let (frag_index, frag_count, payload, seq) = if kind == Kind::Data {
+                (index % count, count, payload, seq)
             } else {
-                (0, 0, Vec::new())
+                (0, 0, Vec::new(), 0)
             };
-            let h = Header { kind, frag_index, frag_count, cluster_id: 1, src, dst: 9, epoch, pn, seq, ack, sack };
+            let h = Header {
+                kind, frag_index, frag_count, cluster_id: 1, src, dst: 9,
+                src_nonce, dst_nonce, pn, pn_echo, seq, ack, sack,
+            };
             let mut buf = [0u8; 256];
             let n = h.seal(&auth(), &payload, &mut buf).unwrap();
             let (back, p) = Header::open(&buf[..n], &auth(), 1, 9).unwrap();
