@@ -52,8 +52,8 @@ pub static IMAGE_INFO: ImageInfo = ImageInfo {
 /// The block as it is in memory now, read so the compiler cannot fold in the unstamped
 /// build id it saw at compile time.
 pub fn current() -> ImageInfo {
-    // SAFETY: IMAGE_INFO is a valid, aligned static; a volatile read of it is always sound.
-    unsafe { core::ptr::read_volatile(&IMAGE_INFO) }
+    // SAFETY: IMAGE_INFO is a valid, aligned static, never written while the program runs.
+    unsafe { volatile::VolatilePtr::new_read_only(core::ptr::NonNull::from(&IMAGE_INFO)).read() }
 }
 
 impl ImageInfo {

@@ -45,6 +45,10 @@ pub struct DeviceStats {
     pub rx_missed: u64,
     /// Transmissions refused because the ring was full.
     pub tx_ring_full: u64,
+    /// Times the device broke its side of the ring protocol and the driver contained it:
+    /// a completion for a descriptor it did not own, an impossible ring index, a receive poll
+    /// cut short by a ring full of completions without one good frame.
+    pub device_faults: u64,
 }
 
 /// Why a driver could not be set up or could not send.
@@ -64,6 +68,9 @@ pub enum DriverError {
     FeaturesRefused,
     /// A queue the driver needs is missing or too small (virtio).
     QueueUnavailable,
+    /// A structure the device describes lies outside the region it gave for it (virtio):
+    /// which one.
+    OutOfRegion(&'static str),
     /// The transmit ring is full; poll and retry.
     TxRingFull,
     /// The frame is longer than the device's maximum frame, or shorter than a header.
@@ -80,6 +87,7 @@ impl core::fmt::Display for DriverError {
             Self::NoMac => f.write_str("no MAC address in registers or EEPROM"),
             Self::FeaturesRefused => f.write_str("device refused the negotiated features"),
             Self::QueueUnavailable => f.write_str("required virtqueue missing or too small"),
+            Self::OutOfRegion(what) => write!(f, "{what} lies outside the region the device gave"),
             Self::TxRingFull => f.write_str("transmit ring full"),
             Self::BadFrameLength(n) => write!(f, "frame length {n} out of range"),
         }

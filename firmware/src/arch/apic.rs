@@ -3,37 +3,53 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use gestalt_netstack::hal::{Block, Reg, Window};
+
 use super::cpu::{has_x2apic, rdmsr, wrmsr};
 use super::idt::SPURIOUS_VECTOR;
 
 const MSR_APIC_BASE: u32 = 0x1B;
-const XAPIC_BASE: u64 = 0xFEE0_0000;
 static X2: AtomicBool = AtomicBool::new(false);
 
-// xAPIC register offsets; the x2APIC MSR is 0x800 + offset / 16 (SDM Vol. 3A Table 11-6).
-const REG_ID: u32 = 0x20;
-const REG_EOI: u32 = 0xB0;
-const REG_SVR: u32 = 0xF0;
-const REG_ICR_LO: u32 = 0x300;
-const REG_ICR_HI: u32 = 0x310;
+/// The xAPIC register page (SDM Vol. 3A §11.4.1, Table 11-1).
+struct XApicPage;
 
-fn read(reg: u32) -> u32 {
+impl Block for XApicPage {
+    const SIZE: usize = 4096;
+    const ALIGN: usize = 4096;
+}
+
+// SAFETY: the xAPIC page sits at its reset base 0xFEE0_0000 (SDM Vol. 3A §11.4.4; we never move
+// it), identity-mapped uncached by the boot tables, and only this CPU's own APIC answers there.
+const XAPIC: Window<XApicPage> = unsafe { Window::new(0xFEE0_0000) };
+
+type R = Reg<XApicPage, u32>;
+// xAPIC registers; the x2APIC MSR is 0x800 + offset / 16 (SDM Vol. 3A Table 11-6).
+const REG_ID: R = Reg::at::<0x20>();
+const REG_EOI: R = Reg::at::<0xB0>();
+const REG_SVR: R = Reg::at::<0xF0>();
+const REG_ICR_LO: R = Reg::at::<0x300>();
+const REG_ICR_HI: R = Reg::at::<0x310>();
+
+fn msr(reg: R) -> u32 {
+    0x800 + (reg.offset() / 16) as u32
+}
+
+fn read(reg: R) -> u32 {
     if X2.load(Ordering::Relaxed) {
         // SAFETY: x2APIC mode is on, so the APIC MSR range exists.
-        unsafe { rdmsr(0x800 + reg / 16) as u32 }
+        unsafe { rdmsr(msr(reg)) as u32 }
     } else {
-        // SAFETY: the xAPIC page is identity-mapped uncached; registers are 32-bit aligned.
-        unsafe { core::ptr::read_volatile((XAPIC_BASE + u64::from(reg)) as *const u32) }
+        XAPIC.get(reg)
     }
 }
 
-fn write(reg: u32, val: u32) {
+fn write(reg: R, val: u32) {
     if X2.load(Ordering::Relaxed) {
         // SAFETY: x2APIC mode is on, so the APIC MSR range exists.
-        unsafe { wrmsr(0x800 + reg / 16, u64::from(val)) }
+        unsafe { wrmsr(msr(reg), u64::from(val)) }
     } else {
-        // SAFETY: the xAPIC page is identity-mapped uncached; registers are 32-bit aligned.
-        unsafe { core::ptr::write_volatile((XAPIC_BASE + u64::from(reg)) as *mut u32, val) }
+        XAPIC.set(reg, val);
     }
 }
 

@@ -1,10 +1,28 @@
 //! Page-table memory for the firmware: 4 KiB frames from the reserve, reached through the
 //! identity map. One `TableMem` serves the hypervisor's own tables and every guest's EPT.
 
+use gestalt_netstack::hal::{Block, RegArray, Window};
 use spin::Mutex;
 
 use super::frames::FrameAllocator;
 use crate::paging::TableMem;
+
+/// One 4 KiB paging-structure frame of 512 entries (SDM Vol. 3A §4.5; EPT §29.3.2 alike).
+struct TableFrame;
+
+impl Block for TableFrame {
+    const SIZE: usize = 4096;
+    const ALIGN: usize = 4096;
+}
+
+const ENTRIES: RegArray<TableFrame, u64, 512> = RegArray::at::<0>();
+
+fn frame(table: u64) -> Window<TableFrame> {
+    // SAFETY: `table` is a frame from `alloc_table` (4 KiB, aligned, from the reserve, handed
+    // out once), identity-mapped and owned by these tables; the CPU's page walker reads it
+    // too, hence volatile access.
+    unsafe { Window::new(table as usize) }
+}
 
 /// `pages` zeroed frames from the reserve, aligned to `align` bytes: page tables, EPT, VMX
 /// regions and DMA rings all start from this.
@@ -42,14 +60,12 @@ impl<S: FrameSource> TableMem for IdentityTables<S> {
         self.0.frame()
     }
 
+    // `crate::paging` and the EPT builder take `idx` from 9 address bits, so it is below 512.
     fn read(&self, table: u64, idx: usize) -> u64 {
-        // SAFETY: `table` is a frame from `alloc_table`, identity-mapped; idx < 512 by
-        // construction in `crate::paging` and the EPT builder.
-        unsafe { core::ptr::read_volatile((table as *const u64).add(idx)) }
+        frame(table).get(ENTRIES.get(idx).expect("page-table index below 512"))
     }
 
     fn write(&mut self, table: u64, idx: usize, val: u64) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((table as *mut u64).add(idx), val) }
+        frame(table).set(ENTRIES.get(idx).expect("page-table index below 512"), val);
     }
 }

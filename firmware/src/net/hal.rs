@@ -3,7 +3,7 @@
 
 use core::ptr::NonNull;
 
-use gestalt_netstack::hal::{DmaRegion, Hal};
+use gestalt_netstack::hal::{Bus, DmaRegion, Hal};
 use spin::Mutex;
 
 use crate::mem::frames::FrameAllocator;
@@ -22,9 +22,12 @@ impl FwHal {
     }
 }
 
+// SAFETY: the default methods: one volatile access of the register's width, which is what
+// identity-mapped MMIO needs.
+unsafe impl Bus for FwHal {}
+
 // SAFETY: regions come from the reserve, are handed out once and never freed, zeroed here,
-// identity-mapped write-back RAM (coherent with DMA on x86), so `phys == virt`; MMIO
-// accessors keep the trait's single volatile access.
+// identity-mapped write-back RAM (coherent with DMA on x86), so `phys == virt`.
 unsafe impl Hal for FwHal {
     fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
         let pages = (len as u64).div_ceil(4096).max(1);

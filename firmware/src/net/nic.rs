@@ -72,15 +72,19 @@ fn probe_virtio(d: &Device, hal: FwHal, jumbo: bool) -> Result<Nic, NicError> {
     let caps = virtio_caps(|off| read32(d.bdf, off)).ok_or(NicError::BadBar(NAME))?;
     let regions = VirtioPciRegions {
         common_cfg: region(d, caps.common).ok_or(NicError::BadBar(NAME))?,
+        common_cfg_len: caps.common.len as usize,
         notify: region(d, caps.notify).ok_or(NicError::BadBar(NAME))?,
+        notify_len: caps.notify.len as usize,
         notify_off_multiplier: caps.notify_multiplier,
         isr: region(d, caps.isr).ok_or(NicError::BadBar(NAME))?,
         device_cfg: region(d, caps.device).ok_or(NicError::BadBar(NAME))?,
+        device_cfg_len: caps.device.len as usize,
     };
     enable(d);
     let cfg = VirtioNetConfig { jumbo, ..VirtioNetConfig::default() };
-    // SAFETY: the regions are inside this function's memory BARs (checked against the BAR
-    // sizes), identity-mapped; decoding and bus mastering are on; we own the device.
+    // SAFETY: each region, for its capability's length, is inside this function's memory BAR
+    // (checked against the BAR size), identity-mapped; decoding and bus mastering are on; we
+    // own the device.
     let dev = unsafe { VirtioNet::with_config(hal, regions, cfg) }
         .map_err(|e| NicError::Driver(NAME, e))?;
     Ok(Nic { dev: Box::new(dev), name: NAME, bdf: d.bdf })

@@ -7,35 +7,49 @@
 //! EERD register layout and a few init bits.
 
 use crate::device::{DeviceStats, DriverError, NetDevice};
-use crate::hal::{Dma, Hal};
+use crate::hal::{Block, Dma, DmaTable, Hal, Reg, Window};
 use core::sync::atomic::{fence, Ordering};
 
-/// Register offsets (8254x SDM Table 13-2; 82574L DS §10.2 has the same offsets).
+/// BAR0: the 128 KiB register window (its registers in 8254x SDM Table 13-2, 82574L DS
+/// §10.2).
+#[derive(Debug)]
+struct Bar0;
+
+impl Block for Bar0 {
+    const SIZE: usize = 128 << 10;
+    const ALIGN: usize = 4;
+}
+
+/// Registers (8254x SDM Table 13-2; 82574L DS §10.2 has the same offsets).
 mod reg {
-    pub const CTRL: usize = 0x0000;
-    pub const STATUS: usize = 0x0008;
-    pub const EERD: usize = 0x0014;
-    pub const ICR: usize = 0x00C0;
-    pub const IMC: usize = 0x00D8;
-    pub const RCTL: usize = 0x0100;
-    pub const TCTL: usize = 0x0400;
-    pub const TIPG: usize = 0x0410;
-    pub const RDBAL: usize = 0x2800;
-    pub const RDBAH: usize = 0x2804;
-    pub const RDLEN: usize = 0x2808;
-    pub const RDH: usize = 0x2810;
-    pub const RDT: usize = 0x2818;
-    pub const TDBAL: usize = 0x3800;
-    pub const TDBAH: usize = 0x3804;
-    pub const TDLEN: usize = 0x3808;
-    pub const TDH: usize = 0x3810;
-    pub const TDT: usize = 0x3818;
-    pub const CRCERRS: usize = 0x4000;
-    pub const MPC: usize = 0x4010;
-    pub const GCR: usize = 0x5B00;
-    pub const MTA: usize = 0x5200;
-    pub const RAL0: usize = 0x5400;
-    pub const RAH0: usize = 0x5404;
+    use super::Bar0;
+    use crate::hal::{Reg, RegArray};
+    type R = Reg<Bar0, u32>;
+    pub const CTRL: R = Reg::at::<0x0000>();
+    pub const STATUS: R = Reg::at::<0x0008>();
+    pub const EERD: R = Reg::at::<0x0014>();
+    pub const ICR: R = Reg::at::<0x00C0>();
+    pub const IMC: R = Reg::at::<0x00D8>();
+    pub const RCTL: R = Reg::at::<0x0100>();
+    pub const TCTL: R = Reg::at::<0x0400>();
+    pub const TIPG: R = Reg::at::<0x0410>();
+    pub const RDBAL: R = Reg::at::<0x2800>();
+    pub const RDBAH: R = Reg::at::<0x2804>();
+    pub const RDLEN: R = Reg::at::<0x2808>();
+    pub const RDH: R = Reg::at::<0x2810>();
+    pub const RDT: R = Reg::at::<0x2818>();
+    pub const TDBAL: R = Reg::at::<0x3800>();
+    pub const TDBAH: R = Reg::at::<0x3804>();
+    pub const TDLEN: R = Reg::at::<0x3808>();
+    pub const TDH: R = Reg::at::<0x3810>();
+    pub const TDT: R = Reg::at::<0x3818>();
+    pub const CRCERRS: R = Reg::at::<0x4000>();
+    pub const MPC: R = Reg::at::<0x4010>();
+    pub const GCR: R = Reg::at::<0x5B00>();
+    /// The multicast table array, MTA[0..128] (8254x SDM Table 13-2).
+    pub const MTA: RegArray<Bar0, u32, 128> = RegArray::at::<0x5200>();
+    pub const RAL0: R = Reg::at::<0x5400>();
+    pub const RAH0: R = Reg::at::<0x5404>();
 }
 
 /// CTRL bits (8254x SDM §13.4.1).
@@ -67,11 +81,47 @@ const TIPG_COPPER: u32 = 10 | (8 << 10) | (6 << 20);
 /// the same).
 const GCR_82574_BIT22: u32 = 1 << 22;
 
-/// Descriptor bits. Legacy RX descriptor (8254x SDM §3.2.3): addr u64 @0, length u16 @8,
-/// checksum u16 @10, status u8 @12, errors u8 @13, special u16 @14. Legacy TX descriptor
-/// (§3.3.3): addr u64 @0, length u16 @8, cso u8 @10, cmd u8 @11, status u8 @12, css u8 @13,
-/// special u16 @14.
-const DESC_LEN: usize = 16;
+/// Legacy receive descriptor (8254x SDM §3.2.3): 16 bytes.
+#[derive(Debug)]
+struct RxDesc;
+
+impl Block for RxDesc {
+    const SIZE: usize = 16;
+    const ALIGN: usize = 8;
+}
+
+mod rxd {
+    use super::RxDesc;
+    use crate::hal::Reg;
+    pub const ADDR: Reg<RxDesc, u64> = Reg::at::<0>();
+    /// Length, checksum, status, errors and special as one word, for clearing.
+    pub const META: Reg<RxDesc, u64> = Reg::at::<8>();
+    pub const LENGTH: Reg<RxDesc, u16> = Reg::at::<8>();
+    pub const STATUS: Reg<RxDesc, u8> = Reg::at::<12>();
+    pub const ERRORS: Reg<RxDesc, u8> = Reg::at::<13>();
+}
+
+/// Legacy transmit descriptor (8254x SDM §3.3.3): 16 bytes.
+#[derive(Debug)]
+struct TxDesc;
+
+impl Block for TxDesc {
+    const SIZE: usize = 16;
+    const ALIGN: usize = 8;
+}
+
+mod txd {
+    use super::TxDesc;
+    use crate::hal::Reg;
+    pub const ADDR: Reg<TxDesc, u64> = Reg::at::<0>();
+    pub const LENGTH: Reg<TxDesc, u16> = Reg::at::<8>();
+    pub const CSO: Reg<TxDesc, u8> = Reg::at::<10>();
+    pub const CMD: Reg<TxDesc, u8> = Reg::at::<11>();
+    pub const STATUS: Reg<TxDesc, u8> = Reg::at::<12>();
+    pub const CSS: Reg<TxDesc, u8> = Reg::at::<13>();
+    pub const SPECIAL: Reg<TxDesc, u16> = Reg::at::<14>();
+}
+
 const RX_STATUS_DD: u8 = 1 << 0;
 const RX_STATUS_EOP: u8 = 1 << 1;
 const TX_CMD_EOP: u8 = 1 << 0;
@@ -125,18 +175,18 @@ impl Default for E1000Config {
 #[derive(Debug)]
 pub struct E1000<H: Hal> {
     hal: H,
-    mmio: usize,
+    regs: Window<Bar0, H>,
     model: Model,
     mac: [u8; 6],
     mtu: usize,
     buf_len: usize,
-    rx_ring: Dma,
+    rx_ring: DmaTable<(), RxDesc>,
     rx_bufs: Dma,
     rx_count: usize,
     rx_next: usize,
     /// Inside a frame that spilled over several descriptors: discard up to its EOP.
     rx_discarding: bool,
-    tx_ring: Dma,
+    tx_ring: DmaTable<(), TxDesc>,
     tx_bufs: Dma,
     tx_count: usize,
     tx_tail: usize,
@@ -171,14 +221,19 @@ impl<H: Hal> E1000<H> {
         let rx_count = config.rx_descriptors.max(8).next_multiple_of(8);
         let tx_count = config.tx_descriptors.max(8).next_multiple_of(8);
         let (buf_len, mtu) = if config.jumbo { (16_384, 9000) } else { (2048, 1500) };
-        let alloc = |len| Dma::alloc(&hal, len, 128).ok_or(DriverError::NoDmaMemory);
-        let rx_ring = alloc(rx_count * DESC_LEN)?;
-        let rx_bufs = alloc(rx_count * buf_len)?;
-        let tx_ring = alloc(tx_count * DESC_LEN)?;
-        let tx_bufs = alloc(tx_count * buf_len)?;
+        // Rings 128-byte aligned (8254x SDM §3.2.6, §3.3.5: RDLEN/TDLEN multiples of 128).
+        let no_mem = DriverError::NoDmaMemory;
+        let bufs = |len| Dma::alloc(&hal, len, 128).ok_or(no_mem);
+        let rx_ring = DmaTable::alloc(&hal, rx_count, 0, 128).ok_or(no_mem)?;
+        let rx_bufs = bufs(rx_count * buf_len)?;
+        let tx_ring = DmaTable::alloc(&hal, tx_count, 0, 128).ok_or(no_mem)?;
+        let tx_bufs = bufs(tx_count * buf_len)?;
+        // SAFETY: `mmio_base` is the device's 128 KiB BAR0, mapped and ours (constructor
+        // contract), which is all of `Bar0`.
+        let regs = unsafe { Window::new(mmio_base) };
         let mut dev = Self {
             hal,
-            mmio: mmio_base,
+            regs,
             model,
             mac: [0; 6],
             mtu,
@@ -207,15 +262,12 @@ impl<H: Hal> E1000<H> {
         self.model
     }
 
-    fn read(&self, reg: usize) -> u32 {
-        // SAFETY: `mmio` is the device's BAR0 (constructor contract) and `reg` one of the
-        // register offsets above, all inside the 128 KiB BAR.
-        unsafe { self.hal.mmio_read32(self.mmio + reg) }
+    fn read(&self, reg: Reg<Bar0, u32>) -> u32 {
+        self.regs.read(&self.hal, reg)
     }
 
-    fn write(&self, reg: usize, value: u32) {
-        // SAFETY: as in `read`.
-        unsafe { self.hal.mmio_write32(self.mmio + reg, value) }
+    fn write(&self, reg: Reg<Bar0, u32>, value: u32) {
+        self.regs.write(&self.hal, reg, value);
     }
 
     /// Global reset (8254x SDM §14, general initialization): mask interrupts, set CTRL.RST, wait
@@ -284,17 +336,18 @@ impl<H: Hal> E1000<H> {
     /// Receive setup (8254x SDM §14.4): clear the multicast table, give every descriptor a
     /// buffer, hand all but one to the device, enable.
     fn init_rx(&mut self, jumbo: bool) {
-        for i in 0..128 {
-            self.write(reg::MTA + 4 * i, 0);
+        for r in reg::MTA.iter() {
+            self.write(r, 0);
         }
         for i in 0..self.rx_count {
-            self.rx_ring.write_u64(i * DESC_LEN, self.rx_bufs.phys(i * self.buf_len));
-            self.rx_ring.write_u64(i * DESC_LEN + 8, 0);
+            let d = self.rx_ring.entry(i);
+            d.set(rxd::ADDR, self.rx_bufs.phys(i * self.buf_len));
+            d.set(rxd::META, 0);
         }
-        let base = self.rx_ring.phys(0);
+        let base = self.rx_ring.phys();
         self.write(reg::RDBAL, base as u32);
         self.write(reg::RDBAH, (base >> 32) as u32);
-        self.write(reg::RDLEN, (self.rx_count * DESC_LEN) as u32);
+        self.write(reg::RDLEN, (self.rx_count * RxDesc::SIZE) as u32);
         self.write(reg::RDH, 0);
         fence(Ordering::Release);
         self.write(reg::RDT, (self.rx_count - 1) as u32);
@@ -304,10 +357,10 @@ impl<H: Hal> E1000<H> {
 
     /// Transmit setup (8254x SDM §14.5).
     fn init_tx(&mut self) {
-        let base = self.tx_ring.phys(0);
+        let base = self.tx_ring.phys();
         self.write(reg::TDBAL, base as u32);
         self.write(reg::TDBAH, (base >> 32) as u32);
-        self.write(reg::TDLEN, (self.tx_count * DESC_LEN) as u32);
+        self.write(reg::TDLEN, (self.tx_count * TxDesc::SIZE) as u32);
         self.write(reg::TDH, 0);
         self.write(reg::TDT, 0);
         self.write(reg::TIPG, TIPG_COPPER);
@@ -317,7 +370,7 @@ impl<H: Hal> E1000<H> {
     /// Reclaims transmit descriptors the device reported done.
     fn reclaim_tx(&mut self) {
         while self.tx_clean != self.tx_tail {
-            if self.tx_ring.read_u8(self.tx_clean * DESC_LEN + 12) & TX_STATUS_DD == 0 {
+            if self.tx_ring.entry(self.tx_clean).get(txd::STATUS) & TX_STATUS_DD == 0 {
                 break;
             }
             self.tx_clean = (self.tx_clean + 1) % self.tx_count;
@@ -363,14 +416,14 @@ impl<H: Hal> NetDevice for E1000<H> {
         }
         let i = self.tx_tail;
         self.tx_bufs.copy_in(i * self.buf_len, frame);
-        let d = i * DESC_LEN;
-        self.tx_ring.write_u64(d, self.tx_bufs.phys(i * self.buf_len));
-        self.tx_ring.write_u16(d + 8, frame.len() as u16);
-        self.tx_ring.write_u8(d + 10, 0);
-        self.tx_ring.write_u8(d + 11, TX_CMD_EOP | TX_CMD_IFCS | TX_CMD_RS);
-        self.tx_ring.write_u8(d + 12, 0);
-        self.tx_ring.write_u8(d + 13, 0);
-        self.tx_ring.write_u16(d + 14, 0);
+        let d = self.tx_ring.entry(i);
+        d.set(txd::ADDR, self.tx_bufs.phys(i * self.buf_len));
+        d.set(txd::LENGTH, frame.len() as u16);
+        d.set(txd::CSO, 0);
+        d.set(txd::CMD, TX_CMD_EOP | TX_CMD_IFCS | TX_CMD_RS);
+        d.set(txd::STATUS, 0);
+        d.set(txd::CSS, 0);
+        d.set(txd::SPECIAL, 0);
         self.tx_tail = (i + 1) % self.tx_count;
         // Descriptor and buffer must be visible before the device sees the new tail.
         fence(Ordering::Release);
@@ -381,15 +434,17 @@ impl<H: Hal> NetDevice for E1000<H> {
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
-        loop {
-            let d = self.rx_next * DESC_LEN;
-            let status = self.rx_ring.read_u8(d + 12);
+        // At most one pass over the ring per call: a device that keeps setting DD (stuck, or
+        // hostile) must not hold the caller here; whatever is left waits for the next poll.
+        for _ in 0..self.rx_count {
+            let d = self.rx_ring.entry(self.rx_next);
+            let status = d.get(rxd::STATUS);
             if status & RX_STATUS_DD == 0 {
                 return None;
             }
             fence(Ordering::Acquire);
-            let len = usize::from(self.rx_ring.read_u16(d + 8));
-            let errors = self.rx_ring.read_u8(d + 13);
+            let len = usize::from(d.get(rxd::LENGTH));
+            let errors = d.get(rxd::ERRORS);
             // Buffers are sized for a whole frame, so a frame spread over several descriptors
             // (no EOP) is bad as a whole, up to and including the descriptor with EOP.
             let eop = status & RX_STATUS_EOP != 0;
@@ -405,7 +460,7 @@ impl<H: Hal> NetDevice for E1000<H> {
                 self.stats.rx_errors += 1;
             }
             // Give the descriptor back: clear status, then move the tail onto it.
-            self.rx_ring.write_u8(d + 12, 0);
+            d.set(rxd::STATUS, 0);
             let done = self.rx_next;
             self.rx_next = (self.rx_next + 1) % self.rx_count;
             fence(Ordering::Release);
@@ -414,6 +469,10 @@ impl<H: Hal> NetDevice for E1000<H> {
                 return Some(len);
             }
         }
+        // A whole ring of completions without one good frame: a burst of bad frames at
+        // best, a device stuck on DD at worst.
+        self.stats.device_faults += 1;
+        None
     }
 
     fn stats(&mut self) -> DeviceStats {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::vec::Vec;
 
 use super::e1000::Model;
-use crate::hal::{DmaRegion, Hal};
+use crate::hal::{Bus, DmaRegion, Hal};
 
 struct Region {
     phys: u64,
@@ -135,6 +135,11 @@ pub(crate) struct FakeE1000 {
     pub(crate) tx_running: Cell<bool>,
     pub(crate) wire: RefCell<Vec<Vec<u8>>>,
     pub(crate) eerd_reads: Cell<u32>,
+    /// Hostile: every RDT write sets DD (without EOP) on every receive descriptor again.
+    pub(crate) dd_stuck: Cell<bool>,
+    /// RDT writes while `dd_stuck`; past a bound the fake fails the test instead of letting
+    /// a driver that never stops polling hang it.
+    stuck_polls: Cell<u32>,
 }
 
 pub(crate) const EEPROM_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -156,6 +161,8 @@ impl FakeE1000 {
             tx_running: Cell::new(true),
             wire: RefCell::new(Vec::new()),
             eerd_reads: Cell::new(0),
+            dd_stuck: Cell::new(false),
+            stuck_polls: Cell::new(0),
         })
     }
 
@@ -237,6 +244,12 @@ impl FakeE1000 {
                 self.reg_set(off, v);
                 self.run_tx();
             }
+            0x2818 => {
+                self.reg_set(off, v);
+                if self.dd_stuck.get() {
+                    self.set_dd_everywhere();
+                }
+            }
             _ => self.reg_set(off, v),
         }
     }
@@ -317,6 +330,19 @@ impl FakeE1000 {
     pub(crate) fn inject(&self, frame: &[u8]) -> bool {
         self.inject_with_errors(frame, 0)
     }
+
+    /// Marks every receive descriptor done (DD without EOP, a frame's first part), whoever
+    /// owns it.
+    pub(crate) fn set_dd_everywhere(&self) {
+        let polls = self.stuck_polls.get() + 1;
+        self.stuck_polls.set(polls);
+        assert!(polls < 10_000, "the driver kept polling a device stuck on DD");
+        let base = u64::from(self.reg(0x2800)) | u64::from(self.reg(0x2804)) << 32;
+        for i in 0..u64::from(self.ring_len(0x2808)) {
+            self.mem.write(base + i * 16 + 8, &64u16.to_le_bytes());
+            self.mem.write(base + i * 16 + 12, &[1, 0]);
+        }
+    }
 }
 
 // SAFETY: regions from `FakeMemory::alloc` are zeroed, live until the fake is dropped (which
@@ -333,12 +359,15 @@ unsafe impl Hal for Rc<FakeE1000> {
     fn phys_to_virt(&self, phys: u64) -> usize {
         self.mem.phys_to_virt(phys)
     }
+}
 
-    unsafe fn mmio_read32(&self, addr: usize) -> u32 {
+// SAFETY: register accesses are emulated, never performed; the driver uses only 32-bit ones.
+unsafe impl Bus for Rc<FakeE1000> {
+    unsafe fn read32(&self, addr: usize) -> u32 {
         self.read_reg(addr - E1000_BAR)
     }
 
-    unsafe fn mmio_write32(&self, addr: usize, value: u32) {
+    unsafe fn write32(&self, addr: usize, value: u32) {
         self.write_reg(addr - E1000_BAR, value);
     }
 }
@@ -346,6 +375,7 @@ unsafe impl Hal for Rc<FakeE1000> {
 /// Where the fake maps the virtio capability regions.
 pub(crate) const VIRTIO_COMMON: usize = 0xFE00_0000;
 pub(crate) const VIRTIO_NOTIFY: usize = 0xFE00_1000;
+pub(crate) const VIRTIO_NOTIFY_LEN: usize = 0x100;
 pub(crate) const VIRTIO_ISR: usize = 0xFE00_2000;
 pub(crate) const VIRTIO_DEVICE: usize = 0xFE00_3000;
 pub(crate) const VIRTIO_NOTIFY_MULTIPLIER: u32 = 4;
@@ -387,6 +417,8 @@ pub(crate) struct FakeVirtioNet {
     pub(crate) tx_running: Cell<bool>,
     /// Sets VIRTQ_USED_F_NO_NOTIFY in both used rings (on the next `run_tx`/injection).
     pub(crate) suppress_notify: Cell<bool>,
+    /// Hostile: the `queue_notify_off` every queue reports instead of its index.
+    pub(crate) notify_off: Cell<Option<u16>>,
 }
 
 pub(crate) const VIRTIO_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xAB, 0xCD, 0xEF];
@@ -414,6 +446,7 @@ impl FakeVirtioNet {
             generation: Cell::new(0),
             tx_running: Cell::new(true),
             suppress_notify: Cell::new(false),
+            notify_off: Cell::new(None),
         }
     }
 
@@ -445,7 +478,7 @@ impl FakeVirtioNet {
             0x18 => u32::from(if q.size == 0 { q.max } else { q.size }),
             0x1C => u32::from(q.enabled),
             // Queue i notifies at offset i * multiplier.
-            0x1E => u32::from(self.queue_select.get()),
+            0x1E => u32::from(self.notify_off.get().unwrap_or(self.queue_select.get())),
             _ => 0,
         }
     }
@@ -575,6 +608,26 @@ impl FakeVirtioNet {
         true
     }
 
+    /// Hostile: puts a used element `(id, len)` on queue `q` whether or not the driver gave
+    /// the device that descriptor.
+    pub(crate) fn push_used(&self, q: usize, id: u32, len: u32) {
+        let mut qs = self.queues.borrow_mut();
+        let q = &mut qs[q];
+        let e = q.device + 4 + 8 * u64::from(q.used_idx % q.size);
+        self.mem.write(e, &id.to_le_bytes());
+        self.mem.write(e + 4, &len.to_le_bytes());
+        q.used_idx = q.used_idx.wrapping_add(1);
+        self.mem.write(q.device + 2, &q.used_idx.to_le_bytes());
+    }
+
+    /// Hostile: moves queue `q`'s used index `by` entries on without writing any.
+    pub(crate) fn jump_used(&self, q: usize, by: u16) {
+        let mut qs = self.queues.borrow_mut();
+        let q = &mut qs[q];
+        q.used_idx = q.used_idx.wrapping_add(by);
+        self.mem.write(q.device + 2, &q.used_idx.to_le_bytes());
+    }
+
     fn mmio_read(&self, addr: usize, width: usize) -> u32 {
         match addr {
             a if (VIRTIO_COMMON..VIRTIO_COMMON + 0x40).contains(&a) => {
@@ -595,7 +648,7 @@ impl FakeVirtioNet {
             a if (VIRTIO_COMMON..VIRTIO_COMMON + 0x40).contains(&a) => {
                 self.write_common(a - VIRTIO_COMMON, v);
             }
-            a if (VIRTIO_NOTIFY..VIRTIO_NOTIFY + 0x100).contains(&a) => {
+            a if (VIRTIO_NOTIFY..VIRTIO_NOTIFY + VIRTIO_NOTIFY_LEN).contains(&a) => {
                 let q = (a - VIRTIO_NOTIFY) / VIRTIO_NOTIFY_MULTIPLIER as usize;
                 assert_eq!(q as u32, v, "notify value is the queue index");
                 self.notified(v as u16);
@@ -618,28 +671,31 @@ unsafe impl Hal for Rc<FakeVirtioNet> {
     fn phys_to_virt(&self, phys: u64) -> usize {
         self.mem.phys_to_virt(phys)
     }
+}
 
-    unsafe fn mmio_read32(&self, addr: usize) -> u32 {
+// SAFETY: register accesses are emulated, never performed; the driver uses no 64-bit ones.
+unsafe impl Bus for Rc<FakeVirtioNet> {
+    unsafe fn read32(&self, addr: usize) -> u32 {
         self.mmio_read(addr, 4)
     }
 
-    unsafe fn mmio_write32(&self, addr: usize, value: u32) {
+    unsafe fn write32(&self, addr: usize, value: u32) {
         self.mmio_write(addr, value);
     }
 
-    unsafe fn mmio_read16(&self, addr: usize) -> u16 {
+    unsafe fn read16(&self, addr: usize) -> u16 {
         self.mmio_read(addr, 2) as u16
     }
 
-    unsafe fn mmio_write16(&self, addr: usize, value: u16) {
+    unsafe fn write16(&self, addr: usize, value: u16) {
         self.mmio_write(addr, u32::from(value));
     }
 
-    unsafe fn mmio_read8(&self, addr: usize) -> u8 {
+    unsafe fn read8(&self, addr: usize) -> u8 {
         self.mmio_read(addr, 1) as u8
     }
 
-    unsafe fn mmio_write8(&self, addr: usize, value: u8) {
+    unsafe fn write8(&self, addr: usize, value: u8) {
         self.mmio_write(addr, u32::from(value));
     }
 }

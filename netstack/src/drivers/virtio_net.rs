@@ -4,26 +4,33 @@
 //! Source: "Virtual I/O Device (VIRTIO) Version 1.2" (OASIS). The firmware parses the PCI
 //! capabilities (§4.1.4) and hands over the mapped regions in [`VirtioPciRegions`].
 
+use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
 use crate::device::{DeviceStats, DriverError, NetDevice};
-use crate::hal::{Dma, Hal};
+use crate::hal::{Block, Bus, Dma, DmaTable, Hal, Reg, RegArray, Window};
 
 /// The already-mapped regions of a virtio modern PCI device (virtio 1.2 §4.1.4), as CPU
-/// addresses with the capability offsets applied.
+/// addresses with the capability offsets applied, and their lengths from the capabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioPciRegions {
     /// `VIRTIO_PCI_CAP_COMMON_CFG` structure (§4.1.4.3).
     pub common_cfg: usize,
+    /// Its length.
+    pub common_cfg_len: usize,
     /// Start of the `VIRTIO_PCI_CAP_NOTIFY_CFG` region (§4.1.4.4).
     pub notify: usize,
+    /// Its length: every queue's notify register must lie inside.
+    pub notify_len: usize,
     /// `notify_off_multiplier` from the notify capability.
     pub notify_off_multiplier: u32,
     /// `VIRTIO_PCI_CAP_ISR_CFG` byte (§4.1.4.5); unused while polling, kept for completeness.
     pub isr: usize,
     /// `VIRTIO_PCI_CAP_DEVICE_CFG`: the `virtio_net_config` structure (§5.1.4).
     pub device_cfg: usize,
+    /// Its length.
+    pub device_cfg_len: usize,
 }
 
 /// Queue depth and frame size.
@@ -41,24 +48,70 @@ impl Default for VirtioNetConfig {
     }
 }
 
-/// Common configuration layout (virtio 1.2 §4.1.4.3).
-mod common {
-    pub const DEVICE_FEATURE_SELECT: usize = 0x00;
-    pub const DEVICE_FEATURE: usize = 0x04;
-    pub const DRIVER_FEATURE_SELECT: usize = 0x08;
-    pub const DRIVER_FEATURE: usize = 0x0C;
-    pub const CONFIG_MSIX_VECTOR: usize = 0x10;
-    pub const DEVICE_STATUS: usize = 0x14;
-    pub const CONFIG_GENERATION: usize = 0x15;
-    pub const QUEUE_SELECT: usize = 0x16;
-    pub const QUEUE_SIZE: usize = 0x18;
-    pub const QUEUE_MSIX_VECTOR: usize = 0x1A;
-    pub const QUEUE_ENABLE: usize = 0x1C;
-    pub const QUEUE_NOTIFY_OFF: usize = 0x1E;
-    pub const QUEUE_DESC: usize = 0x20;
-    pub const QUEUE_DRIVER: usize = 0x28;
-    pub const QUEUE_DEVICE: usize = 0x30;
+/// `struct virtio_pci_common_cfg` (virtio 1.2 §4.1.4.3): 0x38 bytes.
+#[derive(Debug)]
+struct CommonCfg;
+
+impl Block for CommonCfg {
+    const SIZE: usize = 0x38;
+    const ALIGN: usize = 4;
 }
+
+mod common {
+    use super::CommonCfg;
+    use crate::hal::Reg;
+    type R<T> = Reg<CommonCfg, T>;
+    pub const DEVICE_FEATURE_SELECT: R<u32> = Reg::at::<0x00>();
+    pub const DEVICE_FEATURE: R<u32> = Reg::at::<0x04>();
+    pub const DRIVER_FEATURE_SELECT: R<u32> = Reg::at::<0x08>();
+    pub const DRIVER_FEATURE: R<u32> = Reg::at::<0x0C>();
+    pub const CONFIG_MSIX_VECTOR: R<u16> = Reg::at::<0x10>();
+    pub const DEVICE_STATUS: R<u8> = Reg::at::<0x14>();
+    pub const CONFIG_GENERATION: R<u8> = Reg::at::<0x15>();
+    pub const QUEUE_SELECT: R<u16> = Reg::at::<0x16>();
+    pub const QUEUE_SIZE: R<u16> = Reg::at::<0x18>();
+    pub const QUEUE_MSIX_VECTOR: R<u16> = Reg::at::<0x1A>();
+    pub const QUEUE_ENABLE: R<u16> = Reg::at::<0x1C>();
+    pub const QUEUE_NOTIFY_OFF: R<u16> = Reg::at::<0x1E>();
+    /// 64-bit fields as two 32-bit halves, which §4.1.3.1 allows.
+    pub const QUEUE_DESC: [R<u32>; 2] = [Reg::at::<0x20>(), Reg::at::<0x24>()];
+    pub const QUEUE_DRIVER: [R<u32>; 2] = [Reg::at::<0x28>(), Reg::at::<0x2C>()];
+    pub const QUEUE_DEVICE: [R<u32>; 2] = [Reg::at::<0x30>(), Reg::at::<0x34>()];
+}
+
+/// The head of `virtio_net_config` (§5.1.4) every device has: mac @0, status @6.
+#[derive(Debug)]
+struct NetConfig;
+
+impl Block for NetConfig {
+    const SIZE: usize = 8;
+    const ALIGN: usize = 2;
+}
+
+/// `virtio_net_config` through `mtu` @10, present with VIRTIO_NET_F_MTU (§5.1.4).
+#[derive(Debug)]
+struct NetConfigMtu;
+
+impl Block for NetConfigMtu {
+    const SIZE: usize = 12;
+    const ALIGN: usize = 2;
+}
+
+const CFG_MAC: RegArray<NetConfig, u8, 6> = RegArray::at::<0>();
+const CFG_STATUS: Reg<NetConfig, u16> = Reg::at::<6>();
+const CFG_MTU: Reg<NetConfigMtu, u16> = Reg::at::<10>();
+const NET_S_LINK_UP: u16 = 1;
+
+/// One queue's notify register (§4.1.4.4), 16 bits without VIRTIO_F_NOTIFICATION_DATA.
+#[derive(Debug)]
+struct Notify;
+
+impl Block for Notify {
+    const SIZE: usize = 2;
+    const ALIGN: usize = 2;
+}
+
+const NOTIFY_QUEUE: Reg<Notify, u16> = Reg::at::<0>();
 
 /// Device status bits (§2.1).
 const STATUS_ACKNOWLEDGE: u8 = 1;
@@ -73,12 +126,6 @@ const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
 const F_VERSION_1: u64 = 1 << 32;
 
-/// `virtio_net_config` (§5.1.4): mac @0, status @6 (bit 0 LINK_UP), mtu @10.
-const CFG_MAC: usize = 0;
-const CFG_STATUS: usize = 6;
-const CFG_MTU: usize = 10;
-const NET_S_LINK_UP: u16 = 1;
-
 /// `struct virtio_net_hdr` with VIRTIO_F_VERSION_1: 12 bytes (§5.1.6).
 pub const NET_HDR_LEN: usize = 12;
 /// MSI-X "no vector" (§4.1.4.3): we poll.
@@ -92,54 +139,138 @@ const RXQ: u16 = 0;
 const TXQ: u16 = 1;
 const SPIN_LIMIT: u32 = 1_000_000;
 
-/// One split virtqueue (§2.7): descriptor table, available ring, used ring.
+/// A split-virtqueue descriptor (§2.7.5): 16 bytes.
 #[derive(Debug)]
-struct Virtqueue {
-    size: u16,
-    desc: Dma,
-    avail: Dma,
-    used: Dma,
-    notify_addr: usize,
-    avail_idx: u16,
-    last_used: u16,
+struct Desc;
+
+impl Block for Desc {
+    const SIZE: usize = 16;
+    const ALIGN: usize = 8;
 }
 
-impl Virtqueue {
+mod desc {
+    use super::Desc;
+    use crate::hal::Reg;
+    pub const ADDR: Reg<Desc, u64> = Reg::at::<0>();
+    pub const LEN: Reg<Desc, u32> = Reg::at::<8>();
+    pub const FLAGS: Reg<Desc, u16> = Reg::at::<12>();
+    pub const NEXT: Reg<Desc, u16> = Reg::at::<14>();
+}
+
+/// The `flags`, `idx` head of the available and used rings (§2.7.6, §2.7.8).
+#[derive(Debug)]
+struct RingHeader;
+
+impl Block for RingHeader {
+    const SIZE: usize = 4;
+    const ALIGN: usize = 2;
+}
+
+const RING_FLAGS: Reg<RingHeader, u16> = Reg::at::<0>();
+const RING_IDX: Reg<RingHeader, u16> = Reg::at::<2>();
+
+/// An available-ring entry: a chain's head descriptor (§2.7.6).
+#[derive(Debug)]
+struct AvailEntry;
+
+impl Block for AvailEntry {
+    const SIZE: usize = 2;
+    const ALIGN: usize = 2;
+}
+
+const AVAIL_ID: Reg<AvailEntry, u16> = Reg::at::<0>();
+
+/// A used-ring element (§2.7.8): `id` u32 @0, `len` u32 @4.
+#[derive(Debug)]
+struct UsedElem;
+
+impl Block for UsedElem {
+    const SIZE: usize = 8;
+    const ALIGN: usize = 4;
+}
+
+const USED_ID: Reg<UsedElem, u32> = Reg::at::<0>();
+const USED_LEN: Reg<UsedElem, u32> = Reg::at::<4>();
+
+/// One split virtqueue (§2.7): descriptor table, available ring, used ring, notify register.
+#[derive(Debug)]
+struct Virtqueue<M> {
+    size: u16,
+    desc: DmaTable<(), Desc>,
+    avail: DmaTable<RingHeader, AvailEntry>,
+    used: DmaTable<RingHeader, UsedElem>,
+    notify: Window<Notify, M>,
+    avail_idx: u16,
+    last_used: u16,
+    /// Which descriptors the device holds: a completion for any other is not believed.
+    in_flight: Vec<bool>,
+    /// Completions refused, and index jumps (see `DeviceStats::device_faults`).
+    faults: u64,
+    /// The device moved the used index further than it could: the ring can no longer be
+    /// trusted, and the queue is not used again.
+    broken: bool,
+}
+
+impl<M: Bus> Virtqueue<M> {
     fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16) {
-        let d = usize::from(i) * 16;
-        self.desc.write_u64(d, addr);
-        self.desc.write_u32(d + 8, len);
-        self.desc.write_u16(d + 12, flags);
-        self.desc.write_u16(d + 14, 0);
+        let d = self.desc.entry(usize::from(i));
+        d.set(desc::ADDR, addr);
+        d.set(desc::LEN, len);
+        d.set(desc::FLAGS, flags);
+        d.set(desc::NEXT, 0);
     }
 
     /// Makes descriptor chain `id` available; the caller notifies.
     fn push_avail(&mut self, id: u16) {
-        let slot = usize::from(self.avail_idx % self.size);
-        self.avail.write_u16(4 + 2 * slot, id);
+        self.avail.entry(usize::from(self.avail_idx)).set(AVAIL_ID, id);
+        if let Some(f) = self.in_flight.get_mut(usize::from(id)) {
+            *f = true;
+        }
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // The ring entry must be visible before the index that publishes it (§2.7.13).
         fence(Ordering::Release);
-        self.avail.write_u16(2, self.avail_idx);
+        self.avail.header().set(RING_IDX, self.avail_idx);
     }
 
-    /// The next used element `(id, len)`, if the device returned one.
+    /// The next used element `(id, len)` for a descriptor the device held, if it returned
+    /// one. Elements for descriptors it did not hold (out of the table, or returned already)
+    /// are counted and skipped: reusing such a descriptor would hand one buffer out twice.
     fn pop_used(&mut self) -> Option<(u16, u32)> {
-        if self.used.read_u16(2) == self.last_used {
-            return None;
+        loop {
+            if self.broken {
+                return None;
+            }
+            let used_idx = self.used.header().get(RING_IDX);
+            if used_idx == self.last_used {
+                return None;
+            }
+            // A device returns only chains it was given (§2.7.8), so its index runs at most
+            // that far ahead; past it, every element would be stale, up to 65,535 of them.
+            let given = self.avail_idx.wrapping_sub(self.last_used);
+            if used_idx.wrapping_sub(self.last_used) > given {
+                self.faults += 1;
+                self.broken = true;
+                return None;
+            }
+            fence(Ordering::Acquire);
+            let e = self.used.entry(usize::from(self.last_used));
+            let (id, len) = (e.get(USED_ID), e.get(USED_LEN));
+            self.last_used = self.last_used.wrapping_add(1);
+            let held = usize::try_from(id).ok().and_then(|i| self.in_flight.get_mut(i));
+            match held {
+                Some(f) if *f => {
+                    *f = false;
+                    // `in_flight` has `size` entries, so the id fits a u16.
+                    return Some((id as u16, len));
+                }
+                _ => self.faults += 1,
+            }
         }
-        fence(Ordering::Acquire);
-        let e = 4 + 8 * usize::from(self.last_used % self.size);
-        let id = self.used.read_u32(e);
-        let len = self.used.read_u32(e + 4);
-        self.last_used = self.last_used.wrapping_add(1);
-        // An id outside the table would be a device bug; map it to an impossible value.
-        Some((u16::try_from(id).ok().filter(|&i| i < self.size).unwrap_or(u16::MAX), len))
     }
 
     fn needs_notify(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.used.read_u16(0) & USED_F_NO_NOTIFY == 0
+        self.used.header().get(RING_FLAGS) & USED_F_NO_NOTIFY == 0
     }
 }
 
@@ -147,14 +278,14 @@ impl Virtqueue {
 #[derive(Debug)]
 pub struct VirtioNet<H: Hal> {
     hal: H,
-    regs: VirtioPciRegions,
+    regs: Regs<H>,
     features: u64,
     mac: [u8; 6],
     mtu: usize,
     buf_len: usize,
-    rx: Virtqueue,
+    rx: Virtqueue<H>,
     rx_bufs: Dma,
-    tx: Virtqueue,
+    tx: Virtqueue<H>,
     tx_bufs: Dma,
     tx_free: Vec<u16>,
     stats: DeviceStats,
@@ -165,7 +296,8 @@ impl<H: Hal> VirtioNet<H> {
     ///
     /// # Safety
     /// `regions` must be the mapped (uncacheable) capability regions of one virtio-net PCI
-    /// function with memory decoding and bus mastering enabled, driven by no one else.
+    /// function with memory decoding and bus mastering enabled, driven by no one else; each
+    /// region mapped for the length given with it.
     pub unsafe fn new(hal: H, regions: VirtioPciRegions) -> Result<Self, DriverError> {
         // SAFETY: forwarded from the caller.
         unsafe { Self::with_config(hal, regions, VirtioNetConfig::default()) }
@@ -180,36 +312,38 @@ impl<H: Hal> VirtioNet<H> {
         regions: VirtioPciRegions,
         config: VirtioNetConfig,
     ) -> Result<Self, DriverError> {
-        let mmio = Mmio { hal: &hal, regs: regions };
+        // SAFETY: forwarded from the caller.
+        let regs = unsafe { Regs::new(regions) }?;
+        let mmio = Mmio { hal: &hal, regs };
         // Reset and wait for it to complete (§4.1.4.3.2).
-        mmio.c_w8(common::DEVICE_STATUS, 0);
-        if !(0..SPIN_LIMIT).any(|_| mmio.c_r8(common::DEVICE_STATUS) == 0) {
+        mmio.c_w(common::DEVICE_STATUS, 0);
+        if !(0..SPIN_LIMIT).any(|_| mmio.c_r(common::DEVICE_STATUS) == 0) {
             return Err(DriverError::ResetTimeout);
         }
-        mmio.c_w8(common::DEVICE_STATUS, STATUS_ACKNOWLEDGE);
-        mmio.c_w8(common::DEVICE_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        mmio.c_w(common::DEVICE_STATUS, STATUS_ACKNOWLEDGE);
+        mmio.c_w(common::DEVICE_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         let offered = mmio.device_features();
         let mut wanted = F_VERSION_1 | F_MAC | F_STATUS;
-        if config.jumbo {
+        if config.jumbo && regs.mtu.is_some() {
             wanted |= F_MTU;
         }
         let features = offered & wanted;
         if features & F_VERSION_1 == 0 {
-            mmio.c_w8(common::DEVICE_STATUS, STATUS_FAILED);
+            mmio.c_w(common::DEVICE_STATUS, STATUS_FAILED);
             return Err(DriverError::FeaturesRefused);
         }
         mmio.set_driver_features(features);
         let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        mmio.c_w8(common::DEVICE_STATUS, status);
-        if mmio.c_r8(common::DEVICE_STATUS) & STATUS_FEATURES_OK == 0 {
-            mmio.c_w8(common::DEVICE_STATUS, STATUS_FAILED);
+        mmio.c_w(common::DEVICE_STATUS, status);
+        if mmio.c_r(common::DEVICE_STATUS) & STATUS_FEATURES_OK == 0 {
+            mmio.c_w(common::DEVICE_STATUS, STATUS_FAILED);
             return Err(DriverError::FeaturesRefused);
         }
-        mmio.c_w16(common::CONFIG_MSIX_VECTOR, NO_VECTOR);
+        mmio.c_w(common::CONFIG_MSIX_VECTOR, NO_VECTOR);
 
         let (mac, dev_mtu) = mmio.read_net_config(features);
         if features & F_MAC == 0 || mac == [0; 6] || mac[0] & 1 != 0 {
-            mmio.c_w8(common::DEVICE_STATUS, STATUS_FAILED);
+            mmio.c_w(common::DEVICE_STATUS, STATUS_FAILED);
             return Err(DriverError::NoMac);
         }
         let mtu = match dev_mtu {
@@ -219,15 +353,23 @@ impl<H: Hal> VirtioNet<H> {
         // Header + Ethernet header + VLAN tag + MTU (§5.1.6.3.1: at least 1526 bytes).
         let buf_len = (NET_HDR_LEN + 18 + mtu).next_multiple_of(64);
 
-        let rx = mmio.setup_queue(RXQ, config.queue_size)?;
-        let tx = mmio.setup_queue(TXQ, config.queue_size)?;
+        let queues = mmio
+            .setup_queue(RXQ, config.queue_size)
+            .and_then(|rx| Ok((rx, mmio.setup_queue(TXQ, config.queue_size)?)));
+        let (rx, tx) = match queues {
+            Ok(q) => q,
+            Err(e) => {
+                mmio.c_w(common::DEVICE_STATUS, STATUS_FAILED);
+                return Err(e);
+            }
+        };
         let rx_bufs =
             Dma::alloc(&hal, usize::from(rx.size) * buf_len, 64).ok_or(DriverError::NoDmaMemory)?;
         let tx_bufs =
             Dma::alloc(&hal, usize::from(tx.size) * buf_len, 64).ok_or(DriverError::NoDmaMemory)?;
         let mut dev = Self {
             hal,
-            regs: regions,
+            regs,
             features,
             mac,
             mtu,
@@ -244,8 +386,8 @@ impl<H: Hal> VirtioNet<H> {
             dev.rx.set_desc(id, addr, buf_len as u32, DESC_F_WRITE);
             dev.rx.push_avail(id);
         }
-        let mmio = Mmio { hal: &dev.hal, regs: regions };
-        mmio.c_w8(common::DEVICE_STATUS, status | STATUS_DRIVER_OK);
+        let mmio = dev.mmio();
+        mmio.c_w(common::DEVICE_STATUS, status | STATUS_DRIVER_OK);
         mmio.notify(&dev.rx, RXQ);
         Ok(dev)
     }
@@ -261,73 +403,115 @@ impl<H: Hal> VirtioNet<H> {
 
     fn reclaim_tx(&mut self) {
         while let Some((id, _)) = self.tx.pop_used() {
-            if id < self.tx.size {
-                self.tx_free.push(id);
-            }
+            self.tx_free.push(id);
         }
+        self.give_up_if_broken();
+    }
+
+    /// Tells the device the driver gave up (FAILED, §2.1) once a queue broke; the link then
+    /// reads down.
+    fn give_up_if_broken(&mut self) {
+        let broken = self.rx.broken || self.tx.broken;
+        if broken && self.mmio().c_r(common::DEVICE_STATUS) & STATUS_FAILED == 0 {
+            self.mmio().c_w(common::DEVICE_STATUS, STATUS_FAILED);
+        }
+    }
+}
+
+/// The windows onto the device's capability structures, checked against the lengths the
+/// device gave for them.
+#[derive(Debug)]
+struct Regs<M> {
+    common: Window<CommonCfg, M>,
+    net: Window<NetConfig, M>,
+    /// Present when the device configuration is long enough to hold `mtu`.
+    mtu: Option<Window<NetConfigMtu, M>>,
+    notify: usize,
+    notify_len: usize,
+    notify_off_multiplier: u32,
+}
+
+impl<M> Clone for Regs<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Regs<M> {}
+
+impl<M: Bus> Regs<M> {
+    /// # Safety
+    /// As for [`VirtioNet::new`].
+    unsafe fn new(r: VirtioPciRegions) -> Result<Self, DriverError> {
+        if r.common_cfg_len < CommonCfg::SIZE || !r.common_cfg.is_multiple_of(CommonCfg::ALIGN) {
+            return Err(DriverError::OutOfRegion("common configuration"));
+        }
+        if r.device_cfg_len < NetConfig::SIZE || !r.device_cfg.is_multiple_of(NetConfig::ALIGN) {
+            return Err(DriverError::OutOfRegion("device configuration"));
+        }
+        // SAFETY: each structure lies inside its region, aligned (checked above); the regions
+        // are mapped for their lengths and the device is ours (caller).
+        unsafe {
+            Ok(Self {
+                common: Window::new(r.common_cfg),
+                net: Window::new(r.device_cfg),
+                mtu: (r.device_cfg_len >= NetConfigMtu::SIZE).then(|| Window::new(r.device_cfg)),
+                notify: r.notify,
+                notify_len: r.notify_len,
+                notify_off_multiplier: r.notify_off_multiplier,
+            })
+        }
+    }
+
+    /// The notify register of a queue whose `queue_notify_off` is `off`: at
+    /// `off * notify_off_multiplier` in the notify region, which must hold all of it
+    /// (§4.1.4.4: `cap.length >= queue_notify_off * notify_off_multiplier + 2`).
+    fn notify_window(&self, off: u16) -> Result<Window<Notify, M>, DriverError> {
+        let at = usize::from(off)
+            .checked_mul(self.notify_off_multiplier as usize)
+            .filter(|at| at.checked_add(Notify::SIZE).is_some_and(|end| end <= self.notify_len))
+            .filter(|&at| self.notify.wrapping_add(at).is_multiple_of(Notify::ALIGN))
+            .ok_or(DriverError::OutOfRegion("queue notify register"))?;
+        // SAFETY: the register lies inside the notify region (checked above), which is mapped
+        // for `notify_len` bytes and ours (`VirtioNet::new` contract).
+        Ok(unsafe { Window::new(self.notify + at) })
     }
 }
 
 /// Register access for the regions; the only place that touches MMIO.
 struct Mmio<'a, H: Hal> {
     hal: &'a H,
-    regs: VirtioPciRegions,
+    regs: Regs<H>,
 }
 
 impl<H: Hal> Mmio<'_, H> {
-    // SAFETY (all accessors): `regs` are the device's mapped capability regions (constructor
-    // contract) and every offset used is inside the structure the spec defines for it.
-    fn c_r8(&self, off: usize) -> u8 {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_read8(self.regs.common_cfg + off) }
+    fn c_r<T: crate::hal::Width>(&self, r: Reg<CommonCfg, T>) -> T {
+        self.regs.common.read(self.hal, r)
     }
-    fn c_w8(&self, off: usize, v: u8) {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_write8(self.regs.common_cfg + off, v) }
+    fn c_w<T: crate::hal::Width>(&self, r: Reg<CommonCfg, T>, v: T) {
+        self.regs.common.write(self.hal, r, v);
     }
-    fn c_r16(&self, off: usize) -> u16 {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_read16(self.regs.common_cfg + off) }
-    }
-    fn c_w16(&self, off: usize, v: u16) {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_write16(self.regs.common_cfg + off, v) }
-    }
-    fn c_r32(&self, off: usize) -> u32 {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_read32(self.regs.common_cfg + off) }
-    }
-    fn c_w32(&self, off: usize, v: u32) {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_write32(self.regs.common_cfg + off, v) }
-    }
-    /// 64-bit fields as two 32-bit halves, which §4.1.3.1 allows.
-    fn c_w64(&self, off: usize, v: u64) {
-        self.c_w32(off, v as u32);
-        self.c_w32(off + 4, (v >> 32) as u32);
-    }
-    fn d_r8(&self, off: usize) -> u8 {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_read8(self.regs.device_cfg + off) }
-    }
-    fn d_r16(&self, off: usize) -> u16 {
-        // SAFETY: see above.
-        unsafe { self.hal.mmio_read16(self.regs.device_cfg + off) }
+    fn c_w64(&self, halves: [Reg<CommonCfg, u32>; 2], v: u64) {
+        self.c_w(halves[0], v as u32);
+        self.c_w(halves[1], (v >> 32) as u32);
     }
 
     fn device_features(&self) -> u64 {
-        self.c_w32(common::DEVICE_FEATURE_SELECT, 0);
-        let lo = self.c_r32(common::DEVICE_FEATURE);
-        self.c_w32(common::DEVICE_FEATURE_SELECT, 1);
-        let hi = self.c_r32(common::DEVICE_FEATURE);
+        self.c_w(common::DEVICE_FEATURE_SELECT, 0);
+        let lo = self.c_r(common::DEVICE_FEATURE);
+        self.c_w(common::DEVICE_FEATURE_SELECT, 1);
+        let hi = self.c_r(common::DEVICE_FEATURE);
         u64::from(lo) | (u64::from(hi) << 32)
     }
 
     fn set_driver_features(&self, f: u64) {
-        self.c_w32(common::DRIVER_FEATURE_SELECT, 0);
-        self.c_w32(common::DRIVER_FEATURE, f as u32);
-        self.c_w32(common::DRIVER_FEATURE_SELECT, 1);
-        self.c_w32(common::DRIVER_FEATURE, (f >> 32) as u32);
+        self.c_w(common::DRIVER_FEATURE_SELECT, 0);
+        self.c_w(common::DRIVER_FEATURE, f as u32);
+        self.c_w(common::DRIVER_FEATURE_SELECT, 1);
+        self.c_w(common::DRIVER_FEATURE, (f >> 32) as u32);
+    }
+
+    fn link_up(&self) -> bool {
+        self.regs.net.read(self.hal, CFG_STATUS) & NET_S_LINK_UP != 0
     }
 
     /// MAC and MTU, read consistently under `config_generation` (§2.5.1).
@@ -335,12 +519,13 @@ impl<H: Hal> Mmio<'_, H> {
         let mut mac = [0u8; 6];
         let mut mtu = None;
         for _ in 0..16 {
-            let before = self.c_r8(common::CONFIG_GENERATION);
-            for (i, b) in mac.iter_mut().enumerate() {
-                *b = self.d_r8(CFG_MAC + i);
+            let before = self.c_r(common::CONFIG_GENERATION);
+            for (b, r) in mac.iter_mut().zip(CFG_MAC.iter()) {
+                *b = self.regs.net.read(self.hal, r);
             }
-            mtu = (features & F_MTU != 0).then(|| self.d_r16(CFG_MTU));
-            if self.c_r8(common::CONFIG_GENERATION) == before {
+            mtu =
+                self.regs.mtu.filter(|_| features & F_MTU != 0).map(|w| w.read(self.hal, CFG_MTU));
+            if self.c_r(common::CONFIG_GENERATION) == before {
                 break;
             }
         }
@@ -348,9 +533,9 @@ impl<H: Hal> Mmio<'_, H> {
     }
 
     /// Sets up queue `q` (§4.1.5.1.3) and returns it enabled.
-    fn setup_queue(&self, q: u16, want: u16) -> Result<Virtqueue, DriverError> {
-        self.c_w16(common::QUEUE_SELECT, q);
-        let max = self.c_r16(common::QUEUE_SIZE);
+    fn setup_queue(&self, q: u16, want: u16) -> Result<Virtqueue<H>, DriverError> {
+        self.c_w(common::QUEUE_SELECT, q);
+        let max = self.c_r(common::QUEUE_SIZE);
         let size = max.min(want.max(2));
         if size < 2 {
             return Err(DriverError::QueueUnavailable);
@@ -358,28 +543,38 @@ impl<H: Hal> Mmio<'_, H> {
         // Split queues need a power of two (§2.7).
         let size = 1u16 << (15 - size.leading_zeros());
         let n = usize::from(size);
-        let alloc = |len, align| Dma::alloc(self.hal, len, align).ok_or(DriverError::NoDmaMemory);
-        // Alignments from §2.7 (descriptor table 16, available ring 2, used ring 4).
-        let desc = alloc(16 * n, 16)?;
-        let avail = alloc(6 + 2 * n, 2)?;
-        let used = alloc(6 + 8 * n, 4)?;
-        avail.write_u16(0, AVAIL_F_NO_INTERRUPT);
-        self.c_w16(common::QUEUE_SIZE, size);
-        self.c_w16(common::QUEUE_MSIX_VECTOR, NO_VECTOR);
-        self.c_w64(common::QUEUE_DESC, desc.phys(0));
-        self.c_w64(common::QUEUE_DRIVER, avail.phys(0));
-        self.c_w64(common::QUEUE_DEVICE, used.phys(0));
-        let off = usize::from(self.c_r16(common::QUEUE_NOTIFY_OFF));
-        let notify_addr = self.regs.notify + off * self.regs.notify_off_multiplier as usize;
-        self.c_w16(common::QUEUE_ENABLE, 1);
-        Ok(Virtqueue { size, desc, avail, used, notify_addr, avail_idx: 0, last_used: 0 })
+        let notify = self.regs.notify_window(self.c_r(common::QUEUE_NOTIFY_OFF))?;
+        let no_mem = DriverError::NoDmaMemory;
+        // Alignments from §2.7 (descriptor table 16, available ring 2, used ring 4); the
+        // rings end in a u16 event field (`used_event`, `avail_event`).
+        let desc = DmaTable::alloc(self.hal, n, 0, 16).ok_or(no_mem)?;
+        let avail = DmaTable::alloc(self.hal, n, 2, 2).ok_or(no_mem)?;
+        let used = DmaTable::alloc(self.hal, n, 2, 4).ok_or(no_mem)?;
+        avail.header().set(RING_FLAGS, AVAIL_F_NO_INTERRUPT);
+        self.c_w(common::QUEUE_SIZE, size);
+        self.c_w(common::QUEUE_MSIX_VECTOR, NO_VECTOR);
+        self.c_w64(common::QUEUE_DESC, desc.phys());
+        self.c_w64(common::QUEUE_DRIVER, avail.phys());
+        self.c_w64(common::QUEUE_DEVICE, used.phys());
+        self.c_w(common::QUEUE_ENABLE, 1);
+        Ok(Virtqueue {
+            size,
+            desc,
+            avail,
+            used,
+            notify,
+            avail_idx: 0,
+            last_used: 0,
+            in_flight: vec![false; n],
+            faults: 0,
+            broken: false,
+        })
     }
 
     /// Tells the device queue `q` has new buffers (§4.1.5.2), unless it asked not to be told.
-    fn notify(&self, vq: &Virtqueue, q: u16) {
+    fn notify(&self, vq: &Virtqueue<H>, q: u16) {
         if vq.needs_notify() {
-            // SAFETY: `notify_addr` is inside the notify region, computed as §4.1.4.4 says.
-            unsafe { self.hal.mmio_write16(vq.notify_addr, q) }
+            vq.notify.write(self.hal, NOTIFY_QUEUE, q);
         }
     }
 }
@@ -390,10 +585,13 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
     }
 
     fn link_up(&mut self) -> bool {
+        if self.rx.broken || self.tx.broken {
+            return false;
+        }
         if self.features & F_STATUS == 0 {
             return true;
         }
-        self.mmio().d_r16(CFG_STATUS) & NET_S_LINK_UP != 0
+        self.mmio().link_up()
     }
 
     fn mtu(&self) -> usize {
@@ -428,12 +626,13 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
-        loop {
-            let (id, len) = self.rx.pop_used()?;
-            if id >= self.rx.size {
-                self.stats.rx_errors += 1;
-                continue;
-            }
+        // At most one ring's worth per call: a device that completes bad buffers as fast as
+        // they are recycled must not hold the caller here.
+        for _ in 0..self.rx.size {
+            let Some((id, len)) = self.rx.pop_used() else {
+                self.give_up_if_broken();
+                return None;
+            };
             let len = len as usize;
             let frame_len = len.wrapping_sub(NET_HDR_LEN);
             let ok = len >= NET_HDR_LEN + 14 && len <= self.buf_len && frame_len <= buf.len();
@@ -452,10 +651,11 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
                 return Some(frame_len);
             }
         }
+        None
     }
 
     fn stats(&mut self) -> DeviceStats {
-        self.stats
+        DeviceStats { device_faults: self.rx.faults + self.tx.faults, ..self.stats }
     }
 }
 

@@ -220,3 +220,17 @@ fn a_broadcast_or_multicast_station_address_is_reported() {
         assert_eq!(r.err(), Some(DriverError::NoMac), "{mac:02x?}");
     }
 }
+
+#[test]
+fn a_device_stuck_on_dd_costs_one_ring_pass_per_poll_and_is_counted() {
+    let fake = FakeE1000::new(Model::I8254x);
+    let mut nic = driver(&fake, 0x100E, small_rings());
+    fake.dd_stuck.set(true);
+    fake.set_dd_everywhere();
+    let mut buf = [0u8; 2048];
+    assert_eq!(nic.receive(&mut buf), None);
+    assert_eq!(nic.stats().device_faults, 1);
+    assert_eq!(nic.receive(&mut buf), None);
+    let s = nic.stats();
+    assert_eq!((s.rx_packets, s.device_faults), (0, 2));
+}

@@ -7,10 +7,13 @@ use std::rc::Rc;
 fn regions() -> VirtioPciRegions {
     VirtioPciRegions {
         common_cfg: VIRTIO_COMMON,
+        common_cfg_len: 0x40,
         notify: VIRTIO_NOTIFY,
+        notify_len: VIRTIO_NOTIFY_LEN,
         notify_off_multiplier: VIRTIO_NOTIFY_MULTIPLIER,
         isr: VIRTIO_ISR,
         device_cfg: VIRTIO_DEVICE,
+        device_cfg_len: 0x100,
     }
 }
 
@@ -184,4 +187,68 @@ fn notifications_are_skipped_while_the_device_asks_for_none() {
     assert_eq!(fake.notifies.get(), before, "no notify while USED_F_NO_NOTIFY is set");
     fake.run_tx();
     assert_eq!(fake.wire.borrow().len(), 2, "the device still polls the ring");
+}
+
+#[test]
+fn a_notify_register_one_past_the_notify_region_is_refused_before_anything_is_written_there() {
+    let fake = FakeVirtioNet::new().rc();
+    // 64 * 4 = the first byte after the 256-byte region.
+    fake.notify_off.set(Some((VIRTIO_NOTIFY_LEN / VIRTIO_NOTIFY_MULTIPLIER as usize) as u16));
+    let r = driver(&fake, small());
+    assert_eq!(r.err(), Some(DriverError::OutOfRegion("queue notify register")));
+    assert_eq!(fake.status() & 128, 128, "FAILED is set");
+    assert_eq!(fake.notifies.get(), 0);
+}
+
+#[test]
+fn a_tx_descriptor_returned_twice_is_freed_once_and_counted() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    fake.tx_running.set(false);
+    for k in 0..8 {
+        nic.transmit(&frame(k, 64)).unwrap();
+    }
+    // The first transmit went out on descriptor 0; a hostile device returns it twice.
+    fake.push_used(1, 0, 0);
+    fake.push_used(1, 0, 0);
+    nic.transmit(&frame(8, 64)).unwrap();
+    assert_eq!(
+        nic.transmit(&frame(9, 64)),
+        Err(DriverError::TxRingFull),
+        "descriptor 0 is not handed out a second time while the first use is pending"
+    );
+    assert_eq!(nic.stats().device_faults, 1);
+}
+
+#[test]
+fn a_completion_for_a_descriptor_outside_the_table_is_skipped_and_counted() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    fake.push_used(0, 99, 76);
+    assert!(fake.inject(&frame(1, 64)));
+    let mut buf = [0u8; 2048];
+    assert_eq!(nic.receive(&mut buf), Some(64));
+    assert_eq!(buf[..64], frame(1, 64));
+    let s = nic.stats();
+    assert_eq!((s.rx_packets, s.rx_errors, s.device_faults), (1, 0, 1));
+}
+
+#[test]
+fn a_used_index_jump_replays_no_stale_frame_and_takes_the_device_out_of_service() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    let mut buf = [0u8; 2048];
+    for k in 0..8 {
+        assert!(fake.inject(&frame(k, 64)));
+    }
+    for _ in 0..8 {
+        nic.receive(&mut buf).unwrap();
+    }
+    fake.jump_used(0, 1000);
+    assert_eq!(nic.receive(&mut buf), None, "the ring's old elements are not taken as new");
+    assert_eq!(nic.receive(&mut buf), None);
+    let s = nic.stats();
+    assert_eq!((s.rx_packets, s.rx_errors, s.device_faults), (8, 0, 1));
+    assert!(!nic.link_up(), "a broken queue reads as link down");
+    assert_eq!(fake.status() & 128, 128, "the driver told the device it gave up");
 }
