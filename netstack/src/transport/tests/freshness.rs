@@ -7,6 +7,9 @@ use super::*;
 const QUIET: Faults =
     Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 100, max_delay_us: 100 };
 
+/// What an eavesdropper captured: `(from, to, datagram)`.
+type Recording = Vec<(NodeId, NodeId, Vec<u8>)>;
+
 /// A fresh engine for node `id` booted at `now` (a new seed: boot number `boot`).
 fn boot(id: NodeId, boot: u64, peers: &[NodeId], now: u64) -> Transport {
     let mut t = engine(id, boot, &[], |_| {});
@@ -51,7 +54,7 @@ impl Cluster {
 }
 
 /// Boot 1 of a two-node cluster, messages both ways, every datagram recorded.
-fn recorded_boot() -> Vec<(NodeId, NodeId, Vec<u8>)> {
+fn recorded_boot() -> Recording {
     let mut c = Cluster::new(2, 21, Faults::LOSSY, |_| {});
     c.net.record();
     c.connect();
@@ -120,7 +123,7 @@ fn a_flood_of_recorded_datagrams_during_the_handshake_does_not_lock_the_real_pee
 
 /// Two connected nodes; node 0 has delivered messages to node 1 and has 20 more queued when
 /// node 1 reboots (a new engine, a new seed) and queues "second life" for node 0.
-fn reboot_inside_a_view() -> (Cluster, Vec<(NodeId, NodeId, Vec<u8>)>, u64) {
+fn reboot_inside_a_view() -> (Cluster, Recording, u64) {
     let mut c = Cluster::new(2, 5, QUIET, |_| {});
     c.net.record();
     c.connect();
@@ -316,7 +319,9 @@ fn after_a_partition_heals_no_rtt_sample_comes_from_the_outage_and_delivery_resu
     let faults =
         Faults { drop_per_mille: 0, duplicate_per_mille: 0, min_delay_us: 400, max_delay_us: 400 };
     let rtt = 800;
-    for seed in 1..=4u64 {
+    // Shorter than the peer timeout (nobody goes down: the backed-off timer alone would
+    // decide when to resend) and longer (both go down and come back).
+    for (seed, outage) in (1..=4u64).flat_map(|s| [(s, 1_500_000u64), (s, 8_000_000)]) {
         let mut c = Cluster::new(2, seed, faults, |_| {});
         c.connect();
         let page = vec![0x77u8; 4096];
@@ -334,9 +339,12 @@ fn after_a_partition_heals_no_rtt_sample_comes_from_the_outage_and_delivery_resu
             assert!(c.step());
         }
         let (before, _) = c.nodes[0].rtt(1).unwrap();
-        assert!(before < 3 * rtt, "seed {seed}: srtt {before} µs before the cut");
+        assert!(
+            before < 3 * rtt,
+            "seed {seed}, outage {outage} µs: srtt {before} µs before the cut"
+        );
         c.net.partition(0, 1);
-        let heal_at = cut_at + 8_000_000;
+        let heal_at = cut_at + outage;
         while c.now < heal_at {
             stream(&mut c);
             assert!(c.step());
@@ -344,14 +352,20 @@ fn after_a_partition_heals_no_rtt_sample_comes_from_the_outage_and_delivery_resu
         c.net.heal();
         let at_heal = stream(&mut c);
         while stream(&mut c) == at_heal {
-            assert!(c.now < heal_at + 3_000_000, "seed {seed}: no delivery after the heal");
+            assert!(
+                c.now < heal_at + 3_000_000,
+                "seed {seed}, outage {outage} µs: no delivery after the heal"
+            );
             assert!(c.step());
         }
         let resumed = c.now - heal_at;
         let hb = c.nodes[0].config().heartbeat_us;
         // The first datagram to cross after the heal is at most a heartbeat away; from then
         // on a few round trips. Before the fix: up to the 2 s backed-off timer.
-        assert!(resumed <= hb + 10 * rtt, "seed {seed}: delivery resumed after {resumed} µs");
+        assert!(
+            resumed <= hb + 10 * rtt,
+            "seed {seed}, outage {outage} µs: delivery resumed after {resumed} µs"
+        );
         let mut worst = 0;
         while c.now < heal_at + 1_000_000 {
             stream(&mut c);
@@ -359,7 +373,31 @@ fn after_a_partition_heals_no_rtt_sample_comes_from_the_outage_and_delivery_resu
             worst = worst.max(c.nodes[0].rtt(1).unwrap().0);
         }
         // Before the fix fragments outstanding through the outage were sampled: srtt ~8 s.
-        assert!(worst < 3 * rtt, "seed {seed}: srtt reached {worst} µs after the heal");
+        assert!(
+            worst < 3 * rtt,
+            "seed {seed}, outage {outage} µs: srtt reached {worst} µs after the heal"
+        );
         assert!(c.nodes[0].stats().rtt_samples > 100);
     }
+}
+
+#[test]
+fn an_ack_for_data_outstanding_when_the_timer_fired_gives_no_rtt_sample() {
+    let (mut a, mut b, mut buf) = pair();
+    a.send(1, b"first").unwrap();
+    a.send(1, b"second").unwrap();
+    let _first = datagram(&mut a, 10, &mut buf);
+    let second = datagram(&mut a, 10, &mut buf);
+    // Both held up in the network; the timer fires and resends the first (only).
+    let fired = 10 + a.rtt(1).unwrap().1;
+    let resent = datagram(&mut a, fired, &mut buf);
+    assert_eq!(Header::parse_unauthenticated(&resent).unwrap().kind, Kind::Data);
+    let samples = a.stats().rtt_samples;
+    // The original second copy arrives only now: selectively acknowledged, never resent, yet
+    // its round trip is the outage's, not the path's.
+    b.handle_datagram(fired + 1, &second).unwrap();
+    let ack = datagram(&mut b, fired + 1, &mut buf);
+    a.handle_datagram(fired + 2, &ack).unwrap();
+    assert_eq!(a.stats().rtt_samples, samples, "a held-up acknowledgement gave an RTT sample");
+    assert_eq!(a.rtt(1).unwrap().0, 0);
 }
