@@ -101,6 +101,7 @@ fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
     assert!(text.contains("guest: smp: PASS all"), "{text}");
     assert!(text.contains("guest: smp: PASS TSC-deadline timer"), "{text}");
     assert!(text.contains("guest: smp: PASS interrupt held while IF=0"), "{text}");
+    assert!(text.contains("guest: smp: PASS XSETBV loaded XCR0"), "{text}");
     assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
     assert!(text.contains("vcpu 0 cpu 0 stopped rip "), "{text}");
     for m in ["hypercall round trip", "cpuid round trip", "VM exits in"] {

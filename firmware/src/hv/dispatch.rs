@@ -275,6 +275,25 @@ impl<V: Vcpu> Runner<V> {
                     Fault::Deny(what) => self.fatal(m, what, &exit),
                 }
             }
+            Exit::Xsetbv { xcr, value } => {
+                let host = m.host_cpuid(0xD, 0);
+                let supported = u64::from(host.eax) | (u64::from(host.edx) << 32);
+                if xcr == 0 && xcr0_valid(value, supported) {
+                    self.v.set_xcr0(value);
+                    self.v.skip_instruction();
+                } else {
+                    self.v.inject_exception(13, Some(0));
+                }
+                Step::Continue
+            }
+            Exit::Undefined { .. } => {
+                self.v.inject_exception(6, None);
+                Step::Continue
+            }
+            Exit::NoOp { .. } => {
+                self.v.skip_instruction();
+                Step::Continue
+            }
             Exit::Exception { .. } | Exit::Init | Exit::Sipi { .. } => Step::Continue,
             Exit::TripleFault => self.fatal(m, "triple fault", &exit),
             Exit::InvalidGuestState { what, .. }
@@ -391,6 +410,20 @@ impl<V: Vcpu> Runner<V> {
             }
         }
     }
+}
+
+/// XSETBV's rules for XCR0 (SDM Vol. 1 §13.3, Vol. 2C XSETBV): x87 always on, AVX only with
+/// SSE, the three AVX-512 components all or none and only with AVX, and nothing the host CPU
+/// does not support (`supported`: CPUID.(EAX=0DH,ECX=0) EDX:EAX).
+pub fn xcr0_valid(value: u64, supported: u64) -> bool {
+    const X87: u64 = 1;
+    const SSE: u64 = 1 << 1;
+    const AVX: u64 = 1 << 2;
+    const AVX512: u64 = 0b111 << 5;
+    value & X87 != 0
+        && value & !supported == 0
+        && (value & AVX == 0 || value & SSE != 0)
+        && (value & AVX512 == 0 || (value & AVX512 == AVX512 && value & AVX != 0))
 }
 
 /// The vCPUs an IPI from `me` to `dest` reaches, among `n` (an id beyond them reaches none).
