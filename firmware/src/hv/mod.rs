@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod coherent;
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
@@ -19,6 +20,8 @@ pub mod vmx;
 
 #[cfg(target_os = "none")]
 pub mod memory;
+#[cfg(target_os = "none")]
+pub mod vcpus;
 #[cfg(target_os = "none")]
 pub mod vm;
 

@@ -95,6 +95,9 @@ struct FakeMachine {
     protected: RefCell<Vec<(u64, u64)>>,
     fault: Cell<Fault>,
     generation: Cell<u64>,
+    in_guest: Cell<bool>,
+    flushed_gen: Cell<u64>,
+    resumed: Cell<bool>,
     fatal: RefCell<Vec<String>>,
 }
 
@@ -113,6 +116,9 @@ impl FakeMachine {
             protected: RefCell::new(Vec::new()),
             fault: Cell::new(Fault::Mapped),
             generation: Cell::new(0),
+            in_guest: Cell::new(false),
+            flushed_gen: Cell::new(0),
+            resumed: Cell::new(false),
             fatal: RefCell::new(Vec::new()),
         }
     }
@@ -166,8 +172,18 @@ impl Machine for FakeMachine {
     fn nested_fault(&self, _vcpu: usize, _gpa: u64, _write: bool, _exec: bool) -> Fault {
         self.fault.get()
     }
-    fn nested_generation(&self) -> u64 {
+    fn entering(&self, _vcpu: usize) -> u64 {
+        self.in_guest.set(true);
         self.generation.get()
+    }
+    fn flushed(&self, _vcpu: usize, generation: u64) {
+        self.flushed_gen.set(generation);
+    }
+    fn left(&self, _vcpu: usize) {
+        self.in_guest.set(false);
+    }
+    fn take_resume(&self, _vcpu: usize) -> bool {
+        self.resumed.replace(false)
     }
     fn faults(&self) -> u64 {
         7
@@ -300,15 +316,38 @@ fn hlt_without_a_pending_interrupt_parks_the_vcpu_until_one_arrives() {
 }
 
 #[test]
-fn a_page_that_is_on_its_way_parks_the_vcpu() {
+fn a_page_that_is_on_its_way_parks_the_vcpu_without_entering_until_it_is_resumed() {
     let m = FakeMachine::new(1);
     m.fault.set(Fault::Wait);
     let mut r = boot(
         &m,
-        &[Exit::NestedPageFault { gpa: 0x5000, write: true, exec: false, present: false }],
+        &[
+            Exit::NestedPageFault { gpa: 0x5000, write: true, exec: false, present: false },
+            Exit::Hypercall { nr: hypercall::NOP },
+        ],
     );
-    assert_eq!(run_all(&mut r, &m), [Step::Idle]);
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.state(), State::WaitPage);
+    assert_eq!(m.stats[0].state(), State::WaitPage);
+    // Parked: steps do not enter the guest.
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.v.exits.len(), 1);
+    m.resumed.set(true);
+    assert_eq!(r.step(&m, u64::MAX), Step::Continue);
+    assert!(r.v.exits.is_empty(), "resumed, it retried the access");
+    assert_eq!(r.state(), State::Running);
     assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn a_vcpu_is_marked_in_the_guest_only_while_it_runs_there_and_after_flushing() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::NOP }]);
+    m.generation.set(3);
+    r.step(&m, u64::MAX);
+    assert!(!m.in_guest.get());
+    assert_eq!(m.flushed_gen.get(), 3);
+    assert_eq!(r.v.flushes, 1);
 }
 
 #[test]
