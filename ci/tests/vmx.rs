@@ -101,6 +101,7 @@ fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
     assert!(text.contains("guest: smp: PASS all"), "{text}");
     assert!(text.contains("guest: smp: PASS TSC-deadline timer"), "{text}");
     assert!(text.contains("guest: smp: PASS interrupt held while IF=0"), "{text}");
+    assert!(text.contains("guest: smp: PASS XSETBV loaded XCR0"), "{text}");
     assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
     assert!(text.contains("vcpu 0 cpu 0 stopped rip "), "{text}");
     for m in ["hypercall round trip", "cpuid round trip", "VM exits in"] {
@@ -181,6 +182,16 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
     assert!(answer.contains("vcpu 0 cpu 0 stopped rip "), "{answer}");
     assert!(answer.contains("vcpu 1 cpu 1 stopped rip "), "{answer}");
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
+    // Every page came through the coherence engine, as local hits on a one-node cluster.
+    let mem = answer.lines().find(|l| l.contains("memory: coherence engine")).unwrap_or("");
+    let hits: u64 = mem
+        .split(" local hits")
+        .next()
+        .and_then(|h| h.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(hits > 100, "the guest's pages were mapped by the engine: {answer}");
+    assert!(mem.contains(" 0 messages and 0 pages sent"), "{answer}");
     let status = node.command("status", ANSWER)?;
     assert!(status.contains("uptime"), "{status}");
     Ok(())

@@ -75,8 +75,10 @@ _start32:
     rdmsr
     orl $(1 << 8), %eax
     wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax
+    # Paging on the way Linux's 32-bit entry does it: one constant CR0 (PE|MP|ET|NE|WP|AM|PG)
+    # with EFER.LME already set. NE differs from the shadow, so the write exits and the
+    # hypervisor itself must activate IA-32e mode (EFER.LMA and the entry control).
+    movl $0x80050033, %eax
     movl %eax, %cr0
     lgdt pl_gdt_ptr
     ljmp $0x08, $pl_start64

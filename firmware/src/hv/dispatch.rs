@@ -58,8 +58,15 @@ pub trait Machine {
     fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32;
     /// A nested page fault at `gpa`.
     fn nested_fault(&self, vcpu: usize, gpa: u64, write: bool, exec: bool) -> Fault;
-    /// Bumped whenever nested-paging rights went down; a vCPU behind it flushes before entry.
-    fn nested_generation(&self) -> u64;
+    /// `vcpu` is about to enter the guest: the nested-paging generation it must have flushed
+    /// (bumped whenever rights went down).
+    fn entering(&self, vcpu: usize) -> u64;
+    /// `vcpu` flushed its nested translations up to `generation` and enters now.
+    fn flushed(&self, vcpu: usize, generation: u64);
+    /// `vcpu` left the guest.
+    fn left(&self, vcpu: usize);
+    /// Takes the wake-up of a vCPU parked on a page fault, if it came.
+    fn take_resume(&self, vcpu: usize) -> bool;
     /// Nested page faults served so far.
     fn faults(&self) -> u64;
     /// The test hypercalls (PROTECT, BREAK) are allowed: only under `test=`.
@@ -138,7 +145,7 @@ impl<V: Vcpu> Runner<V> {
             apic: vlapic::Local::new(id as u32),
             state,
             msrs: MsrFile::new(id == 0),
-            nested_gen: m.nested_generation(),
+            nested_gen: 0,
         }
     }
 
@@ -173,6 +180,12 @@ impl<V: Vcpu> Runner<V> {
         if self.state == State::WaitForSipi {
             return Step::Idle;
         }
+        if self.state == State::WaitPage {
+            if !m.take_resume(self.id) {
+                return Step::Idle;
+            }
+            self.set_state(m, State::Running);
+        }
         let now = m.now();
         self.apic.poll_timer(shared, now);
         let pending = self.apic.deliverable(shared);
@@ -191,14 +204,16 @@ impl<V: Vcpu> Runner<V> {
                 self.v.set_interrupt_window(true);
             }
         }
-        let gen = m.nested_generation();
+        let until_timer = self.apic.deadline().map_or(u64::MAX, |d| d.saturating_sub(now));
+        self.v.set_time_slice(slice_end.saturating_sub(now).min(until_timer).max(1));
+        let gen = m.entering(self.id);
         if self.nested_gen != gen {
             self.v.flush_nested();
             self.nested_gen = gen;
         }
-        let until_timer = self.apic.deadline().map_or(u64::MAX, |d| d.saturating_sub(now));
-        self.v.set_time_slice(slice_end.saturating_sub(now).min(until_timer).max(1));
+        m.flushed(self.id, gen);
         let exit = self.v.run();
+        m.left(self.id);
         m.stats(self.id).count(exit.kind());
         m.trace(self.id, &exit);
         self.handle(m, exit)
@@ -271,9 +286,31 @@ impl<V: Vcpu> Runner<V> {
             Exit::NestedPageFault { gpa, write, exec, .. } => {
                 match m.nested_fault(self.id, gpa, write, exec) {
                     Fault::Mapped => Step::Continue,
-                    Fault::Wait => Step::Idle,
+                    Fault::Wait => {
+                        self.set_state(m, State::WaitPage);
+                        Step::Idle
+                    }
                     Fault::Deny(what) => self.fatal(m, what, &exit),
                 }
+            }
+            Exit::Xsetbv { xcr, value } => {
+                let host = m.host_cpuid(0xD, 0);
+                let supported = u64::from(host.eax) | (u64::from(host.edx) << 32);
+                if xcr == 0 && xcr0_valid(value, supported) {
+                    self.v.set_xcr0(value);
+                    self.v.skip_instruction();
+                } else {
+                    self.v.inject_exception(13, Some(0));
+                }
+                Step::Continue
+            }
+            Exit::Undefined { .. } => {
+                self.v.inject_exception(6, None);
+                Step::Continue
+            }
+            Exit::NoOp { .. } => {
+                self.v.skip_instruction();
+                Step::Continue
             }
             Exit::Exception { .. } | Exit::Init | Exit::Sipi { .. } => Step::Continue,
             Exit::TripleFault => self.fatal(m, "triple fault", &exit),
@@ -391,6 +428,20 @@ impl<V: Vcpu> Runner<V> {
             }
         }
     }
+}
+
+/// XSETBV's rules for XCR0 (SDM Vol. 1 §13.3, Vol. 2C XSETBV): x87 always on, AVX only with
+/// SSE, the three AVX-512 components all or none and only with AVX, and nothing the host CPU
+/// does not support (`supported`: CPUID.(EAX=0DH,ECX=0) EDX:EAX).
+pub fn xcr0_valid(value: u64, supported: u64) -> bool {
+    const X87: u64 = 1;
+    const SSE: u64 = 1 << 1;
+    const AVX: u64 = 1 << 2;
+    const AVX512: u64 = 0b111 << 5;
+    value & X87 != 0
+        && value & !supported == 0
+        && (value & AVX == 0 || value & SSE != 0)
+        && (value & AVX512 == 0 || (value & AVX512 == AVX512 && value & AVX != 0))
 }
 
 /// The vCPUs an IPI from `me` to `dest` reaches, among `n` (an id beyond them reaches none).

@@ -1,21 +1,21 @@
-//! Guest RAM on this node: 2 MiB chunks of the guest pool behind the EPT. The low part is
-//! mapped at start; the top [`LAZY`] bytes start unmapped and are mapped page by page on first
-//! touch (the path remote pages will take). Rights change only through [`NestedPaging`].
+//! Guest RAM on this node: 2 MiB chunks of the guest pool, and the EPT over them. Nothing is
+//! mapped at start: every page is mapped on its first fault with the rights the coherence
+//! engine gives (`coherent`), so the tables never hold a right the engine does not know of.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use gestalt_coherence::{Gfn, PageStore, Rights, VcpuId, PAGE_SIZE};
 use spin::Mutex;
 
-use super::dispatch::Fault;
+use super::coherent::LocalNode;
 use super::ept::{self, Ept, EptError, NestedPaging};
+use super::vcpus::VcpuSet;
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
 use crate::mem::tables::IdentityTables;
 use crate::paging::{MapError, MapStats};
 
-/// The top of guest RAM mapped on demand.
-pub const LAZY: u64 = 4 << 20;
 const MIB2: u64 = 2 << 20;
 
 /// EPT tables in frames from the reserve.
@@ -28,13 +28,12 @@ pub struct GuestMemory {
     chunks: Vec<u64>,
     ept: Mutex<(Ept, Reserve)>,
     eptp: u64,
-    generation: AtomicU64,
     faults: AtomicU64,
 }
 
 impl GuestMemory {
-    /// Takes up to `limit` bytes of 2 MiB chunks from `pool`, zeroes them and maps all but the
-    /// lazy top. Fails when fewer than `min` bytes are there.
+    /// Takes up to `limit` bytes of 2 MiB chunks from `pool` and zeroes them. Fails when
+    /// fewer than `min` bytes are there.
     pub fn new(
         frames: &'static Mutex<FrameAllocator>,
         pool: &[Region],
@@ -50,17 +49,11 @@ impl GuestMemory {
             }
         }
         let ram = chunks.len() as u64 * MIB2;
-        if ram < min.max(LAZY + MIB2) {
+        if ram < min.max(MIB2) {
             return Err(EptError::Map(MapError::OutOfMemory));
         }
         let mut tm = IdentityTables(frames);
         let ept = Ept::new(&mut tm)?;
-        for (i, c) in chunks.iter().enumerate() {
-            let gpa = i as u64 * MIB2;
-            if gpa + MIB2 <= ram - LAZY {
-                ept.map(&mut tm, gpa, *c, MIB2, ept::RWX)?;
-            }
-        }
         for c in &chunks {
             // SAFETY: guest RAM chunks are pool frames now owned by the guest, identity-mapped.
             unsafe { core::ptr::write_bytes(*c as *mut u8, 0, MIB2 as usize) };
@@ -70,7 +63,6 @@ impl GuestMemory {
             chunks,
             eptp: ept.eptp(),
             ept: Mutex::new((ept, tm)),
-            generation: AtomicU64::new(0),
             faults: AtomicU64::new(0),
         })
     }
@@ -80,8 +72,18 @@ impl GuestMemory {
         self.eptp
     }
 
+    /// Guest frames.
+    pub fn pages(&self) -> u64 {
+        self.ram / PAGE_SIZE as u64
+    }
+
     fn hpa(&self, gpa: u64) -> u64 {
         self.chunks[(gpa / MIB2) as usize] + gpa % MIB2
+    }
+
+    /// The host address of the frame of `gfn`, which must be inside RAM.
+    fn frame(&self, gfn: Gfn) -> *mut u8 {
+        self.hpa(gfn.0 * PAGE_SIZE as u64) as *mut u8
     }
 
     /// Copies `bytes` into guest RAM at `gpa`; false (nothing written) when they do not fit.
@@ -103,58 +105,47 @@ impl GuestMemory {
         true
     }
 
-    /// Bumped when rights went down; each vCPU flushes before its next entry when behind.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
     /// Nested page faults served.
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
     }
 
-    /// Answers a nested page fault: RAM is all local on one node, so a missing page is mapped
-    /// and a missing right granted; anything outside RAM is denied.
-    pub fn fault(&self, gpa: u64, _write: bool, _exec: bool) -> Fault {
-        if gpa >= self.ram {
-            return Fault::Deny("EPT violation outside guest memory (denied)");
-        }
-        let page = gpa & !0xfff;
-        let current = {
-            let g = self.ept.lock();
-            g.0.translate(&g.1, page)
-        };
-        // Mapping or widening rights needs no invalidation: the violation itself dropped the
-        // stale translation (SDM Vol. 3C §29.4.3.1).
-        let mut n = Paging(self);
-        let done = match current {
-            Some(_) => n.set_rights(page, ept::RWX),
-            None => n.map(page, self.hpa(page), 0x1000, ept::RWX).map(|_| ()).map_err(Into::into),
-        };
-        if let Err(e) = done {
-            crate::error!("hv: cannot map gpa {gpa:#x}: {e}");
-            return Fault::Deny("EPT update failed");
-        }
+    /// Counts one served fault.
+    pub fn count_fault(&self) {
         self.faults.fetch_add(1, Ordering::Relaxed);
-        Fault::Mapped
     }
 
-    /// Test hook: sets the rights of the guest page at `gpa`, then has every vCPU flush.
-    /// Addresses outside guest RAM are refused before any table is touched.
-    pub fn protect(&self, gpa: u64, rights: u64) -> bool {
+    /// Sets the EPT rights of `gfn` (None: unmapped), mapping its frame when it has none.
+    pub fn set_rights(&self, gfn: Gfn, rights: Option<Rights>) -> Result<(), EptError> {
+        let gpa = gfn.0 * 4096;
         if gpa >= self.ram {
-            return false;
+            return Err(EptError::NotMapped(gpa));
         }
+        let bits = match rights {
+            None => 0,
+            Some(Rights::ReadExec) => ept::R | ept::X,
+            Some(Rights::ReadWriteExec) => ept::RWX,
+        };
         let mut n = Paging(self);
-        let ok = n.set_rights(gpa & !0xfff, rights & ept::RWX).is_ok();
-        if ok {
-            n.invalidate();
+        match n.set_rights(gpa, bits) {
+            Err(EptError::NotMapped(_)) if bits != 0 => {
+                // Mapping needs no invalidation: the violation itself dropped the stale
+                // translation (SDM Vol. 3C §29.4.3.1).
+                n.map(gpa, self.hpa(gpa), 0x1000, bits).map(|_| ()).map_err(Into::into)
+            }
+            other => other,
         }
-        ok
+    }
+
+    /// Test hook: sets the raw EPT rights of the guest page at `gpa` behind the engine's
+    /// back (the engine re-maps on the next fault: a spurious fault to it). Addresses outside
+    /// guest RAM are refused before any table is touched.
+    pub fn protect(&self, gpa: u64, rights: u64) -> bool {
+        gpa < self.ram && Paging(self).set_rights(gpa & !0xfff, rights & ept::RWX).is_ok()
     }
 }
 
-/// The guest's EPT behind the [`NestedPaging`] seam.
+/// The guest's EPT behind the [`NestedPaging`] seam (invalidation is the vCPUs' barrier).
 struct Paging<'a>(&'a GuestMemory);
 
 impl NestedPaging for Paging<'_> {
@@ -170,9 +161,47 @@ impl NestedPaging for Paging<'_> {
         ept.set_rights(tm, gpa, rights)
     }
 
-    fn invalidate(&mut self) {
-        // Each vCPU compares generations before entering and flushes when behind; the caller
-        // kicks running ones so they exit now.
-        self.0.generation.fetch_add(1, Ordering::SeqCst);
+    fn invalidate(&mut self) {}
+}
+
+/// This node as the coherence glue sees it: guest frames, EPT and vCPUs.
+pub struct Here<'a> {
+    /// Guest RAM.
+    pub mem: &'a GuestMemory,
+    /// The vCPUs.
+    pub vcpus: &'a VcpuSet,
+}
+
+impl PageStore for Here<'_> {
+    fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
+        // SAFETY: the engine names only frames inside guest RAM; a frame's 4 KiB lie in one
+        // chunk, a pool frame owned by this guest and identity-mapped. It is copied out only
+        // after the actions before it stopped local writers (the engine's ordering).
+        let page = unsafe { core::slice::from_raw_parts(self.mem.frame(gfn), PAGE_SIZE) };
+        out.extend_from_slice(page);
+    }
+
+    fn install(&mut self, gfn: Gfn, data: &[u8]) {
+        let n = data.len().min(PAGE_SIZE);
+        // SAFETY: as in `copy_out`; the engine installs only while this node does not map the
+        // frame, so no vCPU reads or writes it meanwhile.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.mem.frame(gfn), n) };
+    }
+}
+
+impl LocalNode for Here<'_> {
+    fn set_rights(&mut self, gfn: Gfn, rights: Option<Rights>) -> Result<(), &'static str> {
+        self.mem.set_rights(gfn, rights).map_err(|e| match e {
+            EptError::NotMapped(_) => "page outside guest memory",
+            EptError::Map(_) => "EPT update failed",
+        })
+    }
+
+    fn flush_barrier(&mut self) {
+        self.vcpus.flush_barrier();
+    }
+
+    fn resume(&mut self, vcpu: VcpuId) {
+        self.vcpus.resume(usize::from(vcpu.0));
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod coherent;
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
@@ -19,6 +20,8 @@ pub mod vmx;
 
 #[cfg(target_os = "none")]
 pub mod memory;
+#[cfg(target_os = "none")]
+pub mod vcpus;
 #[cfg(target_os = "none")]
 pub mod vm;
 
@@ -99,6 +102,25 @@ pub enum Exit {
         /// Written value (MOV to CR), None for other forms.
         write: Option<u64>,
     },
+    /// XSETBV: the guest loads extended control register `xcr` with `value` (EDX:EAX).
+    Xsetbv {
+        /// ECX: which XCR.
+        xcr: u32,
+        /// The value.
+        value: u64,
+    },
+    /// An instruction the guest may not use here (the VMX instructions, MONITOR/MWAIT, which
+    /// CPUID does not advertise): the guest gets #UD, as on a CPU without them.
+    Undefined {
+        /// Which instruction.
+        what: &'static str,
+    },
+    /// An instruction with nothing to do for the hypervisor (INVD: the host keeps the caches
+    /// coherent): skipped.
+    NoOp {
+        /// Which instruction.
+        what: &'static str,
+    },
     /// An exception the hypervisor intercepts (vector, error code).
     Exception {
         /// Vector.
@@ -144,8 +166,8 @@ impl Exit {
             Exit::InterruptWindow => Kind::InterruptWindow,
             Exit::Preempted => Kind::Preempted,
             Exit::Init | Exit::Sipi { .. } => Kind::InitSipi,
-            Exit::CrAccess { .. } => Kind::CrAccess,
-            Exit::Exception { .. } => Kind::Exception,
+            Exit::CrAccess { .. } | Exit::Xsetbv { .. } => Kind::CrAccess,
+            Exit::Exception { .. } | Exit::Undefined { .. } | Exit::NoOp { .. } => Kind::Exception,
             Exit::TripleFault
             | Exit::InvalidGuestState { .. }
             | Exit::EntryFailed { .. }
@@ -245,6 +267,8 @@ pub trait Vcpu {
     fn enter_sipi(&mut self, vector: u8);
     /// Drops cached nested translations of this vCPU (after rights were reduced).
     fn flush_nested(&mut self);
+    /// Loads the guest's XCR0 (already checked against what the host supports).
+    fn set_xcr0(&mut self, value: u64);
     /// Delivers a hardware exception (with an error code for the vectors that push one).
     fn inject_exception(&mut self, vector: u8, error: Option<u32>);
     /// Test hook: makes the next entry fail, with a guest state the CPU refuses (`Guest`) or a

@@ -69,6 +69,8 @@ pub enum State {
     Halted = 3,
     /// Stopped for good (guest exit or a fatal exit).
     Stopped = 4,
+    /// Parked on a nested page fault until the page (or the right) arrives.
+    WaitPage = 5,
 }
 
 impl State {
@@ -80,6 +82,7 @@ impl State {
             State::Running => "running",
             State::Halted => "halted",
             State::Stopped => "stopped",
+            State::WaitPage => "wait-page",
         }
     }
 
@@ -89,6 +92,7 @@ impl State {
             2 => State::Running,
             3 => State::Halted,
             4 => State::Stopped,
+            5 => State::WaitPage,
             _ => State::Absent,
         }
     }

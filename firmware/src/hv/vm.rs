@@ -8,12 +8,16 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
+use gestalt_coherence::{Config, Gfn, NodeId, VcpuId};
+
+use super::coherent::{Coherent, Served};
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect};
 use super::dispatch::{Fault, Machine, Runner, Start, Step, Verdict};
 use super::loader;
-use super::memory::{GuestMemory, LAZY};
+use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
+use super::vcpus::VcpuSet;
 use super::vlapic;
 use super::vmx::hw::{self as vmx, VmxVcpu};
 use super::vmx::root;
@@ -35,12 +39,9 @@ const AP_REGISTER_US: u64 = 2_000_000;
 
 /// The guest machine of this node.
 pub struct Vm {
-    /// vCPUs.
-    pub vcpus: u32,
     mem: GuestMemory,
-    shared: Vec<vlapic::Shared>,
-    stats: Vec<VcpuStats>,
-    host_apic: Vec<AtomicU32>,
+    vcpus: VcpuSet,
+    coherent: Mutex<Coherent>,
     devices: Mutex<Devices>,
     stopped: AtomicBool,
     verdict: Mutex<Option<Verdict>>,
@@ -65,15 +66,9 @@ pub fn status() -> &'static str {
 }
 
 impl Vm {
-    fn kick_others(&self, me: usize) {
-        for i in (0..self.vcpus as usize).filter(|i| *i != me) {
-            self.kick(i);
-        }
-    }
-
     fn print_summary(&self) {
         let ticks = rdtsc().wrapping_sub(self.start_tsc.load(Ordering::Relaxed));
-        let exits: u64 = self.stats.iter().map(VcpuStats::total).sum();
+        let exits: u64 = self.vcpus.stats.iter().map(VcpuStats::total).sum();
         let hz = time::tsc_hz().max(1);
         let us = (u128::from(ticks) * 1_000_000 / u128::from(hz)) as u64;
         info!(
@@ -107,15 +102,15 @@ impl Vm {
 
 impl Machine for Vm {
     fn vcpus(&self) -> u32 {
-        self.vcpus
+        self.vcpus.len() as u32
     }
 
     fn shared(&self, vcpu: usize) -> &vlapic::Shared {
-        &self.shared[vcpu]
+        &self.vcpus.shared[vcpu]
     }
 
     fn stats(&self, vcpu: usize) -> &VcpuStats {
-        &self.stats[vcpu]
+        &self.vcpus.stats[vcpu]
     }
 
     fn stopped(&self) -> bool {
@@ -131,8 +126,10 @@ impl Machine for Vm {
             *g = Some(v);
         }
         self.stopped.store(true, Ordering::SeqCst);
-        self.stats[me].set_state(State::Stopped);
-        self.kick_others(me);
+        if let Some(s) = self.vcpus.stats.get(me) {
+            s.set_state(State::Stopped);
+        }
+        self.vcpus.kick_others(me);
         if let Some(line) = self.devices.lock().uart.take_partial() {
             info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
         }
@@ -147,9 +144,7 @@ impl Machine for Vm {
     }
 
     fn kick(&self, vcpu: usize) {
-        if let Some(a) = self.host_apic.get(vcpu) {
-            apic::send_ipi(a.load(Ordering::SeqCst), WAKE_VECTOR);
-        }
+        self.vcpus.kick(vcpu);
     }
 
     fn now(&self) -> u64 {
@@ -177,13 +172,38 @@ impl Machine for Vm {
     }
 
     fn nested_fault(&self, vcpu: usize, gpa: u64, write: bool, exec: bool) -> Fault {
-        let f = self.mem.fault(gpa, write, exec);
-        crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {f:?}");
-        f
+        if gpa >= self.mem.ram {
+            return Fault::Deny("EPT violation outside guest memory (denied)");
+        }
+        let mut here = Here { mem: &self.mem, vcpus: &self.vcpus };
+        let served =
+            self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16));
+        crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
+        self.mem.count_fault();
+        match served {
+            Served::Now => Fault::Mapped,
+            Served::Later => Fault::Wait,
+            Served::Failed(what) => {
+                error!("hv: vcpu {vcpu}: cannot map gpa {gpa:#x}: {what}");
+                Fault::Deny("EPT update failed")
+            }
+        }
     }
 
-    fn nested_generation(&self) -> u64 {
-        self.mem.generation()
+    fn entering(&self, vcpu: usize) -> u64 {
+        self.vcpus.entering(vcpu)
+    }
+
+    fn flushed(&self, vcpu: usize, generation: u64) {
+        self.vcpus.flushed(vcpu, generation);
+    }
+
+    fn left(&self, vcpu: usize) {
+        self.vcpus.left(vcpu);
+    }
+
+    fn take_resume(&self, vcpu: usize) -> bool {
+        self.vcpus.take_resume(vcpu)
     }
 
     fn faults(&self) -> u64 {
@@ -197,8 +217,8 @@ impl Machine for Vm {
     fn protect(&self, gpa: u64, rights: u64) -> bool {
         let ok = self.mem.protect(gpa, rights);
         if ok {
-            // Rights went down: running vCPUs exit now and flush before their next entry.
-            self.kick_others(usize::MAX);
+            // Rights went down: no vCPU may keep the old translation.
+            self.vcpus.flush_barrier();
         }
         ok
     }
@@ -305,17 +325,18 @@ pub fn start(
 
     let mem = GuestMemory::new(frames, pool, GUEST_RAM, 8 << 20)
         .map_err(|_| VmError::Memory("the guest pool is too small for the guest"))?;
-    if kernel.end() > mem.ram - LAZY {
+    if kernel.end() > mem.ram {
         return Err(VmError::Memory("the guest pool is too small for the guest"));
     }
     let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
     let ram = mem.ram;
+    // One node: every page is homed here and every fault a local hit, through the same engine
+    // a cluster uses.
+    let coherent = Coherent::new(NodeId(0), Config::ranges(1, mem.pages()));
     let vm = VM.call_once(|| Vm {
-        vcpus: vcpus as u32,
         mem,
-        shared: (0..vcpus).map(|_| vlapic::Shared::NEW).collect(),
-        stats: (0..vcpus).map(|_| VcpuStats::NEW).collect(),
-        host_apic: (0..vcpus).map(|_| AtomicU32::new(0)).collect(),
+        vcpus: VcpuSet::new(vcpus),
+        coherent: Mutex::new(coherent),
         devices: Mutex::new(Devices::default()),
         stopped: AtomicBool::new(false),
         verdict: Mutex::new(None),
@@ -336,15 +357,15 @@ pub fn start(
         cmdline,
         kernel.entry,
         ram >> 20,
-        LAZY >> 20,
+        ram >> 20,
         vcpus
     );
 
     quiet_legacy_pic();
-    vm.host_apic[0].store(apic::id(), Ordering::SeqCst);
+    vm.vcpus.place(0, apic::id());
     for (k, (_, apic_id)) in aps.iter().enumerate() {
-        vm.host_apic[k + 1].store(*apic_id, Ordering::SeqCst);
-        vm.stats[k + 1].set_state(State::WaitForSipi);
+        vm.vcpus.place(k + 1, *apic_id);
+        vm.vcpus.stats[k + 1].set_state(State::WaitForSipi);
     }
     let start = Start::ProtectedMode {
         eip: vm.entry,
@@ -457,8 +478,9 @@ pub fn ap_poll(index: usize) {
                 // Sleep until a kick (IPI) unless a timer is due soon: then spin to it.
                 if r.apic.deadline().is_some() {
                     core::hint::spin_loop();
-                } else if vm.shared[id].highest().is_none()
-                    && !vm.shared[id].startup_pending()
+                } else if vm.vcpus.shared[id].highest().is_none()
+                    && !vm.vcpus.shared[id].startup_pending()
+                    && !vm.vcpus.resume_pending(id)
                     && !vm.stopped()
                 {
                     x86_64::instructions::interrupts::enable_and_hlt();
@@ -499,7 +521,7 @@ pub fn print_vcpus() {
     let verdict = *vm.verdict.lock();
     kprintln!(
         "guest: {} vCPUs, {} MiB RAM, {} nested page faults served, {}",
-        vm.vcpus,
+        vm.vcpus.len(),
         vm.mem.ram >> 20,
         vm.mem.faults(),
         match verdict {
@@ -508,7 +530,23 @@ pub fn print_vcpus() {
             Some(Verdict::Fatal(w)) => alloc::format!("stopped: {w}"),
         }
     );
-    for (i, s) in vm.stats.iter().enumerate() {
+    {
+        let co = vm.coherent.lock();
+        let (c, g) = (co.counters(), co.stats());
+        kprintln!(
+            "memory: coherence engine, node 0 of 1: {} read and {} write faults ({} local hits, {} spurious, {} coalesced), {} messages and {} pages sent, {} flush barriers, {} protocol errors",
+            c.read_faults,
+            c.write_faults,
+            c.local_hits,
+            c.spurious,
+            c.coalesced,
+            c.sent,
+            c.pages_sent,
+            g.barriers,
+            g.protocol_errors
+        );
+    }
+    for (i, s) in vm.vcpus.stats.iter().enumerate() {
         let mut line = alloc::format!(
             "vcpu {i} cpu {} {} rip {:#x} exits {}",
             s.cpu.load(Ordering::Relaxed),

@@ -26,7 +26,7 @@ extern "C" fn payload_main(_mbi: u32) -> ! {
     }
     // The hypervisor still maps fresh pages on demand (its reserve was not spent above).
     let p = 0x3E0_0000 as *mut u64; // in the top 4 MiB, mapped on first touch
-    // SAFETY: guest RAM inside the payload's identity map, used by nothing else.
+                                    // SAFETY: guest RAM inside the payload's identity map, used by nothing else.
     unsafe { core::ptr::write_volatile(p, 0x5a5a) };
     // SAFETY: as above.
     if unsafe { core::ptr::read_volatile(p) } != 0x5a5a {

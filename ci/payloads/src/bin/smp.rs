@@ -120,6 +120,35 @@ fn round_trip(name: &str, f: impl Fn()) {
     println!("smp: {name} round trip {per} TSC ticks = {} exits/s of guest time", hz / per.max(1));
 }
 
+/// XSETBV as an OS runs it at boot: CR4.OSXSAVE, then XCR0 = x87|SSE (and AVX when the CPU
+/// has it), read back with XGETBV (which does not exit: it sees what the hypervisor loaded).
+fn xsetbv_test() -> bool {
+    let (_, _, c, _) = cpuid(1, 0);
+    if c & (1 << 26) == 0 {
+        println!("smp: XSAVE not offered: XSETBV not tested");
+        return true;
+    }
+    let want: u64 = if c & (1 << 28) != 0 { 0b111 } else { 0b11 };
+    let got: u64;
+    // SAFETY: CPUID offers XSAVE, so CR4.OSXSAVE may be set and XCR0 loaded with components
+    // the CPU supports (x87, SSE, AVX).
+    unsafe {
+        core::arch::asm!(
+            "mov rax, cr4", "bts rax, 18", "mov cr4, rax",
+            "xor ecx, ecx", "mov eax, {lo:e}", "xor edx, edx", "xsetbv",
+            "xor ecx, ecx", "xgetbv", "shl rdx, 32", "or rax, rdx",
+            lo = in(reg) want as u32, out("rax") got, out("rcx") _, out("rdx") _,
+        );
+    }
+    if got == want {
+        println!("smp: PASS XSETBV loaded XCR0 {want:#x}");
+        true
+    } else {
+        println!("smp: FAIL XCR0 reads {got:#x} after XSETBV {want:#x}");
+        false
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn payload_main(_mbi: u32) -> ! {
     x2apic_enable();
@@ -159,6 +188,7 @@ extern "C" fn payload_main(_mbi: u32) -> ! {
     });
 
     ok &= window_test();
+    ok &= xsetbv_test();
 
     let up = start_aps(n, ap_main);
     println!("smp: {}/{} vCPUs started with INIT/SIPI", up + 1, n);

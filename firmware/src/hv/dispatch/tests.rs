@@ -23,6 +23,7 @@ struct FakeVcpu {
     protected: Option<u32>,
     broken: Option<Breakage>,
     slice: u64,
+    xcr0: Option<u64>,
 }
 
 impl FakeVcpu {
@@ -75,6 +76,9 @@ impl Vcpu for FakeVcpu {
     fn break_for_test(&mut self, what: Breakage) {
         self.broken = Some(what);
     }
+    fn set_xcr0(&mut self, value: u64) {
+        self.xcr0 = Some(value);
+    }
 }
 
 /// A guest of `n` vCPUs with RAM `0..ram` and the real port devices.
@@ -91,6 +95,9 @@ struct FakeMachine {
     protected: RefCell<Vec<(u64, u64)>>,
     fault: Cell<Fault>,
     generation: Cell<u64>,
+    in_guest: Cell<bool>,
+    flushed_gen: Cell<u64>,
+    resumed: Cell<bool>,
     fatal: RefCell<Vec<String>>,
 }
 
@@ -109,6 +116,9 @@ impl FakeMachine {
             protected: RefCell::new(Vec::new()),
             fault: Cell::new(Fault::Mapped),
             generation: Cell::new(0),
+            in_guest: Cell::new(false),
+            flushed_gen: Cell::new(0),
+            resumed: Cell::new(false),
             fatal: RefCell::new(Vec::new()),
         }
     }
@@ -143,8 +153,12 @@ impl Machine for FakeMachine {
     fn tsc_hz(&self) -> u64 {
         1_000_000_000
     }
-    fn host_cpuid(&self, _leaf: u32, _sub: u32) -> Regs4 {
-        Regs4 { eax: 1, ebx: 2, ecx: 3, edx: 4 }
+    fn host_cpuid(&self, leaf: u32, _sub: u32) -> Regs4 {
+        match leaf {
+            // XSAVE components x87, SSE, AVX.
+            0xD => Regs4 { eax: 0b111, ebx: 0, ecx: 0, edx: 0 },
+            _ => Regs4 { eax: 1, ebx: 2, ecx: 3, edx: 4 },
+        }
     }
     fn port(&self, _vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
         let (v, effect) = self.devices.borrow_mut().access(port, size, dir, value);
@@ -158,8 +172,18 @@ impl Machine for FakeMachine {
     fn nested_fault(&self, _vcpu: usize, _gpa: u64, _write: bool, _exec: bool) -> Fault {
         self.fault.get()
     }
-    fn nested_generation(&self) -> u64 {
+    fn entering(&self, _vcpu: usize) -> u64 {
+        self.in_guest.set(true);
         self.generation.get()
+    }
+    fn flushed(&self, _vcpu: usize, generation: u64) {
+        self.flushed_gen.set(generation);
+    }
+    fn left(&self, _vcpu: usize) {
+        self.in_guest.set(false);
+    }
+    fn take_resume(&self, _vcpu: usize) -> bool {
+        self.resumed.replace(false)
     }
     fn faults(&self) -> u64 {
         7
@@ -292,15 +316,38 @@ fn hlt_without_a_pending_interrupt_parks_the_vcpu_until_one_arrives() {
 }
 
 #[test]
-fn a_page_that_is_on_its_way_parks_the_vcpu() {
+fn a_page_that_is_on_its_way_parks_the_vcpu_without_entering_until_it_is_resumed() {
     let m = FakeMachine::new(1);
     m.fault.set(Fault::Wait);
     let mut r = boot(
         &m,
-        &[Exit::NestedPageFault { gpa: 0x5000, write: true, exec: false, present: false }],
+        &[
+            Exit::NestedPageFault { gpa: 0x5000, write: true, exec: false, present: false },
+            Exit::Hypercall { nr: hypercall::NOP },
+        ],
     );
-    assert_eq!(run_all(&mut r, &m), [Step::Idle]);
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.state(), State::WaitPage);
+    assert_eq!(m.stats[0].state(), State::WaitPage);
+    // Parked: steps do not enter the guest.
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.v.exits.len(), 1);
+    m.resumed.set(true);
+    assert_eq!(r.step(&m, u64::MAX), Step::Continue);
+    assert!(r.v.exits.is_empty(), "resumed, it retried the access");
+    assert_eq!(r.state(), State::Running);
     assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn a_vcpu_is_marked_in_the_guest_only_while_it_runs_there_and_after_flushing() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::NOP }]);
+    m.generation.set(3);
+    r.step(&m, u64::MAX);
+    assert!(!m.in_guest.get());
+    assert_eq!(m.flushed_gen.get(), 3);
+    assert_eq!(r.v.flushes, 1);
 }
 
 #[test]
@@ -447,4 +494,45 @@ fn the_time_slice_ends_at_the_slice_or_the_guest_timer_whichever_is_first() {
     let mut r = boot(&m, &[Exit::Preempted]);
     assert_eq!(r.step(&m, m.now() + 500), Step::Yield);
     assert_eq!(r.v.slice, 500);
+}
+
+#[test]
+fn xsetbv_loads_what_the_host_supports_and_faults_on_the_rest() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Xsetbv { xcr: 0, value: 0b111 },
+            Exit::Xsetbv { xcr: 0, value: 0b1110_0111 }, // AVX-512: not on this host
+            Exit::Xsetbv { xcr: 1, value: 1 },
+        ],
+    );
+    assert_eq!(run_all(&mut r, &m), [Step::Continue; 3]);
+    assert_eq!(r.v.xcr0, Some(0b111));
+    assert_eq!(r.v.rip, 1);
+    assert_eq!(r.v.exceptions, [(13, Some(0)), (13, Some(0))]);
+    assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn xcr0_rules_follow_the_architecture() {
+    let all = u64::MAX;
+    assert!(xcr0_valid(0b11, all));
+    assert!(!xcr0_valid(0b10, all), "x87 must stay on");
+    assert!(!xcr0_valid(0b101, all), "AVX needs SSE");
+    assert!(!xcr0_valid(0b0010_0111, all), "AVX-512 all or none");
+    assert!(xcr0_valid(0b1110_0111, all));
+    assert!(!xcr0_valid(0b1110_0011, all), "AVX-512 needs AVX");
+    assert!(!xcr0_valid(0b111, 0b11), "beyond the host");
+}
+
+#[test]
+fn instructions_a_guest_may_not_use_give_ud_and_never_stop_it() {
+    let m = FakeMachine::new(1);
+    let mut r =
+        boot(&m, &[Exit::Undefined { what: "VMX instruction" }, Exit::NoOp { what: "INVD" }]);
+    assert_eq!(run_all(&mut r, &m), [Step::Continue, Step::Continue]);
+    assert_eq!(r.v.exceptions, [(6, None)]);
+    assert_eq!(r.v.rip, 1, "INVD is skipped, the #UD instruction is not");
+    assert_eq!(m.verdict(), None);
 }

@@ -283,6 +283,21 @@ pub fn entry_failure(reason: u32, qualification: u64) -> &'static str {
     }
 }
 
+/// EFER.LME.
+pub const EFER_LME: u64 = 1 << 8;
+/// EFER.LMA.
+pub const EFER_LMA: u64 = 1 << 10;
+
+/// The guest's EFER and "IA-32e mode guest" entry control after it writes `cr0` with EFER
+/// `efer`: paging on with LME set activates IA-32e mode (LMA = 1), paging off deactivates it
+/// (SDM Vol. 3A §10.8.5). The CPU does this itself for writes that do not exit; for a write
+/// the hypervisor carries out, it must, or the next entry fails its EFER checks (SDM Vol. 3C
+/// §27.3.1.1: LMA must equal the entry control, and LME when CR0.PG = 1).
+pub fn long_mode_after_cr0(cr0: u64, efer: u64) -> (u64, bool) {
+    let active = cr0 & (1 << 31) != 0 && efer & EFER_LME != 0;
+    (if active { efer | EFER_LMA } else { efer & !EFER_LMA }, active)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +380,17 @@ mod tests {
         assert_eq!(instruction_error(8), "VM entry with invalid host-state field(s)");
         assert_eq!(instruction_error(99), "unknown VM-instruction error");
         assert_eq!(entry_failure(33, 0), "invalid guest state");
+    }
+
+    #[test]
+    fn paging_on_with_lme_activates_long_mode_the_way_linux_enters_it() {
+        // Linux's 32-bit entry: EFER.LME by WRMSR, then CR0 = PE|MP|ET|NE|WP|AM|PG at once.
+        assert_eq!(long_mode_after_cr0(0x8005_0033, EFER_LME), (EFER_LME | EFER_LMA, true));
+        assert_eq!(long_mode_after_cr0(0x8005_0033, 0), (0, false));
+        assert_eq!(long_mode_after_cr0(0x11, EFER_LME | EFER_LMA), (EFER_LME, false));
+        assert_eq!(
+            long_mode_after_cr0(0x8000_0011, EFER_LME | EFER_LMA | 1),
+            (EFER_LME | EFER_LMA | 1, true)
+        );
     }
 }

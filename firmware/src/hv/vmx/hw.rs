@@ -20,6 +20,7 @@ const MSR_VMX_CR4_FIXED0: u32 = 0x488;
 const MSR_VMX_CR4_FIXED1: u32 = 0x489;
 const CR4_VMXE: u64 = 1 << 13;
 const CR0_NE: u64 = 1 << 5;
+const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// Why VMX cannot be used on this machine (one clear console line each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,14 +586,18 @@ impl VmxVcpu {
             }
             reason::NMI_WINDOW => Exit::Other { what: "NMI window", qualification: q },
             reason::TASK_SWITCH => Exit::Other { what: "task switch", qualification: q },
-            reason::INVD => Exit::Other { what: "INVD", qualification: q },
+            reason::INVD => Exit::NoOp { what: "INVD" },
             reason::RDTSC => Exit::Other { what: "RDTSC", qualification: q },
-            reason::MWAIT | reason::MONITOR => {
-                Exit::Other { what: "MONITOR/MWAIT", qualification: q }
-            }
+            reason::MWAIT | reason::MONITOR => Exit::Undefined { what: "MONITOR/MWAIT" },
             reason::PAUSE => Exit::Other { what: "PAUSE", qualification: q },
-            reason::XSETBV => Exit::Other { what: "XSETBV", qualification: q },
-            reason::INVEPT => Exit::Other { what: "INVEPT", qualification: q },
+            reason::XSETBV => {
+                Exit::Xsetbv { xcr: r.rcx as u32, value: (r.rdx << 32) | (r.rax & 0xffff_ffff) }
+            }
+            // VMX is hidden from the guest (CPUID.1:ECX.VMX = 0, SDM Vol. 3C §24.6): its
+            // instructions are undefined there, as is GETSEC without SMX.
+            reason::INVEPT | 19..=27 | 53 | 59 | 11 => {
+                Exit::Undefined { what: exit_name(raw & 0xffff) }
+            }
             n => Exit::Other { what: exit_name(n), qualification: q },
         }
     }
@@ -635,7 +640,9 @@ fn exit_name(n: u32) -> &'static str {
         44 => "APIC access",
         46 | 47 => "descriptor-table access",
         51 => "RDTSCP",
+        50 => "INVEPT",
         53 => "INVVPID",
+        59 => "VMFUNC",
         54 => "WBINVD",
         _ => "unknown exit reason",
     }
@@ -724,6 +731,16 @@ impl Vcpu for VmxVcpu {
                 // Unrestricted guest: PE and PG are the guest's (SDM Vol. 3C §26.3.1.1).
                 let v = (fixed & !((1 << 31) | 1)) | (val & ((1 << 31) | 1));
                 w(f::GUEST_CR0, v);
+                // Turning paging on or off here is the guest's long-mode switch: EFER.LMA
+                // and the entry control follow in the same exit.
+                let (efer, ia32e) = controls::long_mode_after_cr0(v, vmread(f::GUEST_EFER));
+                w(f::GUEST_EFER, efer);
+                let want =
+                    if ia32e { self.entry | entry::IA32E } else { self.entry & !entry::IA32E };
+                if want != self.entry {
+                    self.entry = want;
+                    w(f::ENTRY_CONTROLS, u64::from(want));
+                }
             }
             4 => {
                 w(f::CR4_READ_SHADOW, val);
@@ -776,6 +793,25 @@ impl Vcpu for VmxVcpu {
             Breakage::Guest => w(f::GUEST_RFLAGS, vmread(f::GUEST_RFLAGS) & !2),
             // Pin-based must-be-1 bits cleared: VMfailValid, error 7 (SDM Vol. 3C §27.2.1.1).
             Breakage::Control => w(f::PIN_CONTROLS, 0),
+        }
+    }
+
+    fn set_xcr0(&mut self, value: u64) {
+        // XSETBV needs CR4.OSXSAVE on the host too. The host never uses XSAVE-managed state
+        // (soft-float firmware, one vCPU per core), so the guest's XCR0 can stay loaded
+        // across exits (SDM Vol. 1 §13.3).
+        let cr4 = vmread(f::HOST_CR4);
+        if cr4 & CR4_OSXSAVE == 0 {
+            // SAFETY: CPUID reports XSAVE (the guest could only get here through it), so
+            // CR4.OSXSAVE may be set; nothing else in the host changes behaviour with it.
+            unsafe { asm!("mov cr4, {}", in(reg) cr4 | CR4_OSXSAVE, options(nostack)) };
+            w(f::HOST_CR4, cr4 | CR4_OSXSAVE);
+        }
+        // SAFETY: the value passed the architectural checks against this CPU's XSAVE
+        // components (dispatch::xcr0_valid), so XSETBV does not fault.
+        unsafe {
+            asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                 options(nostack));
         }
     }
 

@@ -1,0 +1,199 @@
+//! Guest memory through the coherence engine (docs/design.md §3): every nested page fault on
+//! guest RAM becomes an `Event::LocalFault`, and the engine's actions are carried out one at a
+//! time, in order, on this node — nested-paging changes, the flush barrier after a right is
+//! taken away, page copies, resumed vCPUs — while messages for other nodes queue, encoded, for
+//! the transport. A one-node cluster runs through the same path (every fault a local hit).
+//!
+//! Hardware stays behind [`LocalNode`]; the host tests drive this module with a fake node.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use gestalt_coherence::{
+    Access, Action, Config, Counters, DecodeError, Engine, Event, Gfn, Message, NodeId, PageStore,
+    ProtocolError, Rights, VcpuId,
+};
+
+/// What the glue needs of this node: its frames (the engine's [`PageStore`]), its nested page
+/// tables and its vCPUs.
+pub trait LocalNode: PageStore {
+    /// Sets the nested-paging rights of `gfn` (None: not mapped). Mapping uses the frame
+    /// that holds the page on this node.
+    fn set_rights(&mut self, gfn: Gfn, rights: Option<Rights>) -> Result<(), &'static str>;
+    /// Returns only when no local vCPU can still use a translation with more rights than the
+    /// nested tables now give (INVEPT completed everywhere): sends that follow depend on it.
+    fn flush_barrier(&mut self);
+    /// The fault of `vcpu` is served: let it run again.
+    fn resume(&mut self, vcpu: VcpuId);
+}
+
+/// Counters of the glue beside the engine's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlueStats {
+    /// Nested-paging updates that failed (the guest is stopped on the faulting vCPU).
+    pub map_failures: u64,
+    /// Protocol errors reported by the engine (bad or unexpected input, ignored).
+    pub protocol_errors: u64,
+    /// Requests that waited longer than the stall threshold.
+    pub stalls: u64,
+    /// Flush barriers run.
+    pub barriers: u64,
+}
+
+/// The answer to one fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The page is mapped for the access: retry it now.
+    Now,
+    /// The page or the right is on its way: park the vCPU until [`LocalNode::resume`].
+    Later,
+    /// The nested tables refused the mapping.
+    Failed(&'static str),
+}
+
+/// The engine of this node and what its actions left to send.
+pub struct Coherent {
+    engine: Engine,
+    actions: Vec<Action>,
+    outbox: VecDeque<(NodeId, Vec<u8>)>,
+    stats: GlueStats,
+    last_error: Option<ProtocolError>,
+}
+
+impl Coherent {
+    /// Node `me` of a cluster shaped by `cfg`.
+    pub fn new(me: NodeId, cfg: Config) -> Coherent {
+        Coherent {
+            engine: Engine::new(me, cfg),
+            actions: Vec::new(),
+            outbox: VecDeque::new(),
+            stats: GlueStats::default(),
+            last_error: None,
+        }
+    }
+
+    /// The engine's counters (faults, messages, pages, invalidations …).
+    pub fn counters(&self) -> &Counters {
+        self.engine.counters()
+    }
+
+    /// The glue's own counters.
+    pub fn stats(&self) -> GlueStats {
+        self.stats
+    }
+
+    /// The most recent protocol error, for the console.
+    pub fn last_error(&self) -> Option<ProtocolError> {
+        self.last_error.clone()
+    }
+
+    /// A nested page fault of `vcpu` on `gfn`.
+    pub fn fault<L: LocalNode>(
+        &mut self,
+        node: &mut L,
+        gfn: Gfn,
+        write: bool,
+        vcpu: VcpuId,
+    ) -> Served {
+        let access = if write { Access::Write } else { Access::Read };
+        self.run(node, Event::LocalFault { gfn, access, vcpu }, Some(vcpu))
+    }
+
+    /// A coherence message from node `from`, as it came off the transport. Bytes that do not
+    /// decode are refused with the reason; nothing of them reaches the engine.
+    pub fn message<L: LocalNode>(
+        &mut self,
+        node: &mut L,
+        from: NodeId,
+        bytes: &[u8],
+    ) -> Result<(), DecodeError> {
+        let msg = Message::decode(bytes)?;
+        self.run(node, Event::Message { from, msg }, None);
+        Ok(())
+    }
+
+    /// Time passed (holds and stall reports).
+    pub fn timer<L: LocalNode>(&mut self, node: &mut L, now: u64) {
+        self.run(node, Event::Timer { now }, None);
+    }
+
+    /// The next encoded message for the transport, in the order the actions produced them.
+    pub fn next_outgoing(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// A message the transport could not take yet goes back to the front (back-pressure:
+    /// nothing is dropped, and the order stays).
+    pub fn push_back_outgoing(&mut self, to: NodeId, bytes: Vec<u8>) {
+        self.outbox.push_front((to, bytes));
+    }
+
+    /// Handles `event` and carries out its actions in order; `me` is the faulting vCPU, whose
+    /// own resume in this batch means it can retry at once.
+    fn run<L: LocalNode>(&mut self, node: &mut L, event: Event, me: Option<VcpuId>) -> Served {
+        let mut actions = core::mem::take(&mut self.actions);
+        actions.clear();
+        self.engine.handle_into(event, node, &mut actions);
+        let mut served = Served::Later;
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { to, msg } => self.queue(to, &msg),
+                Action::SendPage { to, mut msg } => {
+                    // The copy is taken now: every earlier action (a downgrade that stopped
+                    // local writers, a resume that let one write first) has taken effect.
+                    let gfn = msg.gfn();
+                    if let Some(page) = msg.page_mut() {
+                        page.clear();
+                        node.copy_out(gfn, page);
+                    }
+                    self.queue(to, &msg);
+                }
+                Action::Map { gfn, rights } => {
+                    if let Err(e) = node.set_rights(gfn, Some(rights)) {
+                        self.stats.map_failures += 1;
+                        served = Served::Failed(e);
+                    }
+                }
+                Action::Unmap { gfn } => self.take_away(node, gfn, None),
+                Action::Downgrade { gfn } => self.take_away(node, gfn, Some(Rights::ReadExec)),
+                Action::Resume { vcpus } => {
+                    for v in vcpus {
+                        if Some(v) == me {
+                            if served == Served::Later {
+                                served = Served::Now;
+                            }
+                        } else {
+                            node.resume(v);
+                        }
+                    }
+                }
+                Action::Stalled { .. } => self.stats.stalls += 1,
+                Action::Error(e) => {
+                    self.stats.protocol_errors += 1;
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        self.actions = actions;
+        served
+    }
+
+    fn take_away<L: LocalNode>(&mut self, node: &mut L, gfn: Gfn, rights: Option<Rights>) {
+        // Reducing rights on a page this node maps cannot fail for want of tables; if it
+        // did, the barrier still runs so no stale right survives the sends that follow.
+        if node.set_rights(gfn, rights).is_err() {
+            self.stats.map_failures += 1;
+        }
+        self.stats.barriers += 1;
+        node.flush_barrier();
+    }
+
+    fn queue(&mut self, to: NodeId, msg: &Message) {
+        let mut bytes = Vec::with_capacity(msg.encoded_len());
+        msg.encode(&mut bytes);
+        self.outbox.push_back((to, bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests;

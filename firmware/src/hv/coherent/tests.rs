@@ -1,0 +1,154 @@
+//! The glue between two engines over an in-memory "transport", with fake nodes that log every
+//! effect in order.
+
+use std::collections::BTreeMap;
+use std::string::String;
+use std::vec::Vec;
+
+use super::*;
+use gestalt_coherence::PAGE_SIZE;
+
+#[derive(Default)]
+struct FakeNode {
+    frames: BTreeMap<u64, Vec<u8>>,
+    rights: BTreeMap<u64, Option<Rights>>,
+    log: Vec<String>,
+    resumed: Vec<VcpuId>,
+    refuse_maps: bool,
+}
+
+impl PageStore for FakeNode {
+    fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
+        self.log.push(format!("copy {}", gfn.0));
+        out.extend_from_slice(self.frames.get(&gfn.0).map_or(&[0u8; PAGE_SIZE][..], |f| &f[..]));
+    }
+    fn install(&mut self, gfn: Gfn, data: &[u8]) {
+        self.log.push(format!("install {}", gfn.0));
+        self.frames.insert(gfn.0, data.to_vec());
+    }
+}
+
+impl LocalNode for FakeNode {
+    fn set_rights(&mut self, gfn: Gfn, rights: Option<Rights>) -> Result<(), &'static str> {
+        if self.refuse_maps && rights.is_some() {
+            return Err("no tables left");
+        }
+        self.log.push(format!("rights {} {rights:?}", gfn.0));
+        self.rights.insert(gfn.0, rights);
+        Ok(())
+    }
+    fn flush_barrier(&mut self) {
+        self.log.push("barrier".into());
+    }
+    fn resume(&mut self, vcpu: VcpuId) {
+        self.log.push(format!("resume {}", vcpu.0));
+        self.resumed.push(vcpu);
+    }
+}
+
+/// Two nodes, 8 pages: 0..4 homed at node 0, 4..8 at node 1.
+fn pair() -> [(Coherent, FakeNode); 2] {
+    let cfg = Config::ranges(2, 8);
+    [
+        (Coherent::new(NodeId(0), cfg.clone()), FakeNode::default()),
+        (Coherent::new(NodeId(1), cfg), FakeNode::default()),
+    ]
+}
+
+/// Delivers every queued message, in order, until both outboxes are empty; returns how many.
+fn deliver_all(nodes: &mut [(Coherent, FakeNode); 2]) -> usize {
+    let mut n = 0;
+    loop {
+        let mut moved = false;
+        for from in 0..2 {
+            while let Some((to, bytes)) = nodes[from].0.next_outgoing() {
+                let (c, node) = &mut nodes[usize::from(to.0)];
+                c.message(node, NodeId(from as u8), &bytes).unwrap();
+                n += 1;
+                moved = true;
+            }
+        }
+        if !moved {
+            return n;
+        }
+    }
+}
+
+#[test]
+fn a_one_node_cluster_serves_every_fault_locally_without_messages() {
+    let mut c = Coherent::new(NodeId(0), Config::ranges(1, 16));
+    let mut node = FakeNode::default();
+    assert_eq!(c.fault(&mut node, Gfn(3), false, VcpuId(0)), Served::Now);
+    assert_eq!(node.rights[&3], Some(Rights::ReadExec));
+    assert_eq!(c.fault(&mut node, Gfn(3), true, VcpuId(1)), Served::Now);
+    assert_eq!(node.rights[&3], Some(Rights::ReadWriteExec));
+    assert!(c.next_outgoing().is_none());
+    assert_eq!(c.counters().sent, 0);
+}
+
+#[test]
+fn a_remote_read_parks_the_vcpu_until_the_page_arrives_with_the_homes_contents() {
+    let mut n = pair();
+    n[0].1.frames.insert(2, vec![0xAB; PAGE_SIZE]);
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5)), Served::Later);
+    assert_eq!(node1.rights.get(&2), None, "nothing is mapped before the data is there");
+    assert_eq!(deliver_all(&mut n), 2, "a read miss served by the home costs two messages");
+    let node1 = &n[1].1;
+    assert_eq!(node1.frames[&2], vec![0xAB; PAGE_SIZE]);
+    assert_eq!(node1.rights[&2], Some(Rights::ReadExec));
+    assert_eq!(node1.resumed, [VcpuId(5)]);
+    // The page was installed before it was mapped, and mapped before the vCPU ran.
+    let at = |s: &str| node1.log.iter().position(|l| l == s).unwrap();
+    assert!(at("install 2") < at("rights 2 Some(ReadExec)"));
+    assert!(at("rights 2 Some(ReadExec)") < at("resume 5"));
+}
+
+#[test]
+fn a_remote_write_takes_the_homes_right_away_behind_a_barrier_before_the_page_leaves() {
+    let mut n = pair();
+    let (c0, node0) = &mut n[0];
+    assert_eq!(c0.fault(node0, Gfn(1), true, VcpuId(0)), Served::Now);
+    node0.frames.insert(1, vec![7; PAGE_SIZE]);
+    node0.log.clear();
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(1), true, VcpuId(4)), Served::Later);
+    deliver_all(&mut n);
+    let log0 = &n[0].1.log;
+    let at = |s: &str| log0.iter().position(|l| l == s).unwrap_or(usize::MAX);
+    assert!(at("rights 1 None") < at("barrier"), "{log0:?}");
+    assert!(at("barrier") < at("copy 1"), "the copy follows the barrier: {log0:?}");
+    assert_eq!(n[0].1.rights[&1], None);
+    assert_eq!(n[1].1.rights[&1], Some(Rights::ReadWriteExec));
+    assert_eq!(n[1].1.frames[&1], vec![7; PAGE_SIZE]);
+    assert_eq!(n[0].0.stats().barriers, 1);
+}
+
+#[test]
+fn bytes_that_are_no_message_are_refused_before_the_engine() {
+    let mut n = pair();
+    let (c0, node0) = &mut n[0];
+    assert!(c0.message(node0, NodeId(1), &[0xff, 0, 1]).is_err());
+    assert!(c0.message(node0, NodeId(1), &[]).is_err());
+    assert_eq!(c0.counters().events, 0);
+    assert!(node0.log.is_empty());
+}
+
+#[test]
+fn a_mapping_the_tables_refuse_is_reported_not_retried_forever() {
+    let mut c = Coherent::new(NodeId(0), Config::ranges(1, 4));
+    let mut node = FakeNode { refuse_maps: true, ..FakeNode::default() };
+    assert_eq!(c.fault(&mut node, Gfn(0), true, VcpuId(0)), Served::Failed("no tables left"));
+    assert_eq!(c.stats().map_failures, 1);
+}
+
+#[test]
+fn a_message_the_transport_could_not_take_keeps_its_place() {
+    let mut n = pair();
+    let (c1, node1) = &mut n[1];
+    c1.fault(node1, Gfn(0), false, VcpuId(0));
+    c1.fault(node1, Gfn(1), false, VcpuId(1));
+    let first = c1.next_outgoing().unwrap();
+    c1.push_back_outgoing(first.0, first.1.clone());
+    assert_eq!(c1.next_outgoing(), Some(first));
+}
