@@ -1,7 +1,13 @@
 //! COM1 (the 16550 at 0x3F8) behind a spin lock, and the logging macros every module uses.
+//!
+//! At 115200 baud a log line takes milliseconds to send. While the network loop runs
+//! ([`defer`]), log lines go to a bounded buffer instead (dropped and counted when it is full)
+//! and the main loop drains it as fast as the UART takes bytes ([`pump`]); everything else
+//! (boot, shell output) is written synchronously, after whatever the buffer still holds, so
+//! the console keeps its order.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
@@ -10,6 +16,7 @@ use uart_16550::BaudRate;
 use uart_16550::{Config, Uart16550};
 
 use super::log::{self, Level};
+use super::ring::{LineBuf, LogRing};
 
 struct Console {
     uart: Option<Uart16550<PioBackend>>,
@@ -17,6 +24,78 @@ struct Console {
 
 static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None });
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// About 1.4 s of serial output. Lock order: `CONSOLE`, then `RING`.
+static RING: Mutex<LogRing<16384>> = Mutex::new(LogRing::new());
+static DEFER: AtomicBool = AtomicBool::new(false);
+
+impl Console {
+    /// Writes out everything the buffer holds, waiting for the UART (not for the network
+    /// loop: it defers).
+    fn drain_ring(&mut self) {
+        let mut r = RING.lock();
+        match self.uart.as_mut() {
+            Some(u) => {
+                while !r.is_empty() {
+                    r.drain(|b| u.send_bytes(b));
+                    core::hint::spin_loop();
+                }
+            }
+            None => {
+                let n = r.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
+/// While the returned guard lives, log lines go to the bounded buffer and never wait for
+/// the UART (the network loop holds one).
+#[must_use = "logging is deferred only while the guard lives"]
+pub struct Deferred(bool);
+
+/// Defers log lines until the guard is dropped (see the module docs).
+pub fn defer() -> Deferred {
+    Deferred(DEFER.swap(true, Ordering::Relaxed))
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        DEFER.store(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Sends what the UART takes now from the buffer, without waiting; once the buffer is empty
+/// after lines were dropped, queues a line saying how many. Call from the main loop.
+pub fn pump() {
+    let Some(mut c) = CONSOLE.try_lock() else { return };
+    let Some(mut r) = RING.try_lock() else { return };
+    match c.uart.as_mut() {
+        Some(u) => r.drain(|b| u.send_bytes(b)),
+        None => {
+            let n = r.len();
+            r.consume(n);
+        }
+    }
+    if r.is_empty() {
+        let n = r.take_unreported();
+        if n > 0 {
+            let mut line = LineBuf::<160>::new();
+            let _ = log::write_line(
+                &mut line,
+                crate::arch::time::uptime_us(),
+                Level::Warn,
+                format_args!("console: {n} log lines dropped (the serial line is slower than the log; see 'net')"),
+            );
+            line.end_line();
+            r.push_line(line.as_bytes());
+        }
+    }
+}
+
+/// Log lines dropped since boot because the buffer was full.
+pub fn dropped_lines() -> u64 {
+    RING.lock().dropped()
+}
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -60,14 +139,25 @@ pub fn log(l: Level, args: fmt::Arguments<'_>) {
         return;
     }
     let us = crate::arch::time::uptime_us();
+    if DEFER.load(Ordering::Relaxed) {
+        let mut line = LineBuf::<256>::new();
+        let _ = log::write_line(&mut line, us, l, args);
+        line.end_line();
+        RING.lock().push_line(line.as_bytes());
+        pump();
+        return;
+    }
     let mut c = CONSOLE.lock();
+    c.drain_ring();
     let _ = log::write_line(&mut *c, us, l, args);
     let _ = c.write_str("\n");
 }
 
-/// Prints text as it is.
+/// Prints text as it is (after the log lines still buffered).
 pub fn print(args: fmt::Arguments<'_>) {
-    let _ = CONSOLE.lock().write_fmt(args);
+    let mut c = CONSOLE.lock();
+    c.drain_ring();
+    let _ = c.write_fmt(args);
 }
 
 /// Prints from a context that may have interrupted a holder of the lock (exceptions,
@@ -75,6 +165,12 @@ pub fn print(args: fmt::Arguments<'_>) {
 pub fn print_forced(args: fmt::Arguments<'_>) {
     for _ in 0..1_000_000 {
         if let Some(mut c) = CONSOLE.try_lock() {
+            // The buffered lines first, if this CPU was not interrupted holding the buffer.
+            if let (Some(mut r), Some(u)) = (RING.try_lock(), c.uart.as_mut()) {
+                while !r.is_empty() {
+                    r.drain(|b| u.send_bytes(b));
+                }
+            }
             let _ = c.write_fmt(args);
             return;
         }
@@ -89,6 +185,7 @@ pub fn print_forced(args: fmt::Arguments<'_>) {
 /// Waits until the UART has sent everything (before power-off or an emulator exit).
 pub fn flush() {
     let Some(mut c) = CONSOLE.try_lock() else { return };
+    c.drain_ring();
     if let Some(u) = c.uart.as_mut() {
         for _ in 0..10_000_000 {
             if u.lsr().contains(LSR::TRANSMITTER_EMPTY) {
@@ -99,14 +196,18 @@ pub fn flush() {
     }
 }
 
-/// One byte from the console, if one is waiting.
+/// One byte from the console, if one is waiting. The main loop calls it every turn, so it
+/// drains the log buffer too.
 pub fn try_read() -> Option<u8> {
+    pump();
     CONSOLE.lock().uart.as_mut()?.try_receive_byte().ok()
 }
 
-/// Writes raw bytes (shell echo).
+/// Writes raw bytes (shell echo), after the log lines still buffered.
 pub fn write_bytes(b: &[u8]) {
-    if let Some(u) = CONSOLE.lock().uart.as_mut() {
+    let mut c = CONSOLE.lock();
+    c.drain_ring();
+    if let Some(u) = c.uart.as_mut() {
         u.send_bytes_exact(b);
     }
 }

@@ -3,13 +3,15 @@
 //! every member; plus the `net`, `nodes`, `ping` and `netbench` tools that run over it.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use gestalt_netstack::device::{DeviceStats, DriverError, NetDevice};
 use gestalt_netstack::iface::{IpConfig, NetInterface};
-use gestalt_netstack::membership::{Announce, AnnounceError, ANNOUNCE_MAGIC};
+use gestalt_netstack::membership::{
+    Announce, AnnounceError, Announcement, ANNOUNCE_LEN, ANNOUNCE_MAGIC,
+};
 use gestalt_netstack::transport::auth::{Authenticator, ClusterKey};
 use gestalt_netstack::transport::{self, DropReason, Event, NodeId, Transport};
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
@@ -17,8 +19,9 @@ use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 use super::app::{pong_for, AppMsg};
 use crate::arch::time::uptime_us;
 use crate::cmdline::{Config, IpMode};
+use crate::console::ratelimit::{RefusalLog, Verdict};
 use crate::{error, info, kprintln, warn};
-use gestalt_netstack::formation::{Formation, Heard, Mac, View};
+use gestalt_netstack::formation::{Dest, Formation, Heard, Mac, Progress, View};
 
 /// EtherType of the raw-frame ping (IEEE 802 local experimental 1).
 const RAW_ETHERTYPE: u16 = 0x88B5;
@@ -95,6 +98,8 @@ struct Counters {
     announces_sent: u64,
     announces_heard: u64,
     announces_refused: u64,
+    /// Authentic announcements not (yet) proven fresh, or replayed from another address.
+    announces_unproven: u64,
     early_datagrams: u64,
     unknown_messages: u64,
 }
@@ -119,8 +124,8 @@ pub struct NodeNet {
     formation: Formation,
     transport: Option<Transport>,
     buf: Vec<u8>,
-    next_announce: u64,
-    refused: BTreeSet<([u8; 4], u8)>,
+    /// Refusals shown on the console: bounded memory and rate (spoofed sources are free).
+    refused: RefusalLog<([u8; 4], u8), 64>,
     counters: Counters,
     pongs: VecDeque<(NodeId, u32)>,
     bench_done: Option<(NodeId, u32)>,
@@ -143,11 +148,48 @@ fn ip_config(ip: IpMode) -> IpConfig {
     }
 }
 
+/// This boot's formation nonce: formation's challenges are made of it, so it must differ
+/// from every earlier boot's. RDRAND where the CPU has it, else the TSC (which differs
+/// between boots but is guessable; freshness needs only that it never repeats).
+/// HOOK: the transport's per-boot randomness (`crate::arch::rand`, RDSEED/RDRAND and its
+/// stated fallback) replaces this once it lands.
+fn boot_nonce() -> u64 {
+    let has_rdrand = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
+    let hw = if has_rdrand {
+        // SAFETY: CPUID says the CPU has RDRAND.
+        unsafe { rdrand64() }
+    } else {
+        None
+    };
+    let tsc = crate::arch::cpu::rdtsc();
+    // splitmix64 finaliser: spreads the TSC's low-order variation over all bits.
+    let mut z = hw.unwrap_or(0) ^ tsc.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)).max(1)
+}
+
+/// One RDRAND word; `None` when the CPU gives none after a few tries (SDM Vol. 1 §7.3.17.1).
+///
+/// # Safety
+/// The CPU must have RDRAND (CPUID.01H:ECX.RDRAND[bit 30]): the instruction faults otherwise.
+#[target_feature(enable = "rdrand")]
+unsafe fn rdrand64() -> Option<u64> {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 impl NodeNet {
     /// Brings the interface up and starts discovery.
     pub fn new(dev: Box<dyn NetDevice>, cfg: &Config, cores: u16, memory_bytes: u64) -> Self {
         let now = uptime_us();
         let epoch = (crate::arch::cpu::rdtsc() as u32) | 1;
+        let nonce = boot_nonce();
         let key = match &cfg.key {
             Some(k) => ClusterKey::from_passphrase(k),
             None => {
@@ -169,6 +211,7 @@ impl NodeNet {
             memory_bytes,
             expected_nodes: cfg.nodes.unwrap_or(0),
             primary: cfg.primary,
+            nonce,
         };
         let nic = AnyNic { dev, raw_replies: VecDeque::new(), raw_answered: 0 };
         let iface = NetInterface::new(nic, ip_config(cfg.ip), cfg.port, now, u64::from(epoch));
@@ -201,8 +244,7 @@ impl NodeNet {
             formation,
             transport: None,
             buf: vec![0; 10_000],
-            next_announce: 0,
-            refused: BTreeSet::new(),
+            refused: RefusalLog::new(),
             counters: Counters::default(),
             pongs: VecDeque::new(),
             bench_done: None,
@@ -220,10 +262,13 @@ impl NodeNet {
 
     /// One round of network work; call from the node loop as often as possible.
     pub fn poll(&mut self) {
+        // Nothing in the network loop waits for the serial line (console::serial).
+        let _quiet = crate::console::serial::defer();
         let now = uptime_us();
         self.iface.poll(now);
         if self.iface.ipv4() != self.shown_ip {
             self.shown_ip = self.iface.ipv4();
+            self.formation.set_addr((self.my_ip().unwrap_or([0; 4]), self.port));
             let how = match self.ip_mode {
                 IpMode::Dhcp => "dhcp",
                 IpMode::Auto => "link-local",
@@ -235,29 +280,43 @@ impl NodeNet {
             }
         }
         self.receive(now);
-        if self.my_ip().is_some() && now >= self.next_announce {
-            self.announce();
-            self.next_announce = now + if self.transport.is_some() { 1_000_000 } else { 250_000 };
+        if self.my_ip().is_some() {
+            self.announce(now);
         }
         if self.transport.is_none() {
             self.form(now);
         }
         self.run_transport(now);
         self.iface.poll(now);
+        if let Some(n) = self.refused.summary(now) {
+            warn!("net: {n} more refusals not shown (rate limit; counts in 'net')");
+        }
+        crate::console::serial::pump();
     }
 
-    fn announce(&mut self) {
-        let mut b = [0u8; 64];
-        if self.formation.me().encode(&self.auth, &mut b).is_some()
-            && self.iface.send_to(&b, Ipv4Address::BROADCAST, self.port).is_ok()
-        {
-            self.counters.announces_sent += 1;
+    /// Sends this round's announcements (formation decides when and to whom).
+    fn announce(&mut self, now: u64) {
+        let mut b = [0u8; ANNOUNCE_LEN];
+        for (a, dest) in self.formation.poll_announce(now) {
+            if a.encode(&self.auth, &mut b).is_none() {
+                continue;
+            }
+            let (ip, port) = match dest {
+                Dest::Broadcast => (Ipv4Address::BROADCAST, self.port),
+                Dest::To((ip, port)) => (Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]), port),
+            };
+            // A full socket buffer loses this one; the next round sends again.
+            if self.iface.send_to(&b, ip, port).is_ok() {
+                self.counters.announces_sent += 1;
+            }
+            self.iface.poll(now);
         }
     }
 
+    /// Logs a refusal once per sender and reason, within the console's rate limit.
     fn refuse_once(&mut self, from: [u8; 4], kind: u8, what: core::fmt::Arguments<'_>) {
         self.counters.announces_refused += 1;
-        if self.refused.insert((from, kind)) {
+        if self.refused.check((from, kind), uptime_us()) == Verdict::Show {
             error!("net: refused {}.{}.{}.{}: {}", from[0], from[1], from[2], from[3], what);
         }
     }
@@ -271,8 +330,8 @@ impl NodeNet {
                 continue; // our own broadcast
             }
             if n >= 4 && d[..4] == ANNOUNCE_MAGIC.to_be_bytes() {
-                match Announce::decode(d, &self.auth, self.cluster) {
-                    Ok(a) => self.heard(a, (from, sport)),
+                match Announcement::decode(d, &self.auth, self.cluster) {
+                    Ok(a) => self.heard(a, (from, sport), now),
                     Err(
                         e @ (AnnounceError::BadTag
                         | AnnounceError::WrongCluster
@@ -299,9 +358,10 @@ impl NodeNet {
         self.buf = buf;
     }
 
-    fn heard(&mut self, a: Announce, addr: ([u8; 4], u16)) {
+    fn heard(&mut self, m: Announcement, addr: ([u8; 4], u16), now: u64) {
         self.counters.announces_heard += 1;
-        match self.formation.on_announce(a, addr) {
+        let a = m.node;
+        match self.formation.on_announce(m, addr, now) {
             Heard::New => info!(
                 "net: found node {} at {}.{}.{}.{} ({} cores, {} MiB) — {} of {} nodes",
                 Mac(a.mac),
@@ -311,31 +371,61 @@ impl NodeNet {
                 addr.0[3],
                 a.cores,
                 a.memory_bytes >> 20,
-                self.formation.count(),
+                self.formation.count(now),
                 self.formation
                     .expected()
                     .map_or_else(|| alloc::string::String::from("?"), |n| alloc::format!("{n}"))
             ),
             Heard::Known => {}
+            Heard::Unproven | Heard::Replayed => self.counters.announces_unproven += 1,
             Heard::Moved { id, addr } => {
                 let a = addr.0;
                 warn!("net: node {id} now answers at {}.{}.{}.{}", a[0], a[1], a[2], a[3]);
             }
+            Heard::Restarted { id } => error!(
+                "net: node {id} booted again; its new boot is not a member of this view (reboot the cluster to take it back)"
+            ),
             Heard::Refused(r) => self.refuse_once(addr.0, 200, format_args!("{r}")),
+        }
+    }
+
+    /// Tells the operator how formation goes.
+    fn report_progress(&mut self) {
+        while let Some(p) = self.formation.take_progress() {
+            match p {
+                Progress::Proposed { members } => {
+                    info!("net: proposing a view of {members} nodes (this node coordinates)");
+                }
+                Progress::Accepted { coordinator } => {
+                    info!("net: accepted the view proposed by node {}", Mac(coordinator));
+                }
+                Progress::Withdrawn => info!("net: view proposal withdrawn; forming again"),
+                Progress::LeftOut { by } => error!(
+                    "net: left out: node {} committed a view without this node (more nodes than nodes=, or this one came late); this node stays out of the cluster",
+                    Mac(by)
+                ),
+                Progress::CoordinatorSilent { coordinator } => error!(
+                    "net: node {} proposed a view, this node accepted it, and it went silent; this node joins no other view (reboot the cluster)",
+                    Mac(coordinator)
+                ),
+            }
         }
     }
 
     fn form(&mut self, now: u64) {
         let Some(ip) = self.my_ip() else { return };
-        let Some(view) = self.formation.poll(now).cloned() else {
+        let committed = self.formation.poll(now).cloned();
+        self.report_progress();
+        let Some(view) = committed else {
             if !self.gave_up
+                && !self.formation.is_out()
                 && self.formation.expected().is_some()
                 && now > FORMATION_TIMEOUT_US * 6
             {
                 self.gave_up = true;
                 warn!(
                     "net: still {} of {} nodes after {} s; waiting on (check cables, cluster= and key=)",
-                    self.formation.count(),
+                    self.formation.count(now),
                     self.formation.expected().unwrap_or(0),
                     now / 1_000_000
                 );
@@ -531,11 +621,18 @@ impl NodeNet {
         );
         let c = &self.counters;
         kprintln!(
-            "discovery: {} announcements sent, {} heard, {} refused; {} datagrams before the view",
+            "discovery: {} announcements sent, {} heard, {} refused; {} datagrams before the view; {} not proven fresh",
             c.announces_sent,
             c.announces_heard,
             c.announces_refused,
-            c.early_datagrams
+            c.early_datagrams,
+            c.announces_unproven
+        );
+        kprintln!(
+            "console: {} log lines dropped; {} refusals shown, {} over the rate limit",
+            crate::console::serial::dropped_lines(),
+            self.refused.shown(),
+            self.refused.suppressed()
         );
         if let Some(t) = &self.transport {
             let s = t.stats();
@@ -568,7 +665,14 @@ impl NodeNet {
     /// `nodes`: the view.
     pub fn print_nodes(&self) {
         let Some(v) = self.formation.view() else {
-            kprintln!("no view yet: {} node(s) found so far", self.formation.count());
+            if self.formation.is_out() {
+                kprintln!("not a member: a view was committed without this node (see the log)");
+            } else {
+                kprintln!(
+                    "no view yet: {} node(s) found so far",
+                    self.formation.count(uptime_us())
+                );
+            }
             return;
         };
         kprintln!(

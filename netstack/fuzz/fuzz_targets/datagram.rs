@@ -5,7 +5,7 @@
 //! `cd netstack/fuzz && cargo fuzz run datagram -- -max_total_time=60`
 #![no_main]
 
-use gestalt_netstack::membership::Announce;
+use gestalt_netstack::membership::Announcement;
 use gestalt_netstack::transport::{Authenticator, ClusterKey, Config, Header, Transport};
 use libfuzzer_sys::fuzz_target;
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let auth = Authenticator::new(&key);
     let _ = Header::parse_unauthenticated(data);
     let _ = Header::open(data, &auth, 1, 1);
-    let _ = Announce::decode(data, &auth, 1);
+    let _ = Announcement::decode(data, &auth, 1);
 
     let mut t = Transport::new(Config::new(1, 1, 9), &key);
     t.add_peer(0, 0);
