@@ -163,7 +163,7 @@ impl NodeNet {
         let key = match &cfg.key {
             Some(k) => super::secrets::cluster_key(k),
             None => {
-                warn!("net: no key= on the command line: using the built-in default cluster key, which is public: anyone on this network can join the cluster or forge its traffic");
+                warn!("net: no valid key= on the command line: using the built-in default cluster key, which is public: anyone on this network can join the cluster or forge its traffic");
                 super::secrets::cluster_key(DEFAULT_KEY)
             }
         };
