@@ -4,6 +4,7 @@
 mod cluster;
 mod counts;
 mod model;
+mod planted;
 mod refusals;
 mod robust;
 mod sim;
