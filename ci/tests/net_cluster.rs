@@ -369,3 +369,67 @@ fn thousands_of_spoofed_sources_write_a_few_lines_and_the_cluster_keeps_answerin
     }
     Ok(())
 }
+
+/// How formation ended on `n`: the committed view's members (`<id> mac <mac>` each), or `None`
+/// when the node says it is left out. Waits (polling its console) until one of the two.
+fn outcome(n: &Node, timeout: Duration) -> Option<Vec<String>> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let text = n.console().text();
+        if text.contains("net: left out: ") {
+            return None;
+        }
+        if let Some(at) = text.find("view committed: ") {
+            let count: usize = text[at + 16..]
+                .split(' ')
+                .next()
+                .and_then(|c| c.parse().ok())
+                .expect("view committed: <n> nodes");
+            let members: Vec<String> = text[at..]
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split("net:   node ").nth(1))
+                .map(|m| m.split(' ').take(3).collect::<Vec<_>>().join(" "))
+                .take(count)
+                .collect();
+            if members.len() == count {
+                return Some(members);
+            }
+        }
+        assert!(std::time::Instant::now() < end, "{}: no view and not left out:\n{text}", n.name());
+        std::thread::sleep(Duration::from_millis(100)); // polling the console for a condition
+    }
+}
+
+#[test]
+fn nodes_booting_seconds_apart_without_nodes_end_with_one_view_or_none() -> Result<(), HarnessError>
+{
+    let art = artifacts();
+    let mut sw = Switch::new(32)?;
+    let mut nodes: Vec<Node> = Vec::new();
+    // Each boots 4 s after the previous one got its address, and comes earlier in id order
+    // (lower MAC) than those already up: the formation timeout (5 s) passes on each at a
+    // different time, with a different set of nodes there.
+    for i in 0..3u8 {
+        if let Some(prev) = nodes.last_mut() {
+            prev.wait_for("net: address", QEMU_BOOT)?;
+            std::thread::sleep(Duration::from_secs(4)); // the stagger itself: the stimulus
+        }
+        let spec = NodeSpec::new(&format!("s{i}"), Emu::Qemu, Boot::Kernel)
+            .cmdline("")
+            .nic(sw.add_port(PortKind::Qemu)?, mac(92 - i));
+        nodes.push(Node::start(&spec, &art)?);
+    }
+    let outcomes: Vec<Option<Vec<String>>> =
+        nodes.iter().map(|n| outcome(n, Duration::from_secs(90))).collect();
+    eprintln!("outcomes (None: left out): {outcomes:?}");
+    let views: Vec<&Vec<String>> = outcomes.iter().flatten().collect();
+    assert!(!views.is_empty(), "no node committed a view: {outcomes:?}");
+    assert!(views.iter().all(|v| *v == views[0]), "different views committed: {outcomes:?}");
+    for (n, o) in nodes.iter().zip(&outcomes) {
+        let mac = gestalt_ci::switch::mac_str(mac(92 - n.name()[1..].parse::<u8>().unwrap()));
+        let member = views[0].iter().any(|m| m.ends_with(&mac));
+        assert_eq!(member, o.is_some(), "{}: member {member}, outcome {o:?}", n.name());
+    }
+    Ok(())
+}
