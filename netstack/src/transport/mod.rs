@@ -12,6 +12,8 @@
 //! ([`Event::PeerRestarted`]). Randomness comes in as [`Config::seed`].
 
 pub mod auth;
+mod peer;
+mod receive;
 mod rtt;
 mod session;
 pub mod sim;
@@ -20,15 +22,13 @@ pub mod udp;
 mod window;
 pub mod wire;
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 pub use auth::{Authenticator, ClusterKey, Seed};
 pub use wire::{DropReason, Header, Kind, HEADER_LEN, PROTOCOL_VERSION};
 
-use rtt::Rtt;
-use session::{Incoming, Session};
-use window::{seq_lt, ReplayWindow};
+use peer::{Fragment, Peer};
 
 /// A node's id within the cluster (DESIGN.md §5: ids come from sorting MACs).
 pub type NodeId = u16;
@@ -211,117 +211,6 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Fragment {
-    seq: u32,
-    index: u8,
-    count: u8,
-    data: Vec<u8>,
-    sent_at: u64,
-    /// Packet number of its latest transmission.
-    pn: u64,
-    retransmitted: bool,
-    /// May give an RTT sample (Karn): sent once, and not outstanding when a timer fired.
-    timed: bool,
-    sacked: bool,
-    lost: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Peer {
-    id: NodeId,
-    up: bool,
-    /// Seen to restart: out until `reset_peer`.
-    restarted: bool,
-    session: Session,
-    // Sending.
-    /// Packet number of our next datagram to this peer. Per peer and per nonce of ours, so
-    /// the receiver's 64-entry anti-replay window tolerates 64 datagrams of reordering
-    /// however many peers we have.
-    next_pn: u64,
-    next_seq: u32,
-    unsent: VecDeque<Fragment>,
-    /// Sent and not cumulatively acked, ordered by seq; the front is `snd_una`.
-    inflight: VecDeque<Fragment>,
-    rtt: Rtt,
-    backoff: u32,
-    rto_deadline: Option<u64>,
-    last_sent: u64,
-    /// A hello or probe is owed now (new session).
-    hello_due: bool,
-    // Liveness: what the peer shows it heard from us.
-    /// Highest `pn_echo` seen in this session.
-    echo_seen: u64,
-    /// When we sent the latest datagram the peer showed it received (or when we started).
-    last_heard: u64,
-    /// Send time of packet number `pn` at `pn % SENT_LOG`, for the latest `SENT_LOG`.
-    sent_log: [u64; SENT_LOG],
-    // Receiving (confirmed session only).
-    replay: ReplayWindow,
-    rcv_next: u32,
-    out_of_order: BTreeMap<u32, (u8, u8, Vec<u8>)>,
-    partial: Vec<u8>,
-    partial_next: u8,
-    ack_pending: bool,
-}
-
-impl Peer {
-    fn new(id: NodeId, now: u64, cfg: &Config, generation: u32) -> Self {
-        Self {
-            id,
-            up: true,
-            restarted: false,
-            session: Session::new(&cfg.seed, cfg.local, id, generation),
-            next_pn: 0,
-            next_seq: 0,
-            unsent: VecDeque::new(),
-            inflight: VecDeque::new(),
-            rtt: Rtt::new(cfg),
-            backoff: 0,
-            rto_deadline: None,
-            last_sent: now,
-            hello_due: true,
-            echo_seen: 0,
-            last_heard: now,
-            sent_log: [0; SENT_LOG],
-            replay: ReplayWindow::default(),
-            rcv_next: 0,
-            out_of_order: BTreeMap::new(),
-            partial: Vec::new(),
-            partial_next: 0,
-            ack_pending: false,
-        }
-    }
-
-    fn current_rto(&self, cfg: &Config) -> u64 {
-        self.rtt.rto.saturating_mul(1 << self.backoff.min(16)).min(cfg.max_rto_us)
-    }
-
-    /// Cumulative ack and selective-ack bitmap describing what we hold.
-    fn ack_fields(&self) -> (u32, u64) {
-        let mut sack = 0u64;
-        for &seq in self.out_of_order.keys() {
-            let off = seq.wrapping_sub(self.rcv_next);
-            if (1..=64).contains(&off) {
-                sack |= 1 << (off - 1);
-            }
-        }
-        (self.rcv_next, sack)
-    }
-
-    /// The session is over: a new instance of the peer spoke. Nothing of it survives.
-    fn void(&mut self) {
-        self.restarted = true;
-        self.up = false;
-        self.unsent.clear();
-        self.inflight.clear();
-        self.out_of_order.clear();
-        self.partial.clear();
-        self.rto_deadline = None;
-        self.ack_pending = false;
-    }
-}
-
 /// The transport engine for one node. See the module docs.
 #[derive(Debug)]
 pub struct Transport {
@@ -481,199 +370,6 @@ impl Transport {
             Err(reason) => self.stats.dropped[reason as usize] += 1,
         }
         result
-    }
-
-    fn accept(&mut self, now: u64, datagram: &[u8]) -> Result<(), DropReason> {
-        let (h, payload) = Header::open(datagram, &self.auth, self.cfg.cluster_id, self.cfg.local)?;
-        let i = self.peer_index(h.src).ok_or(DropReason::UnknownPeer)?;
-        let peer = &mut self.peers[i];
-        if peer.restarted {
-            return Err(DropReason::StaleSession);
-        }
-        match peer.session.classify(h.src_nonce, h.dst_nonce) {
-            // Before the session, a hello is what it claims to be (a nonce to probe) whenever
-            // it was sent; anything else for another nonce of ours, or any hello once the
-            // session runs, belongs to a session that is over.
-            Incoming::NotOurs if h.kind == Kind::Hello && peer.session.peer.is_none() => {
-                return Ok(())
-            }
-            Incoming::NotOurs => return Err(DropReason::StaleSession),
-            Incoming::Restarted => {
-                peer.void();
-                self.stats.peers_restarted += 1;
-                self.events.push_back(Event::PeerRestarted(h.src));
-                return Ok(());
-            }
-            Incoming::Confirmed => self.stats.sessions += 1,
-            Incoming::Current => {}
-        }
-        if !peer.replay.check(h.pn) {
-            return Err(DropReason::Replay);
-        }
-        if h.kind == Kind::Data {
-            let off = h.seq.wrapping_sub(peer.rcv_next);
-            if off > MAX_WINDOW && !seq_lt(h.seq, peer.rcv_next) {
-                return Err(DropReason::OutOfWindow);
-            }
-        }
-        // Authenticated, of this session, fresh and in window: from here on it counts.
-        peer.replay.accept(h.pn);
-        Self::on_ack(peer, &self.cfg, &mut self.stats, now, h.ack, h.sack);
-        Self::on_echo(peer, &self.cfg, &mut self.events, now, h.pn_echo);
-        match h.kind {
-            Kind::Data => {
-                Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
-            }
-            // Answered at once: the echo in the answer is the sender's proof that we hear it.
-            Kind::Heartbeat => peer.ack_pending = true,
-            Kind::Ack | Kind::Hello => {}
-        }
-        Ok(())
-    }
-
-    /// Liveness comes from what the peer shows it heard from us, not from hearing it: with
-    /// one direction cut we keep hearing the peer, but its echo stops moving. And it is
-    /// dated by when we *sent* what the peer echoes: an echo of something old proves nothing
-    /// about now.
-    fn on_echo(peer: &mut Peer, cfg: &Config, events: &mut VecDeque<Event>, now: u64, echo: u64) {
-        // An echo of a number we never sent would be a peer bug; it proves nothing.
-        if echo <= peer.echo_seen || echo > peer.next_pn {
-            return;
-        }
-        peer.echo_seen = echo;
-        let heard = echo - 1;
-        if heard.saturating_add(SENT_LOG as u64) >= peer.next_pn {
-            let sent_at = peer.sent_log[(heard % SENT_LOG as u64) as usize];
-            peer.last_heard = peer.last_heard.max(sent_at);
-        }
-        if !peer.up && now.saturating_sub(peer.last_heard) < cfg.peer_timeout_us {
-            peer.up = true;
-            events.push_back(Event::PeerUp(peer.id));
-            // Answer at once, so the peer sees our echo move too and recovers without
-            // waiting for our next heartbeat.
-            peer.ack_pending = true;
-        }
-        if peer.backoff > 0 {
-            // Recovering from a timeout, and the peer heard a datagram we sent after the
-            // latest transmission of the oldest unacknowledged fragment: that copy is lost
-            // (typically, the path just came back after a partition). Resend it now rather
-            // than after the backed-off timer, which may be seconds away.
-            if let Some(f) = peer.inflight.iter_mut().find(|f| !f.sacked) {
-                if f.pn < echo - 1 {
-                    f.lost = true;
-                }
-            }
-        }
-    }
-
-    fn on_ack(peer: &mut Peer, cfg: &Config, stats: &mut Stats, now: u64, ack: u32, sack: u64) {
-        // An ack for data never sent would be a peer bug; ignore it rather than trust it.
-        let sent_end = match (peer.inflight.back(), peer.unsent.front()) {
-            (Some(f), _) => f.seq.wrapping_add(1),
-            (None, Some(f)) => f.seq,
-            (None, None) => peer.next_seq,
-        };
-        if seq_lt(sent_end, ack) {
-            return;
-        }
-        // Karn (RFC 6298 §3): one ack covering any retransmitted or timer-era fragment may
-        // have been prompted by the retransmission, or held up by whatever made the timer
-        // fire; it says nothing about the round trip, and neither do the other fragments it
-        // covers (after a partition heals, they would read as seconds).
-        let mut ambiguous = false;
-        let mut newest_timed = None::<u64>;
-        let mut newest_acked_sent_at = None::<u64>;
-        let mut newly = |f: &Fragment| {
-            if f.retransmitted || !f.timed {
-                ambiguous = true;
-            } else {
-                newest_timed = newest_timed.max(Some(f.sent_at));
-            }
-            newest_acked_sent_at = newest_acked_sent_at.max(Some(f.sent_at));
-        };
-        let mut progressed = false;
-        while let Some(front) = peer.inflight.front() {
-            if !seq_lt(front.seq, ack) {
-                break;
-            }
-            let Some(f) = peer.inflight.pop_front() else { break };
-            progressed = true;
-            if !f.sacked {
-                newly(&f);
-            }
-        }
-        for f in peer.inflight.iter_mut() {
-            let off = f.seq.wrapping_sub(ack);
-            if (1..=64).contains(&off) && sack & (1 << (off - 1)) != 0 && !f.sacked {
-                f.sacked = true;
-                f.lost = false;
-                newly(f);
-            }
-        }
-        if let (false, Some(t)) = (ambiguous, newest_timed) {
-            // The most recently sent fragment: the sample least inflated by queueing.
-            peer.rtt.sample(now.saturating_sub(t), cfg);
-            stats.rtt_samples += 1;
-        }
-        if progressed {
-            peer.backoff = 0;
-        }
-        // RACK (RFC 8985, simplified): anything sent a reordering window before something
-        // that has been acknowledged is lost; resend it without waiting for the timer.
-        if let Some(t) = newest_acked_sent_at {
-            let reo_wnd = peer.rtt.srtt / 4;
-            for f in peer.inflight.iter_mut() {
-                if !f.sacked && f.sent_at + reo_wnd < t {
-                    f.lost = true;
-                }
-            }
-        }
-        if peer.inflight.iter().all(|f| f.sacked) {
-            peer.rto_deadline = None;
-        } else if progressed {
-            peer.rto_deadline = Some(now + peer.current_rto(cfg));
-        }
-    }
-
-    fn on_data(
-        peer: &mut Peer,
-        cfg: &Config,
-        inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
-        stats: &mut Stats,
-        h: &Header,
-        payload: &[u8],
-    ) {
-        if seq_lt(h.seq, peer.rcv_next) || peer.out_of_order.contains_key(&h.seq) {
-            stats.duplicates += 1;
-            peer.ack_pending = true;
-            return;
-        }
-        if inbox.len() >= cfg.inbox_limit {
-            // Not acknowledged: the sender will retransmit once the application caught up.
-            stats.inbox_full += 1;
-            return;
-        }
-        peer.ack_pending = true;
-        peer.out_of_order.insert(h.seq, (h.frag_index, h.frag_count, payload.to_vec()));
-        while let Some((index, count, data)) = peer.out_of_order.remove(&peer.rcv_next) {
-            peer.rcv_next = peer.rcv_next.wrapping_add(1);
-            if index != peer.partial_next {
-                // Cannot happen between correct peers (fragments are sequenced); recover by
-                // discarding the partial message.
-                peer.partial.clear();
-                peer.partial_next = 0;
-                if index != 0 {
-                    continue;
-                }
-            }
-            peer.partial.extend_from_slice(&data);
-            peer.partial_next = index + 1;
-            if peer.partial_next == count {
-                inbox.push_back((peer.id, core::mem::take(&mut peer.partial)));
-                peer.partial_next = 0;
-                stats.messages_delivered += 1;
-            }
-        }
     }
 
     /// Advances timers: declares silent peers down and arms retransmissions. `poll_transmit`
