@@ -213,6 +213,10 @@ mod tests {
             assert!(all[i + 1..].iter().all(|b| b != a), "{all:x?}");
         }
         assert_eq!(s.nonce(0, 1, 0), Seed::condition(&[b"boot 1"]).nonce(0, 1, 0));
+        // Values for other purposes differ from each other and from the nonces.
+        let (v, w) = (s.value(b"formation boot nonce"), s.value(b"other"));
+        assert!(v != w && !all.contains(&v) && !all.contains(&w) && v != 0);
+        assert_ne!(v, t.value(b"formation boot nonce"));
         // Length prefixes: moving a byte from one part to the next changes the seed.
         assert_ne!(Seed::condition(&[b"ab", b"c"]).0, Seed::condition(&[b"a", b"bc"]).0);
     }
