@@ -458,6 +458,8 @@ impl NodeNet {
                 Event::PeerUp(id) => info!("net: node {id} answers again"),
                 // Gestalt counts a member that rebooted inside a view as failed: its share of
                 // the cluster's state is gone. It is not readmitted (no `reset_peer`).
+                // HOOK: here and on PeerDown the guest is to be stopped cleanly (DESIGN §5);
+                // hv has no entry point for that yet, so for now the console says it.
                 Event::PeerRestarted(id) => error!(
                     "net: node {id} restarted: a new boot answered for it; counted as a node failure (reboot the cluster to take it back)"
                 ),
