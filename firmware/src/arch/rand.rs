@@ -56,8 +56,9 @@ pub fn has_rdseed() -> bool {
     cpuid(0, 0).eax >= 7 && cpuid(7, 0).ebx & (1 << 18) != 0
 }
 
-/// All-zero and all-one words are refused even with CF=1: some AMD parts returned all ones
-/// with CF=1 after a suspend (a documented erratum), and zero is what a failed draw leaves.
+/// All-zero and all-one words are refused even with CF=1: some AMD processors were seen to
+/// return all ones with CF=1 after a resume from suspend (fixed by firmware updates), and zero
+/// is what a failed draw leaves in the destination.
 fn plausible(v: u64) -> bool {
     v != 0 && v != u64::MAX
 }
@@ -79,8 +80,8 @@ unsafe fn rdseed64() -> Option<u64> {
     None
 }
 
-/// One RDRAND word. Intel's DRNG guide allows 10 tries: the DRBG reseeds fast enough that
-/// more failures mean a broken unit, not a busy one.
+/// One RDRAND word. The Intel DRNG Software Implementation Guide (§5.2.1) recommends 10
+/// tries: the DRBG reseeds fast enough that more failures mean a broken unit, not a busy one.
 ///
 /// # Safety
 /// The CPU must have RDRAND ([`has_rdrand`]): it raises #UD otherwise.
