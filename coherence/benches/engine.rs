@@ -1,6 +1,6 @@
-//! Engine events per second on one core for the main protocol paths. Each iteration is one
-//! complete transaction between in-memory engines (page copies included), so the reported
-//! element rate is engine events per second.
+//! Engine events per second on one core for every protocol path of README's message table.
+//! Each iteration is one complete transaction between in-memory engines (page copies
+//! included), so the reported element rate is engine events per second.
 //!
 //! `cargo bench -p gestalt-coherence` (add `-- --quick` for a short run).
 
@@ -70,81 +70,213 @@ impl Bench {
     fn access(&mut self, node: u8, gfn: u64, access: Access) {
         let ev = Event::LocalFault { gfn: Gfn(gfn), access, vcpu: VcpuId(0) };
         self.event(NodeId(node), ev);
+        self.drain();
+    }
+
+    /// `vcpus` vCPUs of `node` read-fault on `gfn` before anything is delivered.
+    fn coalesced(&mut self, node: u8, gfn: u64, vcpus: u16) {
+        for v in 0..vcpus {
+            let ev = Event::LocalFault { gfn: Gfn(gfn), access: Access::Read, vcpu: VcpuId(v) };
+            self.event(NodeId(node), ev);
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
         while let Some((from, to, msg)) = self.net.pop_front() {
             self.event(to, Event::Message { from, msg });
         }
     }
 }
 
-/// Times `iters` transactions, each on a fresh frame prepared by `setup` (untimed).
-fn run(
-    iters: u64,
+/// One protocol path: `setup` prepares frame `g` (untimed), `body` is the transaction on it.
+struct Path {
+    name: &'static str,
     nodes: u16,
-    setup: impl Fn(&mut Bench, u64),
-    body: impl Fn(&mut Bench, u64),
-) -> Duration {
-    let mut b = Bench::new(nodes, iters);
+    /// Engine events one transaction takes (checked before timing).
+    events: u64,
+    setup: fn(&mut Bench, u64),
+    body: fn(&mut Bench, u64),
+}
+
+/// Times `iters` transactions, each on a fresh frame prepared by `setup` (untimed).
+fn run(iters: u64, p: &Path) -> Duration {
+    let mut b = Bench::new(p.nodes, iters);
     for g in 0..iters {
-        setup(&mut b, g);
+        (p.setup)(&mut b, g);
     }
     let t = Instant::now();
     for g in 0..iters {
-        body(&mut b, g);
+        (p.body)(&mut b, g);
     }
     t.elapsed()
 }
+
+/// Each row of README's "Messages per case" table, plus the spurious fault. Frames are homed
+/// at node 0 (H); node 1 is the requester R, node 2 the owner O or a sharer.
+const PATHS: &[Path] = &[
+    // fault@1, ReadReq@0, DataShared@1
+    Path {
+        name: "read_miss",
+        nodes: 2,
+        events: 3,
+        setup: |_, _| {},
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+    Path {
+        name: "read_miss_on_a_page_others_share",
+        nodes: 3,
+        events: 3,
+        setup: |b, g| b.access(2, g, Access::Read),
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+    // fault@1, WriteReq@0, DataExclusive@1
+    Path {
+        name: "write_miss",
+        nodes: 2,
+        events: 3,
+        setup: |_, _| {},
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // fault@1, WriteReq@0, Inv@2, InvAck@0, DataExclusive@1
+    Path {
+        name: "write_invalidating_one_sharer",
+        nodes: 3,
+        events: 5,
+        setup: |b, g| b.access(2, g, Access::Read),
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // fault@63, WriteReq@0, 62 x (Inv, InvAck), DataExclusive@63
+    Path {
+        name: "write_invalidating_62_sharers_of_64_nodes",
+        nodes: 64,
+        events: 3 + 2 * 62,
+        setup: |b, g| (1..63).for_each(|s| b.access(s, g, Access::Read)),
+        body: |b, g| b.access(63, g, Access::Write),
+    },
+    // fault@1, WriteReq@0, Grant@1
+    Path {
+        name: "upgrade_no_other_sharer",
+        nodes: 2,
+        events: 3,
+        setup: |b, g| b.access(1, g, Access::Read),
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // fault@1, WriteReq@0, Inv@2, InvAck@0, Grant@1
+    Path {
+        name: "upgrade_invalidating_one_sharer",
+        nodes: 3,
+        events: 5,
+        setup: |b, g| {
+            b.access(1, g, Access::Read);
+            b.access(2, g, Access::Read);
+        },
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // fault@1, ReadReq@0, FwdRead@2, DataShared@1, WriteBack@0 (4 messages)
+    Path {
+        name: "read_of_modified_elsewhere",
+        nodes: 3,
+        events: 5,
+        setup: |b, g| b.access(2, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+    // fault@1, WriteReq@0, FwdWrite@2, DataExclusive@1 (3-hop)
+    Path {
+        name: "write_of_modified_elsewhere",
+        nodes: 3,
+        events: 4,
+        setup: |b, g| b.access(2, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // sharers {0, 1, 2}; fault@3, WriteReq@0 (+ its own Inv), Inv@1, Inv@2, 2 x InvAck@0,
+    // DataExclusive@3
+    Path {
+        name: "write_with_the_home_among_the_sharers",
+        nodes: 4,
+        events: 7,
+        setup: |b, g| (0..3).for_each(|s| b.access(s, g, Access::Read)),
+        body: |b, g| b.access(3, g, Access::Write),
+    },
+    // fault@0 on its own page: no message
+    Path {
+        name: "home_local_read",
+        nodes: 2,
+        events: 1,
+        setup: |_, _| {},
+        body: |b, g| b.access(0, g, Access::Read),
+    },
+    Path {
+        name: "home_local_write",
+        nodes: 2,
+        events: 1,
+        setup: |_, _| {},
+        body: |b, g| b.access(0, g, Access::Write),
+    },
+    // fault@0, FwdRead@1, WriteBack@0
+    Path {
+        name: "home_reads_modified_elsewhere",
+        nodes: 2,
+        events: 3,
+        setup: |b, g| b.access(1, g, Access::Write),
+        body: |b, g| b.access(0, g, Access::Read),
+    },
+    // fault@0, FwdWrite@1, DataExclusive@0
+    Path {
+        name: "home_writes_modified_elsewhere",
+        nodes: 2,
+        events: 3,
+        setup: |b, g| b.access(1, g, Access::Write),
+        body: |b, g| b.access(0, g, Access::Write),
+    },
+    // fault@1, ReadReq@0, DataShared@1
+    Path {
+        name: "remote_reads_modified_at_home",
+        nodes: 2,
+        events: 3,
+        setup: |b, g| b.access(0, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+    // fault@1, WriteReq@0, DataExclusive@1
+    Path {
+        name: "remote_writes_modified_at_home",
+        nodes: 2,
+        events: 3,
+        setup: |b, g| b.access(0, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Write),
+    },
+    // 4 faults@1 (3 coalesced), ReadReq@0, DataShared@1
+    Path {
+        name: "four_vcpus_fault_on_one_page",
+        nodes: 2,
+        events: 6,
+        setup: |_, _| {},
+        body: |b, g| b.coalesced(1, g, 4),
+    },
+    // fault@1 on a page it already maps (a stale TLB entry): remapped, no message
+    Path {
+        name: "spurious_fault",
+        nodes: 2,
+        events: 1,
+        setup: |b, g| b.access(1, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+];
 
 fn paths(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(300));
-
-    // fault@1, ReadReq@0, DataShared@1
-    g.throughput(Throughput::Elements(3));
-    g.bench_function("read_miss", |bn| {
-        bn.iter_custom(|n| run(n, 2, |_, _| {}, |b, g| b.access(1, g, Access::Read)));
-    });
-
-    // fault@1, WriteReq@0, DataExclusive@1
-    g.bench_function("write_miss", |bn| {
-        bn.iter_custom(|n| run(n, 2, |_, _| {}, |b, g| b.access(1, g, Access::Write)));
-    });
-
-    // fault@2, WriteReq@0, FwdWrite@1, DataExclusive@2 (3-hop)
-    g.throughput(Throughput::Elements(4));
-    g.bench_function("write_of_modified_elsewhere", |bn| {
-        bn.iter_custom(|n| {
-            run(n, 3, |b, g| b.access(1, g, Access::Write), |b, g| b.access(2, g, Access::Write))
-        });
-    });
-
-    // fault@2, WriteReq@0, Inv@1, InvAck@0, DataExclusive@2
-    g.throughput(Throughput::Elements(5));
-    g.bench_function("write_invalidating_one_sharer", |bn| {
-        bn.iter_custom(|n| {
-            run(n, 3, |b, g| b.access(1, g, Access::Read), |b, g| b.access(2, g, Access::Write))
-        });
-    });
-
-    // fault@63, WriteReq@0, 62 x (Inv, InvAck), DataExclusive@63
-    g.throughput(Throughput::Elements(3 + 2 * 62));
-    g.bench_function("write_invalidating_62_sharers_of_64_nodes", |bn| {
-        bn.iter_custom(|n| {
-            run(
-                n,
-                64,
-                |b, g| (1..63).for_each(|s| b.access(s, g, Access::Read)),
-                |b, g| b.access(63, g, Access::Write),
-            )
-        });
-    });
-
-    // fault@0 on its own page: no message
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("home_local_hit", |bn| {
-        bn.iter_custom(|n| run(n, 2, |_, _| {}, |b, g| b.access(0, g, Access::Write)));
-    });
+    for p in PATHS {
+        let mut b = Bench::new(p.nodes, 1);
+        (p.setup)(&mut b, 0);
+        b.events = 0;
+        (p.body)(&mut b, 0);
+        assert_eq!(b.events, p.events, "{}: events per transaction", p.name);
+        g.throughput(Throughput::Elements(p.events));
+        g.bench_function(p.name, |bn| bn.iter_custom(|n| run(n, p)));
+    }
     g.finish();
 }
 
