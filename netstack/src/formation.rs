@@ -53,7 +53,7 @@ pub type Addr = ([u8; 4], u16);
 pub struct Member {
     /// Its node id.
     pub id: NodeId,
-    /// What it announced (its boot's nonce and transport epoch included).
+    /// What it announced (its boot's nonce included).
     pub announce: Announce,
     /// Its IPv4 address and transport port.
     pub addr: Addr,
@@ -256,7 +256,6 @@ fn view_id(members: &[Announce]) -> ViewId {
     for a in members {
         h.update(a.mac);
         h.update(a.nonce.to_be_bytes());
-        h.update(a.epoch.to_be_bytes());
         h.update(a.build_id);
         h.update(a.cores.to_be_bytes());
         h.update(a.memory_bytes.to_be_bytes());
@@ -353,6 +352,14 @@ impl Formation {
     /// The next step worth reporting, if any.
     pub fn take_progress(&mut self) -> Option<Progress> {
         self.progress.pop_front()
+    }
+
+    /// Queues a step to report; a caller that never takes them keeps the last few.
+    fn note(&mut self, p: Progress) {
+        if self.progress.len() == 16 {
+            self.progress.pop_front();
+        }
+        self.progress.push_back(p);
     }
 
     /// The committed view, if any.
@@ -605,7 +612,7 @@ impl Formation {
 
     fn step_forming(&mut self, now: u64) -> Option<State> {
         if let Some(by) = self.left_out_by(now) {
-            self.progress.push_back(Progress::LeftOut { by });
+            self.note(Progress::LeftOut { by });
             return Some(State::Out);
         }
         let all = self.candidates(now);
@@ -613,12 +620,9 @@ impl Formation {
         if coordinator != self.my_key() {
             let c = self.peers.get(&coordinator)?;
             if c.phase == Phase::Proposing && c.in_view {
-                self.progress.push_back(Progress::Accepted { coordinator: coordinator.0 });
-                return Some(State::Accepted {
-                    id: c.view,
-                    by: coordinator,
-                    silent_reported: false,
-                });
+                let id = c.view;
+                self.note(Progress::Accepted { coordinator: coordinator.0 });
+                return Some(State::Accepted { id, by: coordinator, silent_reported: false });
             }
             return None;
         }
@@ -634,7 +638,7 @@ impl Formation {
         if members.len() == 1 {
             return Some(State::Committed(self.build(id, &members)));
         }
-        self.progress.push_back(Progress::Proposed { members: members.len() });
+        self.note(Progress::Proposed { members: members.len() });
         Some(State::Proposing { id, members: members.into_iter().map(|m| m.0).collect() })
     }
 
@@ -653,7 +657,7 @@ impl Formation {
             top != members
         });
         if !still_first || member_gone || changed || self.left_out_by(now).is_some() {
-            self.progress.push_back(Progress::Withdrawn);
+            self.note(Progress::Withdrawn);
             return Some(State::Forming);
         }
         let all_accepted = members.iter().filter(|k| **k != me).all(|k| {
@@ -711,13 +715,13 @@ impl Formation {
             }
             Phase::Proposing if c.view == id => {
                 if silent_for > SILENT_US && !silent_reported {
-                    self.progress.push_back(Progress::CoordinatorSilent { coordinator: by.0 });
+                    self.note(Progress::CoordinatorSilent { coordinator: by.0 });
                     return Some(State::Accepted { id, by, silent_reported: true });
                 }
                 None
             }
             _ => {
-                self.progress.push_back(Progress::Withdrawn);
+                self.note(Progress::Withdrawn);
                 Some(State::Forming)
             }
         }
@@ -761,7 +765,6 @@ mod tests {
     fn ident(last: u8, nonce: u64) -> Announce {
         Announce {
             cluster_id: 1,
-            epoch: 7,
             build_id: [0xb1; 16],
             mac: [0x52, 0x54, 0, 0, 0, last],
             cores: 2,

@@ -5,14 +5,16 @@
 //! ```text
 //!  0 magic u32 "GSTA"   4 version u8   5 flags u8 (bit 0: primary, bit 1: the recipient is
 //!                                                  in the sender's view)   6 cores u16
-//!  8 cluster_id u32    12 epoch u32   16 build_id [u8; 16]          32 mac [u8; 6]
+//!  8 cluster_id u32    12 seq u32     16 build_id [u8; 16]          32 mac [u8; 6]
 //! 38 expected_nodes u16 40 memory_bytes u64
-//! 48 nonce u64         56 seq u32     60 ip [u8; 4]   64 port u16   66 phase u8   67 zero u8
-//! 68 echo nonce u64    76 echo seq u32 (0, 0: no echo)
-//! 80 view [u8; 16]: id of the view the sender proposes, accepted or committed (zero: none)
-//! 96 tag [u8; 16]: keyed BLAKE2b-128(cluster key, bytes 0..96)
+//! 48 nonce u64         56 ip [u8; 4]  60 port u16   62 phase u8     63 zero u8
+//! 64 echo nonce u64    72 echo seq u32 (0, 0: no echo)
+//! 76 view [u8; 16]: id of the view the sender proposes, accepted or committed (zero: none)
+//! 92 tag [u8; 16]: keyed BLAKE2b-128(cluster key, bytes 0..92)
 //! ```
-//! Big-endian integers, 112 bytes in all. Distinct from transport datagrams by its magic.
+//! Big-endian integers, 108 bytes in all. Distinct from transport datagrams by its magic.
+//! The nonce names the sender's boot (there is no separate epoch: the transport draws its own
+//! session nonces), and formation checks it in every answer.
 //!
 //! A tag proves who wrote an announcement, not when: anyone can record one and send it again.
 //! Freshness comes from the echo: the sender copies a recent `(nonce, seq)` of the recipient,
@@ -25,7 +27,7 @@ use crate::transport::PROTOCOL_VERSION;
 /// `"GSTA"`: first four bytes of an announcement.
 pub const ANNOUNCE_MAGIC: u32 = 0x4753_5441;
 /// Encoded length.
-pub const ANNOUNCE_LEN: usize = 112;
+pub const ANNOUNCE_LEN: usize = 108;
 const BODY_LEN: usize = ANNOUNCE_LEN - TAG_LEN;
 const FLAG_PRIMARY: u8 = 1;
 const FLAG_IN_VIEW: u8 = 2;
@@ -35,8 +37,6 @@ const FLAG_IN_VIEW: u8 = 2;
 pub struct Announce {
     /// The cluster it wants to join.
     pub cluster_id: u32,
-    /// Its boot epoch (as in transport headers).
-    pub epoch: u32,
     /// Build id of its image; all nodes must match (DESIGN.md §5).
     pub build_id: [u8; 16],
     /// Its NIC's MAC: node ids come from sorting these.
@@ -153,21 +153,20 @@ impl Announcement {
             if n.primary { FLAG_PRIMARY } else { 0 } | if self.in_view { FLAG_IN_VIEW } else { 0 };
         b[6..8].copy_from_slice(&n.cores.to_be_bytes());
         b[8..12].copy_from_slice(&n.cluster_id.to_be_bytes());
-        b[12..16].copy_from_slice(&n.epoch.to_be_bytes());
+        b[12..16].copy_from_slice(&self.seq.to_be_bytes());
         b[16..32].copy_from_slice(&n.build_id);
         b[32..38].copy_from_slice(&n.mac);
         b[38..40].copy_from_slice(&n.expected_nodes.to_be_bytes());
         b[40..48].copy_from_slice(&n.memory_bytes.to_be_bytes());
         b[48..56].copy_from_slice(&n.nonce.to_be_bytes());
-        b[56..60].copy_from_slice(&self.seq.to_be_bytes());
-        b[60..64].copy_from_slice(&self.addr.0);
-        b[64..66].copy_from_slice(&self.addr.1.to_be_bytes());
-        b[66] = self.phase as u8;
-        b[67] = 0;
+        b[56..60].copy_from_slice(&self.addr.0);
+        b[60..62].copy_from_slice(&self.addr.1.to_be_bytes());
+        b[62] = self.phase as u8;
+        b[63] = 0;
         let echo = self.echo.unwrap_or(Challenge { nonce: 0, seq: 0 });
-        b[68..76].copy_from_slice(&echo.nonce.to_be_bytes());
-        b[76..80].copy_from_slice(&echo.seq.to_be_bytes());
-        b[80..96].copy_from_slice(&self.view);
+        b[64..72].copy_from_slice(&echo.nonce.to_be_bytes());
+        b[72..76].copy_from_slice(&echo.seq.to_be_bytes());
+        b[76..92].copy_from_slice(&self.view);
         let tag = auth.tag(&[&b[..BODY_LEN]]);
         b[BODY_LEN..].copy_from_slice(&tag);
         Some(ANNOUNCE_LEN)
@@ -201,23 +200,22 @@ impl Announcement {
         }
         let flags = bytes[5];
         let nonce = u64_at(48);
-        if flags & !(FLAG_PRIMARY | FLAG_IN_VIEW) != 0 || bytes[67] != 0 || nonce == 0 {
+        if flags & !(FLAG_PRIMARY | FLAG_IN_VIEW) != 0 || bytes[63] != 0 || nonce == 0 {
             return Err(AnnounceError::Malformed);
         }
-        let phase = Phase::from_u8(bytes[66]).ok_or(AnnounceError::Malformed)?;
+        let phase = Phase::from_u8(bytes[62]).ok_or(AnnounceError::Malformed)?;
         let mut build_id = [0u8; 16];
         build_id.copy_from_slice(&bytes[16..32]);
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&bytes[32..38]);
         let mut ip = [0u8; 4];
-        ip.copy_from_slice(&bytes[60..64]);
+        ip.copy_from_slice(&bytes[56..60]);
         let mut view = [0u8; 16];
-        view.copy_from_slice(&bytes[80..96]);
-        let echo = Challenge { nonce: u64_at(68), seq: u32_at(76) };
+        view.copy_from_slice(&bytes[76..92]);
+        let echo = Challenge { nonce: u64_at(64), seq: u32_at(72) };
         Ok(Self {
             node: Announce {
                 cluster_id,
-                epoch: u32_at(12),
                 build_id,
                 mac,
                 cores: u16_at(6),
@@ -226,8 +224,8 @@ impl Announcement {
                 primary: flags & FLAG_PRIMARY != 0,
                 nonce,
             },
-            seq: u32_at(56),
-            addr: (ip, u16_at(64)),
+            seq: u32_at(12),
+            addr: (ip, u16_at(60)),
             echo: (echo.nonce != 0).then_some(echo),
             phase,
             view,
@@ -250,7 +248,6 @@ mod tests {
         Announcement {
             node: Announce {
                 cluster_id: 42,
-                epoch: 7,
                 build_id: *b"build-0123456789",
                 mac: [0x52, 0x54, 0, 1, 2, 3],
                 cores: 8,
@@ -294,7 +291,7 @@ mod tests {
         forged[7] = 200; // claim more cores
         assert_eq!(Announcement::decode(&forged, &auth(), 42), Err(AnnounceError::BadTag));
         let mut echo = buf;
-        echo[79] ^= 1; // answer another challenge
+        echo[75] ^= 1; // answer another challenge
         assert_eq!(Announcement::decode(&echo, &auth(), 42), Err(AnnounceError::BadTag));
         assert_eq!(
             Announcement::decode(&buf[..ANNOUNCE_LEN - 1], &auth(), 42),
@@ -307,7 +304,7 @@ mod tests {
         let mut bad_phase = sample();
         let mut buf = [0u8; ANNOUNCE_LEN];
         bad_phase.encode(&auth(), &mut buf).unwrap();
-        buf[66] = 9;
+        buf[62] = 9;
         let tag = auth().tag(&[&buf[..BODY_LEN]]);
         buf[BODY_LEN..].copy_from_slice(&tag);
         assert_eq!(Announcement::decode(&buf, &auth(), 42), Err(AnnounceError::Malformed));
@@ -329,7 +326,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_announcement_roundtrips(
-            cluster_id in any::<u32>(), epoch in any::<u32>(), build_id in any::<[u8; 16]>(),
+            cluster_id in any::<u32>(), build_id in any::<[u8; 16]>(),
             mac in any::<[u8; 6]>(), cores in any::<u16>(), memory_bytes in any::<u64>(),
             expected_nodes in any::<u16>(), primary in any::<bool>(), nonce in 1..=u64::MAX,
             seq in any::<u32>(), ip in any::<[u8; 4]>(), port in any::<u16>(),
@@ -338,7 +335,7 @@ mod tests {
         ) {
             let a = Announcement {
                 node: Announce {
-                    cluster_id, epoch, build_id, mac, cores, memory_bytes, expected_nodes, primary,
+                    cluster_id, build_id, mac, cores, memory_bytes, expected_nodes, primary,
                     nonce,
                 },
                 seq,

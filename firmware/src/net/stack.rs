@@ -158,7 +158,6 @@ impl NodeNet {
     /// Brings the interface up and starts discovery.
     pub fn new(dev: Box<dyn NetDevice>, cfg: &Config, cores: u16, memory_bytes: u64) -> Self {
         let now = uptime_us();
-        let epoch = (crate::arch::cpu::rdtsc() as u32) | 1;
         let nonce = boot_nonce(dev.mac());
         let key = match &cfg.key {
             Some(k) => super::secrets::cluster_key(k),
@@ -178,7 +177,6 @@ impl NodeNet {
         let mac = dev.mac();
         let me = Announce {
             cluster_id: cfg.cluster,
-            epoch,
             build_id,
             mac,
             cores,
@@ -188,7 +186,7 @@ impl NodeNet {
             nonce,
         };
         let nic = AnyNic { dev, raw_replies: VecDeque::new(), raw_answered: 0 };
-        let iface = NetInterface::new(nic, ip_config(cfg.ip), cfg.port, now, u64::from(epoch));
+        let iface = NetInterface::new(nic, ip_config(cfg.ip), cfg.port, now, nonce);
         let formation =
             Formation::new(me, ([0; 4], cfg.port), cfg.nodes, now, FORMATION_TIMEOUT_US);
         let mesh = (cfg.test == Some("mesh")).then(|| Mesh {
