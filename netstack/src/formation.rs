@@ -930,6 +930,7 @@ mod tests {
 
     /// Nodes on one link; every datagram goes through the real codec and is recorded.
     struct Sim {
+        seed: u64,
         nodes: Vec<SimNode>,
         auth: Authenticator,
         now: u64,
@@ -945,6 +946,7 @@ mod tests {
     impl Sim {
         fn new(seed: u64) -> Sim {
             Sim {
+                seed,
                 nodes: Vec::new(),
                 auth: Authenticator::new(&ClusterKey::from_passphrase(b"sim")),
                 now: 0,
@@ -1051,36 +1053,29 @@ mod tests {
         fn one_view_or_none(&self) -> Option<View> {
             let views: Vec<&View> =
                 self.nodes.iter().filter_map(|n| n.f.as_ref()?.view()).collect();
+            let seed = self.seed;
             let ids: BTreeSet<ViewId> = views.iter().map(|v| v.id).collect();
-            assert!(ids.len() <= 1, "{} different views committed", ids.len());
+            assert!(ids.len() <= 1, "seed {seed}: {} different views committed", ids.len());
             let v = (*views.first()?).clone();
             let boots: BTreeSet<Key> =
                 v.members.iter().map(|m| (m.announce.mac, m.announce.nonce)).collect();
-            for w in &views {
-                let b: BTreeSet<Key> =
-                    w.members.iter().map(|m| (m.announce.mac, m.announce.nonce)).collect();
-                assert_eq!(b, boots, "same id, different members");
-                assert_eq!(
-                    w.members[usize::from(w.me)].announce.mac,
-                    w.members[usize::from(w.me)].announce.mac
-                );
-            }
             for n in &self.nodes {
                 let f = n.f.as_ref().expect("booted");
                 let member = boots.contains(&(n.ident.mac, n.ident.nonce));
-                assert_eq!(
-                    f.view().is_some(),
-                    member,
-                    "node {:?}: phase {:?}",
-                    n.ident.mac[5],
-                    f.phase()
-                );
+                let (mac, phase) = (n.ident.mac[5], f.phase());
+                match f.view() {
+                    Some(w) => {
+                        let b: BTreeSet<Key> =
+                            w.members.iter().map(|m| (m.announce.mac, m.announce.nonce)).collect();
+                        assert_eq!(b, boots, "seed {seed}: same id, different members");
+                        assert_eq!(w.members[usize::from(w.me)].announce.mac, n.ident.mac);
+                    }
+                    None => assert!(!member, "seed {seed}: member {mac} did not commit: {phase:?}"),
+                }
                 if !member {
                     assert!(
                         f.is_out(),
-                        "node {} neither in the view nor out: {:?}",
-                        n.ident.mac[5],
-                        f.phase()
+                        "seed {seed}: node {mac} neither in the view nor out: {phase:?}"
                     );
                 }
             }
