@@ -170,6 +170,8 @@ pub struct Here<'a> {
     pub mem: &'a GuestMemory,
     /// The vCPUs.
     pub vcpus: &'a VcpuSet,
+    /// Global id of the first of them (the engine names vCPUs by global id).
+    pub base: usize,
 }
 
 impl PageStore for Here<'_> {
@@ -202,6 +204,8 @@ impl LocalNode for Here<'_> {
     }
 
     fn resume(&mut self, vcpu: VcpuId) {
-        self.vcpus.resume(usize::from(vcpu.0));
+        if let Some(local) = usize::from(vcpu.0).checked_sub(self.base) {
+            self.vcpus.resume(local);
+        }
     }
 }

@@ -22,6 +22,8 @@ pub mod vmx;
 #[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
+pub mod sched;
+#[cfg(target_os = "none")]
 pub mod vcpus;
 #[cfg(target_os = "none")]
 pub mod vm;
