@@ -261,3 +261,111 @@ fn netbench_figures() -> Result<(), HarnessError> {
     }
     Ok(())
 }
+
+#[test]
+fn a_node_beyond_the_expected_count_is_left_out_says_so_and_stays_out() -> Result<(), HarnessError>
+{
+    let art = artifacts();
+    let mut sw = Switch::new(30)?;
+    let mut nodes = Vec::new();
+    // nodes=2, three nodes: ids follow the MAC, so the one with the highest MAC is left out.
+    for i in 0..3u8 {
+        let spec = NodeSpec::new(&format!("m{i}"), Emu::Qemu, Boot::Kernel)
+            .cmdline("nodes=2")
+            .nic(sw.add_port(PortKind::Qemu)?, mac(70 + i));
+        nodes.push(Node::start(&spec, &art)?);
+    }
+    for n in nodes.iter_mut().take(2) {
+        n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    }
+    let out = &mut nodes[2];
+    let line = out.wait_for("net: left out: node ", QEMU_BOOT)?;
+    assert!(line.contains("this node stays out of the cluster"), "{line}");
+    let answer = out.command("nodes", ANSWER)?;
+    assert!(answer.contains("not a member: a view was committed without this node"), "{answer}");
+    let text = out.console().text();
+    assert!(!text.contains("view committed"), "the left-out node committed a view:\n{text}");
+    // The members see it as late, not as one of them.
+    let members = nodes[0].command("nodes", ANSWER)?;
+    assert!(members.contains("2 nodes"), "{members}");
+    assert!(!members.contains(&gestalt_ci::switch::mac_str(mac(72))), "{members}");
+    Ok(())
+}
+
+/// An IPv4 broadcast UDP frame to the transport port from a spoofed source: an announcement's
+/// magic and length with a tag that cannot verify.
+fn spoofed_announcement(i: u32) -> Vec<u8> {
+    let b = i.to_be_bytes();
+    let src_ip = [10, b[1], b[2], b[3]];
+    let payload_len = gestalt_netstack::membership::ANNOUNCE_LEN;
+    let mut f = Vec::with_capacity(14 + 28 + payload_len);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&[0x02, 0x5a, b[0], b[1], b[2], b[3]]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload_len) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src_ip);
+    ip[16..20].copy_from_slice(&[255; 4]);
+    let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&7470u16.to_be_bytes());
+    f.extend_from_slice(&7470u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (RFC 768: allowed over IPv4)
+    let mut payload = vec![0u8; payload_len];
+    payload[..4].copy_from_slice(&gestalt_netstack::membership::ANNOUNCE_MAGIC.to_be_bytes());
+    payload[4] = gestalt_netstack::transport::PROTOCOL_VERSION;
+    payload[8..12].copy_from_slice(&1u32.to_be_bytes()); // cluster 1: only the tag is wrong
+    payload[12..16].copy_from_slice(&b);
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[test]
+fn thousands_of_spoofed_sources_write_a_few_lines_and_the_cluster_keeps_answering(
+) -> Result<(), HarnessError> {
+    let mut c = Cluster::start(2, Emu::Qemu, Boot::Kernel, 1, "", &artifacts(), 31)?;
+    for n in c.nodes.iter_mut() {
+        n.wait_for("view committed: 2 nodes", QEMU_BOOT)?;
+    }
+    // The attacker owns a switch port: it sends raw frames, no emulator behind it.
+    let port = c.switch.add_port(PortKind::Qemu)?;
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", port.peer_udp)).expect("attacker socket");
+    const SOURCES: u32 = 3000;
+    for i in 0..SOURCES {
+        sock.send_to(&spoofed_announcement(i), ("127.0.0.1", port.switch_udp))
+            .expect("attacker send");
+        if i % 50 == 49 {
+            // Pacing, not waiting: about 5 s of flood, longer than the peer timeout (3 s),
+            // and slow enough that the emulated NICs take most of it.
+            std::thread::sleep(Duration::from_millis(80));
+        }
+    }
+    // The members still hear each other, during and after the flood.
+    let answer = c.nodes[0].command("ping 1", ANSWER)?;
+    assert!(answer.contains("64 bytes from node 1"), "{answer}");
+    for n in c.nodes.iter_mut() {
+        let net = n.command("net", ANSWER)?;
+        let refused = net
+            .split(" heard, ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|r| r.parse::<u32>().ok())
+            .unwrap_or(0);
+        assert!(refused >= SOURCES / 2, "{}: only {refused} refusals counted:\n{net}", n.name());
+        assert!(net.contains("over the rate limit"), "{net}");
+        let text = n.console().text();
+        let lines = text.matches("net: refused 10.").count();
+        // 8 at once, then one a second.
+        assert!(lines <= 40, "{}: {lines} refusal lines for {SOURCES} sources", n.name());
+        assert!(!text.contains("stopped answering"), "{}: a peer timed out:\n{text}", n.name());
+    }
+    Ok(())
+}

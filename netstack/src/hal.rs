@@ -11,7 +11,7 @@
 //! block when the program is compiled, so an offset outside the block, or misaligned for its
 //! width, does not build:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0080
 //! use gestalt_netstack::hal::{Block, Reg};
 //! struct Bar;
 //! impl Block for Bar {
@@ -473,5 +473,131 @@ impl Dma {
         // SAFETY: bounds checked; the device finished writing this buffer (its descriptor
         // reported done, followed by an acquire fence).
         unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::fake::FakeMemory;
+    use std::cell::RefCell;
+    use std::vec::Vec;
+
+    struct Regs;
+    impl Block for Regs {
+        const SIZE: usize = 0x20;
+        const ALIGN: usize = 8;
+    }
+    const A: Reg<Regs, u8> = Reg::at::<0x01>();
+    const B: Reg<Regs, u16> = Reg::at::<0x02>();
+    const C: Reg<Regs, u32> = Reg::at::<0x04>();
+    const D: Reg<Regs, u64> = Reg::at::<0x18>();
+    const ARRAY: RegArray<Regs, u32, 4> = RegArray::at::<0x08>();
+
+    /// Records every access as (address, width in bytes, value written or `None`).
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<(usize, usize, Option<u64>)>>);
+
+    // SAFETY: accesses are recorded, never performed.
+    unsafe impl Bus for Recorder {
+        unsafe fn read8(&self, addr: usize) -> u8 {
+            self.0.borrow_mut().push((addr, 1, None));
+            0
+        }
+        unsafe fn read16(&self, addr: usize) -> u16 {
+            self.0.borrow_mut().push((addr, 2, None));
+            0
+        }
+        unsafe fn read32(&self, addr: usize) -> u32 {
+            self.0.borrow_mut().push((addr, 4, None));
+            0
+        }
+        unsafe fn write64(&self, addr: usize, value: u64) {
+            self.0.borrow_mut().push((addr, 8, Some(value)));
+        }
+    }
+
+    #[test]
+    fn a_window_reaches_each_register_at_base_plus_offset_with_its_width() {
+        let bus = Recorder::default();
+        // SAFETY: the recorder performs no access.
+        let w = unsafe { Window::<Regs, Recorder>::new(0x1000) };
+        let _ = (w.read(&bus, A), w.read(&bus, B), w.read(&bus, C));
+        w.write(&bus, D, 7);
+        let last = ARRAY.get(3).unwrap();
+        let _ = w.read(&bus, last);
+        assert_eq!(
+            *bus.0.borrow(),
+            [
+                (0x1001, 1, None),
+                (0x1002, 2, None),
+                (0x1004, 4, None),
+                (0x1018, 8, Some(7)),
+                (0x1014, 4, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_register_array_has_no_element_past_its_length() {
+        assert_eq!(ARRAY.get(0).map(Reg::offset), Some(0x08));
+        assert_eq!(ARRAY.get(4).map(Reg::offset), None);
+        assert_eq!(ARRAY.iter().map(Reg::offset).collect::<Vec<_>>(), [0x08, 0x0C, 0x10, 0x14]);
+    }
+
+    struct MemHal(FakeMemory);
+    // SAFETY: regions come from `FakeMemory`, zeroed and live as long as it.
+    unsafe impl Bus for MemHal {}
+    // SAFETY: as above.
+    unsafe impl Hal for MemHal {
+        fn dma_alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+            self.0.alloc(len, align)
+        }
+        fn virt_to_phys(&self, virt: usize) -> u64 {
+            self.0.virt_to_phys(virt)
+        }
+        fn phys_to_virt(&self, phys: u64) -> usize {
+            self.0.phys_to_virt(phys)
+        }
+    }
+
+    struct Header;
+    impl Block for Header {
+        const SIZE: usize = 4;
+        const ALIGN: usize = 4;
+    }
+    const H: Reg<Header, u32> = Reg::at::<0>();
+    struct Entry;
+    impl Block for Entry {
+        const SIZE: usize = 8;
+        const ALIGN: usize = 4;
+    }
+    const E: Reg<Entry, u32> = Reg::at::<4>();
+
+    #[test]
+    fn table_entries_follow_the_header_and_wrap_at_the_table_length() {
+        let hal = MemHal(FakeMemory::new());
+        let t = DmaTable::<Header, Entry>::alloc(&hal, 3, 2, 16).unwrap();
+        t.header().set(H, 0xAAAA_AAAA);
+        for i in 0..3u32 {
+            t.entry(i as usize).set(E, i + 1);
+        }
+        t.entry(5).set(E, 99);
+        let mem = &hal.0;
+        assert_eq!(mem.u32(t.phys()), 0xAAAA_AAAA);
+        assert_eq!([4 + 4, 12 + 4, 20 + 4].map(|at| mem.u32(t.phys() + at)), [1, 2, 99]);
+        assert_eq!(t.entry(2).get(E), 99, "entry 5 of 3 is entry 2");
+    }
+
+    #[test]
+    fn a_table_whose_entries_would_fall_out_of_alignment_is_refused() {
+        struct Odd;
+        impl Block for Odd {
+            const SIZE: usize = 2;
+            const ALIGN: usize = 2;
+        }
+        let hal = MemHal(FakeMemory::new());
+        assert!(DmaTable::<Odd, Entry>::alloc(&hal, 2, 0, 4).is_none());
+        assert!(DmaTable::<(), Entry>::alloc(&hal, 0, 0, 4).is_none());
     }
 }

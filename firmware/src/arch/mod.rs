@@ -7,5 +7,6 @@ pub mod gdt;
 pub mod idt;
 pub mod paging;
 pub mod power;
+pub mod rand;
 pub mod smp;
 pub mod time;

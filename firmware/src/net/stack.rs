@@ -120,7 +120,6 @@ pub struct NodeNet {
     key: ClusterKey,
     cluster: u32,
     port: u16,
-    epoch: u32,
     formation: Formation,
     transport: Option<Transport>,
     buf: Vec<u8>,
@@ -149,39 +148,10 @@ fn ip_config(ip: IpMode) -> IpConfig {
 }
 
 /// This boot's formation nonce: formation's challenges are made of it, so it must differ
-/// from every earlier boot's. RDRAND where the CPU has it, else the TSC (which differs
-/// between boots but is guessable; freshness needs only that it never repeats).
-/// HOOK: the transport's per-boot randomness (`crate::arch::rand`, RDSEED/RDRAND and its
-/// stated fallback) replaces this once it lands.
-fn boot_nonce() -> u64 {
-    let has_rdrand = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
-    let hw = if has_rdrand {
-        // SAFETY: CPUID says the CPU has RDRAND.
-        unsafe { rdrand64() }
-    } else {
-        None
-    };
-    let tsc = crate::arch::cpu::rdtsc();
-    // splitmix64 finaliser: spreads the TSC's low-order variation over all bits.
-    let mut z = hw.unwrap_or(0) ^ tsc.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)).max(1)
-}
-
-/// One RDRAND word; `None` when the CPU gives none after a few tries (SDM Vol. 1 §7.3.17.1).
-///
-/// # Safety
-/// The CPU must have RDRAND (CPUID.01H:ECX.RDRAND[bit 30]): the instruction faults otherwise.
-#[target_feature(enable = "rdrand")]
-unsafe fn rdrand64() -> Option<u64> {
-    let mut v = 0u64;
-    for _ in 0..10 {
-        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
-            return Some(v);
-        }
-    }
-    None
+/// from every earlier boot's: from `crate::arch::rand` (RDSEED/RDRAND, or its stated
+/// fallback), like the transport's session seeds.
+fn boot_nonce(mac: [u8; 6]) -> u64 {
+    crate::arch::rand::fresh_u64(b"formation boot nonce", &mac)
 }
 
 impl NodeNet {
@@ -189,14 +159,18 @@ impl NodeNet {
     pub fn new(dev: Box<dyn NetDevice>, cfg: &Config, cores: u16, memory_bytes: u64) -> Self {
         let now = uptime_us();
         let epoch = (crate::arch::cpu::rdtsc() as u32) | 1;
-        let nonce = boot_nonce();
+        let nonce = boot_nonce(dev.mac());
         let key = match &cfg.key {
-            Some(k) => ClusterKey::from_passphrase(k),
+            Some(k) => super::secrets::cluster_key(k),
             None => {
-                warn!("net: no key= on the command line: using the built-in default cluster key (not secret)");
-                ClusterKey::from_passphrase(DEFAULT_KEY)
+                warn!("net: no valid key= on the command line: using the built-in default cluster key, which is public: anyone on this network can join the cluster or forge its traffic");
+                super::secrets::cluster_key(DEFAULT_KEY)
             }
         };
+        info!(
+            "net: cluster key fingerprint {} (the same on every node of the cluster; the key is never shown)",
+            super::secrets::fingerprint(&key)
+        );
         let auth = Authenticator::new(&key);
         let info = crate::info::current();
         let mut build_id = [0u8; 16];
@@ -240,7 +214,6 @@ impl NodeNet {
             key,
             cluster: cfg.cluster,
             port: cfg.port,
-            epoch,
             formation,
             transport: None,
             buf: vec![0; 10_000],
@@ -432,7 +405,10 @@ impl NodeNet {
             }
             return;
         };
-        let mut cfg = transport::Config::new(self.cluster, view.me, self.epoch);
+        // Fresh randomness for every view's engine: no datagram of an earlier boot or view
+        // authenticates in its sessions.
+        let (seed, _) = crate::arch::rand::fresh(b"transport view", &self.iface.mac());
+        let mut cfg = transport::Config::new(self.cluster, view.me, seed);
         cfg.mtu = self.iface.device().mtu();
         // The transport authenticates with the same key as the announcements.
         let mut t = Transport::new(cfg, &self.key);
@@ -480,6 +456,11 @@ impl NodeNet {
             match e {
                 Event::PeerDown(id) => error!("net: node {id} stopped answering"),
                 Event::PeerUp(id) => info!("net: node {id} answers again"),
+                // Gestalt counts a member that rebooted inside a view as failed: its share of
+                // the cluster's state is gone. It is not readmitted (no `reset_peer`).
+                Event::PeerRestarted(id) => error!(
+                    "net: node {id} restarted: a new boot answered for it; counted as a node failure (reboot the cluster to take it back)"
+                ),
             }
         }
         let mut inbox = Vec::new();
@@ -615,9 +596,9 @@ impl NodeNet {
         }
         let d = self.iface.device().stats();
         kprintln!(
-            "nic: rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full); raw pings answered {}",
+            "nic: rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full); {} device faults contained; raw pings answered {}",
             d.rx_packets, d.rx_bytes, d.rx_errors, d.rx_missed, d.tx_packets, d.tx_bytes, d.tx_ring_full,
-            self.iface.device().raw_answered
+            d.device_faults, self.iface.device().raw_answered
         );
         let c = &self.counters;
         kprintln!(
@@ -640,19 +621,7 @@ impl NodeNet {
                 "transport: {} messages sent, {} delivered; {} datagrams sent, {} accepted; {} retransmits, {} timeouts, {} duplicates, {} acks, {} heartbeats",
                 s.messages_sent, s.messages_delivered, s.datagrams_sent, s.datagrams_accepted, s.retransmits, s.timeouts, s.duplicates, s.acks_sent, s.heartbeats_sent
             );
-            let reasons = [
-                DropReason::Malformed,
-                DropReason::BadMagic,
-                DropReason::BadVersion,
-                DropReason::WrongCluster,
-                DropReason::NotForUs,
-                DropReason::BadTag,
-                DropReason::Replay,
-                DropReason::UnknownPeer,
-                DropReason::StaleEpoch,
-                DropReason::OutOfWindow,
-            ];
-            for r in reasons {
+            for r in DropReason::ALL {
                 if s.dropped(r) > 0 {
                     kprintln!("  dropped {}: {}", s.dropped(r), r);
                 }

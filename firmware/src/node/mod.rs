@@ -94,12 +94,13 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
     let (cfg, errors) = cmdline::parse(&boot.cmdline);
     serial::set_level(cfg.log);
     power::TEST_MODE.store(cfg.test.is_some(), Ordering::Relaxed);
-    info!("boot: cmdline \"{}\"", boot.cmdline);
+    // The cluster key never reaches the console: its fingerprint stands in for it.
+    info!("boot: cmdline \"{}\"", crate::net::secrets::redacted_cmdline(&boot.cmdline));
     if !boot.loader.is_empty() {
         info!("boot: loaded by {}", boot.loader);
     }
     for e in &errors {
-        error!("cmdline: error: {e}");
+        error!("cmdline: error: {}", crate::net::secrets::redacted_error(e));
     }
     if boot.truncated {
         warn!("boot: some loader data did not fit and was cut");

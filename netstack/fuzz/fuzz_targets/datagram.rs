@@ -6,7 +6,7 @@
 #![no_main]
 
 use gestalt_netstack::membership::Announcement;
-use gestalt_netstack::transport::{Authenticator, ClusterKey, Config, Header, Transport};
+use gestalt_netstack::transport::{Authenticator, ClusterKey, Config, Header, Seed, Transport};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Header::open(data, &auth, 1, 1);
     let _ = Announcement::decode(data, &auth, 1);
 
-    let mut t = Transport::new(Config::new(1, 1, 9), &key);
+    let mut t = Transport::new(Config::new(1, 1, Seed::new([9; 32])), &key);
     t.add_peer(0, 0);
     let before = t.stats().dropped_total();
     if t.handle_datagram(1, data).is_err() {

@@ -4,12 +4,13 @@
 //! Source: "Virtual I/O Device (VIRTIO) Version 1.2" (OASIS). The firmware parses the PCI
 //! capabilities (§4.1.4) and hands over the mapped regions in [`VirtioPciRegions`].
 
-use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, Ordering};
 
 use crate::device::{DeviceStats, DriverError, NetDevice};
-use crate::hal::{Block, Bus, Dma, DmaTable, Hal, Reg, RegArray, Window};
+use crate::hal::{Block, Bus, Dma, Hal, Reg, RegArray, Width, Window};
+
+mod virtqueue;
+use virtqueue::Virtqueue;
 
 /// The already-mapped regions of a virtio modern PCI device (virtio 1.2 §4.1.4), as CPU
 /// addresses with the capability offsets applied, and their lengths from the capabilities.
@@ -130,149 +131,12 @@ const F_VERSION_1: u64 = 1 << 32;
 pub const NET_HDR_LEN: usize = 12;
 /// MSI-X "no vector" (§4.1.4.3): we poll.
 const NO_VECTOR: u16 = 0xFFFF;
-/// Split virtqueue flags (§2.7.5, §2.7.6, §2.7.8).
+/// Descriptor flag: the device writes the buffer (§2.7.5).
 const DESC_F_WRITE: u16 = 2;
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-const USED_F_NO_NOTIFY: u16 = 1;
 
 const RXQ: u16 = 0;
 const TXQ: u16 = 1;
 const SPIN_LIMIT: u32 = 1_000_000;
-
-/// A split-virtqueue descriptor (§2.7.5): 16 bytes.
-#[derive(Debug)]
-struct Desc;
-
-impl Block for Desc {
-    const SIZE: usize = 16;
-    const ALIGN: usize = 8;
-}
-
-mod desc {
-    use super::Desc;
-    use crate::hal::Reg;
-    pub const ADDR: Reg<Desc, u64> = Reg::at::<0>();
-    pub const LEN: Reg<Desc, u32> = Reg::at::<8>();
-    pub const FLAGS: Reg<Desc, u16> = Reg::at::<12>();
-    pub const NEXT: Reg<Desc, u16> = Reg::at::<14>();
-}
-
-/// The `flags`, `idx` head of the available and used rings (§2.7.6, §2.7.8).
-#[derive(Debug)]
-struct RingHeader;
-
-impl Block for RingHeader {
-    const SIZE: usize = 4;
-    const ALIGN: usize = 2;
-}
-
-const RING_FLAGS: Reg<RingHeader, u16> = Reg::at::<0>();
-const RING_IDX: Reg<RingHeader, u16> = Reg::at::<2>();
-
-/// An available-ring entry: a chain's head descriptor (§2.7.6).
-#[derive(Debug)]
-struct AvailEntry;
-
-impl Block for AvailEntry {
-    const SIZE: usize = 2;
-    const ALIGN: usize = 2;
-}
-
-const AVAIL_ID: Reg<AvailEntry, u16> = Reg::at::<0>();
-
-/// A used-ring element (§2.7.8): `id` u32 @0, `len` u32 @4.
-#[derive(Debug)]
-struct UsedElem;
-
-impl Block for UsedElem {
-    const SIZE: usize = 8;
-    const ALIGN: usize = 4;
-}
-
-const USED_ID: Reg<UsedElem, u32> = Reg::at::<0>();
-const USED_LEN: Reg<UsedElem, u32> = Reg::at::<4>();
-
-/// One split virtqueue (§2.7): descriptor table, available ring, used ring, notify register.
-#[derive(Debug)]
-struct Virtqueue<M> {
-    size: u16,
-    desc: DmaTable<(), Desc>,
-    avail: DmaTable<RingHeader, AvailEntry>,
-    used: DmaTable<RingHeader, UsedElem>,
-    notify: Window<Notify, M>,
-    avail_idx: u16,
-    last_used: u16,
-    /// Which descriptors the device holds: a completion for any other is not believed.
-    in_flight: Vec<bool>,
-    /// Completions refused, and index jumps (see `DeviceStats::device_faults`).
-    faults: u64,
-    /// The device moved the used index further than it could: the ring can no longer be
-    /// trusted, and the queue is not used again.
-    broken: bool,
-}
-
-impl<M: Bus> Virtqueue<M> {
-    fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16) {
-        let d = self.desc.entry(usize::from(i));
-        d.set(desc::ADDR, addr);
-        d.set(desc::LEN, len);
-        d.set(desc::FLAGS, flags);
-        d.set(desc::NEXT, 0);
-    }
-
-    /// Makes descriptor chain `id` available; the caller notifies.
-    fn push_avail(&mut self, id: u16) {
-        self.avail.entry(usize::from(self.avail_idx)).set(AVAIL_ID, id);
-        if let Some(f) = self.in_flight.get_mut(usize::from(id)) {
-            *f = true;
-        }
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        // The ring entry must be visible before the index that publishes it (§2.7.13).
-        fence(Ordering::Release);
-        self.avail.header().set(RING_IDX, self.avail_idx);
-    }
-
-    /// The next used element `(id, len)` for a descriptor the device held, if it returned
-    /// one. Elements for descriptors it did not hold (out of the table, or returned already)
-    /// are counted and skipped: reusing such a descriptor would hand one buffer out twice.
-    fn pop_used(&mut self) -> Option<(u16, u32)> {
-        loop {
-            if self.broken {
-                return None;
-            }
-            let used_idx = self.used.header().get(RING_IDX);
-            if used_idx == self.last_used {
-                return None;
-            }
-            // A device returns only chains it was given (§2.7.8), so its index runs at most
-            // that far ahead; past it, every element would be stale, up to 65,535 of them.
-            let given = self.avail_idx.wrapping_sub(self.last_used);
-            if used_idx.wrapping_sub(self.last_used) > given {
-                self.faults += 1;
-                self.broken = true;
-                return None;
-            }
-            fence(Ordering::Acquire);
-            let e = self.used.entry(usize::from(self.last_used));
-            let (id, len) = (e.get(USED_ID), e.get(USED_LEN));
-            self.last_used = self.last_used.wrapping_add(1);
-            let held = usize::try_from(id).ok().and_then(|i| self.in_flight.get_mut(i));
-            match held {
-                Some(f) if *f => {
-                    *f = false;
-                    // `in_flight` has `size` entries, so the id fits a u16.
-                    return Some((id as u16, len));
-                }
-                _ => self.faults += 1,
-            }
-        }
-    }
-
-    fn needs_notify(&self) -> bool {
-        fence(Ordering::SeqCst);
-        self.used.header().get(RING_FLAGS) & USED_F_NO_NOTIFY == 0
-    }
-}
 
 /// The driver.
 #[derive(Debug)]
@@ -484,10 +348,10 @@ struct Mmio<'a, H: Hal> {
 }
 
 impl<H: Hal> Mmio<'_, H> {
-    fn c_r<T: crate::hal::Width>(&self, r: Reg<CommonCfg, T>) -> T {
+    fn c_r<T: Width>(&self, r: Reg<CommonCfg, T>) -> T {
         self.regs.common.read(self.hal, r)
     }
-    fn c_w<T: crate::hal::Width>(&self, r: Reg<CommonCfg, T>, v: T) {
+    fn c_w<T: Width>(&self, r: Reg<CommonCfg, T>, v: T) {
         self.regs.common.write(self.hal, r, v);
     }
     fn c_w64(&self, halves: [Reg<CommonCfg, u32>; 2], v: u64) {
@@ -542,39 +406,22 @@ impl<H: Hal> Mmio<'_, H> {
         }
         // Split queues need a power of two (§2.7).
         let size = 1u16 << (15 - size.leading_zeros());
-        let n = usize::from(size);
         let notify = self.regs.notify_window(self.c_r(common::QUEUE_NOTIFY_OFF))?;
-        let no_mem = DriverError::NoDmaMemory;
-        // Alignments from §2.7 (descriptor table 16, available ring 2, used ring 4); the
-        // rings end in a u16 event field (`used_event`, `avail_event`).
-        let desc = DmaTable::alloc(self.hal, n, 0, 16).ok_or(no_mem)?;
-        let avail = DmaTable::alloc(self.hal, n, 2, 2).ok_or(no_mem)?;
-        let used = DmaTable::alloc(self.hal, n, 2, 4).ok_or(no_mem)?;
-        avail.header().set(RING_FLAGS, AVAIL_F_NO_INTERRUPT);
+        let vq = Virtqueue::new(self.hal, size, notify).ok_or(DriverError::NoDmaMemory)?;
         self.c_w(common::QUEUE_SIZE, size);
         self.c_w(common::QUEUE_MSIX_VECTOR, NO_VECTOR);
-        self.c_w64(common::QUEUE_DESC, desc.phys());
-        self.c_w64(common::QUEUE_DRIVER, avail.phys());
-        self.c_w64(common::QUEUE_DEVICE, used.phys());
+        let (desc, driver, device) = vq.phys();
+        self.c_w64(common::QUEUE_DESC, desc);
+        self.c_w64(common::QUEUE_DRIVER, driver);
+        self.c_w64(common::QUEUE_DEVICE, device);
         self.c_w(common::QUEUE_ENABLE, 1);
-        Ok(Virtqueue {
-            size,
-            desc,
-            avail,
-            used,
-            notify,
-            avail_idx: 0,
-            last_used: 0,
-            in_flight: vec![false; n],
-            faults: 0,
-            broken: false,
-        })
+        Ok(vq)
     }
 
     /// Tells the device queue `q` has new buffers (§4.1.5.2), unless it asked not to be told.
     fn notify(&self, vq: &Virtqueue<H>, q: u16) {
         if vq.needs_notify() {
-            vq.notify.write(self.hal, NOTIFY_QUEUE, q);
+            vq.notify().write(self.hal, NOTIFY_QUEUE, q);
         }
     }
 }

@@ -84,6 +84,15 @@ impl Seed {
         Self(bytes)
     }
 
+    /// A 64-bit value for another purpose (`label`), e.g. formation's boot nonce: as fresh
+    /// as the seed, and independent of the transport's nonces. Never 0.
+    pub fn value(&self, label: &[u8]) -> u64 {
+        let tag = Authenticator::new(&ClusterKey(self.0)).tag(&[b"gestalt seed value", label]);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag[..8]);
+        u64::from_be_bytes(b).max(1)
+    }
+
     /// The nonce this engine (node `local`) uses towards `peer` in session `generation`:
     /// keyed BLAKE2b under the seed, so nonces are unpredictable, distinct per peer and per
     /// generation, and never 0 (0 on the wire means "nonce not known yet").
