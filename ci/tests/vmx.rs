@@ -51,9 +51,15 @@ impl GuestImage {
         let bytes = std::fs::read(elf).expect("reading gestalt.elf");
         let module = payload(name);
         let mname = format!("payload-{name}");
+        // The guest gets the node's whole pool unless capped: 64 MiB keeps the tests quick.
+        let cmdline = if cmdline.contains("mem=") {
+            cmdline.to_string()
+        } else {
+            format!("{cmdline} mem=64M")
+        };
         gestalt_image::iso::make_iso(
             &bytes,
-            cmdline,
+            &cmdline,
             &[(module.as_path(), mname.as_str())],
             &dir.join("gestalt.iso"),
         )
@@ -103,7 +109,7 @@ fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
     assert!(text.contains("guest: smp: PASS interrupt held while IF=0"), "{text}");
     assert!(text.contains("guest: smp: PASS XSETBV loaded XCR0"), "{text}");
     assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
-    assert!(text.contains("vcpu 0 cpu 0 stopped rip "), "{text}");
+    assert!(text.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{text}");
     for m in ["hypercall round trip", "cpuid round trip", "VM exits in"] {
         if let Some(l) = numbers_after(&text, m) {
             eprintln!("{l}");
@@ -121,7 +127,7 @@ fn smp_payload_starts_its_second_vcpu_with_init_sipi_and_passes_on_two_cores(
     assert!(text.contains("guest: smp: PASS atomic counter 40000 = 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS memory sweep on 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS fixed IPIs delivered to 1 halted vCPUs"), "{text}");
-    assert!(text.contains("vcpu 1 cpu 1 stopped rip "), "{text}");
+    assert!(text.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{text}");
     Ok(())
 }
 
@@ -156,7 +162,7 @@ fn triple_fault_is_diagnosed_with_a_register_dump_and_never_hangs() -> Result<()
 #[test]
 fn triple_fault_on_a_two_core_node_stops_both_vcpus() -> Result<(), HarnessError> {
     let text = triple_payload(2)?;
-    assert!(text.contains("vcpu 1 cpu 1 stopped"), "{text}");
+    assert!(text.contains("vcpu 1 node 0 cpu 1 stopped"), "{text}");
     Ok(())
 }
 
@@ -179,8 +185,8 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
     let answer = node.command("vcpu", ANSWER)?;
     assert!(answer.contains("VMX root operation on 2 cores"), "{answer}");
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
-    assert!(answer.contains("vcpu 0 cpu 0 stopped rip "), "{answer}");
-    assert!(answer.contains("vcpu 1 cpu 1 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{answer}");
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
     // Every page came through the coherence engine, as local hits on a one-node cluster.
     let mem = answer.lines().find(|l| l.contains("memory: coherence engine")).unwrap_or("");

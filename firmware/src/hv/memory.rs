@@ -18,6 +18,16 @@ use crate::paging::{MapError, MapStats};
 
 const MIB2: u64 = 2 << 20;
 
+/// Bytes of guest RAM `pool` can give: its whole 2 MiB chunks.
+pub fn capacity(pool: &[Region]) -> u64 {
+    pool.iter()
+        .map(|r| {
+            let start = r.start.next_multiple_of(MIB2);
+            r.end.saturating_sub(start) / MIB2 * MIB2
+        })
+        .sum()
+}
+
 /// EPT tables in frames from the reserve.
 type Reserve = IdentityTables<&'static Mutex<FrameAllocator>>;
 

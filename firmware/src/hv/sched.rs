@@ -178,8 +178,8 @@ pub fn start(
             Start::WaitForSipi
         }
     };
-    for l in 0..share.vcpus as usize {
-        vm.vcpus.stats[l].set_state(State::WaitForSipi);
+    for s in &vm.vcpus.stats {
+        s.set_state(State::WaitForSipi);
     }
     if bsp_runs {
         vm.vcpus.place(0, apic::id());
@@ -279,7 +279,11 @@ pub fn ap_poll(index: usize) {
     let id = job as usize - 1;
     let Some(local) = vm.local(id) else { return };
     let start = if id == 0 {
-        Start::ProtectedMode { eip: vm.entry, rax: u64::from(loader::BOOT_MAGIC), rbx: loader::MBI_GPA }
+        Start::ProtectedMode {
+            eip: vm.entry,
+            rax: u64::from(loader::BOOT_MAGIC),
+            rbx: loader::MBI_GPA,
+        }
     } else {
         Start::WaitForSipi
     };

@@ -44,6 +44,8 @@ pub struct Vm {
     pub(super) vcpus: VcpuSet,
     coherent: Mutex<Coherent>,
     outbox: Mutex<VecDeque<(u16, Vec<u8>)>>,
+    /// A message the transport refused, sent again before anything else (order per peer).
+    retry: Mutex<Option<(u16, Vec<u8>)>>,
     pub(super) devices: Mutex<Devices>,
     stopped: AtomicBool,
     verdict: Mutex<Option<Verdict>>,
@@ -80,6 +82,7 @@ impl Vm {
             mem,
             coherent: Mutex::new(coherent),
             outbox: Mutex::new(VecDeque::new()),
+            retry: Mutex::new(None),
             devices: Mutex::new(Devices::default()),
             stopped: AtomicBool::new(false),
             verdict: Mutex::new(None),
@@ -401,7 +404,9 @@ pub fn deliver(from: u16, bytes: &[u8]) -> bool {
             if early.len() < EARLY_LIMIT {
                 early.push_back((from, bytes.to_vec()));
             } else {
-                error!("hv: guest message from node {from} dropped: the guest is not started here yet");
+                error!(
+                    "hv: guest message from node {from} dropped: the guest is not started here yet"
+                );
             }
         }
     }
@@ -421,6 +426,9 @@ pub(super) fn deliver_early(vm: &Vm) {
 /// The next guest message for the transport: (node, bytes).
 pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
     let vm = VM.get()?;
+    if let Some(m) = vm.retry.lock().take() {
+        return Some(m);
+    }
     if let Some((to, bytes)) = vm.coherent.lock().next_outgoing() {
         return Some((u16::from(to.0), GuestMsg::Coherence(&bytes).encode()));
     }
@@ -430,7 +438,7 @@ pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
 /// The transport could not take `bytes` for `to` now: it goes first next time.
 pub fn push_back_outgoing(to: u16, bytes: Vec<u8>) {
     if let Some(vm) = VM.get() {
-        vm.outbox.lock().push_front((to, bytes));
+        *vm.retry.lock() = Some((to, bytes));
     }
 }
 
