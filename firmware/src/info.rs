@@ -125,6 +125,7 @@ mod tests {
         assert!(info.to_string().contains("build unstamped"));
         info.build_id[0] = 0xab;
         info.build_id[7] = 0x01;
-        assert!(info.to_string().contains("build ab00000000000001 protocol 1"), "{info}");
+        let want = format!("build ab00000000000001 protocol {PROTOCOL_VERSION}");
+        assert!(info.to_string().contains(&want), "{info}");
     }
 }

@@ -419,6 +419,12 @@ pub(crate) struct FakeVirtioNet {
     pub(crate) suppress_notify: Cell<bool>,
     /// Hostile: the `queue_notify_off` every queue reports instead of its index.
     pub(crate) notify_off: Cell<Option<u16>>,
+    /// Hostile: each RX notify gets the next available buffer back at once, too short to
+    /// hold a frame.
+    pub(crate) rx_garbage: Cell<bool>,
+    /// Buffers returned so; past a bound the fake fails the test instead of letting a driver
+    /// that never stops receiving hang it.
+    garbage_sent: Cell<u32>,
 }
 
 pub(crate) const VIRTIO_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xAB, 0xCD, 0xEF];
@@ -447,6 +453,8 @@ impl FakeVirtioNet {
             tx_running: Cell::new(true),
             suppress_notify: Cell::new(false),
             notify_off: Cell::new(None),
+            rx_garbage: Cell::new(false),
+            garbage_sent: Cell::new(0),
         }
     }
 
@@ -544,6 +552,28 @@ impl FakeVirtioNet {
         if q == 1 {
             self.run_tx();
         }
+        if q == 0 && self.rx_garbage.get() {
+            self.return_rx_garbage();
+        }
+    }
+
+    /// Returns the next available RX buffer with length 0.
+    pub(crate) fn return_rx_garbage(&self) {
+        let sent = self.garbage_sent.get() + 1;
+        self.garbage_sent.set(sent);
+        assert!(sent < 10_000, "the driver kept receiving from a device returning garbage");
+        let mut qs = self.queues.borrow_mut();
+        let q = &mut qs[0];
+        if q.last_avail == self.mem.u16(q.driver + 2) {
+            return;
+        }
+        let id = self.mem.u16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
+        q.last_avail = q.last_avail.wrapping_add(1);
+        let e = q.device + 4 + 8 * u64::from(q.used_idx % q.size);
+        self.mem.write(e, &u32::from(id).to_le_bytes());
+        self.mem.write(e + 4, &0u32.to_le_bytes());
+        q.used_idx = q.used_idx.wrapping_add(1);
+        self.mem.write(q.device + 2, &q.used_idx.to_le_bytes());
     }
 
     /// Completes every available TX chain: the frame (after the 12-byte header) goes on the

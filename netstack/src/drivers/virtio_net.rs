@@ -498,11 +498,14 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
                 return Some(frame_len);
             }
         }
+        // As in the e1000 driver: a ring's worth of completions without one good frame.
+        self.stats.device_faults += 1;
         None
     }
 
     fn stats(&mut self) -> DeviceStats {
-        DeviceStats { device_faults: self.rx.faults + self.tx.faults, ..self.stats }
+        let device_faults = self.stats.device_faults + self.rx.faults + self.tx.faults;
+        DeviceStats { device_faults, ..self.stats }
     }
 }
 

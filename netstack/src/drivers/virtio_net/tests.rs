@@ -252,3 +252,17 @@ fn a_used_index_jump_replays_no_stale_frame_and_takes_the_device_out_of_service(
     assert!(!nic.link_up(), "a broken queue reads as link down");
     assert_eq!(fake.status() & 128, 128, "the driver told the device it gave up");
 }
+
+#[test]
+fn a_device_returning_garbage_as_fast_as_buffers_are_recycled_costs_one_ring_per_poll() {
+    let fake = FakeVirtioNet::new().rc();
+    let mut nic = driver(&fake, small()).unwrap();
+    fake.rx_garbage.set(true);
+    fake.return_rx_garbage();
+    let mut buf = [0u8; 2048];
+    assert_eq!(nic.receive(&mut buf), None);
+    let s = nic.stats();
+    assert_eq!((s.rx_packets, s.rx_errors, s.device_faults), (0, 8, 1));
+    assert_eq!(nic.receive(&mut buf), None);
+    assert_eq!(nic.stats().device_faults, 2);
+}
