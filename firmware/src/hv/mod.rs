@@ -11,6 +11,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
 pub mod ept;
+pub mod faultstats;
 pub mod hypercall;
 pub mod loader;
 pub mod msr;

@@ -203,7 +203,8 @@ impl Vm {
             GuestMsg::Coherence(bytes) => {
                 let mut here = self.here();
                 let from = NodeId(from.min(255) as u8);
-                if self.coherent.lock().message(&mut here, from, bytes).is_err() {
+                let now = time::uptime_us();
+                if self.coherent.lock().message(&mut here, from, bytes, now).is_err() {
                     self.bad_messages.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -308,8 +309,14 @@ impl Machine for Vm {
             return Fault::Deny("EPT violation outside guest memory (denied)");
         }
         let mut here = self.here();
-        let served =
-            self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16));
+        let now = time::uptime_us();
+        let served = self.coherent.lock().fault(
+            &mut here,
+            Gfn(gpa / 4096),
+            write,
+            VcpuId(vcpu as u16),
+            now,
+        );
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
         match served {
@@ -529,6 +536,62 @@ pub fn print_vcpus() {
         }
         kprintln!("{line}");
     }
+}
+
+/// The `stats` shell command: this node's remote-fault profile; `reset` clears it.
+pub fn print_stats(reset: bool) {
+    let Some(vm) = VM.get() else {
+        kprintln!("no guest: {}", status());
+        return;
+    };
+    let mut co = vm.coherent.lock();
+    if reset {
+        co.reset_fault_stats();
+        kprintln!("stats: cleared");
+        return;
+    }
+    let c = *co.counters();
+    let s = co.fault_stats().clone();
+    drop(co);
+    kprintln!(
+        "stats: node {} of {}: {} remote faults (read miss {}, write miss {}, upgrade {}, 3-hop {}); {} local hits",
+        vm.me,
+        vm.shape.nodes(),
+        s.remote_faults(),
+        s.read_miss,
+        s.write_miss,
+        s.upgrade,
+        s.three_hop,
+        c.local_hits
+    );
+    kprintln!(
+        "stats: coherence messages sent {} received {}, pages sent {} received {}, invalidations sent {} received {}",
+        s.messages_out,
+        s.messages_in,
+        s.pages_out,
+        s.pages_in,
+        c.invalidations,
+        s.invalidations_in
+    );
+    let mut hist = alloc::string::String::from("stats: remote-fault latency (µs):");
+    for (i, n) in s.latency.iter().enumerate().filter(|(_, n)| **n != 0) {
+        hist += &alloc::format!(" {}-{} {n};", 1u64 << i, (1u64 << (i + 1)) - 1);
+    }
+    match s.median_us() {
+        Some(m) => hist += &alloc::format!(" median in {m}-{} µs", 2 * m - 1),
+        None => hist += " none served yet",
+    }
+    kprintln!("{hist}");
+    let mut hot = alloc::string::String::from("stats: hottest pages:");
+    for (gfn, n) in s.hottest(10) {
+        hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);
+    }
+    kprintln!("{hot}");
+    kprintln!(
+        "stats: guest RAM {} MiB, all of it held on this node (no eviction yet), {} MiB homed here",
+        vm.mem.ram >> 20,
+        vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20)
+    );
 }
 
 /// Time for the coherence engine (holds, stall reports), from the node loop.
