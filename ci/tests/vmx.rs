@@ -51,9 +51,15 @@ impl GuestImage {
         let bytes = std::fs::read(elf).expect("reading gestalt.elf");
         let module = payload(name);
         let mname = format!("payload-{name}");
+        // The guest gets the node's whole pool unless capped: 64 MiB keeps the tests quick.
+        let cmdline = if cmdline.contains("mem=") {
+            cmdline.to_string()
+        } else {
+            format!("{cmdline} mem=64M")
+        };
         gestalt_image::iso::make_iso(
             &bytes,
-            cmdline,
+            &cmdline,
             &[(module.as_path(), mname.as_str())],
             &dir.join("gestalt.iso"),
         )
@@ -103,7 +109,7 @@ fn smp_payload_passes_on_one_vcpu() -> Result<(), HarnessError> {
     assert!(text.contains("guest: smp: PASS interrupt held while IF=0"), "{text}");
     assert!(text.contains("guest: smp: PASS XSETBV loaded XCR0"), "{text}");
     assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
-    assert!(text.contains("vcpu 0 cpu 0 stopped rip "), "{text}");
+    assert!(text.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{text}");
     for m in ["hypercall round trip", "cpuid round trip", "VM exits in"] {
         if let Some(l) = numbers_after(&text, m) {
             eprintln!("{l}");
@@ -121,7 +127,7 @@ fn smp_payload_starts_its_second_vcpu_with_init_sipi_and_passes_on_two_cores(
     assert!(text.contains("guest: smp: PASS atomic counter 40000 = 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS memory sweep on 2 vCPUs"), "{text}");
     assert!(text.contains("guest: smp: PASS fixed IPIs delivered to 1 halted vCPUs"), "{text}");
-    assert!(text.contains("vcpu 1 cpu 1 stopped rip "), "{text}");
+    assert!(text.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{text}");
     Ok(())
 }
 
@@ -156,7 +162,7 @@ fn triple_fault_is_diagnosed_with_a_register_dump_and_never_hangs() -> Result<()
 #[test]
 fn triple_fault_on_a_two_core_node_stops_both_vcpus() -> Result<(), HarnessError> {
     let text = triple_payload(2)?;
-    assert!(text.contains("vcpu 1 cpu 1 stopped"), "{text}");
+    assert!(text.contains("vcpu 1 node 0 cpu 1 stopped"), "{text}");
     Ok(())
 }
 
@@ -179,8 +185,8 @@ fn vcpu_command_shows_each_vcpu_with_its_exits_while_the_shell_keeps_working(
     let answer = node.command("vcpu", ANSWER)?;
     assert!(answer.contains("VMX root operation on 2 cores"), "{answer}");
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
-    assert!(answer.contains("vcpu 0 cpu 0 stopped rip "), "{answer}");
-    assert!(answer.contains("vcpu 1 cpu 1 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{answer}");
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
     // Every page came through the coherence engine, as local hits on a one-node cluster.
     let mem = answer.lines().find(|l| l.contains("memory: coherence engine")).unwrap_or("");
@@ -268,5 +274,92 @@ fn hypercall_exit_rate_is_measured_in_emulated_and_wall_time() -> Result<(), Har
         wall.as_secs_f64(),
         100_000.0 / wall.as_secs_f64()
     );
+    Ok(())
+}
+
+/// Two Bochs nodes (2 CPUs each: a service core and a vCPU) through our switch on 127.0.0.1.
+type SpanCluster = (gestalt_ci::Switch, Node, Node, Vec<GuestImage>);
+
+fn span_cluster(tag: &str, extra: &str) -> Result<SpanCluster, HarnessError> {
+    let mut sw = gestalt_ci::Switch::new(31)?;
+    let mut nodes = Vec::new();
+    let mut images = Vec::new();
+    for (i, role) in ["nodes=2 primary test=vmx", "nodes=2"].iter().enumerate() {
+        let img = GuestImage::new(&format!("{tag}{i}"), "span", &format!("{role} mem=32M {extra}"));
+        let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
+        let spec =
+            bochs(&format!("{tag}{i}"), 2).nic(port, [0x52, 0x54, 0x00, 0x53, 0x50, i as u8]);
+        nodes.push(Node::start(&spec, &img.artifacts())?);
+        images.push(img);
+    }
+    let n1 = nodes.pop().expect("two nodes");
+    let n0 = nodes.pop().expect("two nodes");
+    Ok((sw, n0, n1, images))
+}
+
+#[test]
+fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
+) -> Result<(), HarnessError> {
+    // Bound in this order, dropped in reverse: the nodes stop before the switch does.
+    let (_sw, mut n0, mut n1, _images) = span_cluster("span", "")?;
+    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN);
+    let text = n0.console().text();
+    let text1 = n1.console().text();
+    let verdict = verdict.map_err(|e| {
+        eprintln!("node 0:\n{text}\nnode 1:\n{text1}");
+        e
+    })?;
+    assert!(verdict.contains("PASS"), "{verdict}\nnode 0:\n{text}\nnode 1:\n{text1}");
+    assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
+    // A line the vCPU on node 1 wrote appears on node 0's console.
+    assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
+    assert!(
+        text.contains("guest: span: PASS atomic counter 600 = 2 vCPUs x 300 on 2 nodes"),
+        "{text}"
+    );
+    assert!(text.contains("guest: span: PASS integrity"), "{text}");
+    assert!(text.contains("guest: span: PASS fixed and broadcast IPIs"), "{text}");
+    assert!(text1.contains("hv: node 1 runs vCPUs 1..2 of 2"), "{text1}");
+    for l in text.lines().chain(text1.lines()) {
+        if l.contains("guest: span:")
+            || l.contains("memory: coherence")
+            || l.contains("VM exits in")
+        {
+            eprintln!("{l}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_spanning_guest_passes_with_five_percent_loss_and_duplication_in_the_switch(
+) -> Result<(), HarnessError> {
+    let (sw, mut n0, n1, _images) = span_cluster("lossy", "")?;
+    sw.set_loss(0.05);
+    sw.set_duplication(0.05);
+    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN)?;
+    let text = n0.console().text();
+    assert!(
+        verdict.contains("PASS"),
+        "{verdict}\nnode 0:\n{text}\nnode 1:\n{}",
+        n1.console().text()
+    );
+    assert!(text.contains("guest: span: PASS atomic counter 600"), "{text}");
+    assert!(text.contains("guest: span: PASS integrity"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn killing_a_node_stops_the_spanning_guest_on_the_other_with_a_report_naming_it(
+) -> Result<(), HarnessError> {
+    let (_sw, mut n0, n1, _images) = span_cluster("kill", "")?;
+    n0.wait_for("guest: span: vcpu 1 up on node 1", BOCHS_BOOT + GUEST_RUN)?;
+    drop(n1); // SIGKILL, as a node that loses power
+    let line = n0.wait_for("stopped answering: the guest is stopped", Duration::from_secs(60))?;
+    assert!(line.contains("hv: node 1 stopped answering"), "{line}");
+    n0.wait_for(
+        "hv: guest stopped: a node of the guest stopped answering",
+        Duration::from_secs(10),
+    )?;
     Ok(())
 }

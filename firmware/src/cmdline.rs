@@ -52,6 +52,8 @@ pub struct Config {
     pub guest: bool,
     /// Jumbo frames (`mtu=9000`) where the NIC has them: one 4 KiB page per datagram.
     pub jumbo: bool,
+    /// Most guest RAM this node contributes (`mem=`, bytes), if capped.
+    pub mem: Option<u64>,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             port: DEFAULT_PORT,
             guest: true,
             jumbo: false,
+            mem: None,
         }
     }
 }
@@ -94,7 +97,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -199,9 +202,29 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                 _ => return Err(bad("guest", v, "on or off")),
             };
         }
+        "mem" => {
+            let v = need("mem")?;
+            cfg.mem = Some(
+                parse_size(v)
+                    .filter(|b| *b >= 2 << 20)
+                    .ok_or_else(|| bad("mem", v, "a size of at least 2M, like 64M or 4G"))?,
+            );
+        }
         other => return Err(CmdlineError::UnknownKey(other.to_string())),
     }
     Ok(())
+}
+
+/// `64M`, `4G`, `512K` or plain bytes.
+fn parse_size(v: &str) -> Option<u64> {
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        b'T' | b't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 fn parse_ip(v: &str) -> Option<IpMode> {
@@ -260,6 +283,18 @@ mod tests {
         assert_eq!(cfg.test, Some("vmx-fault"));
         assert!(Config::default().guest);
         assert_eq!(parse("x guest=maybe").1.len(), 1);
+    }
+
+    #[test]
+    fn mem_caps_the_contribution_with_a_size_and_refuses_nonsense() {
+        assert_eq!(parse("mem=64M").0.mem, Some(64 << 20));
+        assert_eq!(parse("mem=2g").0.mem, Some(2 << 30));
+        assert_eq!(parse("mem=4194304").0.mem, Some(4 << 20));
+        for bad in ["mem=1M", "mem=", "mem=lots", "mem=99999999999T", "mem=M"] {
+            let (cfg, errs) = parse(bad);
+            assert_eq!(cfg.mem, None, "{bad}");
+            assert_eq!(errs.len(), 1, "{bad}");
+        }
     }
 
     #[test]

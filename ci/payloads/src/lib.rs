@@ -335,6 +335,12 @@ pub fn ap_arrived(id: u64) {
 /// Starts vCPUs 1..n one by one with INIT-SIPI(-SIPI) through x2APIC ICR writes; each runs
 /// `entry(id)`. Returns how many arrived.
 pub fn start_aps(n: u32, entry: extern "C" fn(u64) -> !) -> u32 {
+    start_aps_within(n, entry, 100_000)
+}
+
+/// [`start_aps`], waiting up to `wait_us` for each AP after each SIPI (an AP on another node
+/// fetches its first pages across the network).
+pub fn start_aps_within(n: u32, entry: extern "C" fn(u64) -> !, wait_us: u64) -> u32 {
     let slot = |s: &u8| 0x8000 + (s as *const u8 as u64) - (&raw const ap_trampoline_start as u64);
     // SAFETY: 0x8000.. is free guest RAM (below our image); the trampoline is position-
     // dependent on exactly that address; slots are written before each SIPI.
@@ -364,7 +370,7 @@ pub fn start_aps(n: u32, entry: extern "C" fn(u64) -> !) -> u32 {
         let mut ok = false;
         for _ in 0..2 {
             send_ipi(id, 0x4608);
-            for _ in 0..1000 {
+            for _ in 0..wait_us / 100 {
                 if ARRIVED.load(Ordering::SeqCst) == u64::from(id) {
                     ok = true;
                     break;

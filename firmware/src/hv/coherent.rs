@@ -10,9 +10,11 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use gestalt_coherence::{
-    Access, Action, Config, Counters, DecodeError, Engine, Event, Gfn, Message, NodeId, PageStore,
-    ProtocolError, Rights, VcpuId,
+    Access, Action, CacheState, Config, Counters, DecodeError, Engine, Event, Gfn, Message,
+    NodeId, PageStore, ProtocolError, Rights, VcpuId,
 };
+
+use super::faultstats::{FaultStats, Kind};
 
 /// What the glue needs of this node: its frames (the engine's [`PageStore`]), its nested page
 /// tables and its vCPUs.
@@ -57,7 +59,9 @@ pub struct Coherent {
     actions: Vec<Action>,
     outbox: VecDeque<(NodeId, Vec<u8>)>,
     stats: GlueStats,
+    faults: FaultStats,
     last_error: Option<ProtocolError>,
+    now: u64,
 }
 
 impl Coherent {
@@ -68,8 +72,20 @@ impl Coherent {
             actions: Vec::new(),
             outbox: VecDeque::new(),
             stats: GlueStats::default(),
+            faults: FaultStats::default(),
             last_error: None,
+            now: 0,
         }
+    }
+
+    /// The remote-fault profile (`stats`).
+    pub fn fault_stats(&self) -> &FaultStats {
+        &self.faults
+    }
+
+    /// Clears the remote-fault profile (`stats reset`).
+    pub fn reset_fault_stats(&mut self) {
+        self.faults = FaultStats::default();
     }
 
     /// The engine's counters (faults, messages, pages, invalidations …).
@@ -87,16 +103,28 @@ impl Coherent {
         self.last_error.clone()
     }
 
-    /// A nested page fault of `vcpu` on `gfn`.
+    /// A nested page fault of `vcpu` on `gfn` at `now` (µs).
     pub fn fault<L: LocalNode>(
         &mut self,
         node: &mut L,
         gfn: Gfn,
         write: bool,
         vcpu: VcpuId,
+        now: u64,
     ) -> Served {
+        self.now = now;
         let access = if write { Access::Write } else { Access::Read };
-        self.run(node, Event::LocalFault { gfn, access, vcpu }, Some(vcpu))
+        let before = self.engine.cache_state(gfn);
+        let served = self.run(node, Event::LocalFault { gfn, access, vcpu }, Some(vcpu));
+        if served == Served::Later {
+            let kind = match (before, write) {
+                (CacheState::Shared, true) => Kind::Upgrade,
+                (_, true) => Kind::WriteMiss,
+                (_, false) => Kind::ReadMiss,
+            };
+            self.faults.began(vcpu, gfn, kind, now);
+        }
+        served
     }
 
     /// A coherence message from node `from`, as it came off the transport. Bytes that do not
@@ -106,8 +134,22 @@ impl Coherent {
         node: &mut L,
         from: NodeId,
         bytes: &[u8],
+        now: u64,
     ) -> Result<(), DecodeError> {
         let msg = Message::decode(bytes)?;
+        self.now = now;
+        self.faults.messages_in += 1;
+        match &msg {
+            Message::DataShared { .. } | Message::DataExclusive { .. } => {
+                self.faults.pages_in += 1;
+                if self.engine.config().home(msg.gfn()) != from {
+                    self.faults.three_hop += 1;
+                }
+            }
+            Message::WriteBack { .. } => self.faults.pages_in += 1,
+            Message::Inv { .. } => self.faults.invalidations_in += 1,
+            _ => {}
+        }
         self.run(node, Event::Message { from, msg }, None);
         Ok(())
     }
@@ -163,6 +205,7 @@ impl Coherent {
                                 served = Served::Now;
                             }
                         } else {
+                            self.faults.served(v, self.now);
                             node.resume(v);
                         }
                     }
@@ -189,6 +232,10 @@ impl Coherent {
     }
 
     fn queue(&mut self, to: NodeId, msg: &Message) {
+        self.faults.messages_out += 1;
+        if msg.page().is_some() {
+            self.faults.pages_out += 1;
+        }
         let mut bytes = Vec::with_capacity(msg.encoded_len());
         msg.encode(&mut bytes);
         self.outbox.push_back((to, bytes));

@@ -10,7 +10,7 @@ use super::cpuid::{self, Regs4, Topology};
 use super::hypercall;
 use super::msr::MsrFile;
 use super::stats::{State, VcpuStats};
-use super::vlapic::{self, Dest, Effect, IpiKind};
+use super::vlapic::{self, Dest, Effect, IpiKind, Shared};
 use super::{Breakage, Exit, IoDir, Regs, Snapshot, Vcpu};
 
 /// How the guest ended.
@@ -38,10 +38,14 @@ pub enum Fault {
 pub trait Machine {
     /// vCPUs of the guest.
     fn vcpus(&self) -> u32;
-    /// The APIC state other vCPUs write (`vcpu < vcpus()`).
+    /// The APIC state other vCPUs write, of `vcpu`, a vCPU of this node.
     fn shared(&self, vcpu: usize) -> &vlapic::Shared;
-    /// The counters of `vcpu` (`vcpu < vcpus()`).
+    /// The counters of `vcpu`, a vCPU of this node.
     fn stats(&self, vcpu: usize) -> &VcpuStats;
+    /// Delivers an IPI from `from` to vCPU `to` (any vCPU of the guest, on any node).
+    fn ipi(&self, from: usize, to: usize, kind: IpiKind);
+    /// This node's id in the cluster (0 alone).
+    fn node(&self) -> u16;
     /// The guest has ended (on any vCPU).
     fn stopped(&self) -> bool;
     /// Ends the guest with `verdict` (the first verdict wins), found by `vcpu`.
@@ -333,6 +337,7 @@ impl<V: Vcpu> Runner<V> {
             hypercall::TSC_HZ => m.tsc_hz(),
             hypercall::NOP => 0,
             hypercall::FAULTS => m.faults(),
+            hypercall::NODE => u64::from(m.node()),
             // Test hooks exist only under `test=`: a production guest must not reshape the
             // EPT or break its own vCPU.
             hypercall::PROTECT if m.test_hooks() => {
@@ -415,18 +420,18 @@ impl<V: Vcpu> Runner<V> {
     }
 
     fn ipi<M: Machine>(&mut self, m: &M, dest: Dest, kind: IpiKind) {
-        let me = self.id;
-        for t in targets(dest, me, m.vcpus() as usize) {
-            let sh = m.shared(t);
-            match kind {
-                IpiKind::Fixed(v) => sh.raise(v),
-                IpiKind::Init => sh.post_init(),
-                IpiKind::Startup(v) => sh.post_sipi(v),
-            }
-            if t != me {
-                m.kick(t);
-            }
+        for t in targets(dest, self.id, m.vcpus() as usize) {
+            m.ipi(self.id, t, kind);
         }
+    }
+}
+
+/// Carries out an IPI on the target's own APIC state (a vCPU of this node), and wakes it.
+pub fn deliver_ipi(target: &Shared, kind: IpiKind) {
+    match kind {
+        IpiKind::Fixed(v) => target.raise(v),
+        IpiKind::Init => target.post_init(),
+        IpiKind::Startup(v) => target.post_sipi(v),
     }
 }
 

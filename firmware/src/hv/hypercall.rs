@@ -16,3 +16,5 @@ pub const FAULTS: u64 = 5;
 /// Test hook: RBX = 0 breaks the guest state, 1 a VM-execution control, so the next entry
 /// fails and the hypervisor's diagnosis of that can be checked.
 pub const BREAK: u64 = 6;
+/// RAX = the cluster node that runs the calling vCPU (0 on a single node).
+pub const NODE: u64 = 7;

@@ -18,6 +18,16 @@ use crate::paging::{MapError, MapStats};
 
 const MIB2: u64 = 2 << 20;
 
+/// Bytes of guest RAM `pool` can give: its whole 2 MiB chunks.
+pub fn capacity(pool: &[Region]) -> u64 {
+    pool.iter()
+        .map(|r| {
+            let start = r.start.next_multiple_of(MIB2);
+            r.end.saturating_sub(start) / MIB2 * MIB2
+        })
+        .sum()
+}
+
 /// EPT tables in frames from the reserve.
 type Reserve = IdentityTables<&'static Mutex<FrameAllocator>>;
 
@@ -170,6 +180,8 @@ pub struct Here<'a> {
     pub mem: &'a GuestMemory,
     /// The vCPUs.
     pub vcpus: &'a VcpuSet,
+    /// Global id of the first of them (the engine names vCPUs by global id).
+    pub base: usize,
 }
 
 impl PageStore for Here<'_> {
@@ -202,6 +214,8 @@ impl LocalNode for Here<'_> {
     }
 
     fn resume(&mut self, vcpu: VcpuId) {
-        self.vcpus.resume(usize::from(vcpu.0));
+        if let Some(local) = usize::from(vcpu.0).checked_sub(self.base) {
+            self.vcpus.resume(local);
+        }
     }
 }

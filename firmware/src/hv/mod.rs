@@ -5,11 +5,13 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod cluster;
 pub mod coherent;
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;
 pub mod ept;
+pub mod faultstats;
 pub mod hypercall;
 pub mod loader;
 pub mod msr;
@@ -20,6 +22,8 @@ pub mod vmx;
 
 #[cfg(target_os = "none")]
 pub mod memory;
+#[cfg(target_os = "none")]
+pub mod sched;
 #[cfg(target_os = "none")]
 pub mod vcpus;
 #[cfg(target_os = "none")]

@@ -1,71 +1,169 @@
-//! The guest machine on this node and its scheduling: the [`Vm`] (guest memory, devices,
-//! virtual APICs, counters) implementing the dispatch's [`Machine`], the Multiboot load, and
-//! one vCPU pinned per core — the BSP interleaves vCPU 0 with the shell, APs get theirs through
-//! a mailbox. The exit dispatch itself is generic and lives in `dispatch`.
+//! The guest on this node: the [`Vm`] (this node's share of the cluster guest: its vCPUs,
+//! all of guest RAM behind the coherence engine, the port devices) implementing the
+//! dispatch's [`Machine`], and the messages it exchanges with the other nodes' hypervisors —
+//! coherence traffic, IPIs to vCPUs elsewhere, guest console lines for the primary, and the
+//! guest's end. Scheduling and start-up live in `sched`.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
-use gestalt_coherence::{Config, Gfn, NodeId, VcpuId};
+use gestalt_coherence::{Gfn, NodeId, VcpuId};
 
+use super::cluster::{self, End, GuestMsg, Shape};
 use super::coherent::{Coherent, Served};
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect};
-use super::dispatch::{Fault, Machine, Runner, Start, Step, Verdict};
-use super::loader;
+use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
 use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
 use super::vcpus::VcpuSet;
-use super::vlapic;
-use super::vmx::hw::{self as vmx, VmxVcpu};
+use super::vlapic::{self, IpiKind};
+use super::vmx::hw as vmx;
 use super::vmx::root;
 use super::{Exit, IoDir, Regs, Snapshot};
-use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, power, smp, time};
+use crate::arch::{cpu::rdtsc, power, time};
 use crate::mem::frames::FrameAllocator;
-use crate::mem::regions::Region;
-use crate::mem::tables::alloc_zeroed;
 use crate::{error, info, kprintln};
 
-/// Most vCPUs (and CPUs) one node runs: the CPUs the MADT parse keeps.
-pub const MAX_VCPUS: usize = crate::acpi::MAX_CPUS;
-/// Guest RAM when the pool allows.
-const GUEST_RAM: u64 = 64 << 20;
-/// Guest time between returns to the node loop.
-const SLICE_US: u64 = 2000;
-/// How long `start` waits for every online AP to report for work.
-const AP_REGISTER_US: u64 = 2_000_000;
+pub use super::sched::{ap_poll, ap_register, bsp_slice, console_input, probe, start};
+pub use super::sched::{module_bytes, status, VmError};
 
-/// The guest machine of this node.
+/// Guest messages that arrive before this node's guest exists, held (in order) for it.
+const EARLY_LIMIT: usize = 4096;
+
+/// This node's part of the guest.
 pub struct Vm {
-    mem: GuestMemory,
-    vcpus: VcpuSet,
+    pub(super) me: u16,
+    pub(super) shape: Shape,
+    /// Global id of this node's first vCPU.
+    pub(super) base: usize,
+    pub(super) mem: GuestMemory,
+    pub(super) vcpus: VcpuSet,
     coherent: Mutex<Coherent>,
-    devices: Mutex<Devices>,
+    outbox: Mutex<VecDeque<(u16, Vec<u8>)>>,
+    /// A message the transport refused, sent again before anything else (order per peer).
+    retry: Mutex<Option<(u16, Vec<u8>)>>,
+    pub(super) devices: Mutex<Devices>,
     stopped: AtomicBool,
     verdict: Mutex<Option<Verdict>>,
     start_tsc: AtomicU64,
-    entry: u32,
-    msr_bitmap: u64,
-    frames: &'static Mutex<FrameAllocator>,
+    bad_messages: AtomicU64,
+    pub(super) entry: u32,
+    pub(super) msr_bitmap: u64,
+    pub(super) frames: &'static Mutex<FrameAllocator>,
     test: Option<&'static str>,
 }
 
-static VM: Once<Vm> = Once::new();
-static STATUS: Once<&'static str> = Once::new();
-static FOCUS: AtomicBool = AtomicBool::new(false);
-static BSP_RUNNER: Mutex<Option<Runner<VmxVcpu>>> = Mutex::new(None);
-/// APs ready for a vCPU: (CPU index, APIC id).
-static AP_CPUS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
-static MAILBOX: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
-
-/// Why no guest runs.
-pub fn status() -> &'static str {
-    STATUS.get().copied().unwrap_or("no guest started")
-}
+pub(super) static VM: Once<Vm> = Once::new();
+static EARLY: Mutex<VecDeque<(u16, Vec<u8>)>> = Mutex::new(VecDeque::new());
 
 impl Vm {
+    /// A guest shaped by `shape`, of which this node (`me`) runs its share.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        me: u16,
+        shape: Shape,
+        mem: GuestMemory,
+        coherent: Coherent,
+        entry: u32,
+        msr_bitmap: u64,
+        frames: &'static Mutex<FrameAllocator>,
+        test: Option<&'static str>,
+    ) -> Vm {
+        let share = shape.share(me).copied().unwrap_or(shape.shares[0]);
+        Vm {
+            me,
+            base: share.vcpu_base as usize,
+            vcpus: VcpuSet::new(share.vcpus as usize),
+            shape,
+            mem,
+            coherent: Mutex::new(coherent),
+            outbox: Mutex::new(VecDeque::new()),
+            retry: Mutex::new(None),
+            devices: Mutex::new(Devices::default()),
+            stopped: AtomicBool::new(false),
+            verdict: Mutex::new(None),
+            start_tsc: AtomicU64::new(rdtsc()),
+            bad_messages: AtomicU64::new(0),
+            entry,
+            msr_bitmap,
+            frames,
+            test,
+        }
+    }
+
+    /// This node runs the guest's devices and console.
+    pub fn primary(&self) -> bool {
+        self.me == 0
+    }
+
+    /// The local slot of global vCPU `v`, if this node runs it.
+    pub(super) fn local(&self, v: usize) -> Option<usize> {
+        v.checked_sub(self.base).filter(|l| *l < self.vcpus.len())
+    }
+
+    fn post(&self, to: u16, msg: &GuestMsg<'_>) {
+        self.outbox.lock().push_back((to, msg.encode()));
+    }
+
+    fn post_all(&self, msg: &GuestMsg<'_>) {
+        let bytes = msg.encode();
+        let mut out = self.outbox.lock();
+        for s in self.shape.shares.iter().filter(|s| s.node != self.me) {
+            out.push_back((s.node, bytes.clone()));
+        }
+    }
+
+    fn here(&self) -> Here<'_> {
+        Here { mem: &self.mem, vcpus: &self.vcpus, base: self.base }
+    }
+
+    /// Ends the guest here; `tell` sends the end to the other nodes.
+    fn end(&self, vcpu: usize, v: Verdict, tell: bool) {
+        {
+            let mut g = self.verdict.lock();
+            if g.is_some() {
+                return;
+            }
+            *g = Some(v);
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(s) = self.local(vcpu).and_then(|l| self.vcpus.stats.get(l)) {
+            s.set_state(State::Stopped);
+        }
+        self.vcpus.kick_others(usize::MAX);
+        if let Some(line) = self.devices.lock().uart.take_partial() {
+            self.line(vcpu, &line);
+        }
+        if tell && self.shape.nodes() > 1 {
+            let end = match v {
+                Verdict::Exit(code) => End::Exit(code),
+                Verdict::Fatal(why) => End::Fatal(why.as_bytes()),
+            };
+            self.post_all(&GuestMsg::Stop { vcpu: vcpu as u32, end });
+        }
+        match v {
+            Verdict::Exit(code) => info!("hv: guest exited with code {code:#x}"),
+            Verdict::Fatal(what) => error!("hv: guest stopped: {what}"),
+        }
+        self.print_summary();
+        if let (Some(t), true) = (self.test, self.primary()) {
+            self.test_verdict(t, v);
+        }
+    }
+
+    /// A finished guest UART line: on the primary's console, from any node.
+    fn line(&self, vcpu: usize, text: &[u8]) {
+        if self.primary() {
+            info!("guest: {}", core::str::from_utf8(text).unwrap_or("<binary>"));
+        } else {
+            self.post(0, &GuestMsg::Line { vcpu: vcpu as u32, text });
+        }
+    }
+
     fn print_summary(&self) {
         let ticks = rdtsc().wrapping_sub(self.start_tsc.load(Ordering::Relaxed));
         let exits: u64 = self.vcpus.stats.iter().map(VcpuStats::total).sum();
@@ -98,19 +196,74 @@ impl Vm {
         }
         power::exit_emulator(pass)
     }
+
+    /// A guest message from node `from`.
+    fn receive(&self, from: u16, msg: GuestMsg<'_>) {
+        match msg {
+            GuestMsg::Coherence(bytes) => {
+                let mut here = self.here();
+                let from = NodeId(from.min(255) as u8);
+                let now = time::uptime_us();
+                if self.coherent.lock().message(&mut here, from, bytes, now).is_err() {
+                    self.bad_messages.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            GuestMsg::Ipi { to, kind } => match self.local(to as usize) {
+                Some(l) => {
+                    deliver_ipi(&self.vcpus.shared[l], kind);
+                    self.vcpus.kick(l);
+                }
+                None => {
+                    self.bad_messages.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            GuestMsg::Line { vcpu, text } => self.line(vcpu as usize, text),
+            GuestMsg::Stop { vcpu, end } => {
+                let v = match end {
+                    End::Exit(code) => Verdict::Exit(code),
+                    End::Fatal(why) => {
+                        let why = core::str::from_utf8(why).unwrap_or("<binary>");
+                        error!("hv: node {from} stopped the guest (vcpu {vcpu}): {why}");
+                        Verdict::Fatal("stopped on another node")
+                    }
+                };
+                self.end(vcpu as usize, v, false);
+            }
+        }
+    }
 }
 
 impl Machine for Vm {
     fn vcpus(&self) -> u32 {
-        self.vcpus.len() as u32
+        self.shape.vcpus()
     }
 
     fn shared(&self, vcpu: usize) -> &vlapic::Shared {
-        &self.vcpus.shared[vcpu]
+        &self.vcpus.shared[vcpu - self.base]
     }
 
     fn stats(&self, vcpu: usize) -> &VcpuStats {
-        &self.vcpus.stats[vcpu]
+        &self.vcpus.stats[vcpu - self.base]
+    }
+
+    fn ipi(&self, from: usize, to: usize, kind: IpiKind) {
+        match self.local(to) {
+            Some(l) => {
+                deliver_ipi(&self.vcpus.shared[l], kind);
+                if to != from {
+                    self.vcpus.kick(l);
+                }
+            }
+            None => {
+                if let Some(node) = self.shape.node_of_vcpu(to as u32) {
+                    self.post(node, &GuestMsg::Ipi { to: to as u32, kind });
+                }
+            }
+        }
+    }
+
+    fn node(&self) -> u16 {
+        self.me
     }
 
     fn stopped(&self) -> bool {
@@ -118,33 +271,13 @@ impl Machine for Vm {
     }
 
     fn stop(&self, me: usize, v: Verdict) {
-        {
-            let mut g = self.verdict.lock();
-            if g.is_some() {
-                return;
-            }
-            *g = Some(v);
-        }
-        self.stopped.store(true, Ordering::SeqCst);
-        if let Some(s) = self.vcpus.stats.get(me) {
-            s.set_state(State::Stopped);
-        }
-        self.vcpus.kick_others(me);
-        if let Some(line) = self.devices.lock().uart.take_partial() {
-            info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
-        }
-        match v {
-            Verdict::Exit(code) => info!("hv: guest exited with code {code:#x}"),
-            Verdict::Fatal(what) => error!("hv: guest stopped: {what}"),
-        }
-        self.print_summary();
-        if let Some(t) = self.test {
-            self.test_verdict(t, v);
-        }
+        self.end(me, v, true);
     }
 
     fn kick(&self, vcpu: usize) {
-        self.vcpus.kick(vcpu);
+        if let Some(l) = self.local(vcpu) {
+            self.vcpus.kick(l);
+        }
     }
 
     fn now(&self) -> u64 {
@@ -160,12 +293,12 @@ impl Machine for Vm {
     }
 
     fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
+        // Each node models the UART registers itself (so status polls cost no round trip);
+        // finished lines go to the primary's console, in the order the vCPU wrote them.
         let (v, effect) = self.devices.lock().access(port, size, dir, value);
         match effect {
             PortEffect::None => {}
-            PortEffect::Line(line) => {
-                info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
-            }
+            PortEffect::Line(line) => self.line(vcpu, &line),
             PortEffect::Exit(code) => self.stop(vcpu, Verdict::Exit(code)),
         }
         v
@@ -175,9 +308,15 @@ impl Machine for Vm {
         if gpa >= self.mem.ram {
             return Fault::Deny("EPT violation outside guest memory (denied)");
         }
-        let mut here = Here { mem: &self.mem, vcpus: &self.vcpus };
-        let served =
-            self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16));
+        let mut here = self.here();
+        let now = time::uptime_us();
+        let served = self.coherent.lock().fault(
+            &mut here,
+            Gfn(gpa / 4096),
+            write,
+            VcpuId(vcpu as u16),
+            now,
+        );
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
         match served {
@@ -191,19 +330,19 @@ impl Machine for Vm {
     }
 
     fn entering(&self, vcpu: usize) -> u64 {
-        self.vcpus.entering(vcpu)
+        self.vcpus.entering(vcpu - self.base)
     }
 
     fn flushed(&self, vcpu: usize, generation: u64) {
-        self.vcpus.flushed(vcpu, generation);
+        self.vcpus.flushed(vcpu - self.base, generation);
     }
 
     fn left(&self, vcpu: usize) {
-        self.vcpus.left(vcpu);
+        self.vcpus.left(vcpu - self.base);
     }
 
     fn take_resume(&self, vcpu: usize) -> bool {
-        self.vcpus.take_resume(vcpu)
+        self.vcpus.take_resume(vcpu - self.base)
     }
 
     fn faults(&self) -> u64 {
@@ -258,260 +397,70 @@ impl Machine for Vm {
     }
 }
 
-/// Why a guest could not be set up.
-#[derive(Debug)]
-pub enum VmError {
-    /// VMX missing or unusable.
-    Vmx(vmx::VmxError),
-    /// The guest module is not a loadable Multiboot kernel.
-    Load(loader::LoadError),
-    /// Not enough guest pool or reserve.
-    Memory(&'static str),
-}
-
-impl core::fmt::Display for VmError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VmError::Vmx(e) => write!(f, "{e}"),
-            VmError::Load(e) => write!(f, "guest module: {e}"),
-            VmError::Memory(w) => write!(f, "{w}"),
-        }
-    }
-}
-
-/// Boot-time check: prints one line saying whether this node can run guests.
-pub fn probe() -> bool {
-    let ok = root::probe().is_ok();
-    if !ok {
-        STATUS.call_once(|| "VMX unavailable on this CPU");
-    }
-    ok
-}
-
-/// Waits (bounded) until every AP that came online has reported for work, and names the ones
-/// that did not: a slow AP must not be left out silently.
-fn registered_aps() -> Vec<(usize, u32)> {
-    let want = (smp::ONLINE.load(Ordering::SeqCst) as usize).saturating_sub(1);
-    let deadline = time::uptime_us() + AP_REGISTER_US;
-    while AP_CPUS.lock().len() < want && time::uptime_us() < deadline {
-        core::hint::spin_loop();
-    }
-    let mut aps = AP_CPUS.lock().clone();
-    if aps.len() < want {
-        error!(
-            "hv: {} of {want} online APs did not report for work in {} s; the guest runs without them",
-            want - aps.len(),
-            AP_REGISTER_US / 1_000_000
-        );
-    }
-    aps.sort_unstable();
-    aps.truncate(MAX_VCPUS - 1);
-    aps
-}
-
-/// Builds the guest from the boot module (RAM from the pool, EPT, Multiboot load) and starts
-/// its vCPUs: vCPU 0 on this CPU (the BSP), the others on the APs. `cmdline` is the module's.
-pub fn start(
-    frames: &'static Mutex<FrameAllocator>,
-    pool: &[Region],
-    image: &[u8],
-    cmdline: &str,
-    test: Option<&'static str>,
-) -> Result<&'static Vm, VmError> {
-    vmx::detect().map_err(VmError::Vmx)?;
-    let kernel = loader::parse(image).map_err(VmError::Load)?;
-    let aps = registered_aps();
-    let vcpus = aps.len() + 1;
-
-    let mem = GuestMemory::new(frames, pool, GUEST_RAM, 8 << 20)
-        .map_err(|_| VmError::Memory("the guest pool is too small for the guest"))?;
-    if kernel.end() > mem.ram {
-        return Err(VmError::Memory("the guest pool is too small for the guest"));
-    }
-    let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
-    let ram = mem.ram;
-    // One node: every page is homed here and every fault a local hit, through the same engine
-    // a cluster uses.
-    let coherent = Coherent::new(NodeId(0), Config::ranges(1, mem.pages()));
-    let vm = VM.call_once(|| Vm {
-        mem,
-        vcpus: VcpuSet::new(vcpus),
-        coherent: Mutex::new(coherent),
-        devices: Mutex::new(Devices::default()),
-        stopped: AtomicBool::new(false),
-        verdict: Mutex::new(None),
-        start_tsc: AtomicU64::new(rdtsc()),
-        entry: kernel.entry,
-        msr_bitmap: bitmap,
-        frames,
-        test,
-    });
-
-    for s in &kernel.segments {
-        // The loader checked every segment against `kernel.end()`, which is below RAM.
-        vm.mem.write(s.gpa, &image[s.offset..s.offset + s.filesz]);
-    }
-    vm.mem.write(loader::MBI_GPA, &loader::boot_info(ram, cmdline));
-    info!(
-        "hv: guest '{}' loaded: entry {:#x}, {} MiB RAM ({} MiB mapped on demand), {} vCPUs",
-        cmdline,
-        kernel.entry,
-        ram >> 20,
-        ram >> 20,
-        vcpus
-    );
-
-    quiet_legacy_pic();
-    vm.vcpus.place(0, apic::id());
-    for (k, (_, apic_id)) in aps.iter().enumerate() {
-        vm.vcpus.place(k + 1, *apic_id);
-        vm.vcpus.stats[k + 1].set_state(State::WaitForSipi);
-    }
-    let start = Start::ProtectedMode {
-        eip: vm.entry,
-        rax: u64::from(loader::BOOT_MAGIC),
-        rbx: loader::MBI_GPA,
+/// The node loop hands over a message from node `from`; false when it is not a guest message
+/// (then it is the tools'). Guest messages that arrive before this node's guest exists are
+/// held in order for it.
+pub fn deliver(from: u16, bytes: &[u8]) -> bool {
+    let Some(msg) = cluster::decode(bytes) else {
+        return bytes.first() == Some(&cluster::TAG);
     };
-    let bsp = runner(vm, 0, 0, start)?;
-    *BSP_RUNNER.lock() = Some(bsp);
-    for (k, (index, apic_id)) in aps.iter().enumerate() {
-        MAILBOX[*index].store(k as u32 + 1, Ordering::SeqCst);
-        apic::send_ipi(*apic_id, WAKE_VECTOR);
-    }
-    STATUS.call_once(|| "guest running");
-    Ok(vm)
-}
-
-/// A VMX vCPU `id` on this core (CPU index `cpu`).
-fn runner(vm: &Vm, id: usize, cpu: usize, start: Start) -> Result<Runner<VmxVcpu>, VmError> {
-    root::vmxon_here().map_err(VmError::Vmx)?;
-    let p = vmx::detect().map_err(VmError::Vmx)?;
-    let vmcs =
-        alloc_zeroed(&mut vm.frames.lock(), 1, 4096).ok_or(VmError::Memory("reserve exhausted"))?;
-    let v = VmxVcpu::new(p, id as u32, vmcs, vm.mem.eptp(), vm.msr_bitmap).map_err(VmError::Vmx)?;
-    Ok(Runner::new(vm, v, id, cpu, start))
-}
-
-/// The BSP now takes interrupts (host IPIs exit the guest and are handled with IF set):
-/// move the 8259 PICs off the exception vectors (to 0x20-0x2F) and mask them, so a BIOS-left
-/// PIT tick is never mistaken for a double fault (8259A datasheet, ICW1-ICW4).
-fn quiet_legacy_pic() {
-    use x86_64::instructions::port::Port;
-    // SAFETY: 0x20/0x21 and 0xA0/0xA1 are the PC's two 8259s; the firmware uses the local APIC
-    // only, so remapping and masking them takes nothing away.
-    unsafe {
-        let (mut c1, mut d1) = (Port::<u8>::new(0x20), Port::<u8>::new(0x21));
-        let (mut c2, mut d2) = (Port::<u8>::new(0xA0), Port::<u8>::new(0xA1));
-        c1.write(0x11);
-        c2.write(0x11);
-        d1.write(0x20);
-        d2.write(0x28);
-        d1.write(4);
-        d2.write(2);
-        d1.write(1);
-        d2.write(1);
-        d1.write(0xff);
-        d2.write(0xff);
-    }
-}
-
-fn slice_ticks() -> u64 {
-    time::tsc_hz().max(1_000_000) / 1_000_000 * SLICE_US
-}
-
-/// Runs vCPU 0 on the BSP for one time slice (or not at all while it waits); the shell calls
-/// this between console polls.
-pub fn bsp_slice() {
-    let Some(vm) = VM.get() else { return };
-    let mut g = BSP_RUNNER.lock();
-    let Some(r) = g.as_mut() else { return };
-    // The slice is absolute: a guest exiting often (polling a port) still hands the CPU back.
-    let end = rdtsc() + slice_ticks();
-    loop {
-        match r.step(vm, end) {
-            Step::Continue if rdtsc() < end => {}
-            Step::Continue | Step::Yield | Step::Idle => return,
-            Step::Stopped => {
-                *g = None;
-                return;
+    match VM.get() {
+        Some(vm) => vm.receive(from, msg),
+        None => {
+            let mut early = EARLY.lock();
+            if early.len() < EARLY_LIMIT {
+                early.push_back((from, bytes.to_vec()));
+            } else {
+                error!(
+                    "hv: guest message from node {from} dropped: the guest is not started here yet"
+                );
             }
         }
     }
-}
-
-/// An AP reports for work (from its idle loop).
-pub fn ap_register(index: usize) {
-    // VMXON on every core as it comes up, when the boot CPU found VMX usable.
-    if vmx::platform().is_some() {
-        if let Err(e) = root::vmxon_here() {
-            error!("hv: cpu {index}: {e}");
-        }
-    }
-    if index < MAX_VCPUS {
-        AP_CPUS.lock().push((index, apic::id()));
-    } else {
-        error!("hv: cpu {index} is beyond the {MAX_VCPUS} vCPUs a node runs; it stays idle");
-    }
-}
-
-/// An AP runs the vCPU posted to it, if any, until that vCPU stops. Called with interrupts
-/// disabled.
-pub fn ap_poll(index: usize) {
-    let Some(slot) = MAILBOX.get(index) else { return };
-    let job = slot.swap(0, Ordering::SeqCst);
-    if job == 0 {
-        return;
-    }
-    let Some(vm) = VM.get() else { return };
-    let id = job as usize;
-    let mut r = match runner(vm, id, index, Start::WaitForSipi) {
-        Ok(r) => r,
-        Err(e) => {
-            error!("hv: vcpu {id} cannot start on cpu {index}: {e}");
-            return;
-        }
-    };
-    loop {
-        match r.step(vm, rdtsc() + slice_ticks()) {
-            Step::Continue | Step::Yield => {}
-            Step::Idle => {
-                // Sleep until a kick (IPI) unless a timer is due soon: then spin to it.
-                if r.apic.deadline().is_some() {
-                    core::hint::spin_loop();
-                } else if vm.vcpus.shared[id].highest().is_none()
-                    && !vm.vcpus.shared[id].startup_pending()
-                    && !vm.vcpus.resume_pending(id)
-                    && !vm.stopped()
-                {
-                    x86_64::instructions::interrupts::enable_and_hlt();
-                    x86_64::instructions::interrupts::disable();
-                }
-            }
-            Step::Stopped => return,
-        }
-    }
-}
-
-/// Console byte for the guest when it has the focus (Ctrl-] switches); true when consumed.
-pub fn console_input(b: u8) -> bool {
-    let Some(vm) = VM.get() else { return false };
-    if b == 0x1d {
-        let now = !FOCUS.fetch_xor(true, Ordering::SeqCst);
-        kprintln!(
-            "\r\nhv: console input goes to {} (Ctrl-] switches)",
-            if now { "the guest's UART" } else { "the shell" }
-        );
-        return true;
-    }
-    if !FOCUS.load(Ordering::SeqCst) {
-        return false;
-    }
-    let _ = vm.devices.lock().uart.push_input(b);
     true
 }
 
-/// The `vcpu` shell command: each vCPU's state, host CPU and exit counts by reason, and the
-/// ports the guest touched that no device answers.
+/// Hands the guest the messages that came before it existed.
+pub(super) fn deliver_early(vm: &Vm) {
+    let early = core::mem::take(&mut *EARLY.lock());
+    for (from, bytes) in early {
+        if let Some(msg) = cluster::decode(&bytes) {
+            vm.receive(from, msg);
+        }
+    }
+}
+
+/// The next guest message for the transport: (node, bytes).
+pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
+    let vm = VM.get()?;
+    if let Some(m) = vm.retry.lock().take() {
+        return Some(m);
+    }
+    if let Some((to, bytes)) = vm.coherent.lock().next_outgoing() {
+        return Some((u16::from(to.0), GuestMsg::Coherence(&bytes).encode()));
+    }
+    vm.outbox.lock().pop_front()
+}
+
+/// The transport could not take `bytes` for `to` now: it goes first next time.
+pub fn push_back_outgoing(to: u16, bytes: Vec<u8>) {
+    if let Some(vm) = VM.get() {
+        *vm.retry.lock() = Some((to, bytes));
+    }
+}
+
+/// The transport declared `node` down: a guest that spans it cannot go on.
+pub fn peer_lost(node: u16) {
+    let Some(vm) = VM.get() else { return };
+    if vm.stopped() || vm.shape.share(node).is_none() {
+        return;
+    }
+    error!("hv: node {node} stopped answering: the guest is stopped on every node");
+    vm.end(vm.base, Verdict::Fatal("a node of the guest stopped answering"), true);
+}
+
+/// The `vcpu` shell command: each vCPU's state, node, host CPU and exit counts by reason, the
+/// coherence engine's counters, and the ports the guest touched that no device answers.
 pub fn print_vcpus() {
     let Some(vm) = VM.get() else {
         kprintln!("no vCPUs: {}", status());
@@ -520,9 +469,10 @@ pub fn print_vcpus() {
     kprintln!("VMX root operation on {} cores", root::cores());
     let verdict = *vm.verdict.lock();
     kprintln!(
-        "guest: {} vCPUs, {} MiB RAM, {} nested page faults served, {}",
-        vm.vcpus.len(),
+        "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {}",
+        vm.shape.vcpus(),
         vm.mem.ram >> 20,
+        vm.shape.nodes(),
         vm.mem.faults(),
         match verdict {
             None => "running".into(),
@@ -534,7 +484,9 @@ pub fn print_vcpus() {
         let co = vm.coherent.lock();
         let (c, g) = (co.counters(), co.stats());
         kprintln!(
-            "memory: coherence engine, node 0 of 1: {} read and {} write faults ({} local hits, {} spurious, {} coalesced), {} messages and {} pages sent, {} flush barriers, {} protocol errors",
+            "memory: coherence engine, node {} of {}: {} read and {} write faults ({} local hits, {} spurious, {} coalesced), {} messages and {} pages sent, {} flush barriers, {} protocol errors, {} bad messages",
+            vm.me,
+            vm.shape.nodes(),
             c.read_faults,
             c.write_faults,
             c.local_hits,
@@ -543,12 +495,23 @@ pub fn print_vcpus() {
             c.sent,
             c.pages_sent,
             g.barriers,
-            g.protocol_errors
+            g.protocol_errors,
+            vm.bad_messages.load(Ordering::Relaxed)
         );
+    }
+    for s in &vm.shape.shares {
+        if s.node == vm.me {
+            continue;
+        }
+        for v in s.vcpu_base..s.vcpu_base + s.vcpus {
+            kprintln!("vcpu {v} node {}", s.node);
+        }
     }
     for (i, s) in vm.vcpus.stats.iter().enumerate() {
         let mut line = alloc::format!(
-            "vcpu {i} cpu {} {} rip {:#x} exits {}",
+            "vcpu {} node {} cpu {} {} rip {:#x} exits {}",
+            vm.base + i,
+            vm.me,
             s.cpu.load(Ordering::Relaxed),
             s.state().name(),
             s.rip.load(Ordering::Relaxed),
@@ -575,11 +538,66 @@ pub fn print_vcpus() {
     }
 }
 
-/// The identity-mapped bytes of a boot module.
-///
-/// # Safety
-/// `r` must be a module range the loader reported, below the identity-mapped limit.
-pub unsafe fn module_bytes(r: Region) -> &'static [u8] {
-    // SAFETY: guaranteed by the caller; modules are excluded from every allocator.
-    unsafe { core::slice::from_raw_parts(r.start as *const u8, r.len() as usize) }
+/// The `stats` shell command: this node's remote-fault profile; `reset` clears it.
+pub fn print_stats(reset: bool) {
+    let Some(vm) = VM.get() else {
+        kprintln!("no guest: {}", status());
+        return;
+    };
+    let mut co = vm.coherent.lock();
+    if reset {
+        co.reset_fault_stats();
+        kprintln!("stats: cleared");
+        return;
+    }
+    let c = *co.counters();
+    let s = co.fault_stats().clone();
+    drop(co);
+    kprintln!(
+        "stats: node {} of {}: {} remote faults (read miss {}, write miss {}, upgrade {}, 3-hop {}); {} local hits",
+        vm.me,
+        vm.shape.nodes(),
+        s.remote_faults(),
+        s.read_miss,
+        s.write_miss,
+        s.upgrade,
+        s.three_hop,
+        c.local_hits
+    );
+    kprintln!(
+        "stats: coherence messages sent {} received {}, pages sent {} received {}, invalidations sent {} received {}",
+        s.messages_out,
+        s.messages_in,
+        s.pages_out,
+        s.pages_in,
+        c.invalidations,
+        s.invalidations_in
+    );
+    let mut hist = alloc::string::String::from("stats: remote-fault latency (µs):");
+    for (i, n) in s.latency.iter().enumerate().filter(|(_, n)| **n != 0) {
+        hist += &alloc::format!(" {}-{} {n};", 1u64 << i, (1u64 << (i + 1)) - 1);
+    }
+    match s.median_us() {
+        Some(m) => hist += &alloc::format!(" median in {m}-{} µs", 2 * m - 1),
+        None => hist += " none served yet",
+    }
+    kprintln!("{hist}");
+    let mut hot = alloc::string::String::from("stats: hottest pages:");
+    for (gfn, n) in s.hottest(10) {
+        hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);
+    }
+    kprintln!("{hot}");
+    kprintln!(
+        "stats: guest RAM {} MiB, all of it held on this node (no eviction yet), {} MiB homed here",
+        vm.mem.ram >> 20,
+        vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20)
+    );
+}
+
+/// Time for the coherence engine (holds, stall reports), from the node loop.
+pub fn tick(now_us: u64) {
+    if let Some(vm) = VM.get() {
+        let mut here = vm.here();
+        vm.coherent.lock().timer(&mut here, now_us);
+    }
 }

@@ -452,15 +452,19 @@ impl NodeNet {
         t.poll(now);
         while let Some(e) = t.poll_event() {
             match e {
-                Event::PeerDown(id) => error!("net: node {id} stopped answering"),
+                Event::PeerDown(id) => {
+                    error!("net: node {id} stopped answering");
+                    crate::hv::vm::peer_lost(id);
+                }
                 Event::PeerUp(id) => info!("net: node {id} answers again"),
                 // Gestalt counts a member that rebooted inside a view as failed: its share of
                 // the cluster's state is gone. It is not readmitted (no `reset_peer`).
-                // HOOK: here and on PeerDown the guest is to be stopped cleanly (DESIGN §5);
-                // hv has no entry point for that yet, so for now the console says it.
-                Event::PeerRestarted(id) => error!(
-                    "net: node {id} restarted: a new boot answered for it; counted as a node failure (reboot the cluster to take it back)"
-                ),
+                Event::PeerRestarted(id) => {
+                    error!(
+                        "net: node {id} restarted: a new boot answered for it; counted as a node failure (reboot the cluster to take it back)"
+                    );
+                    crate::hv::vm::peer_lost(id);
+                }
             }
         }
         let mut inbox = Vec::new();
@@ -470,6 +474,7 @@ impl NodeNet {
         for (from, msg) in inbox {
             self.on_message(from, &msg);
         }
+        self.guest_step(now);
         self.mesh_step();
         self.flush(now);
     }
@@ -493,7 +498,23 @@ impl NodeNet {
         self.buf = buf;
     }
 
+    /// The guest's traffic: its messages go out in order until the transport pushes back
+    /// (the rest wait, nothing is dropped); the coherence engine gets the time.
+    fn guest_step(&mut self, now: u64) {
+        let Some(t) = &mut self.transport else { return };
+        while let Some((to, bytes)) = crate::hv::vm::next_outgoing() {
+            if t.send(to, &bytes).is_err() {
+                crate::hv::vm::push_back_outgoing(to, bytes);
+                break;
+            }
+        }
+        crate::hv::vm::tick(now);
+    }
+
     fn on_message(&mut self, from: NodeId, msg: &[u8]) {
+        if crate::hv::vm::deliver(from, msg) {
+            return;
+        }
         match AppMsg::decode(msg) {
             Some(AppMsg::Ping { .. }) => {
                 self.send(from, &pong_for(msg));

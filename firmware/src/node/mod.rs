@@ -215,12 +215,10 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
                 );
             }
             let cores = u16::try_from(total).unwrap_or(u16::MAX);
-            Some(crate::net::stack::NodeNet::new(
-                nic.dev,
-                &node.cfg,
-                cores,
-                regions::total(&node.pool),
-            ))
+            // What this node can hold of a guest: whole 2 MiB chunks of its pool, up to mem=.
+            let holds =
+                crate::hv::memory::capacity(&node.pool).min(node.cfg.mem.unwrap_or(u64::MAX));
+            Some(crate::net::stack::NodeNet::new(nic.dev, &node.cfg, cores, holds))
         }
         Err(e) => {
             warn!("net: {e}; this node runs alone");
@@ -228,32 +226,101 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
         }
     };
 
-    start_guest(node, vmx_ok);
-    if let Some(t) = node.cfg.test {
-        run_test(t);
+    let mut guest = guest_plan(node, vmx_ok);
+    if net.is_none() {
+        if let Some(g) = guest.take() {
+            let aps = crate::hv::sched::registered_aps();
+            let shape = crate::hv::sched::alone(
+                aps.len(),
+                crate::hv::memory::capacity(&node.pool),
+                node.cfg.mem,
+            );
+            start_guest(node, &g, shape, 0, &aps);
+        }
+    } else if guest.is_some() {
+        info!("hv: the guest starts once the view is committed");
     }
-    shell_loop(node, net)
+    if let Some(t) = node.cfg.test {
+        run_test(t, guest.is_some());
+    }
+    shell_loop(node, net, guest)
 }
 
-/// Starts the first boot module as the guest (docs/contracts.md §4 `guest=`).
-fn start_guest(node: &'static Node, vmx_ok: bool) {
-    let Some(m) = node.boot.modules.first() else { return };
+/// The guest this node will run its share of: the first boot module (docs/contracts.md §4
+/// `guest=`), which only the primary loads; the others serve their share without it.
+struct GuestPlan {
+    image: &'static [u8],
+    cmdline: &'static str,
+    test: Option<&'static str>,
+}
+
+fn guest_plan(node: &'static Node, vmx_ok: bool) -> Option<GuestPlan> {
+    let m = node.boot.modules.first();
     if !node.cfg.guest {
-        info!("hv: guest=off: module '{}' not started", m.cmdline);
-        return;
+        if let Some(m) = m {
+            info!("hv: guest=off: module '{}' not started", m.cmdline);
+        }
+        return None;
     }
     if !vmx_ok {
+        return None;
+    }
+    let test = node.cfg.test.filter(|t| t.starts_with("vmx"));
+    Some(match m {
+        Some(m) => GuestPlan {
+            // SAFETY: a module range the loader reported; excluded from every allocator,
+            // identity-mapped.
+            image: unsafe { crate::hv::vm::module_bytes(m.range) },
+            cmdline: m.cmdline.as_str(),
+            test,
+        },
+        None => GuestPlan { image: &[], cmdline: "", test },
+    })
+}
+
+fn start_guest(
+    node: &'static Node,
+    g: &GuestPlan,
+    shape: crate::hv::cluster::Shape,
+    me: u16,
+    aps: &[(usize, u32)],
+) {
+    if me == 0 && g.image.is_empty() {
+        error!("hv: no guest module on the primary: no guest runs");
         return;
     }
-    // SAFETY: a module range the loader reported; excluded from every allocator, identity-mapped.
-    let image = unsafe { crate::hv::vm::module_bytes(m.range) };
-    let test = node.cfg.test.filter(|t| t.starts_with("vmx"));
-    if let Err(e) = crate::hv::vm::start(&node.frames, &node.pool, image, &m.cmdline, test) {
+    let r =
+        crate::hv::vm::start(&node.frames, &node.pool, g.image, g.cmdline, g.test, shape, me, aps);
+    if let Err(e) = r {
         error!("hv: cannot start the guest: {e}");
     }
 }
 
-fn run_test(name: &str) {
+/// Once the view is committed, this node starts its share of the guest the view shapes.
+fn start_guest_in_view(
+    node: &'static Node,
+    g: &GuestPlan,
+    view: &gestalt_netstack::formation::View,
+) {
+    let members: Vec<crate::hv::cluster::Member> = view
+        .members
+        .iter()
+        .map(|m| crate::hv::cluster::Member {
+            node: m.id,
+            cores: u32::from(m.announce.cores),
+            pool: m.announce.memory_bytes,
+        })
+        .collect();
+    match crate::hv::cluster::Shape::new(&members, u64::MAX) {
+        Ok(shape) => {
+            let aps = crate::hv::sched::registered_aps();
+            start_guest(node, g, shape, view.me, &aps);
+        }
+        Err(e) => error!("hv: no guest for this view: {e}"),
+    }
+}
+
+fn run_test(name: &str, guest_waits_for_view: bool) {
     info!("test: {name} starting");
     match name {
         "boot" => {
@@ -273,7 +340,7 @@ fn run_test(name: &str) {
         "mesh" => {}
         "vmx" | "vmx-fault" => {
             // The guest decides: the hypervisor prints the verdict when it stops.
-            if crate::hv::vm::status() != "guest running" {
+            if !guest_waits_for_view && crate::hv::vm::status() != "guest running" {
                 error!("test: {name} FAIL {}", crate::hv::vm::status());
                 power::exit_emulator(false)
             }
@@ -298,7 +365,11 @@ pub fn ap_idle(index: usize) -> ! {
 
 const PROMPT: &[u8] = b"gestalt> ";
 
-fn shell_loop(node: &Node, mut net: Option<crate::net::stack::NodeNet>) -> ! {
+fn shell_loop(
+    node: &'static Node,
+    mut net: Option<crate::net::stack::NodeNet>,
+    mut guest: Option<GuestPlan>,
+) -> ! {
     info!("shell: ready");
     write_bytes(PROMPT);
     let mut ed = LineEditor::default();
@@ -306,6 +377,12 @@ fn shell_loop(node: &Node, mut net: Option<crate::net::stack::NodeNet>) -> ! {
         crate::hv::vm::bsp_slice();
         if let Some(n) = net.as_mut() {
             n.poll();
+            if let Some(view) = n.view().filter(|_| guest.is_some()) {
+                let view = view.clone();
+                if let Some(g) = guest.take() {
+                    start_guest_in_view(node, &g, &view);
+                }
+            }
         }
         let Some(b) = serial::try_read() else {
             core::hint::spin_loop();

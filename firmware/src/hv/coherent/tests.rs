@@ -63,7 +63,7 @@ fn deliver_all(nodes: &mut [(Coherent, FakeNode); 2]) -> usize {
         for from in 0..2 {
             while let Some((to, bytes)) = nodes[from].0.next_outgoing() {
                 let (c, node) = &mut nodes[usize::from(to.0)];
-                c.message(node, NodeId(from as u8), &bytes).unwrap();
+                c.message(node, NodeId(from as u8), &bytes, 0).unwrap();
                 n += 1;
                 moved = true;
             }
@@ -78,9 +78,9 @@ fn deliver_all(nodes: &mut [(Coherent, FakeNode); 2]) -> usize {
 fn a_one_node_cluster_serves_every_fault_locally_without_messages() {
     let mut c = Coherent::new(NodeId(0), Config::ranges(1, 16));
     let mut node = FakeNode::default();
-    assert_eq!(c.fault(&mut node, Gfn(3), false, VcpuId(0)), Served::Now);
+    assert_eq!(c.fault(&mut node, Gfn(3), false, VcpuId(0), 0), Served::Now);
     assert_eq!(node.rights[&3], Some(Rights::ReadExec));
-    assert_eq!(c.fault(&mut node, Gfn(3), true, VcpuId(1)), Served::Now);
+    assert_eq!(c.fault(&mut node, Gfn(3), true, VcpuId(1), 0), Served::Now);
     assert_eq!(node.rights[&3], Some(Rights::ReadWriteExec));
     assert!(c.next_outgoing().is_none());
     assert_eq!(c.counters().sent, 0);
@@ -91,7 +91,7 @@ fn a_remote_read_parks_the_vcpu_until_the_page_arrives_with_the_homes_contents()
     let mut n = pair();
     n[0].1.frames.insert(2, vec![0xAB; PAGE_SIZE]);
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5)), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 0), Served::Later);
     assert_eq!(node1.rights.get(&2), None, "nothing is mapped before the data is there");
     assert_eq!(deliver_all(&mut n), 2, "a read miss served by the home costs two messages");
     let node1 = &n[1].1;
@@ -108,11 +108,11 @@ fn a_remote_read_parks_the_vcpu_until_the_page_arrives_with_the_homes_contents()
 fn a_remote_write_takes_the_homes_right_away_behind_a_barrier_before_the_page_leaves() {
     let mut n = pair();
     let (c0, node0) = &mut n[0];
-    assert_eq!(c0.fault(node0, Gfn(1), true, VcpuId(0)), Served::Now);
+    assert_eq!(c0.fault(node0, Gfn(1), true, VcpuId(0), 0), Served::Now);
     node0.frames.insert(1, vec![7; PAGE_SIZE]);
     node0.log.clear();
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(1), true, VcpuId(4)), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(1), true, VcpuId(4), 0), Served::Later);
     deliver_all(&mut n);
     let log0 = &n[0].1.log;
     let at = |s: &str| log0.iter().position(|l| l == s).unwrap_or(usize::MAX);
@@ -128,8 +128,8 @@ fn a_remote_write_takes_the_homes_right_away_behind_a_barrier_before_the_page_le
 fn bytes_that_are_no_message_are_refused_before_the_engine() {
     let mut n = pair();
     let (c0, node0) = &mut n[0];
-    assert!(c0.message(node0, NodeId(1), &[0xff, 0, 1]).is_err());
-    assert!(c0.message(node0, NodeId(1), &[]).is_err());
+    assert!(c0.message(node0, NodeId(1), &[0xff, 0, 1], 0).is_err());
+    assert!(c0.message(node0, NodeId(1), &[], 0).is_err());
     assert_eq!(c0.counters().events, 0);
     assert!(node0.log.is_empty());
 }
@@ -138,7 +138,7 @@ fn bytes_that_are_no_message_are_refused_before_the_engine() {
 fn a_mapping_the_tables_refuse_is_reported_not_retried_forever() {
     let mut c = Coherent::new(NodeId(0), Config::ranges(1, 4));
     let mut node = FakeNode { refuse_maps: true, ..FakeNode::default() };
-    assert_eq!(c.fault(&mut node, Gfn(0), true, VcpuId(0)), Served::Failed("no tables left"));
+    assert_eq!(c.fault(&mut node, Gfn(0), true, VcpuId(0), 0), Served::Failed("no tables left"));
     assert_eq!(c.stats().map_failures, 1);
 }
 
@@ -146,9 +146,34 @@ fn a_mapping_the_tables_refuse_is_reported_not_retried_forever() {
 fn a_message_the_transport_could_not_take_keeps_its_place() {
     let mut n = pair();
     let (c1, node1) = &mut n[1];
-    c1.fault(node1, Gfn(0), false, VcpuId(0));
-    c1.fault(node1, Gfn(1), false, VcpuId(1));
+    c1.fault(node1, Gfn(0), false, VcpuId(0), 0);
+    c1.fault(node1, Gfn(1), false, VcpuId(1), 0);
     let first = c1.next_outgoing().unwrap();
     c1.push_back_outgoing(first.0, first.1.clone());
     assert_eq!(c1.next_outgoing(), Some(first));
+}
+
+#[test]
+fn the_profile_counts_remote_faults_by_kind_messages_pages_and_latency() {
+    let mut n = pair();
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 100), Served::Later);
+    deliver_all(&mut n);
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(2), true, VcpuId(5), 200), Served::Later);
+    // The upgrade's messages, delivered with the clock at 900 µs.
+    for from in [1usize, 0] {
+        while let Some((to, bytes)) = n[from].0.next_outgoing() {
+            let (c, node) = &mut n[usize::from(to.0)];
+            c.message(node, NodeId(from as u8), &bytes, 900).unwrap();
+        }
+    }
+    let s = n[1].0.fault_stats();
+    assert_eq!((s.read_miss, s.write_miss, s.upgrade), (1, 0, 1));
+    assert_eq!(s.messages_out, 2);
+    assert_eq!(s.pages_in, 1, "the upgrade needed no page");
+    assert_eq!(s.latency[9], 1, "700 µs lands in [512, 1024)");
+    assert_eq!(s.hottest(1), vec![(2, 2)]);
+    n[1].0.reset_fault_stats();
+    assert_eq!(n[1].0.fault_stats().remote_faults(), 0);
 }

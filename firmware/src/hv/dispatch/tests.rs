@@ -147,6 +147,15 @@ impl Machine for FakeMachine {
     fn kick(&self, vcpu: usize) {
         self.kicks.borrow_mut().push(vcpu);
     }
+    fn ipi(&self, from: usize, to: usize, kind: IpiKind) {
+        deliver_ipi(&self.shared[to], kind);
+        if to != from {
+            self.kick(to);
+        }
+    }
+    fn node(&self) -> u16 {
+        3
+    }
     fn now(&self) -> u64 {
         self.now.get()
     }
@@ -535,4 +544,12 @@ fn instructions_a_guest_may_not_use_give_ud_and_never_stop_it() {
     assert_eq!(r.v.exceptions, [(6, None)]);
     assert_eq!(r.v.rip, 1, "INVD is skipped, the #UD instruction is not");
     assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn the_node_hypercall_names_the_node_that_runs_the_vcpu() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::NODE }]);
+    run_all(&mut r, &m);
+    assert_eq!(r.v.regs.rax, 3);
 }

@@ -1,0 +1,218 @@
+//! Cluster payload: one guest across the nodes. vCPU 0 starts every vCPU with INIT/SIPI (the
+//! ones on other nodes through the hypervisors' messages); each reports the node that runs it.
+//! Then, on all vCPUs at once: a LOCK-prefixed counter that must end at the exact sum, with a
+//! check that vCPUs on different nodes really incremented it in overlapping time; an integrity
+//! sweep in rounds, each vCPU writing pages homed on another node and every vCPU verifying
+//! every other's pages (so pages change owner many times); fixed IPIs to every other vCPU and a
+//! broadcast, each delivered exactly once. Exit code 0 when all PASS.
+#![no_std]
+#![no_main]
+#![feature(abi_x86_interrupt)]
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use gestalt_payloads::*;
+
+const MAX: usize = 16;
+const ITER: u64 = 300;
+const ROUNDS: u64 = 3;
+const PAGES: u64 = 8;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Per vCPU: the counter value it saw at its first and its last increment.
+static FIRST: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+static LAST: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+static NODE: [AtomicU32; MAX] = [const { AtomicU32::new(u32::MAX) }; MAX];
+static BARRIER: AtomicU32 = AtomicU32::new(0);
+static BAD: AtomicU32 = AtomicU32::new(0);
+static IPIS: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
+static RAM: AtomicU64 = AtomicU64::new(0);
+static VCPUS: AtomicU32 = AtomicU32::new(1);
+static GO: AtomicU32 = AtomicU32::new(0);
+
+extern "x86-interrupt" fn ipi(_f: Frame) {
+    IPIS[apic_id() as usize % MAX].fetch_add(1, Ordering::SeqCst);
+    eoi();
+}
+
+/// Every vCPU arrives before any leaves (the `k`-th barrier of the run).
+fn barrier(k: u32) {
+    let n = VCPUS.load(Ordering::SeqCst);
+    BARRIER.fetch_add(1, Ordering::SeqCst);
+    while BARRIER.load(Ordering::SeqCst) < k * n {
+        core::hint::spin_loop();
+    }
+}
+
+/// The page vCPU `writer` owns in round `round`: in the home range of the node after its own.
+fn page_of(writer: u32, round: u64, i: u64) -> u64 {
+    let nodes = u64::from(
+        NODE.iter()
+            .filter_map(|n| {
+                let v = n.load(Ordering::SeqCst);
+                (v != u32::MAX).then_some(v)
+            })
+            .max()
+            .unwrap_or(0),
+    ) + 1;
+    let ram = RAM.load(Ordering::SeqCst);
+    let each = ram / nodes;
+    let node = u64::from(NODE[writer as usize].load(Ordering::SeqCst));
+    let home = (node + 1 + round) % nodes;
+    // Above the payload's own memory in node 0's range; slots by writer.
+    let base = home * each + if home == 0 { 16 << 20 } else { 0 };
+    base + (u64::from(writer) * PAGES + i) * 4096
+}
+
+fn pattern(writer: u32, round: u64, a: u64) -> u64 {
+    a ^ (u64::from(writer) << 48) ^ (round << 40) ^ 0x5a5a_0000_0000_a5a5
+}
+
+fn work(id: u32) {
+    let n = VCPUS.load(Ordering::SeqCst);
+    barrier(1);
+    for k in 0..ITER {
+        let v = COUNTER.fetch_add(1, Ordering::SeqCst);
+        if k == 0 {
+            FIRST[id as usize].store(v, Ordering::SeqCst);
+        }
+        LAST[id as usize].store(v, Ordering::SeqCst);
+        // Spread the increments over longer than a page's round trip between nodes, so the
+        // other node's vCPU gets the counter in between (else one node could do all of its
+        // increments while it holds the page, and the count would prove nothing).
+        delay_us(50);
+    }
+    barrier(2);
+    for round in 0..ROUNDS {
+        for i in 0..PAGES {
+            let p = page_of(id, round, i);
+            for a in (p..p + 4096).step_by(8) {
+                // SAFETY: guest RAM; each vCPU writes only its own slot of pages.
+                unsafe { core::ptr::write_volatile(a as *mut u64, pattern(id, round, a)) };
+            }
+        }
+        barrier(3 + 2 * round as u32);
+        for w in (0..n).filter(|w| *w != id) {
+            for i in 0..PAGES {
+                let p = page_of(w, round, i);
+                for a in (p..p + 4096).step_by(8) {
+                    // SAFETY: guest RAM written by vCPU `w` before the barrier.
+                    if unsafe { core::ptr::read_volatile(a as *const u64) } != pattern(w, round, a)
+                    {
+                        BAD.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        barrier(4 + 2 * round as u32);
+    }
+}
+
+extern "C" fn ap_main(id: u64) -> ! {
+    ap_arrived(id);
+    x2apic_enable();
+    load_idt();
+    let id = id as u32;
+    let node = vmcall(hc::NODE, 0, 0) as u32;
+    NODE[id as usize].store(node, Ordering::SeqCst);
+    println!("span: vcpu {id} up on node {node} (x2APIC id {})", apic_id());
+    while GO.load(Ordering::SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+    work(id);
+    loop {
+        wait_for_interrupt();
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn payload_main(mbi: u32) -> ! {
+    x2apic_enable();
+    set_gate(0x42, ipi);
+    load_idt();
+    // SAFETY: the loader's Multiboot info: flags, mem_lower, mem_upper (KiB above 1 MiB).
+    let upper = unsafe { core::ptr::read_volatile((u64::from(mbi) + 8) as *const u32) };
+    RAM.store((u64::from(upper) + 1024) * 1024, Ordering::SeqCst);
+    let n = vcpus().min(MAX as u32);
+    VCPUS.store(n, Ordering::SeqCst);
+    let node = vmcall(hc::NODE, 0, 0) as u32;
+    NODE[0].store(node, Ordering::SeqCst);
+    println!(
+        "span: {n} vCPUs, {} MiB RAM; vcpu 0 on node {node}",
+        RAM.load(Ordering::SeqCst) >> 20
+    );
+    let up = start_aps_within(n, ap_main, 20_000_000);
+    let mut ok = up + 1 == n;
+    println!("span: {}/{n} vCPUs started with INIT/SIPI", up + 1);
+    let t0 = rdtsc();
+    while (0..n as usize).any(|i| NODE[i].load(Ordering::SeqCst) == u32::MAX)
+        && rdtsc() - t0 < 60 * tsc_hz()
+    {
+        core::hint::spin_loop();
+    }
+    let nodes: u32 = (0..n as usize).map(|i| NODE[i].load(Ordering::SeqCst)).max().unwrap_or(0) + 1;
+    GO.store(1, Ordering::SeqCst);
+    work(0);
+
+    let total = COUNTER.load(Ordering::SeqCst);
+    let want = ITER * u64::from(n);
+    // Overlap: some pair of vCPUs on different nodes each incremented inside the other's span.
+    let overlapped = (0..n as usize).any(|a| {
+        (0..n as usize).any(|b| {
+            NODE[a].load(Ordering::SeqCst) != NODE[b].load(Ordering::SeqCst)
+                && FIRST[a].load(Ordering::SeqCst) < LAST[b].load(Ordering::SeqCst)
+                && FIRST[b].load(Ordering::SeqCst) < LAST[a].load(Ordering::SeqCst)
+        })
+    });
+    if total == want && (overlapped || nodes == 1) {
+        println!("span: PASS atomic counter {total} = {n} vCPUs x {ITER} on {nodes} nodes, increments overlapped across nodes");
+    } else {
+        println!(
+            "span: FAIL atomic counter {total} of {want}, overlapped across nodes: {overlapped}"
+        );
+        ok = false;
+    }
+    let bad = BAD.load(Ordering::SeqCst);
+    if bad == 0 {
+        println!(
+            "span: PASS integrity: {ROUNDS} rounds of {PAGES} pages per vCPU homed on another node, verified by every other vCPU"
+        );
+    } else {
+        println!("span: FAIL integrity: {bad} words wrong");
+        ok = false;
+    }
+
+    // Fixed IPIs to each other vCPU, then one broadcast (all excluding self): each vCPU
+    // must count exactly two.
+    for id in 1..n {
+        send_ipi(id, 0x42);
+    }
+    // Two IPIs of one vector pending at once are one (one IRR bit): broadcast only after each
+    // vCPU took the first.
+    let t0 = rdtsc();
+    while (1..n as usize).any(|i| IPIS[i].load(Ordering::SeqCst) < 1)
+        && rdtsc() - t0 < 30 * tsc_hz()
+    {
+        core::hint::spin_loop();
+    }
+    send_ipi(0, (3 << 18) | 0x42);
+    let t0 = rdtsc();
+    while (1..n as usize).any(|i| IPIS[i].load(Ordering::SeqCst) < 2)
+        && rdtsc() - t0 < 30 * tsc_hz()
+    {
+        core::hint::spin_loop();
+    }
+    delay_us(100_000);
+    let counts: [u32; MAX] = core::array::from_fn(|i| IPIS[i].load(Ordering::SeqCst));
+    if (1..n as usize).all(|i| counts[i] == 2) && counts[0] == 0 {
+        println!(
+            "span: PASS fixed and broadcast IPIs reached each of {} other vCPUs exactly once each",
+            n - 1
+        );
+    } else {
+        println!("span: FAIL IPI counts {:?}", &counts[..n as usize]);
+        ok = false;
+    }
+    println!("span: {}", if ok { "PASS all" } else { "FAIL some checks" });
+    exit(if ok { 0 } else { 1 })
+}

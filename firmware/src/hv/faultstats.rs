@@ -1,0 +1,149 @@
+//! What an operator reads to judge whether a workload suits aggregation (`stats`): remote
+//! faults by kind, messages and pages each way, invalidations, a latency histogram of remote
+//! faults and the hottest guest pages. Pure counting, fed by the coherence glue with the time.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use gestalt_coherence::{Gfn, VcpuId};
+
+/// Latency buckets: bucket `i` holds faults served in [2^i, 2^(i+1)) µs (bucket 0 below 2 µs).
+pub const BUCKETS: usize = 24;
+/// Pages tracked for the hottest-pages list (space-saving: a page that stays hot is kept).
+pub const TRACKED: usize = 64;
+
+/// What kind of remote fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A read of a page this node had no copy of.
+    ReadMiss,
+    /// A write to a page this node had no copy of.
+    WriteMiss,
+    /// A write to a page this node had a shared copy of.
+    Upgrade,
+}
+
+/// The counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Remote read misses.
+    pub read_miss: u64,
+    /// Remote write misses.
+    pub write_miss: u64,
+    /// Upgrades.
+    pub upgrade: u64,
+    /// Data that came from a node other than the page's home (served by its owner).
+    pub three_hop: u64,
+    /// Coherence messages sent / received.
+    pub messages_out: u64,
+    /// See `messages_out`.
+    pub messages_in: u64,
+    /// Pages sent / received.
+    pub pages_out: u64,
+    /// See `pages_out`.
+    pub pages_in: u64,
+    /// Invalidations this node received (its copy taken away).
+    pub invalidations_in: u64,
+    /// Remote-fault latency histogram (µs, powers of two).
+    pub latency: [u64; BUCKETS],
+    waiting: BTreeMap<u16, u64>,
+    hot: Vec<(u64, u64)>,
+}
+
+impl FaultStats {
+    /// A remote fault of `vcpu` on `gfn` began at `now` (µs).
+    pub fn began(&mut self, vcpu: VcpuId, gfn: Gfn, kind: Kind, now: u64) {
+        match kind {
+            Kind::ReadMiss => self.read_miss += 1,
+            Kind::WriteMiss => self.write_miss += 1,
+            Kind::Upgrade => self.upgrade += 1,
+        }
+        self.waiting.entry(vcpu.0).or_insert(now);
+        self.touch(gfn.0);
+    }
+
+    /// `vcpu`'s fault was served at `now`.
+    pub fn served(&mut self, vcpu: VcpuId, now: u64) {
+        if let Some(t0) = self.waiting.remove(&vcpu.0) {
+            let us = now.saturating_sub(t0).max(1);
+            let b = (63 - us.leading_zeros() as usize).min(BUCKETS - 1);
+            self.latency[b] += 1;
+        }
+    }
+
+    /// Remote faults of every kind.
+    pub fn remote_faults(&self) -> u64 {
+        self.read_miss + self.write_miss + self.upgrade
+    }
+
+    /// The median remote-fault latency's bucket floor in µs, if any fault was served.
+    pub fn median_us(&self) -> Option<u64> {
+        let total: u64 = self.latency.iter().sum();
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if total > 0 && seen * 2 >= total {
+                return Some(1 << i);
+            }
+        }
+        None
+    }
+
+    /// Space-saving top-k: a tracked page counts up; an untracked one replaces the coldest
+    /// (inheriting its count, so a page that keeps faulting stays, and memory stays bounded).
+    fn touch(&mut self, gfn: u64) {
+        if let Some(e) = self.hot.iter_mut().find(|e| e.0 == gfn) {
+            e.1 += 1;
+        } else if self.hot.len() < TRACKED {
+            self.hot.push((gfn, 1));
+        } else if let Some(e) = self.hot.iter_mut().min_by_key(|e| e.1) {
+            *e = (gfn, e.1 + 1);
+        }
+    }
+
+    /// The `n` hottest pages (gfn, faults), hottest first.
+    pub fn hottest(&self, n: usize) -> Vec<(u64, u64)> {
+        let mut h = self.hot.clone();
+        h.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        h.truncate(n);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_count_by_kind_and_their_latency_lands_in_its_power_of_two_bucket() {
+        let mut s = FaultStats::default();
+        s.began(VcpuId(1), Gfn(5), Kind::ReadMiss, 1000);
+        s.began(VcpuId(2), Gfn(6), Kind::Upgrade, 1000);
+        s.served(VcpuId(1), 1300); // 300 µs: [256, 512)
+        s.served(VcpuId(2), 1001); // 1 µs: bucket 0
+        s.served(VcpuId(3), 5000); // never began: ignored
+        assert_eq!((s.read_miss, s.write_miss, s.upgrade), (1, 0, 1));
+        assert_eq!(s.latency[8], 1);
+        assert_eq!(s.latency[0], 1);
+        assert_eq!(s.latency.iter().sum::<u64>(), 2);
+        assert_eq!(s.median_us(), Some(1));
+    }
+
+    #[test]
+    fn the_hottest_pages_come_first_and_memory_stays_bounded() {
+        let mut s = FaultStats::default();
+        for i in 0..10_000u64 {
+            s.began(VcpuId(0), Gfn(i), Kind::WriteMiss, 0);
+            s.began(VcpuId(0), Gfn(7), Kind::WriteMiss, 0);
+            if i % 2 == 0 {
+                s.began(VcpuId(0), Gfn(3), Kind::WriteMiss, 0);
+            }
+        }
+        let top = s.hottest(10);
+        assert_eq!(top[0].0, 7);
+        assert_eq!(top[1].0, 3);
+        assert!(top[0].1 >= 10_000);
+        assert!(s.hot.len() <= TRACKED);
+        assert_eq!(s.hottest(10).len(), 10);
+    }
+}

@@ -1,0 +1,351 @@
+//! Starting this node's share of the guest and running its vCPUs: one vCPU pinned per core.
+//! Alone, the boot CPU interleaves vCPU 0 with the shell; in a cluster it is the service core
+//! (network, console, coherence engine) and every vCPU runs on an AP, taking its job from a
+//! mailbox, unless the node has a single core.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use spin::{Mutex, Once};
+
+use gestalt_coherence::{Config, NodeId};
+
+use super::cluster::Shape;
+use super::coherent::Coherent;
+use super::dispatch::{Runner, Start, Step};
+use super::loader;
+use super::memory::GuestMemory;
+use super::stats::State;
+use super::vm::{deliver_early, Vm, VM};
+use super::vmx::hw::{self as vmx, VmxVcpu};
+use super::vmx::root;
+use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, smp, time};
+use crate::mem::frames::FrameAllocator;
+use crate::mem::regions::Region;
+use crate::mem::tables::alloc_zeroed;
+use crate::{error, info, kprintln};
+
+/// Most vCPUs (and CPUs) one node runs: the CPUs the MADT parse keeps.
+pub const MAX_VCPUS: usize = crate::acpi::MAX_CPUS;
+/// Guest time between returns to the node loop.
+const SLICE_US: u64 = 2000;
+/// How long `start` waits for every online AP to report for work.
+const AP_REGISTER_US: u64 = 2_000_000;
+
+static STATUS: Once<&'static str> = Once::new();
+static FOCUS: AtomicBool = AtomicBool::new(false);
+static BSP_RUNNER: Mutex<Option<Runner<VmxVcpu>>> = Mutex::new(None);
+/// APs ready for a vCPU: (CPU index, APIC id).
+static AP_CPUS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+/// Per AP (by CPU index): the global vCPU id + 1 it is to run, 0 for none.
+static MAILBOX: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+
+/// Why no guest runs.
+pub fn status() -> &'static str {
+    STATUS.get().copied().unwrap_or("no guest started")
+}
+
+/// Why a guest could not be set up.
+#[derive(Debug)]
+pub enum VmError {
+    /// VMX missing or unusable.
+    Vmx(vmx::VmxError),
+    /// The guest module is not a loadable Multiboot kernel.
+    Load(loader::LoadError),
+    /// Not enough guest pool or reserve.
+    Memory(&'static str),
+    /// This node is not in the guest's shape.
+    NotMember(u16),
+}
+
+impl core::fmt::Display for VmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmError::Vmx(e) => write!(f, "{e}"),
+            VmError::Load(e) => write!(f, "guest module: {e}"),
+            VmError::Memory(w) => write!(f, "{w}"),
+            VmError::NotMember(n) => write!(f, "node {n} has no share of the guest"),
+        }
+    }
+}
+
+/// Boot-time check: prints one line saying whether this node can run guests.
+pub fn probe() -> bool {
+    let ok = root::probe().is_ok();
+    if !ok {
+        STATUS.call_once(|| "VMX unavailable on this CPU");
+    }
+    ok
+}
+
+/// Waits (bounded) until every AP that came online has reported for work, and names the ones
+/// that did not: a slow AP must not be left out silently.
+pub fn registered_aps() -> Vec<(usize, u32)> {
+    let want = (smp::ONLINE.load(Ordering::SeqCst) as usize).saturating_sub(1);
+    let deadline = time::uptime_us() + AP_REGISTER_US;
+    while AP_CPUS.lock().len() < want && time::uptime_us() < deadline {
+        core::hint::spin_loop();
+    }
+    let mut aps = AP_CPUS.lock().clone();
+    if aps.len() < want {
+        error!(
+            "hv: {} of {want} online APs did not report for work in {} s; the guest runs without them",
+            want - aps.len(),
+            AP_REGISTER_US / 1_000_000
+        );
+    }
+    aps.sort_unstable();
+    aps.truncate(MAX_VCPUS - 1);
+    aps
+}
+
+/// Builds this node's share of the guest `shape` (node `me`) and starts its vCPUs. The primary
+/// (node 0) loads the boot module as the guest kernel into the RAM it is home of, and its first
+/// vCPU enters it; every other vCPU waits for a start-up IPI. `cmdline` is the module's.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    frames: &'static Mutex<FrameAllocator>,
+    pool: &[Region],
+    image: &[u8],
+    cmdline: &str,
+    test: Option<&'static str>,
+    shape: Shape,
+    me: u16,
+    aps: &[(usize, u32)],
+) -> Result<&'static Vm, VmError> {
+    vmx::detect().map_err(VmError::Vmx)?;
+    let share = *shape.share(me).ok_or(VmError::NotMember(me))?;
+    let kernel = if me == 0 { Some(loader::parse(image).map_err(VmError::Load)?) } else { None };
+    let ram = shape.ram();
+    let mem = GuestMemory::new(frames, pool, ram, ram)
+        .map_err(|_| VmError::Memory("the guest pool cannot hold the guest's RAM"))?;
+    if kernel.as_ref().is_some_and(|k| k.end() > share.ram_bytes) {
+        return Err(VmError::Memory("the guest kernel does not fit the primary's share of RAM"));
+    }
+    let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
+    let pages = mem.pages();
+    let coherent = Coherent::new(NodeId(me.min(255) as u8), Config::ranges(shape.nodes(), pages));
+    let entry = kernel.as_ref().map_or(0, |k| k.entry);
+    let vm = VM.call_once(|| Vm::new(me, shape, mem, coherent, entry, bitmap, frames, test));
+
+    if let Some(k) = &kernel {
+        for s in &k.segments {
+            // The loader checked every segment against `kernel.end()`, inside the share.
+            vm.mem.write(s.gpa, &image[s.offset..s.offset + s.filesz]);
+        }
+        vm.mem.write(loader::MBI_GPA, &loader::boot_info(ram, cmdline));
+        info!(
+            "hv: guest '{}' loaded: entry {:#x}, {} MiB RAM ({} MiB mapped on demand), {} vCPUs",
+            cmdline,
+            k.entry,
+            ram >> 20,
+            ram >> 20,
+            vm.shape.vcpus()
+        );
+    }
+    if vm.shape.nodes() > 1 {
+        info!(
+            "hv: node {me} runs vCPUs {}..{} of {} and is home of guest RAM {:#x}..{:#x}",
+            share.vcpu_base,
+            share.vcpu_base + share.vcpus,
+            vm.shape.vcpus(),
+            share.ram_base,
+            share.ram_base + share.ram_bytes
+        );
+    }
+    deliver_early(vm);
+
+    quiet_legacy_pic();
+    // Alone, or with one core, the boot CPU runs the first local vCPU between its polls.
+    let bsp_runs = vm.shape.nodes() == 1 || aps.is_empty();
+    let on_aps = share.vcpus as usize - usize::from(bsp_runs);
+    if aps.len() < on_aps {
+        error!(
+            "hv: node {me} has {} APs for {on_aps} vCPUs: vCPUs {}.. never start",
+            aps.len(),
+            share.vcpu_base as usize + usize::from(bsp_runs) + aps.len()
+        );
+    }
+    let base = share.vcpu_base as usize;
+    let first = |id: usize| {
+        if id == 0 {
+            Start::ProtectedMode {
+                eip: vm.entry,
+                rax: u64::from(loader::BOOT_MAGIC),
+                rbx: loader::MBI_GPA,
+            }
+        } else {
+            Start::WaitForSipi
+        }
+    };
+    for s in &vm.vcpus.stats {
+        s.set_state(State::WaitForSipi);
+    }
+    if bsp_runs {
+        vm.vcpus.place(0, apic::id());
+        *BSP_RUNNER.lock() = Some(runner(vm, base, 0, first(base))?);
+    }
+    for (k, (index, apic_id)) in aps.iter().take(on_aps).enumerate() {
+        let local = k + usize::from(bsp_runs);
+        vm.vcpus.place(local, *apic_id);
+        MAILBOX[*index].store((base + local) as u32 + 1, Ordering::SeqCst);
+        apic::send_ipi(*apic_id, WAKE_VECTOR);
+    }
+    STATUS.call_once(|| "guest running");
+    Ok(vm)
+}
+
+/// A VMX vCPU, global id `id`, on this core (CPU index `cpu`).
+fn runner(vm: &Vm, id: usize, cpu: usize, start: Start) -> Result<Runner<VmxVcpu>, VmError> {
+    root::vmxon_here().map_err(VmError::Vmx)?;
+    let p = vmx::detect().map_err(VmError::Vmx)?;
+    let vmcs =
+        alloc_zeroed(&mut vm.frames.lock(), 1, 4096).ok_or(VmError::Memory("reserve exhausted"))?;
+    let v = VmxVcpu::new(p, id as u32, vmcs, vm.mem.eptp(), vm.msr_bitmap).map_err(VmError::Vmx)?;
+    Ok(Runner::new(vm, v, id, cpu, start))
+}
+
+/// The BSP now takes interrupts (host IPIs exit the guest and are handled with IF set):
+/// move the 8259 PICs off the exception vectors (to 0x20-0x2F) and mask them, so a BIOS-left
+/// PIT tick is never mistaken for a double fault (8259A datasheet, ICW1-ICW4).
+fn quiet_legacy_pic() {
+    use x86_64::instructions::port::Port;
+    // SAFETY: 0x20/0x21 and 0xA0/0xA1 are the PC's two 8259s; the firmware uses the local APIC
+    // only, so remapping and masking them takes nothing away.
+    unsafe {
+        let (mut c1, mut d1) = (Port::<u8>::new(0x20), Port::<u8>::new(0x21));
+        let (mut c2, mut d2) = (Port::<u8>::new(0xA0), Port::<u8>::new(0xA1));
+        c1.write(0x11);
+        c2.write(0x11);
+        d1.write(0x20);
+        d2.write(0x28);
+        d1.write(4);
+        d2.write(2);
+        d1.write(1);
+        d2.write(1);
+        d1.write(0xff);
+        d2.write(0xff);
+    }
+}
+
+fn slice_ticks() -> u64 {
+    time::tsc_hz().max(1_000_000) / 1_000_000 * SLICE_US
+}
+
+/// Runs the boot CPU's vCPU for one time slice (or not at all while it waits); the node loop
+/// calls this between its polls.
+pub fn bsp_slice() {
+    let Some(vm) = VM.get() else { return };
+    let mut g = BSP_RUNNER.lock();
+    let Some(r) = g.as_mut() else { return };
+    // The slice is absolute: a guest exiting often (polling a port) still hands the CPU back.
+    let end = rdtsc() + slice_ticks();
+    loop {
+        match r.step(vm, end) {
+            Step::Continue if rdtsc() < end => {}
+            Step::Continue | Step::Yield | Step::Idle => return,
+            Step::Stopped => {
+                *g = None;
+                return;
+            }
+        }
+    }
+}
+
+/// An AP reports for work (from its idle loop).
+pub fn ap_register(index: usize) {
+    // VMXON on every core as it comes up, when the boot CPU found VMX usable.
+    if vmx::platform().is_some() {
+        if let Err(e) = root::vmxon_here() {
+            error!("hv: cpu {index}: {e}");
+        }
+    }
+    if index < MAX_VCPUS {
+        AP_CPUS.lock().push((index, apic::id()));
+    } else {
+        error!("hv: cpu {index} is beyond the {MAX_VCPUS} vCPUs a node runs; it stays idle");
+    }
+}
+
+/// An AP runs the vCPU posted to it, if any, until that vCPU stops. Called with interrupts
+/// disabled.
+pub fn ap_poll(index: usize) {
+    let Some(slot) = MAILBOX.get(index) else { return };
+    let job = slot.swap(0, Ordering::SeqCst);
+    if job == 0 {
+        return;
+    }
+    let Some(vm) = VM.get() else { return };
+    let id = job as usize - 1;
+    let Some(local) = vm.local(id) else { return };
+    let start = if id == 0 {
+        Start::ProtectedMode {
+            eip: vm.entry,
+            rax: u64::from(loader::BOOT_MAGIC),
+            rbx: loader::MBI_GPA,
+        }
+    } else {
+        Start::WaitForSipi
+    };
+    let mut r = match runner(vm, id, index, start) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("hv: vcpu {id} cannot start on cpu {index}: {e}");
+            return;
+        }
+    };
+    loop {
+        match r.step(vm, rdtsc() + slice_ticks()) {
+            Step::Continue | Step::Yield => {}
+            Step::Idle => {
+                // Sleep until a kick (IPI) unless a timer is due soon: then spin to it.
+                let sh = &vm.vcpus.shared[local];
+                if r.apic.deadline().is_some() {
+                    core::hint::spin_loop();
+                } else if sh.highest().is_none()
+                    && !sh.startup_pending()
+                    && !vm.vcpus.resume_pending(local)
+                    && !crate::hv::dispatch::Machine::stopped(vm)
+                {
+                    x86_64::instructions::interrupts::enable_and_hlt();
+                    x86_64::instructions::interrupts::disable();
+                }
+            }
+            Step::Stopped => return,
+        }
+    }
+}
+
+/// Console byte for the guest when it has the focus (Ctrl-] switches); true when consumed.
+pub fn console_input(b: u8) -> bool {
+    let Some(vm) = VM.get() else { return false };
+    if b == 0x1d {
+        let now = !FOCUS.fetch_xor(true, Ordering::SeqCst);
+        kprintln!(
+            "\r\nhv: console input goes to {} (Ctrl-] switches)",
+            if now { "the guest's UART" } else { "the shell" }
+        );
+        return true;
+    }
+    if !FOCUS.load(Ordering::SeqCst) {
+        return false;
+    }
+    let _ = vm.devices.lock().uart.push_input(b);
+    true
+}
+
+/// The identity-mapped bytes of a boot module.
+///
+/// # Safety
+/// `r` must be a module range the loader reported, below the identity-mapped limit.
+pub unsafe fn module_bytes(r: Region) -> &'static [u8] {
+    // SAFETY: guaranteed by the caller; modules are excluded from every allocator.
+    unsafe { core::slice::from_raw_parts(r.start as *const u8, r.len() as usize) }
+}
+
+/// The guest's shape when this node runs alone: every online core a vCPU, RAM from the pool
+/// up to `cap` bytes.
+pub fn alone(aps: usize, pool_bytes: u64, cap: Option<u64>) -> Shape {
+    let ram = cap.map_or(pool_bytes, |c| c.min(pool_bytes)) / (2 << 20) * (2 << 20);
+    Shape::alone(aps as u32 + 1, ram)
+}
