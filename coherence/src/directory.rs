@@ -7,6 +7,15 @@ use alloc::vec::Vec;
 
 use crate::types::{NodeId, NodeSet, MAX_NODES};
 
+#[cfg(test)]
+std::thread_local! {
+    /// Test-only mutation: sharer sets lose every node above 63, as a word-indexing bug would,
+    /// to show which simulations can catch such a bug. Per thread, so parallel tests are
+    /// unaffected.
+    pub(crate) static DROP_SHARERS_ABOVE_63: core::cell::Cell<bool> =
+        const { core::cell::Cell::new(false) };
+}
+
 /// Directory state of a page at its home.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DirState {
@@ -121,6 +130,10 @@ impl Directory {
     pub fn sharers(&self, i: usize) -> NodeSet {
         let mut words = [0u64; MAX_NODES / 64];
         words[..self.words].copy_from_slice(&self.sharers[i * self.words..(i + 1) * self.words]);
+        #[cfg(test)]
+        if DROP_SHARERS_ABOVE_63.with(core::cell::Cell::get) {
+            words[1..].fill(0);
+        }
         NodeSet::from_words(words)
     }
 
@@ -188,6 +201,18 @@ mod tests {
         assert_eq!(pages, 256 << 20);
         let bytes = pages * Directory::bytes_per_page(64) as u64;
         assert_eq!(bytes, 2560 << 20);
+    }
+
+    #[test]
+    fn cache_state_bitmaps_cost_sixteen_bytes_per_page_across_64_nodes() {
+        // Every node keeps 2 bits for every guest page, whether it caches it or not.
+        let pages: usize = (1 << 40) / 4096;
+        let per_node = CacheStates::new(pages).bytes();
+        assert_eq!(per_node, 64 << 20, "64 MiB per node for a 1 TiB guest");
+        assert_eq!(per_node * 64 / pages, 16, "bytes per guest page across 64 nodes");
+        // Beside the 10 B of directory: 26 B per page, 6.5 GiB for 1 TiB at 64 nodes.
+        let total = per_node * 64 + pages * Directory::bytes_per_page(64);
+        assert_eq!(total, (6 << 30) + (512 << 20));
     }
 
     #[test]

@@ -1,17 +1,24 @@
 //! Exhaustive explicit-state model check of the real engine code.
 //!
-//! A world is N engines, one FIFO channel per ordered pair of nodes, each node's EPT as the
-//! engine's actions left it, each node's page copies (one byte standing for the page: the
-//! number of writes it reflects), vCPUs with an access budget, and the ghost value of each
-//! page (its latest write). From every state the checker tries every enabled step: deliver the
-//! head of any channel (so peers interleave arbitrarily while each channel stays FIFO), or let
-//! any idle vCPU access any page for read or write — directly when its EPT allows, else as a
-//! fault the engine must serve. Depth-first search with 128-bit state fingerprints.
+//! A world is N engines, one FIFO channel per ordered pair of nodes, each node's EPT and the
+//! list of engine actions it has yet to carry out, each node's page copies (one byte standing
+//! for the page: the number of writes it reflects), vCPUs with an access budget, and the ghost
+//! value of each page (its latest write). As in the firmware, a node carries out its actions
+//! one per step and hands its engine the next event only when the list is done, while its
+//! vCPUs and every other node take steps in between; a resumed vCPU retries its access in a
+//! step of its own and faults again if the page has gone meanwhile. From every state the
+//! checker tries every enabled step: a node's next action; an idle node's next event (the head
+//! of any channel to it, so peers interleave arbitrarily while each channel stays FIFO; a
+//! timer; a fault its vCPUs took while it was busy); any vCPU's access or retry. Steps that
+//! commute with all others and that no check can see (control sends, resumes, copies of a page
+//! no local vCPU can write) are taken together with the step before them. Depth-first, with
+//! 128-bit state fingerprints.
 //!
 //! Checked: in every state, at most one writer or any number of readers per page, and every
-//! mapped copy holds the latest value; every served read sees the latest value; no protocol
-//! error; every terminal state is quiescent (no vCPU blocked, no message or transaction in
-//! flight: no deadlock); no cycle (so no livelock: every fault is eventually served).
+//! mapped copy holds the latest value; every retired read sees the latest value; no protocol
+//! error; every terminal state is quiescent (no vCPU blocked, no message, action or
+//! transaction left: no deadlock); and from every reachable state a terminal state can still
+//! be reached (no livelock trap).
 
 use std::collections::{HashMap, VecDeque};
 use std::format;

@@ -588,6 +588,22 @@ fn sim_two_hundred_fifty_six_nodes_stays_coherent_with_sharers_in_every_director
 }
 
 #[test]
+fn sim_above_64_nodes_catches_a_sharer_word_bug_that_64_nodes_cannot_show() {
+    crate::directory::DROP_SHARERS_ABOVE_63.with(|b| b.set(true));
+    let run = |nodes| {
+        let mut cfg = SimConfig::new(310, nodes, 5_000);
+        cfg.pages = 64;
+        simulate(cfg)
+    };
+    let at_64 = run(64);
+    let at_256 = run(256);
+    crate::directory::DROP_SHARERS_ABOVE_63.with(|b| b.set(false));
+    assert!(at_64.is_ok(), "64 nodes use one sharer word: {at_64:?}");
+    let e = at_256.expect_err("256 nodes must catch sharers lost above node 63");
+    assert!(e.contains("writers and") || e.contains("unexpected"), "{e}");
+}
+
+#[test]
 fn sim_sixteen_nodes_fighting_over_32_pages_stays_coherent() {
     let t = std::time::Instant::now();
     for seed in 201..203 {
