@@ -121,14 +121,18 @@ pub const HELP: &[(&str, &str)] = &[
     ("nodes", "the cluster view: every node, its cores, memory and state"),
     ("ping <node>", "five small round trips over the cluster transport"),
     ("netbench <node>", "raw-frame vs 4 KiB-message round trips, and page throughput"),
-    ("vcpu", "vCPUs: state, host CPU, exits by reason (Ctrl-] gives the console to the guest)"),
+    (
+        "vcpu",
+        "vCPUs: node, state, host CPU, exits by reason (Ctrl-] gives the console to the guest)",
+    ),
+    ("stats [reset]", "remote faults by kind, messages, pages, latency histogram, hottest pages"),
     ("log [error|warn|info|debug|trace]", "show or set the console log level"),
     ("reboot", "reset this node"),
     ("poweroff", "power this node off"),
 ];
 
 /// Commands the node loop runs itself (parsed as [`Command::Other`]).
-pub const NODE_COMMANDS: &[&str] = &["net", "nodes", "ping", "netbench", "vcpu"];
+pub const NODE_COMMANDS: &[&str] = &["net", "nodes", "ping", "netbench", "vcpu", "stats"];
 
 /// Parses one line. `extra` names further commands the caller runs itself (`Other`).
 pub fn parse<'a>(line: &'a str, extra: &[&str]) -> Result<Command<'a>, ShellError<'a>> {

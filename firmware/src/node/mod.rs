@@ -503,6 +503,9 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
             },
         },
         Command::Other("vcpu", _) => crate::hv::vm::print_vcpus(),
+        Command::Other("stats", "") => crate::hv::vm::print_stats(false),
+        Command::Other("stats", "reset") => crate::hv::vm::print_stats(true),
+        Command::Other("stats", _) => kprintln!("usage: stats [reset]"),
         Command::Other(c, _) => kprint!("'{c}' is not available on this node\n"),
     }
 }
