@@ -20,8 +20,12 @@ image: firmware
 payloads: setup
 	ci/payloads/build.sh
 
-run: image
-	$(CARGO) run -q -p gestalt-ci --bin gestalt-cluster -- run --nodes $(NODES) --emu $(EMU) --out $(OUT)
+# The cluster runs one guest across its nodes: the span test payload unless GUEST= names
+# another Multiboot kernel (guests need VMX: EMU=bochs; QEMU's CPUs say they have none).
+GUEST ?= ci/payloads/target/x86_64-gestalt/release/payload-span
+CPUS ?= 2
+run: image payloads
+	$(CARGO) run -q -p gestalt-ci --bin gestalt-cluster -- run --nodes $(NODES) --emu $(EMU) --cpus $(CPUS) --out $(OUT) --guest $(GUEST)
 
 lint: setup
 	$(CARGO) fmt --all --check

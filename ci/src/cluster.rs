@@ -38,6 +38,19 @@ impl Cluster {
         art: &Artifacts,
         seed: u64,
     ) -> Result<Cluster, HarnessError> {
+        Self::start_with_guest(kinds, cpus, cmdline, art, seed, None)
+    }
+
+    /// [`Cluster::start_mixed`], every node booted with `guest` as its first module (only the
+    /// primary loads it; the others serve their share of the guest without it).
+    pub fn start_with_guest(
+        kinds: &[(Emu, Boot)],
+        cpus: u32,
+        cmdline: &str,
+        art: &Artifacts,
+        seed: u64,
+        guest: Option<&std::path::Path>,
+    ) -> Result<Cluster, HarnessError> {
         let n = kinds.len();
         let mut switch = Switch::new(seed)?;
         let mut nodes = Vec::with_capacity(n);
@@ -56,8 +69,11 @@ impl Cluster {
                 line += cmdline.trim();
             }
             let mac = [0x52, 0x54, 0x00, 0x47, 0x53, i as u8];
-            let spec =
+            let mut spec =
                 NodeSpec::new(&format!("n{i}"), emu, boot).cpus(cpus).cmdline(&line).nic(port, mac);
+            if let Some(g) = guest {
+                spec = spec.guest(g);
+            }
             nodes.push(Node::start(&spec, art)?);
         }
         Ok(Cluster { nodes, switch })

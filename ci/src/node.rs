@@ -71,6 +71,8 @@ pub struct NodeSpec {
     /// QEMU's device model for that NIC (`e1000`, `e1000e`, `virtio-net-pci`); Bochs has
     /// only the e1000.
     pub nic_model: String,
+    /// The guest module, if any.
+    pub guest: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -85,7 +87,15 @@ impl NodeSpec {
             cmdline: String::new(),
             nic: None,
             nic_model: "e1000".to_string(),
+            guest: None,
         }
+    }
+
+    /// Boot with `path` as the first Multiboot module: the guest (QEMU `-initrd`, or in the
+    /// node's ISO).
+    pub fn guest(mut self, path: &Path) -> NodeSpec {
+        self.guest = Some(path.to_path_buf());
+        self
     }
 
     /// Set the CPU count.
@@ -147,14 +157,16 @@ fn write_file(path: &Path, text: &str) -> Result<(), HarnessError> {
 
 /// The ISO for this node: the built one, or one made in `dir` for a custom command line.
 fn node_iso(spec: &NodeSpec, art: &Artifacts, dir: &Path) -> Result<PathBuf, HarnessError> {
-    if spec.cmdline.is_empty() {
+    if spec.cmdline.is_empty() && spec.guest.is_none() {
         return art.iso();
     }
     let elf = art.elf()?;
     let bytes = std::fs::read(&elf)
         .map_err(|e| HarnessError::io(format!("reading {}", elf.display()), e))?;
     let iso = dir.join("node.iso");
-    gestalt_image::iso::make_iso(&bytes, &spec.cmdline, &[], &iso)
+    let modules: Vec<(&Path, &str)> =
+        spec.guest.as_deref().map(|g| (g, "guest")).into_iter().collect();
+    gestalt_image::iso::make_iso(&bytes, &spec.cmdline, &modules, &iso)
         .map_err(|e| HarnessError::io("making the node's ISO", std::io::Error::other(e)))?;
     Ok(iso)
 }
@@ -188,6 +200,10 @@ impl Node {
                 cmd.arg("-kernel").arg(art.elf()?);
                 if !spec.cmdline.is_empty() {
                     cmd.arg("-append").arg(&spec.cmdline);
+                }
+                if let Some(g) = &spec.guest {
+                    // QEMU's Multiboot loader takes modules as -initrd, comma-separated.
+                    cmd.arg("-initrd").arg(g);
                 }
             }
             Boot::Iso => {

@@ -5,10 +5,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{artifacts, QEMU_BOOT};
+use common::{artifacts, BOCHS_BOOT, QEMU_BOOT};
 use gestalt_ci::{Boot, Cluster, Emu, HarnessError};
 
 #[test]
@@ -84,75 +85,140 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
-#[test]
-fn gestalt_cluster_run_prefixes_consoles_routes_input_and_stops_every_node_at_eof() {
-    artifacts().elf().expect("artifacts");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gestalt-cluster"))
-        .args(["run", "--nodes", "2", "--emu", "qemu"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gestalt-cluster starts");
-    // Whatever happens below, the child goes away with the test.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// `gestalt-cluster run ARGS` as a user runs it: its prefixed consoles line by line, its
+/// stdin, and the emulator pids it names; dropping it kills it.
+struct Cli {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    pids: Option<std::thread::JoinHandle<Vec<u32>>>,
+}
+
+impl Cli {
+    fn run(args: &[&str]) -> Cli {
+        artifacts().elf().expect("artifacts");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gestalt-cluster"))
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gestalt-cluster starts");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stdin = child.stdin.take();
+        let pids = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| {
+                    l.split(" is pid ")
+                        .nth(1)
+                        .and_then(|r| r.split(',').next()?.parse::<u32>().ok())
+                })
+                .collect::<Vec<u32>>()
+        });
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Cli { child, stdin, lines, seen: Vec::new(), pids: Some(pids) }
     }
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut child = Reap(child);
-    let pids = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| {
-                l.split(" is pid ").nth(1).and_then(|r| r.split(',').next()?.parse::<u32>().ok())
-            })
-            .collect::<Vec<u32>>()
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+
+    /// Waits for a line, looking at those already seen too (the nodes print in any order).
+    fn wait_line(&mut self, within: Duration, pred: &dyn Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
         }
-    });
-    let mut seen: Vec<String> = Vec::new();
-    // Waits for a line, looking at those already seen too (the nodes print in any order).
-    let mut wait_line = |pred: &dyn Fn(&str) -> bool| {
-        if seen.iter().any(|l| pred(l)) {
-            return;
-        }
-        let deadline = Instant::now() + QEMU_BOOT;
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                let hit = pred(&l);
-                seen.push(l);
-                if hit {
-                    return;
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(l.clone());
+                if pred(&l) {
+                    return l;
                 }
             }
         }
-        panic!("gestalt-cluster never printed the expected line; it printed:\n{}", seen.join("\n"));
-    };
-    wait_line(&|l| l.starts_with("n0| ") && l.contains("shell: ready"));
-    wait_line(&|l| l.starts_with("n1| ") && l.contains("shell: ready"));
-    wait_line(&|l| l.starts_with("n1| gestalt> "));
-    writeln!(stdin, "1: version").unwrap();
-    wait_line(&|l| l.starts_with("n1| Gestalt "));
-    drop(stdin); // end of input
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "gestalt-cluster did not stop at end of input");
-        std::thread::sleep(Duration::from_millis(50));
+        panic!(
+            "gestalt-cluster never printed the expected line; it printed:\n{}",
+            self.seen.join("\n")
+        );
     }
-    let pids = pids.join().unwrap();
-    assert_eq!(pids.len(), 2, "expected two emulator pids on stderr");
-    for pid in pids {
-        assert!(!alive(pid), "emulator pid {pid} survived gestalt-cluster");
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin.as_mut().expect("stdin open"), "{line}").unwrap();
     }
+
+    /// Ends its input and checks that it stopped, and every emulator it started with it.
+    fn end_of_input_stops_everything(mut self, nodes: usize) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "gestalt-cluster did not stop at end of input");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pids = self.pids.take().unwrap().join().unwrap();
+        assert_eq!(pids.len(), nodes, "expected {nodes} emulator pids on stderr");
+        for pid in pids {
+            assert!(!alive(pid), "emulator pid {pid} survived gestalt-cluster");
+        }
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        // Whatever happened, the child goes away with the test (and its emulators with it).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn gestalt_cluster_run_prefixes_consoles_routes_input_and_stops_every_node_at_eof() {
+    let mut cli = Cli::run(&["--nodes", "2", "--emu", "qemu"]);
+    cli.wait_line(QEMU_BOOT, &|l| l.starts_with("n0| ") && l.contains("shell: ready"));
+    cli.wait_line(QEMU_BOOT, &|l| l.starts_with("n1| ") && l.contains("shell: ready"));
+    cli.wait_line(QEMU_BOOT, &|l| l.starts_with("n1| gestalt> "));
+    cli.send("1: version");
+    cli.wait_line(QEMU_BOOT, &|l| l.starts_with("n1| Gestalt "));
+    cli.end_of_input_stops_everything(2);
+}
+
+/// What `make run EMU=bochs` does: two Bochs nodes run the span payload as one guest, its
+/// output on node 0's console, and both shells keep answering.
+#[test]
+fn gestalt_cluster_run_on_bochs_runs_one_guest_across_the_nodes_and_the_shells_keep_answering() {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("payloads/target/x86_64-gestalt/release/payload-span");
+    assert!(guest.exists(), "{} missing: run ci/payloads/build.sh", guest.display());
+    let g = guest.to_str().expect("utf-8 path");
+    let mut cli = Cli::run(&[
+        "--nodes",
+        "2",
+        "--emu",
+        "bochs",
+        "--cpus",
+        "2",
+        "--guest",
+        g,
+        "--cmdline",
+        "mem=32M",
+    ]);
+    let within = BOCHS_BOOT + Duration::from_secs(300);
+    cli.wait_line(within, &|l| {
+        l.starts_with("n0| ") && l.contains("guest: span: vcpu 1 up on node 1")
+    });
+    cli.wait_line(within, &|l| l.starts_with("n0| ") && l.contains("guest: span: PASS all"));
+    cli.wait_line(within, &|l| {
+        l.starts_with("n0| ") && l.contains("hv: guest exited with code 0x0")
+    });
+    cli.send("1: stats");
+    cli.wait_line(within, &|l| l.starts_with("n1| stats: node 1 of 2: "));
+    cli.send("vcpu");
+    cli.wait_line(within, &|l| l.starts_with("n0| vcpu 1 node 1"));
+    cli.end_of_input_stops_everything(2);
 }

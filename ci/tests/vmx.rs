@@ -305,10 +305,7 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
     let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN);
     let text = n0.console().text();
     let text1 = n1.console().text();
-    let verdict = verdict.map_err(|e| {
-        eprintln!("node 0:\n{text}\nnode 1:\n{text1}");
-        e
-    })?;
+    let verdict = verdict.inspect_err(|_| eprintln!("node 0:\n{text}\nnode 1:\n{text1}"))?;
     assert!(verdict.contains("PASS"), "{verdict}\nnode 0:\n{text}\nnode 1:\n{text1}");
     assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
     // A line the vCPU on node 1 wrote appears on node 0's console.

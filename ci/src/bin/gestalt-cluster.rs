@@ -13,9 +13,11 @@ use gestalt_ci::{Artifacts, Boot, Cluster, Emu};
 
 const USAGE: &str = "\
 usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe|disk] [--cpus C]
-                           [--out DIR] [--cmdline \"k=v ...\"] [--seed S]
+                           [--out DIR] [--cmdline \"k=v ...\"] [--seed S] [--guest FILE]
   Boots N nodes (default 2; QEMU boots with -kernel, Bochs from the ISO) joined by a virtual
-  switch on 127.0.0.1 and shows their consoles prefixed by node. Type a line to send it to node
+  switch on 127.0.0.1 and shows their consoles prefixed by node. With --guest, every node
+  boots FILE as its first module and the cluster runs it as one guest (where the CPUs have
+  VMX: Bochs). Type a line to send it to node
   0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -32,6 +34,7 @@ struct Options {
     out: Option<PathBuf>,
     cmdline: String,
     seed: u64,
+    guest: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -43,6 +46,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         out: None,
         cmdline: String::new(),
         seed: 1,
+        guest: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -70,6 +74,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--out" => o.out = Some(PathBuf::from(val()?)),
             "--cmdline" => o.cmdline = val()?,
             "--seed" => o.seed = val()?.parse().map_err(|_| "--seed takes a number")?,
+            "--guest" => {
+                let g = PathBuf::from(val()?);
+                if !g.is_file() {
+                    return Err(format!(
+                        "--guest {}: no such file (make payloads builds the test guests)",
+                        g.display()
+                    ));
+                }
+                o.guest = Some(g);
+            }
             other => return Err(format!("unknown option '{other}'\n{USAGE}")),
         }
     }
@@ -147,8 +161,10 @@ fn run(o: &Options) -> Result<(), String> {
         o.emu,
         art.dir().display()
     );
-    let mut cluster = Cluster::start(o.nodes, o.emu, boot, o.cpus, &o.cmdline, &art, o.seed)
-        .map_err(|e| e.to_string())?;
+    let kinds = vec![(o.emu, boot); o.nodes];
+    let mut cluster =
+        Cluster::start_with_guest(&kinds, o.cpus, &o.cmdline, &art, o.seed, o.guest.as_deref())
+            .map_err(|e| e.to_string())?;
     for n in &cluster.nodes {
         eprintln!(
             "gestalt-cluster: {} is pid {}, console log {}",

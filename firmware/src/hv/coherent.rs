@@ -10,8 +10,8 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use gestalt_coherence::{
-    Access, Action, CacheState, Config, Counters, DecodeError, Engine, Event, Gfn, Message,
-    NodeId, PageStore, ProtocolError, Rights, VcpuId,
+    Access, Action, CacheState, Config, Counters, DecodeError, Engine, Event, Gfn, Message, NodeId,
+    PageStore, ProtocolError, Rights, VcpuId,
 };
 
 use super::faultstats::{FaultStats, Kind};

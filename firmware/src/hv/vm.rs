@@ -310,13 +310,8 @@ impl Machine for Vm {
         }
         let mut here = self.here();
         let now = time::uptime_us();
-        let served = self.coherent.lock().fault(
-            &mut here,
-            Gfn(gpa / 4096),
-            write,
-            VcpuId(vcpu as u16),
-            now,
-        );
+        let served =
+            self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16), now);
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
         match served {

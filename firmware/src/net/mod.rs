@@ -2,10 +2,10 @@
 //! the transport lands) the smoltcp interface and the cluster transport.
 
 pub mod app;
-pub mod secrets;
 #[cfg(target_os = "none")]
 pub mod hal;
 #[cfg(target_os = "none")]
 pub mod nic;
+pub mod secrets;
 #[cfg(target_os = "none")]
 pub mod stack;
