@@ -1213,6 +1213,22 @@ mod tests {
     }
 
     #[test]
+    fn nodes_booting_next_to_a_committed_node_learn_they_are_late_instead_of_forming_a_second_view()
+    {
+        let mut sim = Sim::new(11);
+        sim.add(50, None, 0, 0); // alone: commits after the timeout
+        sim.run_until(TIMEOUT + 1_000_000);
+        assert!(sim.f(0).view().is_some());
+        // Two nodes that want a view of two boot next to it.
+        sim.add(1, Some(2), sim.now, 0);
+        sim.add(2, Some(2), sim.now, 0);
+        sim.run_until(sim.now + 10_000_000);
+        let v = sim.one_view_or_none().expect("the first view");
+        assert_eq!(v.members.len(), 1);
+        assert!(sim.f(1).is_out() && sim.f(2).is_out());
+    }
+
+    #[test]
     fn staggered_boots_without_nodes_end_with_one_view_or_none() {
         for seed in 0..40u64 {
             let mut sim = Sim::new(seed);
