@@ -593,6 +593,11 @@ impl NodeNet {
         self.formation.view()
     }
 
+    /// A view was committed without this node: it stays out of the cluster (for `status`).
+    pub fn left_out(&self) -> bool {
+        self.formation.is_out()
+    }
+
     /// `net`: addresses, link and counters.
     pub fn print_status(&mut self) {
         let mac = self.iface.mac();
