@@ -140,7 +140,7 @@ pub fn log(l: Level, args: fmt::Arguments<'_>) {
     }
     let us = crate::arch::time::uptime_us();
     if DEFER.load(Ordering::Relaxed) {
-        let mut line = LineBuf::<256>::new();
+        let mut line = LineBuf::<320>::new();
         let _ = log::write_line(&mut line, us, l, args);
         line.end_line();
         RING.lock().push_line(line.as_bytes());
