@@ -62,3 +62,25 @@ fn backspace_edits_the_line_and_the_other_commands_answer() -> Result<(), Harnes
     assert!(status.success(), "QEMU did not power off cleanly: {status:?}");
     Ok(())
 }
+
+/// The `idle:` line's percentage.
+fn asleep_percent(status: &str) -> Option<f64> {
+    let l = status.lines().find(|l| l.starts_with("idle: the boot CPU slept "))?;
+    l.split("slept ").nth(1)?.split('%').next()?.parse().ok()
+}
+
+#[test]
+fn an_idle_node_sleeps_instead_of_spinning_and_still_answers_at_once() -> Result<(), HarnessError> {
+    // Alone on a switch port, the node waits 5 s of its own time for peers before it commits
+    // a view of itself: 5 s of an idle node, announcements aside.
+    let mut sw = gestalt_ci::Switch::new(41)?;
+    let port = sw.add_port(gestalt_ci::PortKind::Qemu)?;
+    let spec = qemu("idle", Boot::Kernel).nic(port, [0x52, 0x54, 0x00, 0x49, 0x44, 1]);
+    let mut node = boot_to_shell(&spec, QEMU_BOOT)?;
+    node.wait_for("net: view committed: 1 nodes", QEMU_BOOT)?;
+    let status = node.command("status", ANSWER)?;
+    let asleep = asleep_percent(&status).unwrap_or(0.0);
+    assert!(asleep >= 50.0, "an idle node should sleep most of the time:\n{status}");
+    eprintln!("{}", status.lines().find(|l| l.starts_with("idle:")).unwrap_or(""));
+    Ok(())
+}

@@ -30,6 +30,10 @@ const REG_EOI: R = Reg::at::<0xB0>();
 const REG_SVR: R = Reg::at::<0xF0>();
 const REG_ICR_LO: R = Reg::at::<0x300>();
 const REG_ICR_HI: R = Reg::at::<0x310>();
+const REG_LVT_TIMER: R = Reg::at::<0x320>();
+const REG_TIMER_INIT: R = Reg::at::<0x380>();
+const REG_TIMER_CURRENT: R = Reg::at::<0x390>();
+const REG_TIMER_DIVIDE: R = Reg::at::<0x3E0>();
 
 fn msr(reg: R) -> u32 {
     0x800 + (reg.offset() / 16) as u32
@@ -118,4 +122,25 @@ pub fn send_sipi(dest: u32, vector: u8) {
 /// A fixed IPI.
 pub fn send_ipi(dest: u32, vector: u8) {
     send(dest, 0x4000 | u32::from(vector));
+}
+
+/// Starts this CPU's APIC timer in periodic mode with `vector` every `period_us`, after
+/// measuring its rate against the TSC (the APIC timer's input clock is not architectural,
+/// SDM Vol. 3A §11.5.4). Divide by 16.
+pub fn start_periodic_timer(vector: u8, period_us: u64) -> Result<(), &'static str> {
+    const MASKED: u32 = 1 << 16;
+    const PERIODIC: u32 = 1 << 17;
+    write(REG_TIMER_DIVIDE, 0b0011);
+    write(REG_LVT_TIMER, MASKED | u32::from(vector));
+    write(REG_TIMER_INIT, u32::MAX);
+    super::time::delay_us(10_000);
+    let per_10ms = u64::from(u32::MAX - read(REG_TIMER_CURRENT));
+    write(REG_TIMER_INIT, 0);
+    let count = per_10ms.saturating_mul(period_us) / 10_000;
+    if count == 0 || count > u64::from(u32::MAX) {
+        return Err("the APIC timer did not count");
+    }
+    write(REG_LVT_TIMER, PERIODIC | u32::from(vector));
+    write(REG_TIMER_INIT, count as u32);
+    Ok(())
 }

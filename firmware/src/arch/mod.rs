@@ -4,8 +4,10 @@
 pub mod apic;
 pub mod cpu;
 pub mod gdt;
+pub mod idle;
 pub mod idt;
 pub mod paging;
+pub mod pic;
 pub mod power;
 pub mod rand;
 pub mod smp;

@@ -164,6 +164,11 @@ impl Coherent {
         self.outbox.pop_front()
     }
 
+    /// Messages wait for the transport.
+    pub fn has_outgoing(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// A message the transport could not take yet goes back to the front (back-pressure:
     /// nothing is dropped, and the order stays).
     pub fn push_back_outgoing(&mut self, to: NodeId, bytes: Vec<u8>) {

@@ -155,7 +155,7 @@ pub fn start(
     }
     deliver_early(vm);
 
-    quiet_legacy_pic();
+    crate::arch::pic::mask();
     // Alone, or with one core, the boot CPU runs the first local vCPU between its polls.
     let bsp_runs = vm.shape.nodes() == 1 || aps.is_empty();
     let on_aps = share.vcpus as usize - usize::from(bsp_runs);
@@ -205,48 +205,27 @@ fn runner(vm: &Vm, id: usize, cpu: usize, start: Start) -> Result<Runner<VmxVcpu
     Ok(Runner::new(vm, v, id, cpu, start))
 }
 
-/// The BSP now takes interrupts (host IPIs exit the guest and are handled with IF set):
-/// move the 8259 PICs off the exception vectors (to 0x20-0x2F) and mask them, so a BIOS-left
-/// PIT tick is never mistaken for a double fault (8259A datasheet, ICW1-ICW4).
-fn quiet_legacy_pic() {
-    use x86_64::instructions::port::Port;
-    // SAFETY: 0x20/0x21 and 0xA0/0xA1 are the PC's two 8259s; the firmware uses the local APIC
-    // only, so remapping and masking them takes nothing away.
-    unsafe {
-        let (mut c1, mut d1) = (Port::<u8>::new(0x20), Port::<u8>::new(0x21));
-        let (mut c2, mut d2) = (Port::<u8>::new(0xA0), Port::<u8>::new(0xA1));
-        c1.write(0x11);
-        c2.write(0x11);
-        d1.write(0x20);
-        d2.write(0x28);
-        d1.write(4);
-        d2.write(2);
-        d1.write(1);
-        d2.write(1);
-        d1.write(0xff);
-        d2.write(0xff);
-    }
-}
-
 fn slice_ticks() -> u64 {
     time::tsc_hz().max(1_000_000) / 1_000_000 * SLICE_US
 }
 
 /// Runs the boot CPU's vCPU for one time slice (or not at all while it waits); the node loop
-/// calls this between its polls.
-pub fn bsp_slice() {
-    let Some(vm) = VM.get() else { return };
+/// calls this between its polls. False when that vCPU has nothing to do (none here, stopped,
+/// or halted or waiting without a timer armed): then the loop may sleep.
+pub fn bsp_slice() -> bool {
+    let Some(vm) = VM.get() else { return false };
     let mut g = BSP_RUNNER.lock();
-    let Some(r) = g.as_mut() else { return };
+    let Some(r) = g.as_mut() else { return false };
     // The slice is absolute: a guest exiting often (polling a port) still hands the CPU back.
     let end = rdtsc() + slice_ticks();
     loop {
         match r.step(vm, end) {
             Step::Continue if rdtsc() < end => {}
-            Step::Continue | Step::Yield | Step::Idle => return,
+            Step::Continue | Step::Yield => return true,
+            Step::Idle => return r.apic.deadline().is_some(),
             Step::Stopped => {
                 *g = None;
-                return;
+                return false;
             }
         }
     }

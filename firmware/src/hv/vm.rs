@@ -107,6 +107,7 @@ impl Vm {
 
     fn post(&self, to: u16, msg: &GuestMsg<'_>) {
         self.outbox.lock().push_back((to, msg.encode()));
+        crate::arch::idle::wake_service_core();
     }
 
     fn post_all(&self, msg: &GuestMsg<'_>) {
@@ -115,6 +116,7 @@ impl Vm {
         for s in self.shape.shares.iter().filter(|s| s.node != self.me) {
             out.push_back((s.node, bytes.clone()));
         }
+        crate::arch::idle::wake_service_core();
     }
 
     fn here(&self) -> Here<'_> {
@@ -314,6 +316,10 @@ impl Machine for Vm {
             self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16), now);
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
+        if served == Served::Later {
+            // Its request waits in the outbox: the service core sends it now, not at its tick.
+            crate::arch::idle::wake_service_core();
+        }
         match served {
             Served::Now => Fault::Mapped,
             Served::Later => Fault::Wait,
@@ -435,6 +441,15 @@ pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
         return Some((u16::from(to.0), GuestMsg::Coherence(&bytes).encode()));
     }
     vm.outbox.lock().pop_front()
+}
+
+/// Guest messages wait for the transport.
+pub fn has_outgoing() -> bool {
+    VM.get().is_some_and(|vm| {
+        vm.retry.lock().is_some()
+            || !vm.outbox.lock().is_empty()
+            || vm.coherent.lock().has_outgoing()
+    })
 }
 
 /// The transport could not take `bytes` for `to` now: it goes first next time.

@@ -364,19 +364,27 @@ pub fn ap_idle(index: usize) -> ! {
 }
 
 const PROMPT: &[u8] = b"gestalt> ";
+/// Quiet time after which the node loop sleeps between polls.
+const IDLE_AFTER_US: u64 = 20_000;
 
 fn shell_loop(
     node: &'static Node,
     mut net: Option<crate::net::stack::NodeNet>,
     mut guest: Option<GuestPlan>,
 ) -> ! {
+    if let Err(e) = arch::idle::init() {
+        warn!("idle: {e}; this node polls without sleeping");
+    }
     info!("shell: ready");
     write_bytes(PROMPT);
     let mut ed = LineEditor::default();
+    let mut last_busy = time::uptime_us();
     loop {
-        crate::hv::vm::bsp_slice();
+        let mut busy = crate::hv::vm::bsp_slice();
         if let Some(n) = net.as_mut() {
+            let before = n.activity();
             n.poll();
+            busy |= n.activity() != before;
             if let Some(view) = n.view().filter(|_| guest.is_some()) {
                 let view = view.clone();
                 if let Some(g) = guest.take() {
@@ -384,10 +392,22 @@ fn shell_loop(
                 }
             }
         }
+        busy |= crate::hv::vm::has_outgoing();
+        let now = time::uptime_us();
+        if busy {
+            last_busy = now;
+        }
         let Some(b) = serial::try_read() else {
-            core::hint::spin_loop();
+            // Nothing for a while: sleep until the tick or a core that hands us work. While
+            // traffic flows (a remote fault's reply is due) the loop keeps polling.
+            if now.saturating_sub(last_busy) > IDLE_AFTER_US {
+                arch::idle::sleep();
+            } else {
+                core::hint::spin_loop();
+            }
             continue;
         };
+        last_busy = now;
         if crate::hv::vm::console_input(b) {
             continue;
         }
@@ -432,6 +452,14 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
                 regions::total(&node.pool) / MIB
             );
             kprintln!("tsc {} Hz, log level {}", time::tsc_hz(), serial::level().name());
+            match arch::idle::asleep_per_mille() {
+                Some(pm) => kprintln!(
+                    "idle: the boot CPU slept {}.{}% of the time since the shell started",
+                    pm / 10,
+                    pm % 10
+                ),
+                None => kprintln!("idle: the boot CPU never sleeps (no tick)"),
+            }
             match net.as_ref().map(|n| n.view()) {
                 None => kprintln!("cluster: no network"),
                 Some(None) => kprintln!("cluster: forming (see 'nodes')"),
