@@ -16,6 +16,8 @@ use crate::home::Config;
 use crate::message::Message;
 use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId, PAGE_SIZE};
 
+mod evict;
+
 /// Guest memory of this node, as the engine and its caller see it. Tests use plain memory
 /// ([`crate::MemStore`]).
 pub trait PageStore {
@@ -47,6 +49,16 @@ pub enum Event {
         from: NodeId,
         /// Contents.
         msg: Message,
+    },
+    /// The caller wants this node's copy of `gfn` (a frame homed elsewhere) dropped, to reuse
+    /// its memory: a Shared copy is dropped, a Modified one written back, both through the home
+    /// ([`Message::PutShared`], [`Message::PutModified`]). The frame's memory stays in use until
+    /// the home's [`Message::PutAck`] is handled (a forward may still need its contents).
+    /// Refused for a frame this node is home to, does not cache, or has a request or eviction
+    /// in flight for.
+    Evict {
+        /// Frame.
+        gfn: Gfn,
     },
     /// Time passed; `now` is in the caller's ticks (only compared with
     /// [`Engine::set_stall_after`]).
@@ -154,6 +166,12 @@ pub enum ProtocolError {
         /// Bytes it carried.
         len: usize,
     },
+    /// An [`Event::Evict`] for a frame this node cannot evict now (homed here, not cached, or
+    /// a request or eviction in flight).
+    CannotEvict {
+        /// Frame.
+        gfn: Gfn,
+    },
     /// A message that makes no sense in the frame's current state (a duplicate, a bug, or a
     /// peer running other code).
     Unexpected {
@@ -191,6 +209,11 @@ impl fmt::Display for ProtocolError {
                 f,
                 "{kind} from node {} for gfn {:#x} carries {len} bytes, not a {PAGE_SIZE}-byte page",
                 from.0, gfn.0
+            ),
+            ProtocolError::CannotEvict { gfn } => write!(
+                f,
+                "gfn {:#x} cannot be evicted now (homed here, not cached, or in flight)",
+                gfn.0
             ),
             ProtocolError::Unexpected { from, kind, gfn } => write!(
                 f,
@@ -230,6 +253,8 @@ pub struct Counters {
     pub deferred: u64,
     /// Protocol errors reported.
     pub errors: u64,
+    /// Copies given up to make room (asked for, or chosen to stay within the cache limit).
+    pub evictions: u64,
 }
 
 impl PartialEq for Counters {
@@ -265,8 +290,10 @@ enum Txn {
     /// duplicate stand in for a sharer that still maps the page). `upgrade`: the requester
     /// still holds a current shared copy, so the grant carries no data.
     CollectAcks { requester: NodeId, waiting: NodeSet, upgrade: bool },
-    /// Read forwarded to the owner; wait for its write-back, then `requester` shares.
-    AwaitWriteBack { requester: NodeId },
+    /// Read forwarded to the owner; wait for its write-back, then `requester` shares —
+    /// unless it has `dropped` the copy meanwhile (evicted it: the owner's data reaches the
+    /// reader directly, before the write-back reaches us).
+    AwaitWriteBack { requester: NodeId, dropped: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -295,6 +322,14 @@ pub struct Engine {
     hold: u64,
     /// Deferred messages parked by `hold`: frame → (message, release time).
     held: BTreeMap<Gfn, (Message, u64)>,
+    /// Copies given up whose `PutAck` has not come yet.
+    evicting: BTreeMap<Gfn, evict::Evicting>,
+    /// Remote frames this node may hold at once (see [`Engine::set_cache_limit`]).
+    cache_limit: Option<usize>,
+    /// Remote frames in Shared or Modified here.
+    cached_remote: usize,
+    /// Where the search for the next victim starts (a clock hand over the frames).
+    hand: u64,
     counters: Counters,
 }
 
@@ -323,6 +358,10 @@ impl Engine {
             stall_after: 0,
             hold: 0,
             held: BTreeMap::new(),
+            evicting: BTreeMap::new(),
+            cache_limit: None,
+            cached_remote: 0,
+            hand: 0,
             counters: Counters::default(),
         }
     }
@@ -375,9 +414,37 @@ impl Engine {
         self.pending.contains_key(&gfn)
     }
 
-    /// Number of frames with a request in flight from this node.
+    /// Number of frames with a request or an eviction in flight from this node.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.evicting.len()
+    }
+
+    /// Whether this node is giving up its copy of `gfn` (waiting for the home's `PutAck`).
+    pub fn is_evicting(&self, gfn: Gfn) -> bool {
+        self.evicting.contains_key(&gfn)
+    }
+
+    /// Frames homed elsewhere that this node caches or is filling (what
+    /// [`Engine::set_cache_limit`] bounds). A Shared copy's frame is free as soon as it is
+    /// evicted; a Modified copy's frame is also in use until its `PutAck`
+    /// ([`Engine::is_evicting`]), one round trip.
+    pub fn remote_frames_in_use(&self) -> usize {
+        let filling = self
+            .pending
+            .iter()
+            .filter(|(g, _)| {
+                self.cfg.home(**g) != self.id && self.cache.get(g.0 as usize) == CacheState::Invalid
+            })
+            .count();
+        self.cached_remote + filling
+    }
+
+    /// Cache or fill at most `frames` remote frames at once: a fault that needs a new frame
+    /// first evicts another (a stable Shared or Modified copy, found by a clock hand). The
+    /// limit is exceeded only while no copy can be evicted (all in flight), by at most the
+    /// faults in flight. `None` (the default): no limit.
+    pub fn set_cache_limit(&mut self, frames: Option<usize>) {
+        self.cache_limit = frames;
     }
 
     /// Number of directory entries with a transaction in flight at this home.
@@ -417,6 +484,10 @@ impl Engine {
             }
             Event::Message { from, msg } => {
                 self.peer_message(from, msg, store, out);
+                None
+            }
+            Event::Evict { gfn } => {
+                self.evict_request(gfn, out);
                 None
             }
             Event::Timer { now } => {
@@ -495,6 +566,12 @@ impl Engine {
             p.waiters.push((vcpu, access));
             return;
         }
+        if let Some(e) = self.evicting.get_mut(&gfn) {
+            // The new request must follow the eviction at the home: wait for its PutAck.
+            self.counters.coalesced += 1;
+            e.waiters.push((vcpu, access));
+            return;
+        }
         let rights = match self.cache.get(gfn.0 as usize) {
             CacheState::Invalid => None,
             CacheState::Shared => Some(Rights::ReadExec),
@@ -506,7 +583,25 @@ impl Engine {
             out.push(Action::Resume { vcpus: alloc::vec![vcpu] });
             return;
         }
+        if rights.is_none() {
+            self.make_room(gfn, out);
+        }
         self.request(gfn, access.is_write(), alloc::vec![(vcpu, access)], out);
+    }
+
+    /// Sets the stable state of `gfn`, keeping the count of cached remote frames.
+    fn set_state(&mut self, gfn: Gfn, new: CacheState) {
+        let i = gfn.0 as usize;
+        let was = self.cache.get(i) != CacheState::Invalid;
+        let is = new != CacheState::Invalid;
+        if was != is && self.cfg.home(gfn) != self.id {
+            if is {
+                self.cached_remote += 1;
+            } else {
+                self.cached_remote -= 1;
+            }
+        }
+        self.cache.set(i, new);
     }
 
     fn request(
@@ -569,14 +664,21 @@ impl Engine {
                 | Message::WriteReq { .. }
                 | Message::InvAck { .. }
                 | Message::WriteBack { .. }
+                | Message::PutShared { .. }
+                | Message::PutModified { .. }
         );
         if to_directory && home != self.id {
             let e = ProtocolError::NotHome { from, kind: msg.name(), gfn };
             return self.error(e, out);
         }
-        // Invalidations and forwards come only from the home.
-        if matches!(msg, Message::Inv { .. } | Message::FwdRead { .. } | Message::FwdWrite { .. })
-            && from != home
+        // Invalidations, forwards and eviction acks come only from the home.
+        if matches!(
+            msg,
+            Message::Inv { .. }
+                | Message::FwdRead { .. }
+                | Message::FwdWrite { .. }
+                | Message::PutAck { .. }
+        ) && from != home
         {
             return self.unexpected(from, &msg, out);
         }
@@ -592,6 +694,9 @@ impl Engine {
             Message::DataShared { .. } | Message::DataExclusive { .. } | Message::Grant { .. } => {
                 self.cache_fill(from, &msg, store, out);
             }
+            Message::PutShared { .. } => self.dir_put_shared(from, gfn, out),
+            Message::PutModified { .. } => self.dir_put_modified(from, &msg, store, out),
+            Message::PutAck { .. } => self.cache_put_ack(from, &msg, out),
         }
     }
 
@@ -608,8 +713,18 @@ impl Engine {
             // Shared, possibly with an upgrade in flight that the home has not ordered yet:
             // drop the copy now (the upgrade will then be answered with data).
             (CacheState::Shared, _) => {
-                self.cache.set(i, CacheState::Invalid);
+                self.set_state(gfn, CacheState::Invalid);
                 out.push(Action::Unmap { gfn });
+                self.send(from, Message::InvAck { gfn }, out);
+            }
+            // Our PutShared crossed this Inv: the copy is gone already, the home still counts
+            // on our ack.
+            (CacheState::Invalid, None)
+                if self.evicting.get(&gfn).is_some_and(|e| !e.modified && !e.answered) =>
+            {
+                if let Some(e) = self.evicting.get_mut(&gfn) {
+                    e.answered = true;
+                }
                 self.send(from, Message::InvAck { gfn }, out);
             }
             _ => self.unexpected(from, &msg, out),
@@ -625,9 +740,14 @@ impl Engine {
                 self.counters.deferred += 1;
                 p.deferred = Some(msg);
             }
+            (CacheState::Invalid, None)
+                if self.evicting.get(&gfn).is_some_and(|e| e.modified && !e.answered) =>
+            {
+                self.forward_while_evicting(from, &msg, out);
+            }
             (CacheState::Modified, None) => match msg {
                 Message::FwdRead { requester, .. } if requester != self.id => {
-                    self.cache.set(i, CacheState::Shared);
+                    self.set_state(gfn, CacheState::Shared);
                     out.push(Action::Downgrade { gfn });
                     if requester != from {
                         self.send(requester, Message::DataShared { gfn, page: Vec::new() }, out);
@@ -635,7 +755,7 @@ impl Engine {
                     self.send(from, Message::WriteBack { gfn, page: Vec::new() }, out);
                 }
                 Message::FwdWrite { requester, .. } if requester != self.id => {
-                    self.cache.set(i, CacheState::Invalid);
+                    self.set_state(gfn, CacheState::Invalid);
                     out.push(Action::Unmap { gfn });
                     self.send(requester, Message::DataExclusive { gfn, page: Vec::new() }, out);
                 }
@@ -685,7 +805,7 @@ impl Engine {
             Message::DataShared { .. } => (CacheState::Shared, Rights::ReadExec),
             _ => (CacheState::Modified, Rights::ReadWriteExec),
         };
-        self.cache.set(i, new);
+        self.set_state(gfn, new);
         out.push(Action::Map { gfn, rights });
         let mut waiting = p.waiters;
         let served: Vec<VcpuId> =
@@ -780,7 +900,7 @@ impl Engine {
                     self.send(owner, Message::FwdWrite { gfn, requester: r }, out);
                 } else {
                     self.dir.set_busy(i, true);
-                    let txn = Txn::AwaitWriteBack { requester: r };
+                    let txn = Txn::AwaitWriteBack { requester: r, dropped: false };
                     self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
                     self.send(owner, Message::FwdRead { gfn, requester: r }, out);
                 }
@@ -826,11 +946,11 @@ impl Engine {
     ) {
         let gfn = msg.gfn();
         let i = self.cfg.home_index(gfn);
-        let requester = match self.busy.get(&gfn) {
-            Some(Busy { txn: Txn::AwaitWriteBack { requester }, .. })
+        let (requester, dropped) = match self.busy.get(&gfn) {
+            Some(Busy { txn: Txn::AwaitWriteBack { requester, dropped }, .. })
                 if self.dir.state(i) == DirState::Modified && self.dir.owner(i) == from =>
             {
-                *requester
+                (*requester, *dropped)
             }
             _ => return self.unexpected(from, msg, out),
         };
@@ -839,7 +959,10 @@ impl Engine {
                 store.install(gfn, page);
             }
         }
-        let sharers: NodeSet = [from, requester].into_iter().collect();
+        let mut sharers: NodeSet = [from, requester].into_iter().collect();
+        if dropped {
+            sharers.remove(requester);
+        }
         self.dir.set_shared(i, &sharers);
         if requester == self.id {
             // The owner sent the data only once, to us as home; our own read is served now.

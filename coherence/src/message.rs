@@ -77,6 +77,24 @@ pub enum Message {
         /// Page contents.
         page: Vec<u8>,
     },
+    /// Sharer → home: I dropped my shared copy to make room (eviction).
+    PutShared {
+        /// Frame.
+        gfn: Gfn,
+    },
+    /// Owner → home: I gave up my modified copy to make room (eviction); the current contents.
+    PutModified {
+        /// Frame.
+        gfn: Gfn,
+        /// Page contents.
+        page: Vec<u8>,
+    },
+    /// Home → evicting node: your `PutShared`/`PutModified` is in; nothing about the frame
+    /// is on its way to you any more, so its memory may be reused.
+    PutAck {
+        /// Frame.
+        gfn: Gfn,
+    },
 }
 
 const K_READ_REQ: u8 = 1;
@@ -89,6 +107,9 @@ const K_DATA_SHARED: u8 = 7;
 const K_DATA_EXCLUSIVE: u8 = 8;
 const K_GRANT: u8 = 9;
 const K_WRITE_BACK: u8 = 10;
+const K_PUT_SHARED: u8 = 11;
+const K_PUT_MODIFIED: u8 = 12;
+const K_PUT_ACK: u8 = 13;
 
 /// Why bytes are not a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +158,10 @@ impl Message {
             | Message::DataShared { gfn, .. }
             | Message::DataExclusive { gfn, .. }
             | Message::Grant { gfn }
-            | Message::WriteBack { gfn, .. } => *gfn,
+            | Message::WriteBack { gfn, .. }
+            | Message::PutShared { gfn }
+            | Message::PutModified { gfn, .. }
+            | Message::PutAck { gfn } => *gfn,
         }
     }
 
@@ -154,6 +178,9 @@ impl Message {
             Message::DataExclusive { .. } => "DataExclusive",
             Message::Grant { .. } => "Grant",
             Message::WriteBack { .. } => "WriteBack",
+            Message::PutShared { .. } => "PutShared",
+            Message::PutModified { .. } => "PutModified",
+            Message::PutAck { .. } => "PutAck",
         }
     }
 
@@ -162,7 +189,8 @@ impl Message {
         match self {
             Message::DataShared { page, .. }
             | Message::DataExclusive { page, .. }
-            | Message::WriteBack { page, .. } => Some(page),
+            | Message::WriteBack { page, .. }
+            | Message::PutModified { page, .. } => Some(page),
             _ => None,
         }
     }
@@ -173,7 +201,8 @@ impl Message {
         match self {
             Message::DataShared { page, .. }
             | Message::DataExclusive { page, .. }
-            | Message::WriteBack { page, .. } => Some(page),
+            | Message::WriteBack { page, .. }
+            | Message::PutModified { page, .. } => Some(page),
             _ => None,
         }
     }
@@ -194,6 +223,9 @@ impl Message {
             Message::DataExclusive { .. } => K_DATA_EXCLUSIVE,
             Message::Grant { .. } => K_GRANT,
             Message::WriteBack { .. } => K_WRITE_BACK,
+            Message::PutShared { .. } => K_PUT_SHARED,
+            Message::PutModified { .. } => K_PUT_MODIFIED,
+            Message::PutAck { .. } => K_PUT_ACK,
         };
         out.push(WIRE_VERSION);
         out.push(kind);
@@ -238,6 +270,9 @@ impl Message {
             K_DATA_EXCLUSIVE => Message::DataExclusive { gfn, page: r.page()? },
             K_GRANT => Message::Grant { gfn },
             K_WRITE_BACK => Message::WriteBack { gfn, page: r.page()? },
+            K_PUT_SHARED => Message::PutShared { gfn },
+            K_PUT_MODIFIED => Message::PutModified { gfn, page: r.page()? },
+            K_PUT_ACK => Message::PutAck { gfn },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.bytes.is_empty() {
@@ -302,7 +337,10 @@ mod tests {
             (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataShared { gfn, page }),
             (gfn.clone(), page.clone())
                 .prop_map(|(gfn, page)| Message::DataExclusive { gfn, page }),
-            (gfn, page).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+            (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+            (gfn.clone(), page).prop_map(|(gfn, page)| Message::PutModified { gfn, page }),
+            gfn.clone().prop_map(|gfn| Message::PutShared { gfn }),
+            gfn.prop_map(|gfn| Message::PutAck { gfn }),
         ]
     }
 

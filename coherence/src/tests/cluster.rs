@@ -76,6 +76,14 @@ impl Cluster {
         self.apply(NodeId(node), acts);
     }
 
+    /// `node` gives up its copy of `gfn`, then everything is delivered.
+    pub fn evict(&mut self, node: u8, gfn: u64) {
+        let n = usize::from(node);
+        let acts = self.engines[n].handle(Event::Evict { gfn: Gfn(gfn) }, &mut self.stores[n]);
+        self.apply(NodeId(node), acts);
+        self.run();
+    }
+
     /// A timer event on `node`, then delivery of whatever it sends.
     pub fn timer(&mut self, node: u8, now: u64) {
         let n = usize::from(node);

@@ -298,3 +298,56 @@ fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it
         ["WriteReq", "ReadReq", "FwdWrite", "FwdRead", "DataExclusive", "DataShared", "WriteBack"]
     );
 }
+
+#[test]
+fn evicting_a_shared_copy_costs_two_messages_and_no_page() {
+    let mut c = cluster(3);
+    c.write(HOME, G, 3);
+    c.access(1, G, Access::Read);
+    c.log.clear();
+    c.evict(1, G);
+    assert_eq!(c.log.iter().map(|m| m.2).collect::<Vec<_>>(), ["PutShared", "PutAck"]);
+    assert!(!c.maps[1].contains_key(&Gfn(G)));
+    let (_, _, sharers, _) = c.engines[0].directory_entry(Gfn(G));
+    assert!(!sharers.contains(NodeId(1)), "the home no longer lists it");
+    // The next write invalidates no one.
+    assert_eq!(c.access(2, G, Access::Write), ["WriteReq", "DataExclusive"]);
+}
+
+#[test]
+fn evicting_a_modified_copy_writes_it_back_in_two_messages() {
+    let mut c = cluster(3);
+    c.write(1, G, 77);
+    c.log.clear();
+    c.evict(1, G);
+    assert_eq!(c.log.iter().map(|m| m.2).collect::<Vec<_>>(), ["PutModified", "PutAck"]);
+    assert_eq!(c.stores[usize::from(HOME)].frame(Gfn(G))[0], 77, "home memory is current");
+    assert_eq!(c.engines[0].directory_entry(Gfn(G)).0, crate::DirState::Uncached);
+    assert_eq!(c.access(2, G, Access::Read), ["ReadReq", "DataShared"]);
+    assert_eq!(c.read(2, G), 77);
+}
+
+#[test]
+fn a_fault_at_the_cache_limit_evicts_another_copy_first() {
+    let mut c = cluster(3);
+    c.engines[1].set_cache_limit(Some(1));
+    c.write(1, 0, 5); // frame 0 homed at node 0
+    assert_eq!(c.engines[1].remote_frames_in_use(), 1);
+    let log = c.access(1, 2, Access::Read); // frame 2, homed at node 2
+    assert_eq!(log, ["PutModified", "ReadReq", "PutAck", "DataShared"]);
+    assert_eq!(c.engines[1].remote_frames_in_use(), 1);
+    assert!(!c.maps[1].contains_key(&Gfn(0)));
+    assert_eq!(c.engines[1].counters().evictions, 1);
+    assert_eq!(c.read(2, 0), 5, "the evicted page was written back");
+}
+
+#[test]
+fn an_evict_request_for_a_frame_homed_here_or_not_cached_is_refused() {
+    let mut e = Engine::new(NodeId(1), Config::interleaved(2, 8));
+    let mut s = MemStore::new();
+    for g in [0u64, 1, 9] {
+        let acts = e.handle(Event::Evict { gfn: Gfn(g) }, &mut s);
+        assert!(matches!(acts[..], [Action::Error(_)]), "gfn {g}: {acts:?}");
+    }
+    assert!(!e.can_evict(Gfn(0)) && !e.can_evict(Gfn(1)));
+}

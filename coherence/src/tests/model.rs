@@ -103,6 +103,8 @@ struct World {
     todo: Vec<VecDeque<Todo>>,
     vcpus: Vec<Vcpu>,
     latest: Vec<u8>,
+    /// `Evict` events the glue may still send (a budget, to keep the model finite).
+    evictions_left: u8,
 }
 
 /// A fast two-lane multiplicative hasher with a strong final mix (the derived `Hash` makes
@@ -193,11 +195,23 @@ pub struct Model {
     pub hold: bool,
     /// An action-order bug planted in every batch (to show the checker catches it).
     pub bug: Option<Bug>,
+    /// Times a node may evict a copy on its own (an `Event::Evict` at any moment).
+    pub evictions: u8,
+    /// `Engine::set_cache_limit` on every node.
+    pub cache_limit: Option<usize>,
 }
 
 impl Model {
     pub const fn new(pages: u8, vcpus: &'static [u8], ops_per_vcpu: u8) -> Model {
-        Model { pages, vcpus, ops_per_vcpu, hold: false, bug: None }
+        Model {
+            pages,
+            vcpus,
+            ops_per_vcpu,
+            hold: false,
+            bug: None,
+            evictions: 0,
+            cache_limit: None,
+        }
     }
 }
 
@@ -208,6 +222,8 @@ pub struct Report {
     pub transitions: usize,
     pub terminal: usize,
     pub max_depth: usize,
+    /// Most evictions along one path to an end (a model with a cache limit must reach some).
+    pub evictions: u64,
 }
 
 impl World {
@@ -226,6 +242,7 @@ impl World {
                 .map(|i| {
                     let mut e = Engine::new(NodeId(i as u8), cfg);
                     e.set_hold(u64::from(m.hold));
+                    e.set_cache_limit(m.cache_limit);
                     e
                 })
                 .collect(),
@@ -235,6 +252,7 @@ impl World {
             todo: vec![VecDeque::new(); n],
             vcpus,
             latest: vec![0; usize::from(m.pages)],
+            evictions_left: m.evictions,
         }
     }
 
@@ -406,6 +424,18 @@ impl World {
                     push(label, r)?;
                 }
             }
+            if self.evictions_left > 0 {
+                for page in 0..self.latest.len() as u8 {
+                    if self.engines[node].can_evict(Gfn(u64::from(page))) {
+                        let label = Step::Evict { node, page };
+                        let mut w = self.clone();
+                        w.evictions_left -= 1;
+                        let r =
+                            w.run(node, Event::Evict { gfn: Gfn(u64::from(page)) }, m).map(|()| w);
+                        push(label, r)?;
+                    }
+                }
+            }
             if self.engines[node].held_count() > 0 {
                 let label = Step::Tick { node };
                 let mut w = self.clone();
@@ -501,6 +531,7 @@ enum Step {
     Deliver { kind: &'static str, from: usize, to: usize },
     Tick { node: usize },
     TakeFault { vcpu: usize, node: usize },
+    Evict { node: usize, page: u8 },
     Apply { node: usize, what: &'static str, page: u8 },
     Access { vcpu: usize, node: usize, page: u8, access: Access, fault: bool, retry: bool },
 }
@@ -524,6 +555,7 @@ impl std::fmt::Display for Step {
         match *self {
             Step::Deliver { kind, from, to } => write!(f, "deliver {kind} {from}->{to}"),
             Step::Tick { node } => write!(f, "timer on node {node}"),
+            Step::Evict { node, page } => write!(f, "node {node} evicts page {page}"),
             Step::TakeFault { vcpu, node } => {
                 write!(f, "node {node} takes the fault of vcpu {vcpu}")
             }
@@ -576,6 +608,8 @@ pub fn check(m: Model) -> Result<Report, String> {
         };
         if succ.is_empty() {
             report.terminal += 1;
+            let ev = w.engines.iter().map(|e| e.counters().evictions).sum::<u64>();
+            report.evictions = report.evictions.max(ev);
             terminal.push(at);
             w.check_terminal(m).map_err(|e| trace(&index, &parent, at, &e))?;
         }
@@ -695,12 +729,39 @@ fn model_three_nodes_one_page_with_held_pages_is_coherent_deadlock_free_and_live
     assert!(r.states > 100_000, "explored only {} states", r.states);
 }
 
+#[test]
+fn model_two_nodes_two_pages_evicting_at_any_moment_is_coherent_deadlock_free_and_live() {
+    let r = run_and_report(Model { evictions: 2, ..Model::new(2, &[1, 1], 2) });
+    assert!(r.states > 100_000 && r.evictions == 2, "{r:?}");
+}
+
+#[test]
+fn model_three_nodes_one_page_with_an_eviction_crossing_forwards_is_coherent_and_live() {
+    let r = run_and_report(Model { evictions: 1, ..Model::new(1, &[1, 1, 1], 2) });
+    assert!(r.states > 100_000 && r.evictions == 1, "{r:?}");
+}
+
+#[test]
+fn model_three_nodes_two_pages_with_a_one_frame_cache_is_coherent_and_live() {
+    // Node 2 homes neither page, so its two vCPUs make it evict to hold the other.
+    let r = run_and_report(Model { cache_limit: Some(1), ..Model::new(2, &[1, 0, 2], 1) });
+    assert!(r.states > 10_000 && r.evictions > 0, "{r:?}");
+    let r = run_and_report(Model { cache_limit: Some(1), ..Model::new(2, &[0, 1, 1], 2) });
+    assert!(r.states > 10_000 && r.evictions > 0, "{r:?}");
+}
+
 /// Larger models, for `cargo test -p gestalt-coherence --release model_deep -- --ignored
 /// --nocapture` (minutes in release; too slow for every CI run).
 #[test]
 #[ignore = "minutes long: run in release with --ignored"]
 fn model_deep_three_nodes_two_pages() {
     run_and_report(Model::new(2, &[1, 1, 1], 2));
+}
+
+#[test]
+#[ignore = "minutes long: run in release with --ignored"]
+fn model_deep_three_nodes_one_page_evicting_twice() {
+    run_and_report(Model { evictions: 2, ..Model::new(1, &[1, 1, 1], 2) });
 }
 
 #[test]
@@ -728,7 +789,7 @@ fn assert_safety_violation(e: &str) {
     assert!(safety.iter().any(|s| e.contains(s)), "not a safety violation: {e}");
 }
 
-/// Any model: `GESTALT_MODEL=pages/vcpus,per,node/accesses[/hold] cargo test -p
+/// Any model: `GESTALT_MODEL=pages/vcpus,per,node/accesses[/hold][/evict=N][/limit=N] cargo test -p
 /// gestalt-coherence --release model_any -- --ignored --nocapture`.
 #[test]
 #[ignore = "for models chosen on the command line"]
@@ -736,8 +797,11 @@ fn model_any() {
     let spec = std::env::var("GESTALT_MODEL").unwrap_or_else(|_| "1/1,1/2".into());
     let f: Vec<&str> = spec.split('/').collect();
     let vcpus: Vec<u8> = f[1].split(',').map(|v| v.parse().expect("vcpus")).collect();
+    let opt = |k: &str| f.iter().find_map(|x| x.strip_prefix(k)).map(|v| v.parse().expect(k));
     let m = Model {
-        hold: f.get(3) == Some(&"hold"),
+        hold: f.contains(&"hold"),
+        evictions: opt("evict=").unwrap_or(0),
+        cache_limit: opt("limit=").map(usize::from),
         ..Model::new(f[0].parse().expect("pages"), vcpus.leak(), f[2].parse().expect("accesses"))
     };
     run_and_report(m);

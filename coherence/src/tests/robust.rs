@@ -24,17 +24,21 @@ fn any_event() -> impl Strategy<Value = Event> {
             .prop_map(|(gfn, requester)| Message::FwdWrite { gfn, requester }),
         (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataShared { gfn, page }),
         (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataExclusive { gfn, page }),
-        (gfn.clone(), page).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+        (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
+        (gfn.clone(), page).prop_map(|(gfn, page)| Message::PutModified { gfn, page }),
+        gfn.clone().prop_map(|gfn| Message::PutShared { gfn }),
+        gfn.clone().prop_map(|gfn| Message::PutAck { gfn }),
     ];
     let access = prop_oneof![Just(Access::Read), Just(Access::Write), Just(Access::Exec)];
     prop_oneof![
         (node, msg).prop_map(|(from, msg)| Event::Message { from, msg }),
-        (gfn, access, 0u16..4).prop_map(|(gfn, access, v)| Event::LocalFault {
+        (gfn.clone(), access, 0u16..4).prop_map(|(gfn, access, v)| Event::LocalFault {
             gfn,
             access,
             vcpu: VcpuId(v)
         }),
         (0u64..1000).prop_map(|now| Event::Timer { now }),
+        gfn.prop_map(|gfn| Event::Evict { gfn }),
     ]
 }
 

@@ -91,6 +91,8 @@ pub struct SimConfig {
     pub dup_nth: Option<u64>,
     /// An action-order bug planted in every batch (to show the checks catch it).
     pub bug: Option<Bug>,
+    /// `Engine::set_cache_limit` on every node.
+    pub cache_limit: Option<usize>,
 }
 
 impl SimConfig {
@@ -107,6 +109,7 @@ impl SimConfig {
             drop_nth: None,
             dup_nth: None,
             bug: None,
+            cache_limit: None,
         }
     }
 
@@ -208,6 +211,7 @@ impl Sim {
                 .map(|i| {
                     let mut e = Engine::new(NodeId(i as u8), ecfg);
                     e.set_hold(cfg.hold);
+                    e.set_cache_limit(cfg.cache_limit);
                     e
                 })
                 .collect(),
@@ -298,25 +302,33 @@ impl Sim {
             self.nodes[node].backlog.push_back(ev);
             return Ok(());
         }
-        self.handle(node, ev);
+        self.handle(node, ev)?;
         if !self.nodes[node].todo.is_empty() {
             self.schedule_apply(node);
         }
         Ok(())
     }
 
-    fn handle(&mut self, node: usize, ev: Event) {
+    fn handle(&mut self, node: usize, ev: Event) -> Result<(), String> {
         self.stats.engine_events += 1;
         let mut actions = std::mem::take(&mut self.actions);
         self.engines[node].handle_into(ev, &mut self.stores[node], &mut actions);
         if let Some(bug) = self.cfg.bug {
             bug.plant(&mut actions);
         }
+        if let Some(limit) = self.cfg.cache_limit {
+            // Over the limit only by faults in flight while nothing could be evicted.
+            let in_use = self.engines[node].remote_frames_in_use();
+            if in_use > limit + usize::from(self.cfg.vcpus_per_node) {
+                return Err(format!("node {node} holds {in_use} remote frames, limit {limit}"));
+            }
+        }
         self.nodes[node].todo.extend(actions.drain(..));
         self.actions = actions;
         if self.engines[node].held_count() > 0 {
             self.schedule(self.now + self.cfg.hold, Ev::Tick { node: node as u16 });
         }
+        Ok(())
     }
 
     /// The next action a few ticks on: an EPT change with its INVEPT, a page copy, a send
@@ -337,7 +349,7 @@ impl Sim {
         }
         while self.nodes[node].todo.is_empty() {
             let Some(ev) = self.nodes[node].backlog.pop_front() else { break };
-            self.handle(node, ev);
+            self.handle(node, ev)?;
         }
         if !self.nodes[node].todo.is_empty() {
             self.schedule_apply(node);
@@ -601,6 +613,26 @@ fn sim_above_64_nodes_catches_a_sharer_word_bug_that_64_nodes_cannot_show() {
     assert!(at_64.is_ok(), "64 nodes use one sharer word: {at_64:?}");
     let e = at_256.expect_err("256 nodes must catch sharers lost above node 63");
     assert!(e.contains("writers and") || e.contains("unexpected"), "{e}");
+}
+
+#[test]
+fn sim_nodes_caching_few_remote_frames_stay_coherent_and_within_the_limit() {
+    let t = std::time::Instant::now();
+    for (seed, nodes, pages, limit) in [(400, 16, 4096, 64), (401, 16, 32, 4), (402, 64, 4096, 64)]
+    {
+        let mut cfg = SimConfig::new(seed, nodes, 60_000);
+        cfg.pages = pages;
+        cfg.cache_limit = Some(limit);
+        let mut sim = Sim::new(cfg);
+        sim.run().unwrap_or_else(|e| panic!("{e}\nreplay: {}", cfg.replay_command()));
+        let evictions: u64 = sim.engines.iter().map(|e| e.counters().evictions).sum();
+        assert_eq!(sim.stats.ops, 60_000);
+        assert!(evictions > sim.stats.faults / 4, "the limit must bite: {evictions} evictions");
+        std::println!(
+            "sim {nodes} nodes x {pages} pages, cache of {limit} frames, seed {seed}: {:?}, {evictions} evictions in {:.2?}",
+            sim.stats, t.elapsed()
+        );
+    }
 }
 
 #[test]
