@@ -39,7 +39,7 @@ impl Bench {
     fn new(nodes: u16, pages: u64) -> Bench {
         let cfg = Config::ranges(nodes, pages.max(1) * u64::from(nodes));
         Bench {
-            engines: (0..nodes).map(|i| Engine::new(NodeId(i as u8), cfg)).collect(),
+            engines: (0..nodes).map(|i| Engine::new(NodeId(i as u8), cfg.clone())).collect(),
             stores: (0..nodes).map(|_| Scratch(Box::new([7; PAGE_SIZE]))).collect(),
             net: VecDeque::new(),
             out: Vec::new(),

@@ -348,9 +348,9 @@ impl Engine {
         let homed = cfg.pages_homed_at(id) as usize;
         Engine {
             id,
-            cfg,
             cache: CacheStates::new(cfg.pages as usize),
             dir: Directory::new(homed, cfg.nodes),
+            cfg,
             pending: BTreeMap::new(),
             busy: BTreeMap::new(),
             loopback: VecDeque::new(),

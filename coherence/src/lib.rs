@@ -19,7 +19,7 @@ mod tests;
 
 pub use directory::{CacheState, DirState, Directory};
 pub use engine::{Action, Counters, Engine, Event, PageStore, ProtocolError};
-pub use home::{Config, HomeMap};
+pub use home::{Config, HomeMap, HomeMapError, HomeRange};
 pub use message::{DecodeError, Message, WIRE_VERSION};
 pub use store::MemStore;
 pub use types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId, MAX_NODES, PAGE_SIZE};

@@ -80,7 +80,7 @@ impl Engine {
         let pages = self.cfg.pages;
         for k in 0..pages {
             let g = Gfn((self.hand + k) % pages);
-            if g != gfn && self.evictable(g) {
+            if g != gfn && self.cfg.contains(g) && self.evictable(g) {
                 self.hand = (g.0 + 1) % pages;
                 return self.evict(g, out);
             }

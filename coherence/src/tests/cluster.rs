@@ -22,10 +22,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(cfg: Config) -> Cluster {
+    pub fn new(cfg: &Config) -> Cluster {
         let n = usize::from(cfg.nodes);
         Cluster {
-            engines: (0..n).map(|i| Engine::new(NodeId(i as u8), cfg)).collect(),
+            engines: (0..n).map(|i| Engine::new(NodeId(i as u8), cfg.clone())).collect(),
             stores: (0..n).map(|_| MemStore::new()).collect(),
             net: VecDeque::new(),
             log: Vec::new(),

@@ -14,7 +14,7 @@ const HOME: u8 = 0;
 const G: u64 = 0;
 
 fn cluster(nodes: u16) -> Cluster {
-    Cluster::new(Config::interleaved(nodes, 64))
+    Cluster::new(&Config::interleaved(nodes, 64))
 }
 
 #[test]
@@ -262,7 +262,7 @@ fn a_request_outstanding_past_the_stall_limit_is_reported_once() {
 
 #[test]
 fn contiguous_range_homes_serve_their_own_range_without_messages() {
-    let mut c = Cluster::new(Config::ranges(4, 64));
+    let mut c = Cluster::new(&Config::ranges(4, 64));
     // Frames 16..32 live on node 1.
     assert!(c.access(1, 20, Access::Write).is_empty());
     assert_eq!(c.access(2, 20, Access::Read), ["ReadReq", "DataShared"]);
@@ -350,4 +350,22 @@ fn an_evict_request_for_a_frame_homed_here_or_not_cached_is_refused() {
         assert!(matches!(acts[..], [Action::Error(_)]), "gfn {g}: {acts:?}");
     }
     assert!(!e.can_evict(Gfn(0)) && !e.can_evict(Gfn(1)));
+}
+
+#[test]
+fn uneven_homes_serve_their_own_ranges_and_refuse_frames_in_the_hole() {
+    // Node 0: frames 0..4 and 12..16 (a hole 4..12 between), node 1: 16..40, node 2: 40..42.
+    let n = |i| NodeId(i);
+    let cfg = Config::table(3, &[(0, 4, n(0)), (12, 4, n(0)), (16, 24, n(1)), (40, 2, n(2))])
+        .expect("a valid table");
+    let mut c = Cluster::new(&cfg);
+    assert!(c.access(0, 13, Access::Write).is_empty(), "node 0 is home above the hole too");
+    assert!(c.access(2, 41, Access::Write).is_empty());
+    assert_eq!(c.access(2, 13, Access::Read), ["ReadReq", "DataShared"]);
+    let mut e = Engine::new(NodeId(1), cfg);
+    let mut s = MemStore::new();
+    let ev = Event::LocalFault { gfn: Gfn(5), access: Access::Read, vcpu: VcpuId(0) };
+    assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(5) })]);
+    let ev = Event::Message { from: NodeId(0), msg: Message::Inv { gfn: Gfn(7) } };
+    assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(7) })]);
 }

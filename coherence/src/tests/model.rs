@@ -240,7 +240,7 @@ impl World {
         World {
             engines: (0..n)
                 .map(|i| {
-                    let mut e = Engine::new(NodeId(i as u8), cfg);
+                    let mut e = Engine::new(NodeId(i as u8), cfg.clone());
                     e.set_hold(u64::from(m.hold));
                     e.set_cache_limit(m.cache_limit);
                     e

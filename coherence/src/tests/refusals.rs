@@ -11,7 +11,7 @@ const HOME: u8 = 0;
 const G: u64 = 0;
 
 fn cluster(nodes: u16) -> Cluster {
-    Cluster::new(Config::interleaved(nodes, 64))
+    Cluster::new(&Config::interleaved(nodes, 64))
 }
 
 fn is_refusal(acts: &[Action], kind: &str) -> bool {

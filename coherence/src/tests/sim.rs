@@ -80,6 +80,9 @@ pub struct SimConfig {
     pub ops: u64,
     /// Contiguous homes instead of interleaved.
     pub ranges: bool,
+    /// Homes from a table: uneven contributions (1 to 4 shares per node) and a hole of a
+    /// sixteenth of memory inside node 0's (as the MMIO hole below 4 GiB). `pages` counts RAM.
+    pub uneven: bool,
     /// Largest usual message delay, in ticks (1 % of messages take up to 20 times longer;
     /// vCPUs think 0..20 ticks between accesses).
     pub max_delay: u64,
@@ -104,6 +107,7 @@ impl SimConfig {
             vcpus_per_node: 4,
             ops,
             ranges: seed % 2 == 1,
+            uneven: false,
             max_delay: 200,
             hold: if seed % 4 >= 2 { 50 } else { 0 },
             drop_nth: None,
@@ -181,6 +185,8 @@ struct Sim {
     buf: Vec<u8>,
     actions: Vec<Action>,
     hot: Vec<u64>,
+    /// The guest frames (every frame but the holes).
+    ram: Vec<u64>,
 }
 
 const WATCHDOG: u64 = 2_000_000;
@@ -188,28 +194,32 @@ const WATCHDOG: u64 = 2_000_000;
 impl Sim {
     fn new(cfg: SimConfig) -> Sim {
         let n = usize::from(cfg.nodes);
-        let ecfg = if cfg.ranges {
+        let ecfg = if cfg.uneven {
+            uneven_homes(cfg.nodes, cfg.pages)
+        } else if cfg.ranges {
             Config::ranges(cfg.nodes, cfg.pages)
         } else {
             Config::interleaved(cfg.nodes, cfg.pages)
         };
+        let ram: Vec<u64> = (0..ecfg.pages).filter(|&g| ecfg.contains(Gfn(g))).collect();
         let mut rng = Rng::new(cfg.seed);
-        let hot = (0..16).map(|_| rng.below(cfg.pages)).collect();
+        let hot = (0..16).map(|_| ram[rng.below(ram.len() as u64) as usize]).collect();
         let vcpus = (0..cfg.nodes)
             .flat_map(|node| {
                 (0..cfg.vcpus_per_node).map(move |_| Vcpu { node, blocked: None, resumed: false })
             })
             .collect();
-        let pages = cfg.pages as usize;
+        let pages = ecfg.pages as usize;
         Sim {
             cfg,
+            ram,
             rng,
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
             engines: (0..n)
                 .map(|i| {
-                    let mut e = Engine::new(NodeId(i as u8), ecfg);
+                    let mut e = Engine::new(NodeId(i as u8), ecfg.clone());
                     e.set_hold(cfg.hold);
                     e.set_cache_limit(cfg.cache_limit);
                     e
@@ -439,7 +449,7 @@ impl Sim {
         let page = if self.rng.chance(30) {
             self.hot[self.rng.below(self.hot.len() as u64) as usize]
         } else {
-            self.rng.below(self.cfg.pages)
+            self.ram[self.rng.below(self.ram.len() as u64) as usize]
         };
         let access = match self.rng.below(10) {
             0..=5 => Access::Read,
@@ -511,8 +521,8 @@ impl Sim {
                 return Err(format!("node {i} still has requests or transactions in flight"));
             }
         }
-        let cfg = *self.engines[0].config();
-        for p in 0..self.cfg.pages {
+        let cfg = self.engines[0].config().clone();
+        for &p in &self.ram {
             let gfn = Gfn(p);
             let (state, owner, sharers, _) =
                 self.engines[cfg.home(gfn).index()].directory_entry(gfn);
@@ -533,6 +543,32 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// `nodes` contributing 1, 2, 3, 4, 1, 2, … shares of `ram` frames in node order, with a hole of
+/// `ram / 16` frames splitting node 0's range in two.
+fn uneven_homes(nodes: u16, ram: u64) -> Config {
+    let shares: Vec<u64> = (0..u64::from(nodes)).map(|i| 1 + i % 4).collect();
+    let total: u64 = shares.iter().sum();
+    let mut ranges = Vec::new();
+    let (mut at, mut given) = (0, 0);
+    for (i, &w) in shares.iter().enumerate() {
+        let len = if i + 1 == shares.len() { ram - given } else { ram * w / total };
+        let node = NodeId(i as u8);
+        if i == 0 {
+            let half = len / 2;
+            ranges.push((0, half, node));
+            at = half + ram / 16;
+            ranges.push((at, len - half, node));
+            at += len - half;
+        } else {
+            ranges.push((at, len, node));
+            at += len;
+        }
+        given += len;
+    }
+    ranges.retain(|r| r.1 > 0);
+    Config::table(nodes, &ranges).expect("uneven homes are a valid table")
 }
 
 /// Runs one simulation; on failure, the error names the seed and how to replay it.
@@ -632,6 +668,19 @@ fn sim_nodes_caching_few_remote_frames_stay_coherent_and_within_the_limit() {
             "sim {nodes} nodes x {pages} pages, cache of {limit} frames, seed {seed}: {:?}, {evictions} evictions in {:.2?}",
             sim.stats, t.elapsed()
         );
+    }
+}
+
+#[test]
+fn sim_homes_of_uneven_size_around_a_hole_stay_coherent() {
+    for (seed, nodes, pages, limit) in [(500, 16, 4096, None), (501, 7, 64, Some(8))] {
+        let mut cfg = SimConfig::new(seed, nodes, 40_000);
+        cfg.pages = pages;
+        cfg.uneven = true;
+        cfg.cache_limit = limit;
+        let s = simulate(cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.ops, 40_000);
+        std::println!("sim {nodes} nodes, uneven homes around a hole, seed {seed}: {s:?}");
     }
 }
 
