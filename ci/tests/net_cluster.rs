@@ -436,3 +436,104 @@ fn nodes_booting_seconds_apart_without_nodes_end_with_one_view_or_none() -> Resu
     }
     Ok(())
 }
+
+/// The announcements (IPv4/UDP to the transport port, magic `GSTA`) among `frames` that
+/// came from `src`.
+fn announcements_from(frames: &[Vec<u8>], src: [u8; 6]) -> Vec<Vec<u8>> {
+    let magic = gestalt_netstack::membership::ANNOUNCE_MAGIC.to_be_bytes();
+    frames
+        .iter()
+        .filter(|f| f.len() > 46 && f[6..12] == src && f[12..14] == [0x08, 0x00])
+        .filter(|f| f[36..38] == 7470u16.to_be_bytes() && f[42..46] == magic)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn announcements_recorded_in_an_earlier_boot_never_make_a_ghost_member() -> Result<(), HarnessError>
+{
+    let art = artifacts();
+    let mut sw = Switch::new(33)?;
+    // The attacker's port: it hears what the switch floods (broadcasts) and can send.
+    let tap = sw.add_port(PortKind::Qemu)?;
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", tap.peer_udp)).expect("tap socket");
+    let spec = |sw: &mut Switch, i: u8| -> Result<NodeSpec, HarnessError> {
+        let line = if i == 0 { "nodes=3 primary" } else { "nodes=3" };
+        Ok(NodeSpec::new(&format!("g{i}"), Emu::Qemu, Boot::Kernel)
+            .cmdline(line)
+            .nic(sw.add_port(PortKind::Qemu)?, mac(100 + i)))
+    };
+    // Boot 1: three nodes form a view while the attacker records.
+    let mut first = Vec::new();
+    for i in 0..3 {
+        first.push(Node::start(&spec(&mut sw, i)?, &art)?);
+    }
+    for n in first.iter_mut() {
+        n.wait_for("view committed: 3 nodes", QEMU_BOOT)?;
+    }
+    drop(first);
+    sock.set_nonblocking(true).expect("nonblocking tap");
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = sock.recv(&mut buf) {
+        frames.push(buf[..n].to_vec());
+    }
+    let ghost = announcements_from(&frames, mac(102));
+    assert!(!ghost.is_empty(), "recorded nothing from g2 ({} frames)", frames.len());
+    // Boot 2: g0 and g1 come back, g2 stays off; the attacker replays g2's announcements.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replay = {
+        let (stop, sock, to) = (stop.clone(), sock.try_clone().expect("tap"), tap.switch_udp);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for f in &ghost {
+                    let _ = sock.send_to(f, ("127.0.0.1", to));
+                }
+                std::thread::sleep(Duration::from_millis(100)); // pacing the replay
+            }
+        })
+    };
+    let mut second = Vec::new();
+    for i in 0..2 {
+        second.push(Node::start(&spec(&mut sw, i)?, &art)?);
+    }
+    // Not a sleep: each node must have found the other, taken many replays (far more
+    // announcements heard than g0 and g1 send each other) and run many rounds (sent) before
+    // "no view" means anything.
+    for (i, n) in second.iter_mut().enumerate() {
+        let other = gestalt_ci::switch::mac_str(mac(101 - i as u8));
+        n.wait_for(&format!("net: found node {other}"), QEMU_BOOT)?;
+        let deadline = std::time::Instant::now() + QEMU_BOOT;
+        loop {
+            let net = n.command("net", ANSWER)?;
+            let count = |label: &str| {
+                net.split(label)
+                    .next()
+                    .and_then(|p| p.rsplit(' ').next())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            if count(" heard, ") >= 500 && count(" announcements sent") >= 60 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}: not enough yet:\n{net}", n.name());
+        }
+        let nodes = n.command("nodes", ANSWER)?;
+        assert!(
+            nodes.contains("no view yet: 2 node(s) found so far"),
+            "{}: {nodes}\n{}",
+            n.name(),
+            n.console().text()
+        );
+        let text = n.console().text();
+        assert!(!text.contains("view committed"), "{}: a view with a ghost:\n{text}", n.name());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    replay.join().expect("replay thread");
+    // The real g2 boots: one view of the three current boots.
+    second.push(Node::start(&spec(&mut sw, 2)?, &art)?);
+    for n in second.iter_mut() {
+        n.wait_for("view committed: 3 nodes", QEMU_BOOT)?;
+    }
+    Ok(())
+}

@@ -179,7 +179,7 @@ pub enum Progress {
 pub enum Dest {
     /// Everyone on the link (discovery).
     Broadcast,
-    /// One peer (an answer to its challenge).
+    /// One peer that proved it is there (an answer to its challenge).
     To(Addr),
 }
 
@@ -518,7 +518,8 @@ impl Formation {
     }
 
     /// The announcements to send at `now`: one broadcast and one answer per peer heard
-    /// recently, each round; nothing between rounds or before this node has an address.
+    /// recently (unicast once the peer proved it is there, broadcast before), each round;
+    /// nothing between rounds or before this node has an address.
     pub fn poll_announce(&mut self, now: u64) -> Vec<(Announcement, Dest)> {
         if now < self.next_round || self.my_addr.0 == [0; 4] {
             return Vec::new();
@@ -567,7 +568,11 @@ impl Formation {
                 _ => false,
             };
             let echo = Some(Challenge { nonce: k.1, seq: p.heard_seq });
-            out.push((Announcement { echo, in_view, ..base }, Dest::To(p.addr)));
+            // Unicast only to a peer that proved it is there: an address nobody answers ARP
+            // for (a replayed node's) would hold up every datagram queued behind it in the
+            // UDP socket. Others get their answer broadcast; the echo names the recipient.
+            let dest = if p.live(now) { Dest::To(p.addr) } else { Dest::Broadcast };
+            out.push((Announcement { echo, in_view, ..base }, dest));
         }
         out
     }
@@ -845,11 +850,25 @@ mod tests {
         assert_eq!(f.on_announce(answer(ident(6, 22), 1, None), addr(6), 10), Heard::Unproven);
         assert_eq!(f.count(10), 1);
         assert!(f.poll(10).is_none());
-        // It is answered: a unicast to the address inside it, echoing its challenge.
+        // It is answered, echoing its challenge: by broadcast, as nothing proves a node is
+        // there to answer ARP for that address (a unicast would wait in the socket forever).
         let out = f.poll_announce(20);
-        let to_6: Vec<_> = out.iter().filter(|(_, d)| *d == Dest::To(addr(6))).collect();
-        assert_eq!(to_6.len(), 1);
-        assert_eq!(to_6[0].0.echo, Some(Challenge { nonce: 22, seq: 1 }));
+        let echoed = Some(Challenge { nonce: 22, seq: 1 });
+        let answers: Vec<_> = out.iter().filter(|(a, _)| a.echo == echoed).collect();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].1, Dest::Broadcast);
+    }
+
+    #[test]
+    fn a_peer_that_proved_it_is_there_is_answered_by_unicast() {
+        let mut f = Formation::new(ident(5, 11), addr(5), Some(3), 0, TIMEOUT);
+        let c = challenge(&mut f, 0);
+        assert_eq!(f.on_announce(answer(ident(6, 22), 4, Some(c)), addr(6), 1000), Heard::New);
+        let out = f.poll_announce(ROUND_FORMING_US);
+        let answers: Vec<_> = out.iter().filter(|(a, _)| a.echo.is_some()).collect();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].0.echo, Some(Challenge { nonce: 22, seq: 4 }));
+        assert_eq!(answers[0].1, Dest::To(addr(6)));
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub fn pump() {
     }
 }
 
+/// Log lines wait in the buffer for the UART (a main loop about to sleep should pump first:
+/// the UART empties its FIFO in about 1.4 ms).
+pub fn has_pending_output() -> bool {
+    RING.try_lock().is_some_and(|r| !r.is_empty())
+}
+
 /// Log lines dropped since boot because the buffer was full.
 pub fn dropped_lines() -> u64 {
     RING.lock().dropped()
