@@ -468,7 +468,7 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
             match net.as_ref().map(|n| (n.view(), n.left_out())) {
                 None => kprintln!("cluster: no network"),
                 Some((None, true)) => {
-                    kprintln!("cluster: left out: a view was committed without this node")
+                    kprintln!("cluster: left out: a view was committed without this node");
                 }
                 Some((None, false)) => kprintln!("cluster: forming (see 'nodes')"),
                 Some((Some(v), _)) => kprintln!(
