@@ -22,7 +22,7 @@ fn test_mode_ends_bochs_by_itself_through_the_shutdown_port() -> Result<(), Harn
     let spec = NodeSpec::new("bochs-exit", Emu::Bochs, Boot::Iso).cmdline("test=boot");
     let mut node = gestalt_ci::Node::start(&spec, &common::artifacts())?;
     node.wait_for("test: boot PASS", BOCHS_BOOT)?;
-    // Bochs always exits 1 after "Shutdown" on port 0x8900 (DESIGN.md §8): that it exits at
+    // Bochs always exits 1 after "Shutdown" on port 0x8900 (docs/design.md §9): that it exits at
     // all, without the harness killing it, is the check.
     node.wait_exit(BOCHS_BOOT)?;
     Ok(())

@@ -375,8 +375,13 @@ fn killing_a_node_stops_the_spanning_guest_on_the_other_with_a_report_naming_it(
 #[test]
 #[ignore]
 fn span_figures() -> Result<(), HarnessError> {
-    let (_sw, mut n0, mut n1, _images) = span_cluster("figs", "")?;
+    // GESTALT_SPAN_CMDLINE adds words to both nodes' command lines (e.g. `hold=200`).
+    let extra = std::env::var("GESTALT_SPAN_CMDLINE").unwrap_or_default();
+    let (_sw, mut n0, mut n1, _images) = span_cluster("figs", &extra)?;
     n0.wait_for("guest: span: PASS all", BOCHS_BOOT + GUEST_RUN)?;
+    for l in n0.console().text().lines().filter(|l| l.contains("guest: span:")) {
+        eprintln!("{l}");
+    }
     let stats = n1.command("stats", ANSWER)?;
     let bench = n1.command("netbench 0", Duration::from_secs(120))?;
     eprintln!("{stats}\n{bench}");

@@ -54,6 +54,9 @@ pub struct Config {
     pub jumbo: bool,
     /// Most guest RAM this node contributes (`mem=`, bytes), if capped.
     pub mem: Option<u64>,
+    /// How long a page that just arrived stays before a waiting request takes it away
+    /// (`hold=`, µs), if not the default.
+    pub hold_us: Option<u64>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             guest: true,
             jumbo: false,
             mem: None,
+            hold_us: None,
         }
     }
 }
@@ -97,7 +101,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem, hold); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -210,6 +214,15 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                     .ok_or_else(|| bad("mem", v, "a size of at least 2M, like 64M or 4G"))?,
             );
         }
+        "hold" => {
+            let v = need("hold")?;
+            cfg.hold_us = Some(
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|us| *us <= 1_000_000)
+                    .ok_or_else(|| bad("hold", v, "microseconds from 0 to 1000000"))?,
+            );
+        }
         other => return Err(CmdlineError::UnknownKey(other.to_string())),
     }
     Ok(())
@@ -294,6 +307,16 @@ mod tests {
             let (cfg, errs) = parse(bad);
             assert_eq!(cfg.mem, None, "{bad}");
             assert_eq!(errs.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hold_takes_microseconds_up_to_a_second() {
+        assert_eq!(parse("hold=250").0.hold_us, Some(250));
+        assert_eq!(parse("hold=0").0.hold_us, Some(0));
+        for bad in ["hold=-1", "hold=2000000", "hold=soon"] {
+            let (cfg, errs) = parse(bad);
+            assert_eq!((cfg.hold_us, errs.len()), (None, 1), "{bad}");
         }
     }
 

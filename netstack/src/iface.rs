@@ -81,6 +81,10 @@ pub const PROBE_NUM: u8 = 3;
 pub const PROBE_INTERVAL_US: u64 = 200_000;
 /// Announcements after claiming (RFC 3927 ANNOUNCE_NUM).
 const ANNOUNCE_NUM: u8 = 2;
+/// A send queue whose head waits this long (µs) for its next hop's ARP answer is emptied.
+/// smoltcp asks again each second (its neighbor cache's silent time), so a live peer that
+/// missed one request still answers well within it.
+pub const STUCK_US: u64 = 2_500_000;
 
 impl LinkLocal {
     /// Starts probing at `now` (µs) for the first candidate derived from `mac`.
@@ -315,6 +319,10 @@ pub struct NetInterface<D: NetDevice> {
     iface: Interface,
     sockets: SocketSet<'static>,
     udp: SocketHandle,
+    udp_tx: SocketHandle,
+    /// Bytes in the send socket's queue and since when (µs) they have not gone down.
+    queued: (usize, u64),
+    stuck_drops: u64,
     dhcp: Option<SocketHandle>,
     link_local: Option<LinkLocal>,
     port: u16,
@@ -342,23 +350,28 @@ impl<D: NetDevice> NetInterface<D> {
         let mut sockets = SocketSet::new(Vec::new());
         let mtu = device.inner().mtu();
         let slots = 128;
-        let rx = udp::PacketBuffer::new(
-            vec![udp::PacketMetadata::EMPTY; slots],
-            vec![0; slots * mtu.min(4500)],
-        );
-        let tx = udp::PacketBuffer::new(
-            vec![udp::PacketMetadata::EMPTY; slots],
-            vec![0; slots * mtu.min(4500)],
-        );
-        let mut socket = udp::Socket::new(rx, tx);
+        let buffer = |slots: usize, bytes: usize| {
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; slots], vec![0; bytes])
+        };
+        // Receiving and sending use two sockets on the port: smoltcp holds a datagram whose
+        // destination's ARP is pending at the head of its socket's queue, and everything
+        // behind it waits; the send socket can then be emptied without losing what came in.
+        // smoltcp hands a datagram to the first socket that accepts it: the receiving one.
+        let mut socket = udp::Socket::new(buffer(slots, slots * mtu.min(4500)), buffer(1, 64));
         // Binding a fresh socket to a non-zero port cannot fail.
         let _ = socket.bind(port);
         let udp = sockets.add(socket);
+        let mut sender = udp::Socket::new(buffer(1, 64), buffer(slots, slots * mtu.min(4500)));
+        let _ = sender.bind(port);
+        let udp_tx = sockets.add(sender);
         let mut me = Self {
             device,
             iface,
             sockets,
             udp,
+            udp_tx,
+            queued: (0, 0),
+            stuck_drops: 0,
             dhcp: None,
             link_local: None,
             port,
@@ -447,6 +460,7 @@ impl<D: NetDevice> NetInterface<D> {
             }
         }
         let changed = self.iface.poll(instant(now), &mut self.device, &mut self.sockets);
+        self.unstick(now);
         self.device.inner().answer_probe();
         if let Some(h) = self.dhcp {
             let event = self.sockets.get_mut::<dhcpv4::Socket<'_>>(h).poll();
@@ -491,8 +505,32 @@ impl<D: NetDevice> NetInterface<D> {
         if self.ipv4().is_none() {
             return Err(NetSendError::NoAddress);
         }
-        let socket = self.sockets.get_mut::<udp::Socket<'_>>(self.udp);
+        let socket = self.sockets.get_mut::<udp::Socket<'_>>(self.udp_tx);
         socket.send_slice(payload, (to, port)).map_err(|_| NetSendError::Busy)
+    }
+
+    /// Times the send queue was emptied because its head waited for an address nobody answers.
+    pub fn stuck_drops(&self) -> u64 {
+        self.stuck_drops
+    }
+
+    /// A send queue that has not shrunk for [`STUCK_US`] waits for an ARP answer that is not
+    /// coming (a member that died): its datagrams are dropped, for the transport to resend,
+    /// so the ones for live peers behind it go out.
+    fn unstick(&mut self, now: u64) {
+        let socket = self.sockets.get_mut::<udp::Socket<'_>>(self.udp_tx);
+        let bytes = socket.send_queue();
+        let (before, since) = self.queued;
+        if bytes == 0 || bytes < before {
+            self.queued = (bytes, now);
+        } else if now.saturating_sub(since) > STUCK_US {
+            socket.close();
+            let _ = socket.bind(self.port);
+            self.stuck_drops += 1;
+            self.queued = (0, now);
+        } else {
+            self.queued = (bytes, since);
+        }
     }
 
     /// Takes one received UDP datagram on the transport port into `buf`:
@@ -523,7 +561,7 @@ impl<D: NetDevice> NetInterface<D> {
             let _ = transport.handle_datagram(now, &buf[..n]);
         }
         loop {
-            let socket = self.sockets.get::<udp::Socket<'_>>(self.udp);
+            let socket = self.sockets.get::<udp::Socket<'_>>(self.udp_tx);
             if !socket.can_send() {
                 break;
             }

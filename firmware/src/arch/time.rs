@@ -1,5 +1,5 @@
 //! Time: the TSC, calibrated against PIT channel 2 (8254 datasheet; port 0x61 gate/OUT2).
-//! CPUID leaves 15h/16h are not trusted: Bochs reports the host's (DESIGN.md §8).
+//! CPUID leaves 15h/16h are not trusted: Bochs reports the host's (docs/design.md §9).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -158,6 +158,8 @@ impl Shape {
 pub const TAG: u8 = 0x47;
 
 const COHERENCE: u8 = 1;
+/// The framing of a coherence message (the engine's bytes follow it).
+pub const COHERENCE_PREFIX: &[u8] = &[TAG, COHERENCE];
 const IPI: u8 = 2;
 const LINE: u8 = 3;
 const STOP: u8 = 4;
@@ -350,6 +352,9 @@ mod tests {
         for m in msgs {
             assert_eq!(decode(&m.encode()), Some(m));
         }
+        let mut framed = COHERENCE_PREFIX.to_vec();
+        framed.extend_from_slice(&[9, 9]);
+        assert_eq!(decode(&framed), Some(GuestMsg::Coherence(&[9, 9])));
     }
 
     #[test]

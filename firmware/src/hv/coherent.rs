@@ -62,6 +62,7 @@ pub struct Coherent {
     faults: FaultStats,
     last_error: Option<ProtocolError>,
     now: u64,
+    prefix: &'static [u8],
 }
 
 impl Coherent {
@@ -75,7 +76,15 @@ impl Coherent {
             faults: FaultStats::default(),
             last_error: None,
             now: 0,
+            prefix: &[],
         }
+    }
+
+    /// Outgoing messages start with `prefix` (the caller's framing on a shared transport), so
+    /// they need no second copy to be framed.
+    pub fn with_prefix(mut self, prefix: &'static [u8]) -> Coherent {
+        self.prefix = prefix;
+        self
     }
 
     /// The remote-fault profile (`stats`).
@@ -86,6 +95,17 @@ impl Coherent {
     /// Clears the remote-fault profile (`stats reset`).
     pub fn reset_fault_stats(&mut self) {
         self.faults = FaultStats::default();
+    }
+
+    /// A page that just arrived stays `ticks` (the timer's unit) before a request that waited
+    /// for it takes it away: the vCPUs resumed on it retire their access first.
+    pub fn set_hold(&mut self, ticks: u64) {
+        self.engine.set_hold(ticks);
+    }
+
+    /// Requests waiting longer than `ticks` are reported (counted as stalls).
+    pub fn set_stall_after(&mut self, ticks: u64) {
+        self.engine.set_stall_after(ticks);
     }
 
     /// The engine's counters (faults, messages, pages, invalidations …).
@@ -241,7 +261,9 @@ impl Coherent {
         if msg.page().is_some() {
             self.faults.pages_out += 1;
         }
-        let mut bytes = Vec::with_capacity(msg.encoded_len());
+        // One allocation and one copy per message: the caller's framing, then the message.
+        let mut bytes = Vec::with_capacity(self.prefix.len() + msg.encoded_len());
+        bytes.extend_from_slice(self.prefix);
         msg.encode(&mut bytes);
         self.outbox.push_back((to, bytes));
     }

@@ -1,7 +1,7 @@
 //! What CPUID tells a guest: the host's answer with a virtual topology (one core per vCPU,
 //! x2APIC id = vCPU index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), VMX hidden, the hypervisor
-//! bit set, TSC frequency leaves from the measured rate (Bochs reports the host's, DESIGN.md
-//! §8), and the Gestalt hypervisor leaves at 0x4000_0000.
+//! bit set, TSC frequency leaves from the measured rate (Bochs reports the host's,
+//! docs/design.md §9), and the Gestalt hypervisor leaves at 0x4000_0000.
 
 /// One CPUID answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -25,7 +25,7 @@ const KIB4: u64 = 1 << 12;
 const MIB2: u64 = 1 << 21;
 
 /// The map/unmap/set-rights interface the fault handler and later the coherence engine use
-/// (DESIGN.md §2 `NestedPaging`).
+/// (docs/design.md §2 `NestedPaging`).
 pub trait NestedPaging {
     /// Maps `[gpa, gpa+len)` to `[hpa, hpa+len)` with `rights` (page sizes by alignment).
     fn map(&mut self, gpa: u64, hpa: u64, len: u64, rights: u64) -> Result<MapStats, MapError>;

@@ -29,6 +29,8 @@ use crate::{error, info, kprintln};
 pub const MAX_VCPUS: usize = crate::acpi::MAX_CPUS;
 /// Guest time between returns to the node loop.
 const SLICE_US: u64 = 2000;
+/// A request for a page waiting this long is counted as a stall (`vcpu`).
+const STALL_US: u64 = 2_000_000;
 /// How long `start` waits for every online AP to report for work.
 const AP_REGISTER_US: u64 = 2_000_000;
 
@@ -124,7 +126,11 @@ pub fn start(
     }
     let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
     let pages = mem.pages();
-    let coherent = Coherent::new(NodeId(me.min(255) as u8), Config::ranges(shape.nodes(), pages));
+    let mut coherent =
+        Coherent::new(NodeId(me.min(255) as u8), Config::ranges(shape.nodes(), pages))
+            .with_prefix(super::cluster::COHERENCE_PREFIX);
+    coherent.set_hold(super::vm::DEFAULT_HOLD_US);
+    coherent.set_stall_after(STALL_US);
     let entry = kernel.as_ref().map_or(0, |k| k.entry);
     let vm = VM.call_once(|| Vm::new(me, shape, mem, coherent, entry, bitmap, frames, test));
 

@@ -626,11 +626,12 @@ impl NodeNet {
                 self.port
             ),
         }
+        let stuck = self.iface.stuck_drops();
         let d = self.iface.device().stats();
         kprintln!(
-            "nic: rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full); {} device faults contained; raw pings answered {}",
+            "nic: rx {} frames {} bytes ({} errors, {} missed); tx {} frames {} bytes ({} ring full); {} device faults contained; raw pings answered {}; {} send queues emptied for an unanswered address",
             d.rx_packets, d.rx_bytes, d.rx_errors, d.rx_missed, d.tx_packets, d.tx_bytes, d.tx_ring_full,
-            d.device_faults, self.iface.device().raw_answered
+            d.device_faults, self.iface.device().raw_answered, stuck
         );
         let c = &self.counters;
         kprintln!(

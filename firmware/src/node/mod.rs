@@ -291,8 +291,13 @@ fn start_guest(
     }
     let r =
         crate::hv::vm::start(&node.frames, &node.pool, g.image, g.cmdline, g.test, shape, me, aps);
-    if let Err(e) = r {
-        error!("hv: cannot start the guest: {e}");
+    match r {
+        Ok(_) => {
+            if let Some(us) = node.cfg.hold_us {
+                crate::hv::vm::set_hold_us(us);
+            }
+        }
+        Err(e) => error!("hv: cannot start the guest: {e}"),
     }
 }
 
@@ -392,7 +397,7 @@ fn shell_loop(
                 }
             }
         }
-        busy |= crate::hv::vm::has_outgoing();
+        busy |= crate::hv::vm::has_outgoing() || serial::has_pending_output();
         let now = time::uptime_us();
         if busy {
             last_busy = now;
@@ -460,10 +465,13 @@ fn run(node: &Node, net: Option<&mut crate::net::stack::NodeNet>, line: &str) {
                 ),
                 None => kprintln!("idle: the boot CPU never sleeps (no tick)"),
             }
-            match net.as_ref().map(|n| n.view()) {
+            match net.as_ref().map(|n| (n.view(), n.left_out())) {
                 None => kprintln!("cluster: no network"),
-                Some(None) => kprintln!("cluster: forming (see 'nodes')"),
-                Some(Some(v)) => kprintln!(
+                Some((None, true)) => {
+                    kprintln!("cluster: left out: a view was committed without this node");
+                }
+                Some((None, false)) => kprintln!("cluster: forming (see 'nodes')"),
+                Some((Some(v), _)) => kprintln!(
                     "cluster: node {} of {}, {} cores and {} MiB in all",
                     v.me,
                     v.members.len(),

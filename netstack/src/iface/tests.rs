@@ -295,3 +295,28 @@ fn transport_messages_cross_smoltcp_exactly_once_in_order_despite_frame_loss() {
     }
     assert!(transports[0].stats().retransmits > 0);
 }
+
+#[test]
+fn a_datagram_for_an_address_nobody_answers_does_not_block_the_traffic_after_it() {
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let mut nodes = vec![
+        NetInterface::new(port(&hub, 1), cidr("10.9.0.1/24"), PORT, 0, 1),
+        NetInterface::new(port(&hub, 2), cidr("10.9.0.2/24"), PORT, 0, 2),
+    ];
+    // A member that died: its address is never answered (no ARP reply). What queued behind
+    // it is dropped with it; the transport resends, and that must go out.
+    nodes[0].send_to(b"to the dead", Ipv4Address::new(10, 9, 0, 3), PORT).unwrap();
+    nodes[0].send_to(b"to the living", Ipv4Address::new(10, 9, 0, 2), PORT).unwrap();
+    let mut now = 0;
+    run_until(&mut nodes, &mut now, 4_000_000, |n| n[0].stuck_drops() >= 1);
+    nodes[0].send_to(b"to the living", Ipv4Address::new(10, 9, 0, 2), PORT).unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = None;
+    let limit = now + 1_000_000;
+    run_until(&mut nodes, &mut now, limit, |n| {
+        got = got.or_else(|| n[1].recv_from(&mut buf));
+        got.is_some()
+    });
+    assert_eq!(&buf[..13], b"to the living");
+    assert_eq!(nodes[0].stuck_drops(), 1);
+}

@@ -29,6 +29,8 @@ static IPIS: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
 static RAM: AtomicU64 = AtomicU64::new(0);
 static VCPUS: AtomicU32 = AtomicU32::new(1);
 static GO: AtomicU32 = AtomicU32::new(0);
+/// TSC ticks vCPU 0 spent on its increments.
+static COUNTER_TICKS: AtomicU64 = AtomicU64::new(0);
 
 extern "x86-interrupt" fn ipi(_f: Frame) {
     IPIS[apic_id() as usize % MAX].fetch_add(1, Ordering::SeqCst);
@@ -71,6 +73,7 @@ fn pattern(writer: u32, round: u64, a: u64) -> u64 {
 fn work(id: u32) {
     let n = VCPUS.load(Ordering::SeqCst);
     barrier(1);
+    let t0 = rdtsc();
     for k in 0..ITER {
         let v = COUNTER.fetch_add(1, Ordering::SeqCst);
         if k == 0 {
@@ -81,6 +84,9 @@ fn work(id: u32) {
         // other node's vCPU gets the counter in between (else one node could do all of its
         // increments while it holds the page, and the count would prove nothing).
         delay_us(50);
+    }
+    if id == 0 {
+        COUNTER_TICKS.store(rdtsc() - t0, Ordering::SeqCst);
     }
     barrier(2);
     for round in 0..ROUNDS {
@@ -172,6 +178,8 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         );
         ok = false;
     }
+    let us = COUNTER_TICKS.load(Ordering::SeqCst) * 1_000_000 / tsc_hz();
+    println!("span: vcpu 0's {ITER} increments took {us} us of its time");
     let bad = BAD.load(Ordering::SeqCst);
     if bad == 0 {
         println!(

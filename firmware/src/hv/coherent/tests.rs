@@ -177,3 +177,15 @@ fn the_profile_counts_remote_faults_by_kind_messages_pages_and_latency() {
     n[1].0.reset_fault_stats();
     assert_eq!(n[1].0.fault_stats().remote_faults(), 0);
 }
+
+#[test]
+fn outgoing_messages_carry_the_callers_framing_in_front_of_the_engines_bytes() {
+    let cfg = Config::ranges(2, 8);
+    let mut c = Coherent::new(NodeId(1), cfg).with_prefix(&[0x47, 1]);
+    let mut node = FakeNode::default();
+    c.fault(&mut node, Gfn(0), false, VcpuId(0), 0);
+    let (to, bytes) = c.next_outgoing().unwrap();
+    assert_eq!(to, NodeId(0));
+    assert_eq!(&bytes[..2], &[0x47, 1]);
+    assert!(Message::decode(&bytes[2..]).is_ok());
+}
