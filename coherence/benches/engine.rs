@@ -82,6 +82,11 @@ impl Bench {
         self.drain();
     }
 
+    fn evict(&mut self, node: u8, gfn: u64) {
+        self.event(NodeId(node), Event::Evict { gfn: Gfn(gfn) });
+        self.drain();
+    }
+
     fn drain(&mut self) {
         while let Some((from, to, msg)) = self.net.pop_front() {
             self.event(to, Event::Message { from, msg });
@@ -95,6 +100,8 @@ struct Path {
     nodes: u16,
     /// Engine events one transaction takes (checked before timing).
     events: u64,
+    /// `Engine::set_cache_limit` on node 1.
+    limit: Option<usize>,
     setup: fn(&mut Bench, u64),
     body: fn(&mut Bench, u64),
 }
@@ -102,6 +109,7 @@ struct Path {
 /// Times `iters` transactions, each on a fresh frame prepared by `setup` (untimed).
 fn run(iters: u64, p: &Path) -> Duration {
     let mut b = Bench::new(p.nodes, iters);
+    b.engines[1].set_cache_limit(p.limit);
     for g in 0..iters {
         (p.setup)(&mut b, g);
     }
@@ -120,6 +128,7 @@ const PATHS: &[Path] = &[
         name: "read_miss",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |_, _| {},
         body: |b, g| b.access(1, g, Access::Read),
     },
@@ -127,6 +136,7 @@ const PATHS: &[Path] = &[
         name: "read_miss_on_a_page_others_share",
         nodes: 3,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(2, g, Access::Read),
         body: |b, g| b.access(1, g, Access::Read),
     },
@@ -135,6 +145,7 @@ const PATHS: &[Path] = &[
         name: "write_miss",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |_, _| {},
         body: |b, g| b.access(1, g, Access::Write),
     },
@@ -143,6 +154,7 @@ const PATHS: &[Path] = &[
         name: "write_invalidating_one_sharer",
         nodes: 3,
         events: 5,
+        limit: None,
         setup: |b, g| b.access(2, g, Access::Read),
         body: |b, g| b.access(1, g, Access::Write),
     },
@@ -151,6 +163,7 @@ const PATHS: &[Path] = &[
         name: "write_invalidating_62_sharers_of_64_nodes",
         nodes: 64,
         events: 3 + 2 * 62,
+        limit: None,
         setup: |b, g| (1..63).for_each(|s| b.access(s, g, Access::Read)),
         body: |b, g| b.access(63, g, Access::Write),
     },
@@ -159,6 +172,7 @@ const PATHS: &[Path] = &[
         name: "upgrade_no_other_sharer",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(1, g, Access::Read),
         body: |b, g| b.access(1, g, Access::Write),
     },
@@ -167,6 +181,7 @@ const PATHS: &[Path] = &[
         name: "upgrade_invalidating_one_sharer",
         nodes: 3,
         events: 5,
+        limit: None,
         setup: |b, g| {
             b.access(1, g, Access::Read);
             b.access(2, g, Access::Read);
@@ -178,6 +193,7 @@ const PATHS: &[Path] = &[
         name: "read_of_modified_elsewhere",
         nodes: 3,
         events: 5,
+        limit: None,
         setup: |b, g| b.access(2, g, Access::Write),
         body: |b, g| b.access(1, g, Access::Read),
     },
@@ -186,6 +202,7 @@ const PATHS: &[Path] = &[
         name: "write_of_modified_elsewhere",
         nodes: 3,
         events: 4,
+        limit: None,
         setup: |b, g| b.access(2, g, Access::Write),
         body: |b, g| b.access(1, g, Access::Write),
     },
@@ -195,6 +212,7 @@ const PATHS: &[Path] = &[
         name: "write_with_the_home_among_the_sharers",
         nodes: 4,
         events: 7,
+        limit: None,
         setup: |b, g| (0..3).for_each(|s| b.access(s, g, Access::Read)),
         body: |b, g| b.access(3, g, Access::Write),
     },
@@ -203,6 +221,7 @@ const PATHS: &[Path] = &[
         name: "home_local_read",
         nodes: 2,
         events: 1,
+        limit: None,
         setup: |_, _| {},
         body: |b, g| b.access(0, g, Access::Read),
     },
@@ -210,6 +229,7 @@ const PATHS: &[Path] = &[
         name: "home_local_write",
         nodes: 2,
         events: 1,
+        limit: None,
         setup: |_, _| {},
         body: |b, g| b.access(0, g, Access::Write),
     },
@@ -218,6 +238,7 @@ const PATHS: &[Path] = &[
         name: "home_reads_modified_elsewhere",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(1, g, Access::Write),
         body: |b, g| b.access(0, g, Access::Read),
     },
@@ -226,6 +247,7 @@ const PATHS: &[Path] = &[
         name: "home_writes_modified_elsewhere",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(1, g, Access::Write),
         body: |b, g| b.access(0, g, Access::Write),
     },
@@ -234,6 +256,7 @@ const PATHS: &[Path] = &[
         name: "remote_reads_modified_at_home",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(0, g, Access::Write),
         body: |b, g| b.access(1, g, Access::Read),
     },
@@ -242,6 +265,7 @@ const PATHS: &[Path] = &[
         name: "remote_writes_modified_at_home",
         nodes: 2,
         events: 3,
+        limit: None,
         setup: |b, g| b.access(0, g, Access::Write),
         body: |b, g| b.access(1, g, Access::Write),
     },
@@ -250,6 +274,7 @@ const PATHS: &[Path] = &[
         name: "four_vcpus_fault_on_one_page",
         nodes: 2,
         events: 6,
+        limit: None,
         setup: |_, _| {},
         body: |b, g| b.coalesced(1, g, 4),
     },
@@ -258,7 +283,36 @@ const PATHS: &[Path] = &[
         name: "spurious_fault",
         nodes: 2,
         events: 1,
+        limit: None,
         setup: |b, g| b.access(1, g, Access::Write),
+        body: |b, g| b.access(1, g, Access::Read),
+    },
+    // Evict@1, PutShared@0, PutAck@1
+    Path {
+        name: "evict_a_shared_copy",
+        nodes: 2,
+        events: 3,
+        limit: None,
+        setup: |b, g| b.access(1, g, Access::Read),
+        body: |b, g| b.evict(1, g),
+    },
+    // Evict@1, PutModified@0 (page installed), PutAck@1
+    Path {
+        name: "evict_a_modified_copy",
+        nodes: 2,
+        events: 3,
+        limit: None,
+        setup: |b, g| b.access(1, g, Access::Write),
+        body: |b, g| b.evict(1, g),
+    },
+    // fault@1 (evicts the last frame: PutShared, ReadReq), PutShared@0, ReadReq@0, PutAck@1,
+    // DataShared@1
+    Path {
+        name: "read_miss_at_the_cache_limit",
+        nodes: 2,
+        events: 5,
+        limit: Some(1),
+        setup: |_, _| {},
         body: |b, g| b.access(1, g, Access::Read),
     },
 ];
@@ -269,10 +323,15 @@ fn paths(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(300));
     for p in PATHS {
-        let mut b = Bench::new(p.nodes, 1);
+        // The second transaction, as in the timed loop (at a cache limit, the first has
+        // nothing to evict).
+        let mut b = Bench::new(p.nodes, 2);
+        b.engines[1].set_cache_limit(p.limit);
         (p.setup)(&mut b, 0);
-        b.events = 0;
         (p.body)(&mut b, 0);
+        (p.setup)(&mut b, 1);
+        b.events = 0;
+        (p.body)(&mut b, 1);
         assert_eq!(b.events, p.events, "{}: events per transaction", p.name);
         g.throughput(Throughput::Elements(p.events));
         g.bench_function(p.name, |bn| bn.iter_custom(|n| run(n, p)));
