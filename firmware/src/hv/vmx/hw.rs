@@ -5,6 +5,7 @@ use core::arch::{asm, global_asm};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use gestalt_netstack::hal::{Block, Reg, RegArray, Window};
 use spin::Once;
 
 use super::controls::{self, entry, proc, CapError, Caps, Controls};
@@ -155,7 +156,7 @@ pub fn vmxon(p: &Platform, region: u64) -> Result<(), VmxError> {
         asm!("mov cr0, {}", in(reg) cr0, options(nostack));
         let cr4 = (read_cr4() | p.cr4.0 | CR4_VMXE) & p.cr4.1;
         asm!("mov cr4, {}", in(reg) cr4, options(nostack));
-        core::ptr::write_volatile(region as *mut u32, p.revision);
+        stamp_revision(region, p.revision);
         let ok: u8;
         asm!("vmxon [{}]", "setna {}", in(reg) &region, out(reg_byte) ok, options(nostack));
         if ok != 0 {
@@ -299,16 +300,47 @@ pub struct VmxVcpu {
 /// Exits since boot on this node (all vCPUs), for rates.
 pub static EXITS: AtomicU64 = AtomicU64::new(0);
 
-fn sel_base(gdt_base: u64, sel: u16) -> u64 {
-    let i = u64::from(sel & !7);
-    // SAFETY: `sel` is this CPU's loaded TR selector; its 16-byte system descriptor lies in the
-    // GDT the CPU uses, which is identity-mapped.
-    let (lo, hi) = unsafe {
-        (
-            core::ptr::read_volatile((gdt_base + i) as *const u64),
-            core::ptr::read_volatile((gdt_base + i + 8) as *const u64),
-        )
-    };
+/// A VMXON region or a VMCS: a 4 KiB frame that starts with the VMCS revision identifier
+/// (SDM Vol. 3C §25.2, §25.11.5).
+struct VmxRegion;
+
+impl Block for VmxRegion {
+    const SIZE: usize = 4096;
+    const ALIGN: usize = 4096;
+}
+
+const REVISION: Reg<VmxRegion, u32> = Reg::at::<0>();
+
+/// Writes the revision identifier into the zeroed frame `frame`.
+///
+/// # Safety
+/// `frame` must be a 4 KiB-aligned, identity-mapped frame owned by the caller.
+unsafe fn stamp_revision(frame: u64, revision: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { Window::<VmxRegion>::new(frame as usize) }.set(REVISION, revision);
+}
+
+/// The largest GDT: a 16-bit limit, 8-byte descriptors (SDM Vol. 3A §3.5.1).
+struct Gdt;
+
+impl Block for Gdt {
+    const SIZE: usize = 1 << 16;
+    const ALIGN: usize = 8;
+}
+
+const DESCRIPTORS: RegArray<Gdt, u64, 8192> = RegArray::at::<0>();
+
+/// The base of the 16-byte system descriptor `sel` names in the GDT at `gdt_base` with
+/// `limit` (SDM Vol. 3A §8.2.3); 0 when the descriptor would lie beyond the limit.
+fn sel_base(gdt_base: u64, limit: u16, sel: u16) -> u64 {
+    let i = usize::from(sel >> 3);
+    if (i + 2) * 8 > usize::from(limit) + 1 {
+        return 0;
+    }
+    // SAFETY: the GDT this CPU uses, identity-mapped; the two entries read lie inside its limit.
+    let gdt = unsafe { Window::<Gdt>::new(gdt_base as usize) };
+    let (Some(lo), Some(hi)) = (DESCRIPTORS.get(i), DESCRIPTORS.get(i + 1)) else { return 0 };
+    let (lo, hi) = (gdt.get(lo), gdt.get(hi));
     ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | ((hi & 0xffff_ffff) << 32)
 }
 
@@ -325,7 +357,7 @@ impl VmxVcpu {
         // SAFETY: `vmcs` is a zeroed 4 KiB frame owned by this vCPU; VMCLEAR/VMPTRLD only
         // change VMX state (SDM Vol. 3C §24.11.3).
         unsafe {
-            core::ptr::write_volatile(vmcs as *mut u32, p.revision);
+            stamp_revision(vmcs, p.revision);
             let bad: u8;
             asm!("vmclear [{}]", "setna {}", in(reg) &vmcs, out(reg_byte) bad, options(nostack));
             if bad != 0 {
@@ -400,7 +432,7 @@ impl VmxVcpu {
         let (fsb, gsb, efer) = unsafe { (rdmsr(0xC000_0100), rdmsr(0xC000_0101), rdmsr(MSR_EFER)) };
         w(f::HOST_FS_BASE, fsb);
         w(f::HOST_GS_BASE, gsb);
-        w(f::HOST_TR_BASE, sel_base(gdt_base, tr));
+        w(f::HOST_TR_BASE, sel_base(gdt_base, gdt.limit, tr));
         w(f::HOST_GDTR_BASE, gdt_base);
         w(f::HOST_IDTR_BASE, idt.base.as_u64());
         w(f::HOST_CR0, read_cr0());
