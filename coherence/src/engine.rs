@@ -52,10 +52,11 @@ pub enum Event {
     },
     /// The caller wants this node's copy of `gfn` (a frame homed elsewhere) dropped, to reuse
     /// its memory: a Shared copy is dropped, a Modified one written back, both through the home
-    /// ([`Message::PutShared`], [`Message::PutModified`]). The frame's memory stays in use until
-    /// the home's [`Message::PutAck`] is handled (a forward may still need its contents).
-    /// Refused for a frame this node is home to, does not cache, or has a request or eviction
-    /// in flight for.
+    /// ([`Message::PutShared`], [`Message::PutModified`]). A Shared copy's memory is free at
+    /// once; a Modified copy's stays in use until the home's [`Message::PutAck`] is handled (a
+    /// forward may still need its contents). Refused for a frame this node is home to, does not
+    /// cache, or has a request, eviction or held message in flight for
+    /// ([`Engine::can_evict`]).
     Evict {
         /// Frame.
         gfn: Gfn,
