@@ -742,6 +742,14 @@ fn model_three_nodes_one_page_with_an_eviction_crossing_forwards_is_coherent_and
 }
 
 #[test]
+fn model_three_nodes_one_page_with_held_pages_and_two_evictions_is_coherent_and_live() {
+    // An eviction may not take a page that holds a parked forward; the rest may cross it.
+    let m = Model { hold: true, evictions: 2, ..Model::new(1, &[1, 1, 1], 1) };
+    let r = run_and_report(m);
+    assert!(r.states > 100_000 && r.evictions == 2, "{r:?}");
+}
+
+#[test]
 fn model_three_nodes_two_pages_with_a_one_frame_cache_is_coherent_and_live() {
     // Node 2 homes neither page, so its two vCPUs make it evict to hold the other.
     let r = run_and_report(Model { cache_limit: Some(1), ..Model::new(2, &[1, 0, 2], 1) });
