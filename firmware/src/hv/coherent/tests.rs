@@ -50,7 +50,7 @@ impl LocalNode for FakeNode {
 fn pair() -> [(Coherent, FakeNode); 2] {
     let cfg = Config::ranges(2, 8);
     [
-        (Coherent::new(NodeId(0), cfg), FakeNode::default()),
+        (Coherent::new(NodeId(0), cfg.clone()), FakeNode::default()),
         (Coherent::new(NodeId(1), cfg), FakeNode::default()),
     ]
 }
