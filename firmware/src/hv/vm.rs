@@ -192,6 +192,7 @@ impl Vm {
         // Let the other vCPUs reach their stop before the table is printed.
         time::delay_us(20_000);
         print_vcpus();
+        print_stats(false);
         let (pass, why) = match (t, v) {
             ("vmx", Verdict::Exit(0)) => (true, ""),
             ("vmx", Verdict::Exit(_)) => (false, "guest exit code not 0"),
