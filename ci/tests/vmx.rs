@@ -281,11 +281,21 @@ fn hypercall_exit_rate_is_measured_in_emulated_and_wall_time() -> Result<(), Har
 type SpanCluster = (gestalt_ci::Switch, Node, Node, Vec<GuestImage>);
 
 fn span_cluster(tag: &str, extra: &str) -> Result<SpanCluster, HarnessError> {
+    cluster_of("span", tag, "mem=32M", extra)
+}
+
+/// Two Bochs nodes running `payload` as one guest, `mem` on both command lines.
+fn cluster_of(
+    payload: &str,
+    tag: &str,
+    mem: &str,
+    extra: &str,
+) -> Result<SpanCluster, HarnessError> {
     let mut sw = gestalt_ci::Switch::new(31)?;
     let mut nodes = Vec::new();
     let mut images = Vec::new();
     for (i, role) in ["nodes=2 primary test=vmx", "nodes=2"].iter().enumerate() {
-        let img = GuestImage::new(&format!("{tag}{i}"), "span", &format!("{role} mem=32M {extra}"));
+        let img = GuestImage::new(&format!("{tag}{i}"), payload, &format!("{role} {mem} {extra}"));
         let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
         let spec =
             bochs(&format!("{tag}{i}"), 2).nic(port, [0x52, 0x54, 0x00, 0x53, 0x50, i as u8]);
@@ -385,5 +395,39 @@ fn span_figures() -> Result<(), HarnessError> {
     let stats = n1.command("stats", ANSWER)?;
     let bench = n1.command("netbench 0", Duration::from_secs(120))?;
     eprintln!("{stats}\n{bench}");
+    Ok(())
+}
+
+#[test]
+fn a_guest_larger_than_any_node_sweeps_all_of_it_from_both_nodes_with_evictions(
+) -> Result<(), HarnessError> {
+    // Each node holds 8 MiB: it homes 6 MiB of the 12 MiB guest and caches 2 MiB (512 frames)
+    // of the other's, so the sweep cannot fit in either without evicting.
+    let (_sw, mut n0, mut n1, _images) = cluster_of("beyond", "beyond", "mem=8M", "")?;
+    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN)?;
+    let text = n0.console().text();
+    assert!(
+        verdict.contains("PASS"),
+        "{verdict}\nnode 0:\n{text}\nnode 1:\n{}",
+        n1.console().text()
+    );
+    assert!(text.contains("guest: beyond: 12 MiB of guest RAM on 2 vCPUs"), "{text}");
+    assert!(text.contains("guest: beyond: PASS "), "{text}");
+    let evictions = |stats: &str| -> u64 {
+        let line = stats.lines().find(|l| l.contains("stats: guest RAM")).unwrap_or("");
+        line.split(" evictions")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Node 0's profile is printed with its verdict; node 1 answers `stats`.
+    let stats1 = n1.command("stats", ANSWER)?;
+    assert!(evictions(&text) > 500, "node 0 evicted pages homed on node 1:\n{text}");
+    assert!(evictions(&stats1) > 300, "node 1 evicted pages homed on node 0:\n{stats1}");
+    for l in text.lines().filter(|l| l.starts_with("stats:")) {
+        eprintln!("node 0 {l}");
+    }
+    eprintln!("{stats1}");
     Ok(())
 }

@@ -51,8 +51,7 @@ pub struct Shape {
 pub enum ShapeError {
     /// The view has no members.
     Empty,
-    /// Some node cannot hold the whole guest (every node holds every page until remote
-    /// frames can be evicted), even with the smallest contribution of 2 MiB each.
+    /// Some node's pool cannot give even one 2 MiB chunk to the guest beside its cache.
     PoolTooSmall {
         /// The node.
         node: u16,
@@ -65,7 +64,7 @@ impl core::fmt::Display for ShapeError {
             ShapeError::Empty => write!(f, "the view has no members"),
             ShapeError::PoolTooSmall { node } => write!(
                 f,
-                "node {node}'s guest pool cannot hold the whole guest (each node holds every page)"
+                "node {node}'s guest pool is too small for a share of guest RAM and a cache beside it"
             ),
         }
     }
@@ -75,36 +74,51 @@ impl Shape {
     /// The guest of `members` (any order; the shape is in node order). With more than one
     /// node, each keeps its boot core for the network, the console and the coherence engine
     /// (a service core) and runs a vCPU on every other core; a one-core node runs its single
-    /// vCPU on the boot core between network polls. Each node contributes the same amount of
-    /// RAM: at most `cap` bytes, and little enough that every node can hold all of it.
+    /// vCPU on the boot core between network polls. Each node contributes three quarters of
+    /// what it holds (whole 2 MiB chunks, at most `cap`) as the range it is home of, and keeps
+    /// the rest as its cache for pages homed elsewhere ([`Shape::cache_frames`]); alone, a node
+    /// contributes all of it. RAM stays below the MMIO hole.
     pub fn new(members: &[Member], cap: u64) -> Result<Shape, ShapeError> {
         let mut m = members.to_vec();
         m.sort_by_key(|x| x.node);
-        let n = m.len() as u64;
+        let n = m.len();
         if n == 0 {
             return Err(ShapeError::Empty);
         }
-        let smallest = m.iter().map(|x| x.pool).min().unwrap_or(0);
-        let each = (smallest / n).min(cap).min(RAM_LIMIT / n) / CHUNK * CHUNK;
-        if each == 0 {
-            let node = m.iter().min_by_key(|x| x.pool).map_or(0, |x| x.node);
-            return Err(ShapeError::PoolTooSmall { node });
-        }
-        let mut shares = Vec::with_capacity(m.len());
+        let mut shares = Vec::with_capacity(n);
         let (mut vcpu, mut ram) = (0u32, 0u64);
         for x in &m {
+            let holds = if n == 1 { x.pool } else { x.pool / 4 * 3 };
+            let bytes = holds.min(cap) / CHUNK * CHUNK;
+            if bytes == 0 {
+                return Err(ShapeError::PoolTooSmall { node: x.node });
+            }
+            // Beyond the hole's start a node brings its vCPUs and its cache, no RAM.
+            let bytes = bytes.min(RAM_LIMIT - ram);
             let vcpus = if n == 1 || x.cores <= 1 { x.cores.max(1) } else { x.cores - 1 };
-            shares.push(Share {
-                node: x.node,
-                vcpu_base: vcpu,
-                vcpus,
-                ram_base: ram,
-                ram_bytes: each,
-            });
+            shares.push(Share { node: x.node, vcpu_base: vcpu, vcpus, ram_base: ram, ram_bytes: bytes });
             vcpu += vcpus;
-            ram += each;
+            ram += bytes;
         }
         Ok(Shape { shares })
+    }
+
+    /// Frames `node` keeps for pages homed elsewhere: a third of its share (the quarter of its
+    /// pool it did not contribute), at least one chunk's worth; none alone.
+    pub fn cache_frames(&self, node: u16) -> usize {
+        match self.share(node) {
+            Some(s) if self.shares.len() > 1 => ((s.ram_bytes / 3).max(CHUNK) / 4096) as usize,
+            _ => 0,
+        }
+    }
+
+    /// The home ranges in guest frames, for the coherence engine's table: (first, count, node).
+    pub fn home_table(&self) -> Vec<(u64, u64, u16)> {
+        self.shares
+            .iter()
+            .filter(|s| s.ram_bytes > 0)
+            .map(|s| (s.ram_base / 4096, s.ram_bytes / 4096, s.node))
+            .collect()
     }
 
     /// A single node running alone: every core a vCPU, `ram` bytes.
@@ -146,11 +160,6 @@ impl Shape {
             .iter()
             .find(|s| (s.vcpu_base..s.vcpu_base + s.vcpus).contains(&vcpu))
             .map(|s| s.node)
-    }
-
-    /// Guest frames homed at each node (equal shares).
-    pub fn pages_per_node(&self) -> u64 {
-        self.shares.first().map_or(0, |s| s.ram_bytes / 4096)
     }
 }
 
@@ -293,41 +302,45 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_guest_has_every_core_but_each_service_core_and_equal_ram_in_node_order() {
-        let s = Shape::new(&[member(1, 4, 512), member(0, 2, 256)], 64 << 20).unwrap();
+    fn a_cluster_guest_has_every_core_but_each_service_core_and_ram_by_contribution() {
+        let s = Shape::new(&[member(1, 4, 512), member(0, 2, 256)], u64::MAX).unwrap();
         assert_eq!(s.vcpus(), 1 + 3);
         assert_eq!(
             s.shares[0],
-            Share { node: 0, vcpu_base: 0, vcpus: 1, ram_base: 0, ram_bytes: 64 << 20 }
+            Share { node: 0, vcpu_base: 0, vcpus: 1, ram_base: 0, ram_bytes: 192 << 20 }
         );
         assert_eq!(
             s.shares[1],
-            Share { node: 1, vcpu_base: 1, vcpus: 3, ram_base: 64 << 20, ram_bytes: 64 << 20 }
+            Share { node: 1, vcpu_base: 1, vcpus: 3, ram_base: 192 << 20, ram_bytes: 384 << 20 }
         );
+        assert_eq!(s.ram(), 576 << 20, "more than either node's pool");
+        assert_eq!(s.cache_frames(0), (64 << 20) / 4096);
         assert_eq!(s.node_of_vcpu(0), Some(0));
         assert_eq!(s.node_of_vcpu(3), Some(1));
         assert_eq!(s.node_of_vcpu(4), None);
-        assert_eq!(s.pages_per_node(), (64 << 20) / 4096);
+        assert_eq!(s.home_table(), vec![(0, (192 << 20) / 4096, 0), ((192 << 20) / 4096, (384 << 20) / 4096, 1)]);
     }
 
     #[test]
-    fn every_node_must_be_able_to_hold_the_whole_guest() {
-        // 3 nodes, the smallest pool 30 MiB: 10 MiB each, rounded down to 2 MiB chunks.
-        let s =
-            Shape::new(&[member(0, 2, 30), member(1, 2, 400), member(2, 2, 400)], 1 << 40).unwrap();
-        assert!(s.shares.iter().all(|x| x.ram_bytes == 10 << 20));
-        assert_eq!(s.ram(), 30 << 20);
+    fn every_node_must_have_room_for_a_share_and_a_cache() {
+        let s = Shape::new(&[member(0, 2, 30), member(1, 2, 400)], 1 << 40).unwrap();
+        assert_eq!(s.shares[0].ram_bytes, 22 << 20, "three quarters, whole chunks");
         assert_eq!(
-            Shape::new(&[member(0, 2, 3), member(1, 2, 400)], 1 << 40),
+            Shape::new(&[member(0, 2, 2), member(1, 2, 400)], 1 << 40),
             Err(ShapeError::PoolTooSmall { node: 0 })
         );
         assert_eq!(Shape::new(&[], 1 << 30), Err(ShapeError::Empty));
+        let alone = Shape::new(&[member(0, 4, 64)], u64::MAX).unwrap();
+        assert_eq!((alone.ram(), alone.cache_frames(0)), (64 << 20, 0));
     }
 
     #[test]
     fn guest_ram_stays_below_the_mmio_hole() {
         let s = Shape::new(&[member(0, 2, 64 << 10), member(1, 2, 64 << 10)], 1 << 40).unwrap();
-        assert!(s.ram() <= RAM_LIMIT);
+        assert_eq!(s.ram(), RAM_LIMIT);
+        assert_eq!(s.shares[1].ram_bytes, 0, "node 1 brings vCPUs and a cache, no RAM");
+        assert_eq!(s.home_table().len(), 1);
+        assert_eq!(s.cache_frames(1), 512);
     }
 
     #[test]

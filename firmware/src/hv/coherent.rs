@@ -27,6 +27,8 @@ pub trait LocalNode: PageStore {
     fn flush_barrier(&mut self);
     /// The fault of `vcpu` is served: let it run again.
     fn resume(&mut self, vcpu: VcpuId);
+    /// The engine holds `gfn`, a page homed elsewhere, no longer: its frame may serve another.
+    fn release(&mut self, gfn: Gfn);
 }
 
 /// Counters of the glue beside the engine's own.
@@ -63,6 +65,11 @@ pub struct Coherent {
     last_error: Option<ProtocolError>,
     now: u64,
     prefix: &'static [u8],
+    /// Pages homed elsewhere whose frame the batch may have freed (unmapped, or acked).
+    maybe_free: Vec<Gfn>,
+    /// Modified copies written back and not yet acked: their frames may still serve a forward.
+    writing_back: alloc::collections::BTreeSet<Gfn>,
+    id: NodeId,
 }
 
 impl Coherent {
@@ -77,7 +84,15 @@ impl Coherent {
             last_error: None,
             now: 0,
             prefix: &[],
+            maybe_free: Vec::new(),
+            writing_back: alloc::collections::BTreeSet::new(),
+            id: me,
         }
+    }
+
+    /// Hold at most `frames` pages homed elsewhere: a fault that needs another evicts one.
+    pub fn set_cache_limit(&mut self, frames: usize) {
+        self.engine.set_cache_limit(Some(frames));
     }
 
     /// Outgoing messages start with `prefix` (the caller's framing on a shared transport), so
@@ -168,6 +183,11 @@ impl Coherent {
             }
             Message::WriteBack { .. } => self.faults.pages_in += 1,
             Message::Inv { .. } => self.faults.invalidations_in += 1,
+            // A Modified copy's frame stays in use until the home acks its eviction.
+            Message::PutAck { gfn } => {
+                self.writing_back.remove(gfn);
+                self.maybe_free.push(*gfn);
+            }
             _ => {}
         }
         self.run(node, Event::Message { from, msg }, None);
@@ -209,6 +229,9 @@ impl Coherent {
                     // The copy is taken now: every earlier action (a downgrade that stopped
                     // local writers, a resume that let one write first) has taken effect.
                     let gfn = msg.gfn();
+                    if matches!(msg, Message::PutModified { .. }) {
+                        self.writing_back.insert(gfn);
+                    }
                     if let Some(page) = msg.page_mut() {
                         page.clear();
                         node.copy_out(gfn, page);
@@ -221,7 +244,10 @@ impl Coherent {
                         served = Served::Failed(e);
                     }
                 }
-                Action::Unmap { gfn } => self.take_away(node, gfn, None),
+                Action::Unmap { gfn } => {
+                    self.take_away(node, gfn, None);
+                    self.maybe_free.push(gfn);
+                }
                 Action::Downgrade { gfn } => self.take_away(node, gfn, Some(Rights::ReadExec)),
                 Action::Resume { vcpus } => {
                     for v in vcpus {
@@ -243,7 +269,25 @@ impl Coherent {
             }
         }
         self.actions = actions;
+        self.free_frames(node);
         served
+    }
+
+    /// Hands back the frames of remote pages the engine no longer holds or still needs.
+    fn free_frames<L: LocalNode>(&mut self, node: &mut L) {
+        for gfn in core::mem::take(&mut self.maybe_free) {
+            let e = &self.engine;
+            // A Shared copy's frame is free once unmapped, even while its PutShared is in
+            // flight; a Modified one's only when the home has acked its page.
+            if e.config().contains(gfn)
+                && e.config().home(gfn) != self.id
+                && e.cache_state(gfn) == CacheState::Invalid
+                && !e.is_pending(gfn)
+                && !self.writing_back.contains(&gfn)
+            {
+                node.release(gfn);
+            }
+        }
     }
 
     fn take_away<L: LocalNode>(&mut self, node: &mut L, gfn: Gfn, rights: Option<Rights>) {

@@ -1,6 +1,8 @@
-//! Guest RAM on this node: 2 MiB chunks of the guest pool, and the EPT over them. Nothing is
-//! mapped at start: every page is mapped on its first fault with the rights the coherence
-//! engine gives (`coherent`), so the tables never hold a right the engine does not know of.
+//! Guest RAM on this node: the range it is home of, in 2 MiB chunks of the guest pool, and a
+//! bounded cache of 4 KiB frames for pages homed elsewhere (`cache`), all behind the EPT.
+//! Nothing is mapped at start: every page is mapped on its first fault with the rights the
+//! coherence engine gives (`coherent`), so the tables never hold a right the engine does not
+//! know of.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use gestalt_coherence::{Gfn, PageStore, Rights, VcpuId, PAGE_SIZE};
 use spin::Mutex;
 
+use super::cache::FrameCache;
 use super::coherent::LocalNode;
 use super::ept::{self, Ept, EptError, NestedPaging};
 use super::vcpus::VcpuSet;
@@ -17,6 +20,7 @@ use crate::mem::tables::IdentityTables;
 use crate::paging::{MapError, MapStats};
 
 const MIB2: u64 = 2 << 20;
+const PAGE: u64 = PAGE_SIZE as u64;
 
 /// Bytes of guest RAM `pool` can give: its whole 2 MiB chunks.
 pub fn capacity(pool: &[Region]) -> u64 {
@@ -31,49 +35,65 @@ pub fn capacity(pool: &[Region]) -> u64 {
 /// EPT tables in frames from the reserve.
 type Reserve = IdentityTables<&'static Mutex<FrameAllocator>>;
 
-/// The guest's RAM and its nested page tables.
+/// The guest's RAM as this node holds it, and its nested page tables.
 pub struct GuestMemory {
-    /// Bytes of guest RAM at guest-physical 0.
+    /// Bytes of guest RAM at guest-physical 0 (all nodes' shares).
     pub ram: u64,
+    /// The range this node is home of: [base, base + len).
+    home: (u64, u64),
     chunks: Vec<u64>,
+    cache: Mutex<FrameCache>,
     ept: Mutex<(Ept, Reserve)>,
     eptp: u64,
     faults: AtomicU64,
+    lost: AtomicU64,
 }
 
 impl GuestMemory {
-    /// Takes up to `limit` bytes of 2 MiB chunks from `pool` and zeroes them. Fails when
-    /// fewer than `min` bytes are there.
+    /// Guest RAM of `ram` bytes, of which this node is home of `home` (base, bytes: whole
+    /// 2 MiB chunks), with `cache_frames` frames for pages homed elsewhere. Everything comes
+    /// from `pool`, zeroed.
     pub fn new(
         frames: &'static Mutex<FrameAllocator>,
         pool: &[Region],
-        limit: u64,
-        min: u64,
+        ram: u64,
+        home: (u64, u64),
+        cache_frames: usize,
     ) -> Result<GuestMemory, EptError> {
+        let home_chunks = (home.1 / MIB2) as usize;
+        let cache_chunks = cache_frames.div_ceil(512);
         let mut chunks = Vec::new();
         for r in pool {
             let mut a = r.start.next_multiple_of(MIB2);
-            while a + MIB2 <= r.end && (chunks.len() as u64) * MIB2 < limit {
+            while a + MIB2 <= r.end && chunks.len() < home_chunks + cache_chunks {
                 chunks.push(a);
                 a += MIB2;
             }
         }
-        let ram = chunks.len() as u64 * MIB2;
-        if ram < min.max(MIB2) {
+        if chunks.len() < home_chunks + cache_chunks || !home.1.is_multiple_of(MIB2) {
             return Err(EptError::Map(MapError::OutOfMemory));
         }
-        let mut tm = IdentityTables(frames);
-        let ept = Ept::new(&mut tm)?;
         for c in &chunks {
             // SAFETY: guest RAM chunks are pool frames now owned by the guest, identity-mapped.
             unsafe { core::ptr::write_bytes(*c as *mut u8, 0, MIB2 as usize) };
         }
+        let cache: Vec<u64> = chunks[home_chunks..]
+            .iter()
+            .flat_map(|c| (0..512).map(move |i| c + i * PAGE))
+            .take(cache_frames)
+            .collect();
+        chunks.truncate(home_chunks);
+        let mut tm = IdentityTables(frames);
+        let ept = Ept::new(&mut tm)?;
         Ok(GuestMemory {
             ram,
+            home,
             chunks,
+            cache: Mutex::new(FrameCache::new(cache)),
             eptp: ept.eptp(),
             ept: Mutex::new((ept, tm)),
             faults: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -87,28 +107,57 @@ impl GuestMemory {
         self.ram / PAGE_SIZE as u64
     }
 
-    fn hpa(&self, gpa: u64) -> u64 {
-        self.chunks[(gpa / MIB2) as usize] + gpa % MIB2
+    fn is_home(&self, gpa: u64) -> bool {
+        gpa.checked_sub(self.home.0).is_some_and(|off| off < self.home.1)
     }
 
-    /// The host address of the frame of `gfn`, which must be inside RAM.
-    fn frame(&self, gfn: Gfn) -> *mut u8 {
-        self.hpa(gfn.0 * PAGE_SIZE as u64) as *mut u8
+    /// The host address of guest-physical `gpa` in this node's home range.
+    fn home_hpa(&self, gpa: u64) -> u64 {
+        let off = gpa - self.home.0;
+        self.chunks[(off / MIB2) as usize] + off % MIB2
     }
 
-    /// Copies `bytes` into guest RAM at `gpa`; false (nothing written) when they do not fit.
+    /// The host frame holding `gfn` here: its home frame, or the cache frame of a remote copy.
+    fn frame(&self, gfn: Gfn) -> Option<u64> {
+        let gpa = gfn.0 * PAGE;
+        if self.is_home(gpa) {
+            Some(self.home_hpa(gpa))
+        } else {
+            self.cache.lock().frame(gfn.0)
+        }
+    }
+
+    /// The cache of remote frames: (in use, capacity, pages that found none).
+    pub fn cache_use(&self) -> (usize, usize, u64) {
+        let c = self.cache.lock();
+        (c.in_use(), c.capacity(), c.overflows())
+    }
+
+    /// Pages whose contents had no frame to go to or come from (a broken invariant; the
+    /// guest is stopped when this is not zero).
+    pub fn lost_pages(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Copies `bytes` into this node's home range at `gpa`; false (nothing written) when they
+    /// do not fit there.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> bool {
-        if gpa.checked_add(bytes.len() as u64).is_none_or(|end| end > self.ram) {
+        let end = gpa.checked_add(bytes.len() as u64);
+        if !self.is_home(gpa) || end.is_none_or(|e| e > self.home.0 + self.home.1) {
             return false;
         }
         let mut done = 0;
         while done < bytes.len() {
             let g = gpa + done as u64;
             let n = ((MIB2 - g % MIB2) as usize).min(bytes.len() - done);
-            // SAFETY: guest RAM chunks are pool frames owned by this guest, identity-mapped; the
-            // range stays inside one chunk, and `g + n <= ram` was checked above.
+            // SAFETY: home chunks are pool frames owned by this guest, identity-mapped; the
+            // range stays inside one chunk and inside the home range (checked above).
             unsafe {
-                core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), self.hpa(g) as *mut u8, n);
+                core::ptr::copy_nonoverlapping(
+                    bytes[done..].as_ptr(),
+                    self.home_hpa(g) as *mut u8,
+                    n,
+                );
             }
             done += n;
         }
@@ -125,26 +174,22 @@ impl GuestMemory {
         self.faults.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sets the EPT rights of `gfn` (None: unmapped), mapping its frame when it has none.
+    /// Sets the EPT rights of `gfn` (None: unmapped). Rights always map the frame that holds
+    /// the page now (a remote page's cache frame changes between its visits).
     pub fn set_rights(&self, gfn: Gfn, rights: Option<Rights>) -> Result<(), EptError> {
-        let gpa = gfn.0 * 4096;
+        let gpa = gfn.0 * PAGE;
         if gpa >= self.ram {
             return Err(EptError::NotMapped(gpa));
         }
         let bits = match rights {
-            None => 0,
+            None => return Paging(self).set_rights(gpa, 0),
             Some(Rights::ReadExec) => ept::R | ept::X,
             Some(Rights::ReadWriteExec) => ept::RWX,
         };
-        let mut n = Paging(self);
-        match n.set_rights(gpa, bits) {
-            Err(EptError::NotMapped(_)) if bits != 0 => {
-                // Mapping needs no invalidation: the violation itself dropped the stale
-                // translation (SDM Vol. 3C §29.4.3.1).
-                n.map(gpa, self.hpa(gpa), 0x1000, bits).map(|_| ()).map_err(Into::into)
-            }
-            other => other,
-        }
+        let hpa = self.frame(gfn).ok_or(EptError::NotMapped(gpa))?;
+        // Mapping needs no invalidation: the violation itself dropped the stale translation
+        // (SDM Vol. 3C §29.4.3.1); a 4 KiB leaf is replaced in place.
+        Paging(self).map(gpa, hpa, PAGE, bits).map(|_| ()).map_err(Into::into)
     }
 
     /// Test hook: sets the raw EPT rights of the guest page at `gpa` behind the engine's
@@ -186,18 +231,34 @@ pub struct Here<'a> {
 
 impl PageStore for Here<'_> {
     fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
-        // SAFETY: the engine names only frames inside guest RAM; a frame's 4 KiB lie in one
-        // chunk, a pool frame owned by this guest and identity-mapped. It is copied out only
-        // after the actions before it stopped local writers (the engine's ordering).
-        let page = unsafe { core::slice::from_raw_parts(self.mem.frame(gfn), PAGE_SIZE) };
+        let Some(f) = self.mem.frame(gfn) else {
+            // The engine sends only pages this node holds: a page with no frame is a bug.
+            self.mem.lost.fetch_add(1, Ordering::Relaxed);
+            out.resize(out.len() + PAGE_SIZE, 0);
+            return;
+        };
+        // SAFETY: a home frame or a cache frame, 4 KiB of pool memory owned by this guest and
+        // identity-mapped. It is copied out only after the actions before it stopped local
+        // writers (the engine's ordering).
+        let page = unsafe { core::slice::from_raw_parts(f as *const u8, PAGE_SIZE) };
         out.extend_from_slice(page);
     }
 
     fn install(&mut self, gfn: Gfn, data: &[u8]) {
+        let gpa = gfn.0 * PAGE;
+        let f = if self.mem.is_home(gpa) {
+            Some(self.mem.home_hpa(gpa))
+        } else {
+            self.mem.cache.lock().take(gfn.0)
+        };
+        let Some(f) = f else {
+            self.mem.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let n = data.len().min(PAGE_SIZE);
         // SAFETY: as in `copy_out`; the engine installs only while this node does not map the
-        // frame, so no vCPU reads or writes it meanwhile.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.mem.frame(gfn), n) };
+        // page, so no vCPU reads or writes the frame meanwhile.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), f as *mut u8, n) };
     }
 }
 
@@ -211,6 +272,12 @@ impl LocalNode for Here<'_> {
 
     fn flush_barrier(&mut self) {
         self.vcpus.flush_barrier();
+    }
+
+    fn release(&mut self, gfn: Gfn) {
+        if !self.mem.is_home(gfn.0 * PAGE) {
+            self.mem.cache.lock().release(gfn.0);
+        }
     }
 
     fn resume(&mut self, vcpu: VcpuId) {

@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod cache;
 pub mod cluster;
 pub mod coherent;
 pub mod cpuid;

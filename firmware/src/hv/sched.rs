@@ -119,18 +119,28 @@ pub fn start(
     let share = *shape.share(me).ok_or(VmError::NotMember(me))?;
     let kernel = if me == 0 { Some(loader::parse(image).map_err(VmError::Load)?) } else { None };
     let ram = shape.ram();
-    let mem = GuestMemory::new(frames, pool, ram, ram)
-        .map_err(|_| VmError::Memory("the guest pool cannot hold the guest's RAM"))?;
+    let cache_frames = shape.cache_frames(me);
+    let mem = GuestMemory::new(frames, pool, ram, (share.ram_base, share.ram_bytes), cache_frames)
+        .map_err(|_| VmError::Memory("the guest pool cannot hold this node's share and cache"))?;
     if kernel.as_ref().is_some_and(|k| k.end() > share.ram_bytes) {
         return Err(VmError::Memory("the guest kernel does not fit the primary's share of RAM"));
     }
     let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
-    let pages = mem.pages();
-    let mut coherent =
-        Coherent::new(NodeId(me.min(255) as u8), Config::ranges(shape.nodes(), pages))
-            .with_prefix(super::cluster::COHERENCE_PREFIX);
+    let table: Vec<(u64, u64, NodeId)> = shape
+        .home_table()
+        .into_iter()
+        .map(|(first, count, node)| (first, count, NodeId(node.min(255) as u8)))
+        .collect();
+    let cfg = Config::table(shape.nodes(), &table)
+        .map_err(|_| VmError::Memory("the guest's home ranges do not form a table"))?;
+    let mut coherent = Coherent::new(NodeId(me.min(255) as u8), cfg)
+        .with_prefix(super::cluster::COHERENCE_PREFIX);
     coherent.set_hold(super::vm::DEFAULT_HOLD_US);
     coherent.set_stall_after(STALL_US);
+    if cache_frames > 0 {
+        // The engine may exceed its limit by the faults in flight: one per local vCPU.
+        coherent.set_cache_limit(cache_frames.saturating_sub(share.vcpus as usize + 1).max(1));
+    }
     let entry = kernel.as_ref().map_or(0, |k| k.entry);
     let vm = VM.call_once(|| Vm::new(me, shape, mem, coherent, entry, bitmap, frames, test));
 

@@ -192,6 +192,7 @@ impl Vm {
         // Let the other vCPUs reach their stop before the table is printed.
         time::delay_us(20_000);
         print_vcpus();
+        print_stats(false);
         let (pass, why) = match (t, v) {
             ("vmx", Verdict::Exit(0)) => (true, ""),
             ("vmx", Verdict::Exit(_)) => (false, "guest exit code not 0"),
@@ -324,6 +325,9 @@ impl Machine for Vm {
             self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16), now);
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
+        if self.mem.lost_pages() != 0 {
+            return Fault::Deny("a guest page found no frame on this node (cache invariant broken)");
+        }
         if served == Served::Later {
             // Its request waits in the outbox: the service core sends it now, not at its tick.
             crate::arch::idle::wake_service_core();
@@ -606,10 +610,12 @@ pub fn print_stats(reset: bool) {
         hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);
     }
     kprintln!("{hot}");
+    let (used, cap, _) = vm.mem.cache_use();
     kprintln!(
-        "stats: guest RAM {} MiB, all of it held on this node (no eviction yet), {} MiB homed here",
+        "stats: guest RAM {} MiB, {} MiB homed here; cache of pages homed elsewhere: {used} of {cap} frames in use, {} evictions",
         vm.mem.ram >> 20,
-        vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20)
+        vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20),
+        c.evictions
     );
 }
 

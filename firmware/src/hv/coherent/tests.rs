@@ -44,13 +44,17 @@ impl LocalNode for FakeNode {
         self.log.push(format!("resume {}", vcpu.0));
         self.resumed.push(vcpu);
     }
+    fn release(&mut self, gfn: Gfn) {
+        self.log.push(format!("release {}", gfn.0));
+        self.frames.remove(&gfn.0);
+    }
 }
 
 /// Two nodes, 8 pages: 0..4 homed at node 0, 4..8 at node 1.
 fn pair() -> [(Coherent, FakeNode); 2] {
     let cfg = Config::ranges(2, 8);
     [
-        (Coherent::new(NodeId(0), cfg), FakeNode::default()),
+        (Coherent::new(NodeId(0), cfg.clone()), FakeNode::default()),
         (Coherent::new(NodeId(1), cfg), FakeNode::default()),
     ]
 }
@@ -188,4 +192,40 @@ fn outgoing_messages_carry_the_callers_framing_in_front_of_the_engines_bytes() {
     assert_eq!(to, NodeId(0));
     assert_eq!(&bytes[..2], &[0x47, 1]);
     assert!(Message::decode(&bytes[2..]).is_ok());
+}
+
+#[test]
+fn at_the_cache_limit_a_fault_evicts_a_copy_and_its_frame_is_handed_back() {
+    let mut n = pair();
+    n[1].0.set_cache_limit(1);
+    n[0].1.frames.insert(0, vec![1; PAGE_SIZE]);
+    n[0].1.frames.insert(1, vec![2; PAGE_SIZE]);
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(0), false, VcpuId(4), 0), Served::Later);
+    deliver_all(&mut n);
+    assert_eq!(n[1].1.frames[&0], vec![1; PAGE_SIZE]);
+    // A second remote page: the Shared copy of page 0 goes first, its frame at once.
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(1), false, VcpuId(4), 0), Served::Later);
+    assert!(n[1].1.log.iter().any(|l| l == "release 0"), "{:?}", n[1].1.log);
+    deliver_all(&mut n);
+    assert_eq!(n[1].1.frames[&1], vec![2; PAGE_SIZE]);
+    assert_eq!(n[1].0.counters().evictions, 1);
+}
+
+#[test]
+fn an_evicted_modified_copy_keeps_its_frame_until_the_home_has_the_page() {
+    let mut n = pair();
+    n[1].0.set_cache_limit(1);
+    let (c1, node1) = &mut n[1];
+    assert_eq!(c1.fault(node1, Gfn(0), true, VcpuId(4), 0), Served::Later);
+    deliver_all(&mut n);
+    n[1].1.frames.insert(0, vec![9; PAGE_SIZE]); // the vCPU wrote the page
+    let (c1, node1) = &mut n[1];
+    c1.fault(node1, Gfn(1), false, VcpuId(4), 0);
+    assert!(!n[1].1.log.iter().any(|l| l == "release 0"), "freed before the PutAck");
+    deliver_all(&mut n);
+    let log = &n[1].1.log;
+    assert!(log.iter().any(|l| l == "release 0"), "{log:?}");
+    assert_eq!(n[0].1.frames[&0], vec![9; PAGE_SIZE], "the write came home");
 }
