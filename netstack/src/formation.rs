@@ -1,4 +1,4 @@
-//! Cluster formation (DESIGN.md §5), sans-IO: which nodes are there, whether what they say is
+//! Cluster formation (docs/design.md §5), sans-IO: which nodes are there, whether what they say is
 //! fresh, and one view that every member commits — or none.
 //!
 //! - Freshness: an announcement counts only when it echoes one of this node's recent

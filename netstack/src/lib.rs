@@ -1,7 +1,7 @@
 //! Gestalt's network stack: NIC drivers behind a small [`NetDevice`](device::NetDevice) trait,
 //! one smoltcp adapter, and the reliable authenticated transport between nodes.
 //!
-//! Layers, bottom up (DESIGN.md §2, §4; README.md has the design and the firmware glue):
+//! Layers, bottom up (docs/design.md §2, §4; README.md has the design and the firmware glue):
 //! - [`hal`]: what drivers need from the firmware (DMA memory, address translation, MMIO).
 //! - [`device`] and [`drivers`]: the `NetDevice` trait; e1000/82574L and virtio-net drivers.
 //! - [`phy`]: the one `smoltcp::phy::Device` adapter over any `NetDevice`.

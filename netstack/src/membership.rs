@@ -1,4 +1,4 @@
-//! The discovery announcement (DESIGN.md §5): what a node says about itself before node ids
+//! The discovery announcement (docs/design.md §5): what a node says about itself before node ids
 //! exist, and the freshness and agreement fields cluster formation ([`crate::formation`])
 //! runs on. Codec only.
 //!
@@ -37,7 +37,7 @@ const FLAG_IN_VIEW: u8 = 2;
 pub struct Announce {
     /// The cluster it wants to join.
     pub cluster_id: u32,
-    /// Build id of its image; all nodes must match (DESIGN.md §5).
+    /// Build id of its image; all nodes must match (docs/design.md §5).
     pub build_id: [u8; 16],
     /// Its NIC's MAC: node ids come from sorting these.
     pub mac: [u8; 6],

@@ -1,4 +1,4 @@
-//! The message cost of every protocol case, exactly (DESIGN.md §3: minimum cost is the
+//! The message cost of every protocol case, exactly (docs/design.md §3: minimum cost is the
 //! target). Frame 0 is homed at node 0 in these clusters.
 
 use std::vec;

@@ -96,7 +96,13 @@ impl Shape {
             // Beyond the hole's start a node brings its vCPUs and its cache, no RAM.
             let bytes = bytes.min(RAM_LIMIT - ram);
             let vcpus = if n == 1 || x.cores <= 1 { x.cores.max(1) } else { x.cores - 1 };
-            shares.push(Share { node: x.node, vcpu_base: vcpu, vcpus, ram_base: ram, ram_bytes: bytes });
+            shares.push(Share {
+                node: x.node,
+                vcpu_base: vcpu,
+                vcpus,
+                ram_base: ram,
+                ram_bytes: bytes,
+            });
             vcpu += vcpus;
             ram += bytes;
         }
@@ -318,7 +324,10 @@ mod tests {
         assert_eq!(s.node_of_vcpu(0), Some(0));
         assert_eq!(s.node_of_vcpu(3), Some(1));
         assert_eq!(s.node_of_vcpu(4), None);
-        assert_eq!(s.home_table(), vec![(0, (192 << 20) / 4096, 0), ((192 << 20) / 4096, (384 << 20) / 4096, 1)]);
+        assert_eq!(
+            s.home_table(),
+            vec![(0, (192 << 20) / 4096, 0), ((192 << 20) / 4096, (384 << 20) / 4096, 1)]
+        );
     }
 
     #[test]

@@ -133,8 +133,8 @@ pub fn start(
         .collect();
     let cfg = Config::table(shape.nodes(), &table)
         .map_err(|_| VmError::Memory("the guest's home ranges do not form a table"))?;
-    let mut coherent = Coherent::new(NodeId(me.min(255) as u8), cfg)
-        .with_prefix(super::cluster::COHERENCE_PREFIX);
+    let mut coherent =
+        Coherent::new(NodeId(me.min(255) as u8), cfg).with_prefix(super::cluster::COHERENCE_PREFIX);
     coherent.set_hold(super::vm::DEFAULT_HOLD_US);
     coherent.set_stall_after(STALL_US);
     if cache_frames > 0 {

@@ -326,7 +326,9 @@ impl Machine for Vm {
         crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
         self.mem.count_fault();
         if self.mem.lost_pages() != 0 {
-            return Fault::Deny("a guest page found no frame on this node (cache invariant broken)");
+            return Fault::Deny(
+                "a guest page found no frame on this node (cache invariant broken)",
+            );
         }
         if served == Served::Later {
             // Its request waits in the outbox: the service core sends it now, not at its tick.

@@ -1,4 +1,4 @@
-//! Reliable, authenticated, per-peer FIFO messages over datagrams (DESIGN.md §4).
+//! Reliable, authenticated, per-peer FIFO messages over datagrams (docs/design.md §4).
 //!
 //! [`Transport`] is sans-IO: the caller feeds it received datagrams and the current time
 //! (microseconds from any monotonic origin) and asks it for datagrams to send. It knows node
@@ -30,7 +30,7 @@ pub use wire::{DropReason, Header, Kind, HEADER_LEN, PROTOCOL_VERSION};
 
 use peer::{Fragment, Peer};
 
-/// A node's id within the cluster (DESIGN.md §5: ids come from sorting MACs).
+/// A node's id within the cluster (docs/design.md §5: ids come from sorting MACs).
 pub type NodeId = u16;
 
 /// Bytes of IPv4 (20) and UDP (8) headers in front of every transport datagram.
