@@ -280,6 +280,17 @@ fn hypercall_exit_rate_is_measured_in_emulated_and_wall_time() -> Result<(), Har
 /// Two Bochs nodes (2 CPUs each: a service core and a vCPU) through our switch on 127.0.0.1.
 type SpanCluster = (gestalt_ci::Switch, Node, Node, Vec<GuestImage>);
 
+/// Waits for the primary's `test=vmx` verdict and checks it passed (showing both consoles when
+/// not); returns the primary's console.
+fn cluster_verdict_passes(n0: &mut Node, n1: &Node) -> Result<String, HarnessError> {
+    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN);
+    let text = n0.console().text();
+    let shown = || format!("node 0:\n{text}\nnode 1:\n{}", n1.console().text());
+    let verdict = verdict.inspect_err(|_| eprintln!("{}", shown()))?;
+    assert!(verdict.contains("PASS"), "{verdict}\n{}", shown());
+    Ok(text)
+}
+
 fn span_cluster(tag: &str, extra: &str) -> Result<SpanCluster, HarnessError> {
     cluster_of("span", tag, "mem=32M", extra)
 }
@@ -312,11 +323,8 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
 ) -> Result<(), HarnessError> {
     // Bound in this order, dropped in reverse: the nodes stop before the switch does.
     let (_sw, mut n0, mut n1, _images) = span_cluster("span", "")?;
-    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN);
-    let text = n0.console().text();
+    let text = cluster_verdict_passes(&mut n0, &n1)?;
     let text1 = n1.console().text();
-    let verdict = verdict.inspect_err(|_| eprintln!("node 0:\n{text}\nnode 1:\n{text1}"))?;
-    assert!(verdict.contains("PASS"), "{verdict}\nnode 0:\n{text}\nnode 1:\n{text1}");
     assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
     // A line the vCPU on node 1 wrote appears on node 0's console.
     assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
@@ -352,13 +360,7 @@ fn the_spanning_guest_passes_with_five_percent_loss_and_duplication_in_the_switc
     let (sw, mut n0, n1, _images) = span_cluster("lossy", "")?;
     sw.set_loss(0.05);
     sw.set_duplication(0.05);
-    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN)?;
-    let text = n0.console().text();
-    assert!(
-        verdict.contains("PASS"),
-        "{verdict}\nnode 0:\n{text}\nnode 1:\n{}",
-        n1.console().text()
-    );
+    let text = cluster_verdict_passes(&mut n0, &n1)?;
     assert!(text.contains("guest: span: PASS atomic counter 600"), "{text}");
     assert!(text.contains("guest: span: PASS integrity"), "{text}");
     Ok(())
@@ -404,13 +406,7 @@ fn a_guest_larger_than_any_node_sweeps_all_of_it_from_both_nodes_with_evictions(
     // Each node holds 8 MiB: it homes 6 MiB of the 12 MiB guest and caches 2 MiB (512 frames)
     // of the other's, so the sweep cannot fit in either without evicting.
     let (_sw, mut n0, mut n1, _images) = cluster_of("beyond", "beyond", "mem=8M", "")?;
-    let verdict = n0.wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN)?;
-    let text = n0.console().text();
-    assert!(
-        verdict.contains("PASS"),
-        "{verdict}\nnode 0:\n{text}\nnode 1:\n{}",
-        n1.console().text()
-    );
+    let text = cluster_verdict_passes(&mut n0, &n1)?;
     assert!(text.contains("guest: beyond: 12 MiB of guest RAM on 2 vCPUs"), "{text}");
     assert!(text.contains("guest: beyond: PASS "), "{text}");
     let evictions = |stats: &str| -> u64 {

@@ -183,23 +183,12 @@ pub fn start(
         );
     }
     let base = share.vcpu_base as usize;
-    let first = |id: usize| {
-        if id == 0 {
-            Start::ProtectedMode {
-                eip: vm.entry,
-                rax: u64::from(loader::BOOT_MAGIC),
-                rbx: loader::MBI_GPA,
-            }
-        } else {
-            Start::WaitForSipi
-        }
-    };
     for s in &vm.vcpus.stats {
         s.set_state(State::WaitForSipi);
     }
     if bsp_runs {
         vm.vcpus.place(0, apic::id());
-        *BSP_RUNNER.lock() = Some(runner(vm, base, 0, first(base))?);
+        *BSP_RUNNER.lock() = Some(runner(vm, base, 0, start_of(vm, base))?);
     }
     for (k, (index, apic_id)) in aps.iter().take(on_aps).enumerate() {
         let local = k + usize::from(bsp_runs);
@@ -209,6 +198,20 @@ pub fn start(
     }
     STATUS.call_once(|| "guest running");
     Ok(vm)
+}
+
+/// How vCPU `id` starts: the guest's first vCPU enters the kernel the primary loaded (Multiboot
+/// §3.2: magic in EAX, the info block in EBX); every other waits for a start-up IPI.
+fn start_of(vm: &Vm, id: usize) -> Start {
+    if id == 0 {
+        Start::ProtectedMode {
+            eip: vm.entry,
+            rax: u64::from(loader::BOOT_MAGIC),
+            rbx: loader::MBI_GPA,
+        }
+    } else {
+        Start::WaitForSipi
+    }
 }
 
 /// A VMX vCPU, global id `id`, on this core (CPU index `cpu`).
@@ -273,16 +276,7 @@ pub fn ap_poll(index: usize) {
     let Some(vm) = VM.get() else { return };
     let id = job as usize - 1;
     let Some(local) = vm.local(id) else { return };
-    let start = if id == 0 {
-        Start::ProtectedMode {
-            eip: vm.entry,
-            rax: u64::from(loader::BOOT_MAGIC),
-            rbx: loader::MBI_GPA,
-        }
-    } else {
-        Start::WaitForSipi
-    };
-    let mut r = match runner(vm, id, index, start) {
+    let mut r = match runner(vm, id, index, start_of(vm, id)) {
         Ok(r) => r,
         Err(e) => {
             error!("hv: vcpu {id} cannot start on cpu {index}: {e}");
