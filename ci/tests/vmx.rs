@@ -427,3 +427,17 @@ fn a_guest_larger_than_any_node_sweeps_all_of_it_from_both_nodes_with_evictions(
     eprintln!("{stats1}");
     Ok(())
 }
+
+#[test]
+fn litmus_tests_across_two_nodes_never_show_an_outcome_x86_tso_forbids() -> Result<(), HarnessError>
+{
+    let (_sw, mut n0, n1, _images) = cluster_of("litmus", "litmus", "mem=32M", "")?;
+    let text = cluster_verdict_passes(&mut n0, &n1)?;
+    for t in ["MP", "SB", "SB+mfence", "LB"] {
+        assert!(text.contains(&format!("guest: litmus: PASS {t}: ")), "{text}");
+    }
+    for l in text.lines().filter(|l| l.contains("guest: litmus: PASS ")) {
+        eprintln!("{l}");
+    }
+    Ok(())
+}
