@@ -334,6 +334,7 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
     );
     assert!(text.contains("guest: span: PASS integrity"), "{text}");
     assert!(text.contains("guest: span: PASS fixed and broadcast IPIs"), "{text}");
+    assert!(text.contains("guest: span: PASS a logical-destination IPI and an NMI"), "{text}");
     assert!(text1.contains("hv: node 1 runs vCPUs 1..2 of 2"), "{text1}");
     // Node 1 keeps serving its shell: its profile shows remote faults served with latencies.
     let stats = n1.command("stats", ANSWER)?;

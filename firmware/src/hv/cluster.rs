@@ -232,6 +232,7 @@ impl GuestMsg<'_> {
                     IpiKind::Fixed(v) => (0, v),
                     IpiKind::Init => (1, 0),
                     IpiKind::Startup(v) => (2, v),
+                    IpiKind::Nmi => (3, 2),
                 };
                 b.extend_from_slice(&[k, v]);
             }
@@ -281,6 +282,7 @@ pub fn decode(b: &[u8]) -> Option<GuestMsg<'_>> {
                 0 => IpiKind::Fixed(v),
                 1 => IpiKind::Init,
                 2 => IpiKind::Startup(v),
+                3 => IpiKind::Nmi,
                 _ => return None,
             };
             GuestMsg::Ipi { to, kind }
@@ -367,6 +369,7 @@ mod tests {
             GuestMsg::Ipi { to: 7, kind: IpiKind::Fixed(0x42) },
             GuestMsg::Ipi { to: 300, kind: IpiKind::Init },
             GuestMsg::Ipi { to: 1, kind: IpiKind::Startup(8) },
+            GuestMsg::Ipi { to: 2, kind: IpiKind::Nmi },
             GuestMsg::Line { vcpu: 1, text: b"hello from node 1" },
             GuestMsg::Stop { vcpu: 2, end: End::Exit(0) },
             GuestMsg::Stop { vcpu: 2, end: End::Fatal(b"triple fault") },

@@ -193,13 +193,16 @@ impl<V: Vcpu> Runner<V> {
         let now = m.now();
         self.apic.poll_timer(shared, now);
         let pending = self.apic.deliverable(shared);
+        let nmi = shared.nmi_pending();
         if self.state == State::Halted {
-            if pending.is_none() {
+            if pending.is_none() && !nmi {
                 return Step::Idle;
             }
             self.set_state(m, State::Running);
         }
-        if let Some(vec) = pending {
+        if nmi && self.v.nmi_allowed() && shared.take_nmi() {
+            self.v.inject_nmi();
+        } else if let Some(vec) = pending {
             if self.v.interruptible() {
                 self.v.inject_interrupt(vec);
                 self.apic.accept(shared, vec);
@@ -430,6 +433,7 @@ impl<V: Vcpu> Runner<V> {
 pub fn deliver_ipi(target: &Shared, kind: IpiKind) {
     match kind {
         IpiKind::Fixed(v) => target.raise(v),
+        IpiKind::Nmi => target.post_nmi(),
         IpiKind::Init => target.post_init(),
         IpiKind::Startup(v) => target.post_sipi(v),
     }
@@ -453,6 +457,8 @@ pub fn xcr0_valid(value: u64, supported: u64) -> bool {
 pub fn targets(dest: Dest, me: usize, n: usize) -> impl Iterator<Item = usize> {
     (0..n).filter(move |&i| match dest {
         Dest::One(id) => i == id as usize,
+        // x2APIC id = vCPU index, so its logical id is (index / 16) << 16 | 1 << (index % 16).
+        Dest::Logical(ld) => (ld >> 16) as usize == i / 16 && ld & (1 << (i % 16)) != 0,
         Dest::Me => i == me,
         Dest::All => true,
         Dest::Others => i != me,

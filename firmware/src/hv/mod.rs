@@ -258,6 +258,10 @@ pub trait Vcpu {
     fn interruptible(&self) -> bool;
     /// Delivers `vector` as an external interrupt at the next entry.
     fn inject_interrupt(&mut self, vector: u8);
+    /// True when an NMI can be injected now (no NMI blocking, no event already queued).
+    fn nmi_allowed(&self) -> bool;
+    /// Delivers an NMI at the next entry.
+    fn inject_nmi(&mut self);
     /// Asks for [`Exit::InterruptWindow`] as soon as the guest can take an interrupt.
     fn set_interrupt_window(&mut self, on: bool);
     /// The next [`Exit::Preempted`] after at most this many TSC ticks of guest time.

@@ -3,7 +3,7 @@
 //! vCPUs raise interrupts through [`Shared`] (atomics, any CPU); the rest is [`Local`] to the
 //! vCPU's own core. The timer counts TSC ticks divided by the divide configuration.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// x2APIC MSR range.
 pub const MSR_FIRST: u32 = 0x800;
@@ -18,6 +18,8 @@ pub struct Shared {
     /// Pending INIT ([`INIT_PENDING`]) and start-up IPI ([`SIPI_PENDING`] | vector), taken
     /// by the owner with [`Shared::take_startup`].
     startup: AtomicU32,
+    /// A non-maskable interrupt is pending.
+    nmi: AtomicBool,
 }
 
 /// [`Shared`]'s startup word: an INIT is pending (above the vector byte, so both fit).
@@ -28,8 +30,26 @@ const SIPI_PENDING: u32 = 1 << 8;
 impl Shared {
     /// Nothing pending.
     #[allow(clippy::declare_interior_mutable_const)]
-    pub const NEW: Shared =
-        Shared { irr: [const { AtomicU64::new(0) }; 4], startup: AtomicU32::new(0) };
+    pub const NEW: Shared = Shared {
+        irr: [const { AtomicU64::new(0) }; 4],
+        startup: AtomicU32::new(0),
+        nmi: AtomicBool::new(false),
+    };
+
+    /// Posts an NMI (they do not queue: one pending at most, SDM Vol. 3A §10.5.1).
+    pub fn post_nmi(&self) {
+        self.nmi.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the pending NMI, if any.
+    pub fn take_nmi(&self) -> bool {
+        self.nmi.swap(false, Ordering::SeqCst)
+    }
+
+    /// An NMI is pending.
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi.load(Ordering::SeqCst)
+    }
 
     /// Requests interrupt `vector`.
     pub fn raise(&self, vector: u8) {
@@ -98,6 +118,8 @@ pub struct Gp;
 pub enum IpiKind {
     /// A fixed interrupt with this vector.
     Fixed(u8),
+    /// A non-maskable interrupt (vector 2).
+    Nmi,
     /// INIT.
     Init,
     /// Start-up with this vector.
@@ -109,6 +131,9 @@ pub enum IpiKind {
 pub enum Dest {
     /// One x2APIC id (physical mode).
     One(u32),
+    /// x2APIC logical mode: cluster in bits 31:16, a bitmap of its 16 members in 15:0
+    /// (SDM Vol. 3A §11.12.10.2).
+    Logical(u32),
     /// Ourselves.
     Me,
     /// Everyone including us.
@@ -297,6 +322,7 @@ pub fn icr_effect(icr: u64) -> Effect {
     let vector = icr as u8;
     let kind = match (icr >> 8) & 7 {
         0 => IpiKind::Fixed(vector),
+        4 => IpiKind::Nmi,
         5 => {
             // INIT level de-assert (level 0, trigger level) is a no-op on modern APICs.
             if icr & (1 << 14) == 0 && icr & (1 << 15) != 0 {
@@ -308,6 +334,9 @@ pub fn icr_effect(icr: u64) -> Effect {
         _ => return Effect::Ignored,
     };
     let dest = match (icr >> 18) & 3 {
+        // x2APIC: 0xFFFF_FFFF is the broadcast id in both modes (SDM Vol. 3A §11.12.9).
+        0 if icr >> 32 == 0xFFFF_FFFF => Dest::All,
+        0 if icr & (1 << 11) != 0 => Dest::Logical((icr >> 32) as u32),
         0 => Dest::One((icr >> 32) as u32),
         1 => Dest::Me,
         2 => Dest::All,
@@ -327,6 +356,19 @@ mod tests {
         assert_eq!(l.read(&s, 0x802, 0), Some(17));
         assert_eq!(l.read(&s, 0x80D, 0), Some((1 << 16) | 2));
         assert_eq!(l.read(&s, 0x899, 0), None);
+    }
+
+    #[test]
+    fn nmi_logical_and_broadcast_destinations_decode() {
+        assert_eq!(icr_effect((5u64 << 32) | (4 << 8)), Effect::Ipi(Dest::One(5), IpiKind::Nmi));
+        assert_eq!(
+            icr_effect((0x0001_0006u64 << 32) | (1 << 11) | 0x40),
+            Effect::Ipi(Dest::Logical(0x0001_0006), IpiKind::Fixed(0x40))
+        );
+        assert_eq!(
+            icr_effect((0xFFFF_FFFFu64 << 32) | 0x41),
+            Effect::Ipi(Dest::All, IpiKind::Fixed(0x41))
+        );
     }
 
     #[test]
@@ -350,7 +392,7 @@ mod tests {
         assert_eq!(icr_effect((1u64 << 32) | 0x4500), Effect::Ipi(Dest::One(1), IpiKind::Init));
         assert_eq!(icr_effect((1u64 << 32) | 0x8500), Effect::None);
         assert_eq!(icr_effect(0xC4608), Effect::Ipi(Dest::Others, IpiKind::Startup(8)));
-        assert_eq!(icr_effect(0x400), Effect::Ignored);
+        assert_eq!(icr_effect(0x700), Effect::Ignored); // reserved delivery mode
     }
 
     #[test]

@@ -26,11 +26,16 @@ static NODE: [AtomicU32; MAX] = [const { AtomicU32::new(u32::MAX) }; MAX];
 static BARRIER: AtomicU32 = AtomicU32::new(0);
 static BAD: AtomicU32 = AtomicU32::new(0);
 static IPIS: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
+static NMIS: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
 static RAM: AtomicU64 = AtomicU64::new(0);
 static VCPUS: AtomicU32 = AtomicU32::new(1);
 static GO: AtomicU32 = AtomicU32::new(0);
 /// TSC ticks vCPU 0 spent on its increments.
 static COUNTER_TICKS: AtomicU64 = AtomicU64::new(0);
+
+extern "x86-interrupt" fn nmi(_f: Frame) {
+    NMIS[apic_id() as usize % MAX].fetch_add(1, Ordering::SeqCst);
+}
 
 extern "x86-interrupt" fn ipi(_f: Frame) {
     IPIS[apic_id() as usize % MAX].fetch_add(1, Ordering::SeqCst);
@@ -135,6 +140,7 @@ extern "C" fn ap_main(id: u64) -> ! {
 extern "C" fn payload_main(mbi: u32) -> ! {
     x2apic_enable();
     set_gate(0x42, ipi);
+    set_gate(2, nmi);
     load_idt();
     // SAFETY: the loader's Multiboot info: flags, mem_lower, mem_upper (KiB above 1 MiB).
     let upper = unsafe { core::ptr::read_volatile((u64::from(mbi) + 8) as *const u32) };
@@ -219,6 +225,33 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         );
     } else {
         println!("span: FAIL IPI counts {:?}", &counts[..n as usize]);
+        ok = false;
+    }
+    // Logical destination (x2APIC cluster 0, one bit per vCPU: SDM Vol. 3A §11.12.10.2) and
+    // an NMI, to every other vCPU.
+    let others: u32 = (1..n.min(16)).map(|i| 1u32 << i).sum();
+    send_ipi(others, (1 << 11) | 0x42);
+    for id in 1..n {
+        send_ipi(id, 4 << 8);
+    }
+    let t0 = rdtsc();
+    while (1..n as usize)
+        .any(|i| IPIS[i].load(Ordering::SeqCst) < 3 || NMIS[i].load(Ordering::SeqCst) < 1)
+        && rdtsc() - t0 < 30 * tsc_hz()
+    {
+        core::hint::spin_loop();
+    }
+    delay_us(100_000);
+    let fixed: [u32; MAX] = core::array::from_fn(|i| IPIS[i].load(Ordering::SeqCst));
+    let nmis: [u32; MAX] = core::array::from_fn(|i| NMIS[i].load(Ordering::SeqCst));
+    if (1..n as usize).all(|i| fixed[i] == 3 && nmis[i] == 1) && nmis[0] == 0 {
+        println!("span: PASS a logical-destination IPI and an NMI reached each other vCPU once");
+    } else {
+        println!(
+            "span: FAIL logical/NMI counts {:?} / {:?}",
+            &fixed[..n as usize],
+            &nmis[..n as usize]
+        );
         ok = false;
     }
     println!("span: {}", if ok { "PASS all" } else { "FAIL some checks" });

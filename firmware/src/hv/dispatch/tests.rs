@@ -15,6 +15,8 @@ struct FakeVcpu {
     rip: u64,
     if_set: bool,
     injected: Vec<u8>,
+    nmis: u32,
+    nmi_blocked: bool,
     exceptions: Vec<(u8, Option<u32>)>,
     window: bool,
     flushes: u32,
@@ -50,6 +52,12 @@ impl Vcpu for FakeVcpu {
     }
     fn inject_interrupt(&mut self, vector: u8) {
         self.injected.push(vector);
+    }
+    fn nmi_allowed(&self) -> bool {
+        !self.nmi_blocked
+    }
+    fn inject_nmi(&mut self) {
+        self.nmis += 1;
     }
     fn set_interrupt_window(&mut self, on: bool) {
         self.window = on;
@@ -552,4 +560,32 @@ fn the_node_hypercall_names_the_node_that_runs_the_vcpu() {
     let mut r = boot(&m, &[Exit::Hypercall { nr: hypercall::NODE }]);
     run_all(&mut r, &m);
     assert_eq!(r.v.regs.rax, 3);
+}
+
+#[test]
+fn an_nmi_ipi_wakes_a_halted_vcpu_and_is_injected_once_unblocked() {
+    let m = FakeMachine::new(2);
+    let mut bsp = boot(&m, &[]);
+    let mut ap = Runner::new(&m, FakeVcpu::with(&[Exit::Hlt]), 1, 1, Start::WaitForSipi);
+    icr(&m, &mut bsp, (1 << 32) | (5 << 8) | (1 << 14));
+    icr(&m, &mut bsp, (1 << 32) | (6 << 8) | 0x08);
+    ap.step(&m, u64::MAX); // starts, halts
+    assert_eq!(ap.state(), State::Halted);
+    ap.v.nmi_blocked = true;
+    icr(&m, &mut bsp, (1 << 32) | (4 << 8)); // NMI to vCPU 1
+    ap.v.exits.push_back(Exit::Hypercall { nr: hypercall::NOP });
+    ap.step(&m, u64::MAX);
+    assert_eq!(ap.v.nmis, 0, "held while NMIs are blocked");
+    ap.v.nmi_blocked = false;
+    ap.v.exits.push_back(Exit::Hypercall { nr: hypercall::NOP });
+    ap.step(&m, u64::MAX);
+    assert_eq!(ap.v.nmis, 1);
+    assert!(!m.shared[1].nmi_pending());
+}
+
+#[test]
+fn a_logical_destination_reaches_exactly_the_vcpus_its_cluster_bitmap_names() {
+    // Cluster 1 holds vCPUs 16..32: bits 0 and 3 name vCPUs 16 and 19.
+    assert_eq!(targets(Dest::Logical(0x0001_0009), 0, 40).collect::<Vec<_>>(), [16, 19]);
+    assert_eq!(targets(Dest::Logical(0x0000_0003), 5, 4).collect::<Vec<_>>(), [0, 1]);
 }

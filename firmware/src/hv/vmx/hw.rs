@@ -732,6 +732,17 @@ impl Vcpu for VmxVcpu {
             && vmread(f::ENTRY_INTERRUPTION_INFO) & (1 << 31) == 0
     }
 
+    fn nmi_allowed(&self) -> bool {
+        // Blocking by MOV SS (bit 1) or by NMI (bit 3) holds an NMI back (SDM Vol. 3C §25.4.2).
+        vmread(f::GUEST_INTERRUPTIBILITY) & 0b1010 == 0
+            && vmread(f::ENTRY_INTERRUPTION_INFO) & (1 << 31) == 0
+    }
+
+    fn inject_nmi(&mut self) {
+        // Interruption type 2 (NMI), vector 2 (SDM Vol. 3C §26.6.1.1).
+        w(f::ENTRY_INTERRUPTION_INFO, 2 | (2 << 8) | (1 << 31));
+    }
+
     fn inject_interrupt(&mut self, vector: u8) {
         w(f::ENTRY_INTERRUPTION_INFO, u64::from(vector) | (1 << 31));
     }
