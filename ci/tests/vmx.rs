@@ -302,10 +302,27 @@ fn cluster_of(
     mem: &str,
     extra: &str,
 ) -> Result<SpanCluster, HarnessError> {
+    let (sw, mut nodes, images) = bochs_cluster(2, payload, tag, mem, extra)?;
+    let n1 = nodes.pop().expect("two nodes");
+    let n0 = nodes.pop().expect("two nodes");
+    Ok((sw, n0, n1, images))
+}
+
+/// `n` Bochs nodes (2 CPUs each) on one switch, each booting `payload` as the guest module;
+/// node 0 is the primary under `test=vmx`.
+fn bochs_cluster(
+    n: usize,
+    payload: &str,
+    tag: &str,
+    mem: &str,
+    extra: &str,
+) -> Result<(gestalt_ci::Switch, Vec<Node>, Vec<GuestImage>), HarnessError> {
     let mut sw = gestalt_ci::Switch::new(31)?;
     let mut nodes = Vec::new();
     let mut images = Vec::new();
-    for (i, role) in ["nodes=2 primary test=vmx", "nodes=2"].iter().enumerate() {
+    for i in 0..n {
+        let role =
+            if i == 0 { format!("nodes={n} primary test=vmx") } else { format!("nodes={n}") };
         let img = GuestImage::new(&format!("{tag}{i}"), payload, &format!("{role} {mem} {extra}"));
         let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
         let spec =
@@ -313,9 +330,7 @@ fn cluster_of(
         nodes.push(Node::start(&spec, &img.artifacts())?);
         images.push(img);
     }
-    let n1 = nodes.pop().expect("two nodes");
-    let n0 = nodes.pop().expect("two nodes");
-    Ok((sw, n0, n1, images))
+    Ok((sw, nodes, images))
 }
 
 #[test]
@@ -356,11 +371,13 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
 }
 
 #[test]
-fn the_spanning_guest_passes_with_five_percent_loss_and_duplication_in_the_switch(
+fn the_spanning_guest_passes_with_five_percent_loss_duplication_and_reordering_in_the_switch(
 ) -> Result<(), HarnessError> {
     let (sw, mut n0, n1, _images) = span_cluster("lossy", "")?;
     sw.set_loss(0.05);
     sw.set_duplication(0.05);
+    // Up to 2 ms of jitter on each frame reorders them.
+    sw.set_delay(Duration::from_micros(100), Duration::from_millis(2));
     let text = cluster_verdict_passes(&mut n0, &n1)?;
     assert!(text.contains("guest: span: PASS atomic counter 600"), "{text}");
     assert!(text.contains("guest: span: PASS integrity"), "{text}");
@@ -440,5 +457,33 @@ fn litmus_tests_across_two_nodes_never_show_an_outcome_x86_tso_forbids() -> Resu
     for l in text.lines().filter(|l| l.contains("guest: litmus: PASS ")) {
         eprintln!("{l}");
     }
+    Ok(())
+}
+
+/// Three Bochs nodes run the span payload: with three nodes a reader, a home and an owner can
+/// all differ, so pages also travel the 3-hop way (owner straight to reader).
+#[test]
+fn one_guest_spans_three_bochs_nodes_and_pages_travel_three_hops() -> Result<(), HarnessError> {
+    let (_sw, mut nodes, _images) = bochs_cluster(3, "span", "three", "mem=32M", "")?;
+    let verdict = nodes[0].wait_for("test: vmx P", BOCHS_BOOT + GUEST_RUN)?;
+    let text = nodes[0].console().text();
+    assert!(verdict.contains("PASS"), "{verdict}\n{text}");
+    assert!(text.contains("guest: span: 3/3 vCPUs started with INIT/SIPI"), "{text}");
+    assert!(
+        text.contains("guest: span: PASS atomic counter 900 = 3 vCPUs x 300 on 3 nodes"),
+        "{text}"
+    );
+    let mut three_hop = 0;
+    for n in &mut nodes[1..] {
+        let stats = n.command("stats", ANSWER)?;
+        three_hop += stats
+            .split("3-hop ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        eprintln!("{stats}");
+    }
+    assert!(three_hop > 0, "no page came from an owner that was not its home");
     Ok(())
 }
