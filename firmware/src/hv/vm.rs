@@ -39,8 +39,9 @@ pub use super::sched::{module_bytes, status, VmError};
 /// is ample for a resumed vCPU to retire one access and short against any remote fault.
 pub const DEFAULT_HOLD_US: u64 = 100;
 
-/// Guest messages that arrive before this node's guest exists, held (in order) for it.
-const EARLY_LIMIT: usize = 4096;
+/// Bytes of guest messages held (in order) for a guest that does not exist here yet: they come
+/// from the network, so the heap they may take is bounded.
+const EARLY_LIMIT: usize = 1 << 20;
 
 /// This node's part of the guest.
 pub struct Vm {
@@ -66,7 +67,14 @@ pub struct Vm {
 }
 
 pub(super) static VM: Once<Vm> = Once::new();
-static EARLY: Mutex<VecDeque<(u16, Vec<u8>)>> = Mutex::new(VecDeque::new());
+/// Messages held for a guest not started yet, the bytes they take, and how many were dropped.
+struct Early {
+    queue: VecDeque<(u16, Vec<u8>)>,
+    held: usize,
+    dropped: u64,
+}
+
+static EARLY: Mutex<Early> = Mutex::new(Early { queue: VecDeque::new(), held: 0, dropped: 0 });
 
 impl Vm {
     /// A guest shaped by `shape`, of which this node (`me`) runs its share.
@@ -422,13 +430,18 @@ pub fn deliver(from: u16, bytes: &[u8]) -> bool {
     match VM.get() {
         Some(vm) => vm.receive(from, msg),
         None => {
-            let mut early = EARLY.lock();
-            if early.len() < EARLY_LIMIT {
-                early.push_back((from, bytes.to_vec()));
+            let mut e = EARLY.lock();
+            if e.held + bytes.len() <= EARLY_LIMIT {
+                e.held += bytes.len();
+                e.queue.push_back((from, bytes.to_vec()));
             } else {
-                error!(
-                    "hv: guest message from node {from} dropped: the guest is not started here yet"
-                );
+                e.dropped += 1;
+                if e.dropped == 1 {
+                    error!(
+                        "hv: guest messages from node {from} dropped: the guest is not started here yet and {} KiB already wait",
+                        EARLY_LIMIT >> 10
+                    );
+                }
             }
         }
     }
@@ -437,7 +450,7 @@ pub fn deliver(from: u16, bytes: &[u8]) -> bool {
 
 /// Hands the guest the messages that came before it existed.
 pub(super) fn deliver_early(vm: &Vm) {
-    let early = core::mem::take(&mut *EARLY.lock());
+    let early = core::mem::take(&mut EARLY.lock().queue);
     for (from, bytes) in early {
         if let Some(msg) = cluster::decode(&bytes) {
             vm.receive(from, msg);
