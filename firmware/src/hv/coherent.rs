@@ -11,9 +11,10 @@ use alloc::vec::Vec;
 
 use gestalt_coherence::{
     Access, Action, CacheState, Config, Counters, DecodeError, Engine, Event, Gfn, Message, NodeId,
-    PageStore, ProtocolError, Rights, VcpuId,
+    PageStore, Rights, VcpuId,
 };
 
+use super::dispatch::Fault;
 use super::faultstats::{FaultStats, Kind};
 
 /// What the glue needs of this node: its frames (the engine's [`PageStore`]), its nested page
@@ -44,17 +45,6 @@ pub struct GlueStats {
     pub barriers: u64,
 }
 
-/// The answer to one fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Served {
-    /// The page is mapped for the access: retry it now.
-    Now,
-    /// The page or the right is on its way: park the vCPU until [`LocalNode::resume`].
-    Later,
-    /// The nested tables refused the mapping.
-    Failed(&'static str),
-}
-
 /// The engine of this node and what its actions left to send.
 pub struct Coherent {
     engine: Engine,
@@ -62,7 +52,6 @@ pub struct Coherent {
     outbox: VecDeque<(NodeId, Vec<u8>)>,
     stats: GlueStats,
     faults: FaultStats,
-    last_error: Option<ProtocolError>,
     now: u64,
     prefix: &'static [u8],
     /// Pages homed elsewhere whose frame the batch may have freed (unmapped, or acked).
@@ -81,7 +70,6 @@ impl Coherent {
             outbox: VecDeque::new(),
             stats: GlueStats::default(),
             faults: FaultStats::default(),
-            last_error: None,
             now: 0,
             prefix: &[],
             maybe_free: Vec::new(),
@@ -133,11 +121,6 @@ impl Coherent {
         self.stats
     }
 
-    /// The most recent protocol error, for the console.
-    pub fn last_error(&self) -> Option<ProtocolError> {
-        self.last_error.clone()
-    }
-
     /// A nested page fault of `vcpu` on `gfn` at `now` (µs).
     pub fn fault<L: LocalNode>(
         &mut self,
@@ -146,12 +129,12 @@ impl Coherent {
         write: bool,
         vcpu: VcpuId,
         now: u64,
-    ) -> Served {
+    ) -> Fault {
         self.now = now;
         let access = if write { Access::Write } else { Access::Read };
         let before = self.engine.cache_state(gfn);
         let served = self.run(node, Event::LocalFault { gfn, access, vcpu }, Some(vcpu));
-        if served == Served::Later {
+        if served == Fault::Wait {
             let kind = match (before, write) {
                 (CacheState::Shared, true) => Kind::Upgrade,
                 (_, true) => Kind::WriteMiss,
@@ -217,11 +200,11 @@ impl Coherent {
 
     /// Handles `event` and carries out its actions in order; `me` is the faulting vCPU, whose
     /// own resume in this batch means it can retry at once.
-    fn run<L: LocalNode>(&mut self, node: &mut L, event: Event, me: Option<VcpuId>) -> Served {
+    fn run<L: LocalNode>(&mut self, node: &mut L, event: Event, me: Option<VcpuId>) -> Fault {
         let mut actions = core::mem::take(&mut self.actions);
         actions.clear();
         self.engine.handle_into(event, node, &mut actions);
-        let mut served = Served::Later;
+        let mut served = Fault::Wait;
         for action in actions.drain(..) {
             match action {
                 Action::Send { to, msg } => self.queue(to, &msg),
@@ -241,7 +224,7 @@ impl Coherent {
                 Action::Map { gfn, rights } => {
                     if let Err(e) = node.set_rights(gfn, Some(rights)) {
                         self.stats.map_failures += 1;
-                        served = Served::Failed(e);
+                        served = Fault::Deny(e);
                     }
                 }
                 Action::Unmap { gfn } => {
@@ -252,8 +235,8 @@ impl Coherent {
                 Action::Resume { vcpus } => {
                     for v in vcpus {
                         if Some(v) == me {
-                            if served == Served::Later {
-                                served = Served::Now;
+                            if served == Fault::Wait {
+                                served = Fault::Mapped;
                             }
                         } else {
                             self.faults.served(v, self.now);
@@ -262,10 +245,7 @@ impl Coherent {
                     }
                 }
                 Action::Stalled { .. } => self.stats.stalls += 1,
-                Action::Error(e) => {
-                    self.stats.protocol_errors += 1;
-                    self.last_error = Some(e);
-                }
+                Action::Error(_) => self.stats.protocol_errors += 1,
             }
         }
         self.actions = actions;

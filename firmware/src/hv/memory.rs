@@ -102,11 +102,6 @@ impl GuestMemory {
         self.eptp
     }
 
-    /// Guest frames.
-    pub fn pages(&self) -> u64 {
-        self.ram / PAGE_SIZE as u64
-    }
-
     fn is_home(&self, gpa: u64) -> bool {
         gpa.checked_sub(self.home.0).is_some_and(|off| off < self.home.1)
     }

@@ -84,11 +84,6 @@ impl VcpuSet {
         self.in_guest[vcpu].store(false, Ordering::SeqCst);
     }
 
-    /// The nested-paging generation now.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
     /// Rights went down: returns once no vCPU can still use an older translation — each is
     /// out of the guest (and flushes before entering) or has flushed the new generation.
     pub fn flush_barrier(&self) {

@@ -13,7 +13,7 @@ use spin::{Mutex, Once};
 use gestalt_coherence::{Gfn, NodeId, VcpuId};
 
 use super::cluster::{self, End, GuestMsg, Shape};
-use super::coherent::{Coherent, Served};
+use super::coherent::Coherent;
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
@@ -329,27 +329,22 @@ impl Machine for Vm {
         }
         let mut here = self.here();
         let now = time::uptime_us();
-        let served =
+        let fault =
             self.coherent.lock().fault(&mut here, Gfn(gpa / 4096), write, VcpuId(vcpu as u16), now);
-        crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {served:?}");
+        crate::debug!("hv: vcpu {vcpu} npf gpa {gpa:#x} write {write} exec {exec}: {fault:?}");
         self.mem.count_fault();
         if self.mem.lost_pages() != 0 {
             return Fault::Deny(
                 "a guest page found no frame on this node (cache invariant broken)",
             );
         }
-        if served == Served::Later {
+        match fault {
             // Its request waits in the outbox: the service core sends it now, not at its tick.
-            crate::arch::idle::wake_service_core();
+            Fault::Wait => crate::arch::idle::wake_service_core(),
+            Fault::Deny(what) => error!("hv: vcpu {vcpu}: cannot map gpa {gpa:#x}: {what}"),
+            Fault::Mapped => {}
         }
-        match served {
-            Served::Now => Fault::Mapped,
-            Served::Later => Fault::Wait,
-            Served::Failed(what) => {
-                error!("hv: vcpu {vcpu}: cannot map gpa {gpa:#x}: {what}");
-                Fault::Deny("EPT update failed")
-            }
-        }
+        fault
     }
 
     fn entering(&self, vcpu: usize) -> u64 {
@@ -522,7 +517,7 @@ pub fn print_vcpus() {
         let co = vm.coherent.lock();
         let (c, g) = (co.counters(), co.stats());
         kprintln!(
-            "memory: coherence engine, node {} of {}: {} read and {} write faults ({} local hits, {} spurious, {} coalesced), {} messages and {} pages sent, {} flush barriers, {} protocol errors, {} bad messages",
+            "memory: coherence engine, node {} of {}: {} read and {} write faults ({} local hits, {} spurious, {} coalesced), {} messages and {} pages sent, {} flush barriers, {} stalls over 2 s, {} protocol errors, {} bad messages",
             vm.me,
             vm.shape.nodes(),
             c.read_faults,
@@ -533,6 +528,7 @@ pub fn print_vcpus() {
             c.sent,
             c.pages_sent,
             g.barriers,
+            g.stalls,
             g.protocol_errors,
             vm.bad_messages.load(Ordering::Relaxed)
         );

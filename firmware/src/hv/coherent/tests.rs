@@ -6,6 +6,7 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::*;
+use crate::hv::dispatch::Fault;
 use gestalt_coherence::PAGE_SIZE;
 
 #[derive(Default)]
@@ -82,9 +83,9 @@ fn deliver_all(nodes: &mut [(Coherent, FakeNode); 2]) -> usize {
 fn a_one_node_cluster_serves_every_fault_locally_without_messages() {
     let mut c = Coherent::new(NodeId(0), Config::ranges(1, 16));
     let mut node = FakeNode::default();
-    assert_eq!(c.fault(&mut node, Gfn(3), false, VcpuId(0), 0), Served::Now);
+    assert_eq!(c.fault(&mut node, Gfn(3), false, VcpuId(0), 0), Fault::Mapped);
     assert_eq!(node.rights[&3], Some(Rights::ReadExec));
-    assert_eq!(c.fault(&mut node, Gfn(3), true, VcpuId(1), 0), Served::Now);
+    assert_eq!(c.fault(&mut node, Gfn(3), true, VcpuId(1), 0), Fault::Mapped);
     assert_eq!(node.rights[&3], Some(Rights::ReadWriteExec));
     assert!(c.next_outgoing().is_none());
     assert_eq!(c.counters().sent, 0);
@@ -95,7 +96,7 @@ fn a_remote_read_parks_the_vcpu_until_the_page_arrives_with_the_homes_contents()
     let mut n = pair();
     n[0].1.frames.insert(2, vec![0xAB; PAGE_SIZE]);
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 0), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 0), Fault::Wait);
     assert_eq!(node1.rights.get(&2), None, "nothing is mapped before the data is there");
     assert_eq!(deliver_all(&mut n), 2, "a read miss served by the home costs two messages");
     let node1 = &n[1].1;
@@ -112,11 +113,11 @@ fn a_remote_read_parks_the_vcpu_until_the_page_arrives_with_the_homes_contents()
 fn a_remote_write_takes_the_homes_right_away_behind_a_barrier_before_the_page_leaves() {
     let mut n = pair();
     let (c0, node0) = &mut n[0];
-    assert_eq!(c0.fault(node0, Gfn(1), true, VcpuId(0), 0), Served::Now);
+    assert_eq!(c0.fault(node0, Gfn(1), true, VcpuId(0), 0), Fault::Mapped);
     node0.frames.insert(1, vec![7; PAGE_SIZE]);
     node0.log.clear();
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(1), true, VcpuId(4), 0), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(1), true, VcpuId(4), 0), Fault::Wait);
     deliver_all(&mut n);
     let log0 = &n[0].1.log;
     let at = |s: &str| log0.iter().position(|l| l == s).unwrap_or(usize::MAX);
@@ -142,7 +143,7 @@ fn bytes_that_are_no_message_are_refused_before_the_engine() {
 fn a_mapping_the_tables_refuse_is_reported_not_retried_forever() {
     let mut c = Coherent::new(NodeId(0), Config::ranges(1, 4));
     let mut node = FakeNode { refuse_maps: true, ..FakeNode::default() };
-    assert_eq!(c.fault(&mut node, Gfn(0), true, VcpuId(0), 0), Served::Failed("no tables left"));
+    assert_eq!(c.fault(&mut node, Gfn(0), true, VcpuId(0), 0), Fault::Deny("no tables left"));
     assert_eq!(c.stats().map_failures, 1);
 }
 
@@ -161,10 +162,10 @@ fn a_message_the_transport_could_not_take_keeps_its_place() {
 fn the_profile_counts_remote_faults_by_kind_messages_pages_and_latency() {
     let mut n = pair();
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 100), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(2), false, VcpuId(5), 100), Fault::Wait);
     deliver_all(&mut n);
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(2), true, VcpuId(5), 200), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(2), true, VcpuId(5), 200), Fault::Wait);
     // The upgrade's messages, delivered with the clock at 900 µs.
     for from in [1usize, 0] {
         while let Some((to, bytes)) = n[from].0.next_outgoing() {
@@ -201,12 +202,12 @@ fn at_the_cache_limit_a_fault_evicts_a_copy_and_its_frame_is_handed_back() {
     n[0].1.frames.insert(0, vec![1; PAGE_SIZE]);
     n[0].1.frames.insert(1, vec![2; PAGE_SIZE]);
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(0), false, VcpuId(4), 0), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(0), false, VcpuId(4), 0), Fault::Wait);
     deliver_all(&mut n);
     assert_eq!(n[1].1.frames[&0], vec![1; PAGE_SIZE]);
     // A second remote page: the Shared copy of page 0 goes first, its frame at once.
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(1), false, VcpuId(4), 0), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(1), false, VcpuId(4), 0), Fault::Wait);
     assert!(n[1].1.log.iter().any(|l| l == "release 0"), "{:?}", n[1].1.log);
     deliver_all(&mut n);
     assert_eq!(n[1].1.frames[&1], vec![2; PAGE_SIZE]);
@@ -218,7 +219,7 @@ fn an_evicted_modified_copy_keeps_its_frame_until_the_home_has_the_page() {
     let mut n = pair();
     n[1].0.set_cache_limit(1);
     let (c1, node1) = &mut n[1];
-    assert_eq!(c1.fault(node1, Gfn(0), true, VcpuId(4), 0), Served::Later);
+    assert_eq!(c1.fault(node1, Gfn(0), true, VcpuId(4), 0), Fault::Wait);
     deliver_all(&mut n);
     n[1].1.frames.insert(0, vec![9; PAGE_SIZE]); // the vCPU wrote the page
     let (c1, node1) = &mut n[1];
