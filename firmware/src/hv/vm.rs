@@ -420,7 +420,11 @@ impl Machine for Vm {
 /// held in order for it.
 pub fn deliver(from: u16, bytes: &[u8]) -> bool {
     let Some(msg) = cluster::decode(bytes) else {
-        return bytes.first() == Some(&cluster::TAG);
+        let ours = bytes.first() == Some(&cluster::TAG);
+        if let Some(vm) = VM.get().filter(|_| ours) {
+            vm.bad_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        return ours;
     };
     match VM.get() {
         Some(vm) => vm.receive(from, msg),
