@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod acpi;
 pub mod cache;
 pub mod cluster;
 pub mod coherent;
@@ -14,6 +15,7 @@ pub mod dispatch;
 pub mod ept;
 pub mod faultstats;
 pub mod hypercall;
+pub mod linux;
 pub mod loader;
 pub mod msr;
 pub mod stats;
