@@ -337,9 +337,14 @@ fn bochs_cluster(
 fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
 ) -> Result<(), HarnessError> {
     // Bound in this order, dropped in reverse: the nodes stop before the switch does.
-    let (_sw, mut n0, mut n1, _images) = span_cluster("span", "")?;
+    // The primary's guest clock starts 10^12 ticks (minutes) ahead: node 1's must catch up,
+    // or its vCPU reads TSC values published on node 0 from its future.
+    let (_sw, mut n0, mut n1, _images) = span_cluster("span", "tscskew=1000000000000")?;
     let text = cluster_verdict_passes(&mut n0, &n1)?;
     let text1 = n1.console().text();
+    eprintln!("{}", n1.command("stats", ANSWER)?);
+    assert!(text.contains("guest: span: PASS guest TSC: 1 vCPUs on other nodes"), "{text}");
+    assert!(text1.contains("hv: guest clock set from node 0's: 8 probes"), "{text1}");
     assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
     // A line the vCPU on node 1 wrote appears on node 0's console.
     assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
@@ -356,6 +361,7 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
     assert!(stats.contains("stats: node 1 of 2: "), "{stats}");
     assert!(!stats.contains(" 0 remote faults"), "{stats}");
     assert!(stats.contains("median in "), "{stats}");
+    assert!(stats.contains("stats: guest time: skew to node 0 "), "{stats}");
     let vcpu = n1.command("vcpu", ANSWER)?;
     assert!(vcpu.contains("vcpu 0 node 0") && vcpu.contains("vcpu 1 node 1 cpu 1"), "{vcpu}");
     eprintln!("{stats}");
