@@ -100,7 +100,8 @@ fn debians_kernel_boots_through_the_linux_path_and_prints_its_banner() -> Result
     let mut node = Node::start(&linux_node("linux1", &vmlinuz), &artifacts())?;
     let loaded = node.wait_for("hv: Linux guest loaded", BOCHS_BOOT)?;
     eprintln!("{loaded}");
-    let banner = node.wait_for("guest: Linux version", LINUX_BANNER);
+    // Lines come as `guest: [    0.000000] Linux version …` (printk timestamps).
+    let banner = node.wait_for("] Linux version", LINUX_BANNER);
     let text = node.console().text();
     let guest: Vec<&str> =
         text.lines().filter(|l| l.contains("guest:") || l.contains("hv:")).collect();
