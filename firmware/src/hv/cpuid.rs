@@ -1,6 +1,6 @@
 //! What CPUID tells a guest: the host's answer with a virtual topology (one core per vCPU,
-//! x2APIC id = vCPU index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), VMX hidden, the hypervisor
-//! bit set, TSC frequency leaves from the measured rate (Bochs reports the host's,
+//! x2APIC id = vCPU index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), VMX and SVM hidden, the
+//! hypervisor bit set, TSC frequency leaves from the measured rate (Bochs reports the host's,
 //! docs/design.md §9), and the Gestalt hypervisor leaves at 0x4000_0000.
 
 /// One CPUID answer.
@@ -91,6 +91,11 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
             };
         }
         0x4000_0002..=0x4fff_ffff => r = Regs4::default(),
+        // SVM hidden as VMX is (AMD APM Vol. 3 CPUID Fn8000_0001:ECX[2], Fn8000_000A), and
+        // the AMD core count follows the vCPUs (Fn8000_0008:ECX[7:0] = cores - 1).
+        0x8000_0001 => r.ecx &= !(1 << 2),
+        0x8000_0008 => r.ecx = (r.ecx & !0xff) | (t.vcpus.clamp(1, 256) - 1),
+        0x8000_000A => r = Regs4::default(),
         _ => {}
     }
     r
@@ -122,6 +127,16 @@ mod tests {
         assert_eq!(core, Regs4 { eax: 2, ebx: 3, ecx: 0x201, edx: 1 });
         let end = answer(0xb, 2, Regs4::default(), 1, &T);
         assert_eq!((end.ebx, end.ecx >> 8 & 0xff), (0, 0));
+    }
+
+    #[test]
+    fn amd_leaves_hide_svm_and_count_the_vcpus() {
+        let r = answer(0x8000_0001, 0, Regs4 { ecx: 0x25, ..Regs4::default() }, 0, &T);
+        assert_eq!(r.ecx, 0x21);
+        let svm = Regs4 { eax: 1, ebx: 16, ecx: 0, edx: 0x1 };
+        assert_eq!(answer(0x8000_000A, 0, svm, 0, &T), Regs4::default());
+        let r = answer(0x8000_0008, 0, Regs4 { eax: 0x3028, ebx: 0, ecx: 0x7007, edx: 0 }, 0, &T);
+        assert_eq!((r.eax, r.ecx), (0x3028, 0x7002));
     }
 
     #[test]
