@@ -400,6 +400,9 @@ impl<V: Vcpu> Runner<V> {
             None => {
                 let v = if is_apic {
                     self.apic.read(m.shared(self.id), msr, now)
+                } else if msr == super::msr::EFER {
+                    // With LMA as the CPU set it (the MSR file holds what the guest wrote).
+                    Some(self.v.snapshot().efer)
                 } else {
                     self.msrs.read(msr, now)
                 };
@@ -429,6 +432,9 @@ impl<V: Vcpu> Runner<V> {
             },
         };
         if !ok {
+            let st = m.stats(self.id);
+            st.msr_gp.fetch_add(1, Ordering::Relaxed);
+            st.last_msr_gp.store(msr, Ordering::Relaxed);
             self.v.inject_exception(13, Some(0));
             return Step::Continue;
         }

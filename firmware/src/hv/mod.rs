@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod acpi;
 pub mod cache;
 pub mod cluster;
 pub mod coherent;
@@ -14,7 +15,10 @@ pub mod dispatch;
 pub mod ept;
 pub mod faultstats;
 pub mod hypercall;
+pub mod ioapic;
+pub mod linux;
 pub mod loader;
+pub mod mmio;
 pub mod msr;
 pub mod stats;
 pub mod timesync;

@@ -653,6 +653,13 @@ pub fn print_vcpus() {
                 line += &alloc::format!(" {name} {n}");
             }
         }
+        let gp = s.msr_gp.load(Ordering::Relaxed);
+        if gp != 0 {
+            line += &alloc::format!(
+                " msr-#gp {gp} (last {:#x})",
+                s.last_msr_gp.load(Ordering::Relaxed)
+            );
+        }
         kprintln!("{line}");
     }
     let unclaimed = vm.devices.lock().unclaimed.clone();

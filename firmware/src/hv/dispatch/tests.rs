@@ -28,6 +28,8 @@ struct FakeVcpu {
     xcr0: Option<u64>,
     tsc_offset: u64,
     tsc_loads: u32,
+    /// EFER.LMA as the CPU set it (after CR0.PG with LME).
+    lma: bool,
 }
 
 impl FakeVcpu {
@@ -47,7 +49,8 @@ impl Vcpu for FakeVcpu {
         self.rip += 1;
     }
     fn snapshot(&self) -> Snapshot {
-        Snapshot { rip: self.rip, ..Snapshot::default() }
+        let efer = self.efer.unwrap_or(0) | if self.lma { 1 << 10 } else { 0 };
+        Snapshot { rip: self.rip, efer, ..Snapshot::default() }
     }
     fn interruptible(&self) -> bool {
         self.if_set
@@ -287,6 +290,25 @@ fn an_efer_write_reaches_the_backend_and_reads_back() {
     assert_eq!(r.v.efer, Some(0x100));
     assert_eq!(r.v.regs.rax, 0x100);
     assert_eq!(r.v.rip, 2);
+}
+
+#[test]
+fn an_efer_read_in_long_mode_shows_lma_and_unknown_msrs_are_counted() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Msr { msr: 0xC000_0080, write: Some(0x100) },
+            Exit::Msr { msr: 0xC000_0080, write: None },
+            Exit::Msr { msr: 0x3B, write: Some(1) },
+        ],
+    );
+    r.v.lma = true;
+    run_all(&mut r, &m);
+    assert_eq!(r.v.regs.rax, 0x500, "LME and LMA");
+    assert_eq!(r.v.exceptions, [(13, Some(0))], "TSC_ADJUST is not modelled: #GP on write");
+    assert_eq!(m.stats(0).msr_gp.load(Ordering::Relaxed), 1);
+    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x3B);
 }
 
 #[test]
