@@ -217,6 +217,9 @@ impl Vcpu for AnyVcpu {
     fn set_xcr0(&mut self, value: u64) {
         each!(self, v => v.set_xcr0(value));
     }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        each!(self, v => v.set_tsc_offset(offset));
+    }
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
         each!(self, v => v.inject_exception(vector, error));
     }

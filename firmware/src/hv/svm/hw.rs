@@ -692,6 +692,10 @@ impl Vcpu for SvmVcpu {
         }
     }
 
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.vmcb.set(off::TSC_OFFSET, offset);
+    }
+
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
         let mut e = event::VALID | event::EXCEPTION | u64::from(vector);
         if let Some(code) = error {
