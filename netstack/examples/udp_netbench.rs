@@ -111,6 +111,7 @@ fn transport(mtu: usize) -> (Figures, u64) {
                 } else {
                     stream_seen += 1;
                 }
+                b.recycle(m);
             }
         }
         // Keep acknowledging until node 0 is quiet.
@@ -118,6 +119,8 @@ fn transport(mtu: usize) -> (Figures, u64) {
         while Instant::now() < linger {
             b.poll(Duration::from_millis(5)).expect("socket");
         }
+        let st = b.transport().stats();
+        (st.duplicates, st.inbox_full)
     });
 
     let mut ping = vec![0u8; PAGE];
@@ -127,7 +130,8 @@ fn transport(mtu: usize) -> (Figures, u64) {
         a.send(1, &ping).expect("send");
         'wait: loop {
             a.poll(Duration::from_millis(1)).expect("socket");
-            if a.recv().is_some() {
+            if let Some((_, m)) = a.recv() {
+                a.recycle(m);
                 break 'wait;
             }
             assert!(Instant::now() < deadline, "ping timed out");
@@ -153,11 +157,15 @@ fn transport(mtu: usize) -> (Figures, u64) {
     }
     let secs = t0.elapsed().as_secs_f64();
     let retransmits = a.transport().stats().retransmits;
-    echo.join().expect("echo thread");
+    let dup = echo.join().expect("echo thread");
+    let st = a.transport().stats().clone();
     println!(
-        "  (mtu {mtu}: {} of the {} retransmissions during the stream)",
+        "  (mtu {mtu}: window {} fragments; {} of the {retransmits} retransmissions during the stream; {} timer expiries; receiver: {} duplicates, {} refused on a full inbox)",
+        a.transport().config().window,
         retransmits - before_stream,
-        retransmits
+        st.timeouts,
+        dup.0,
+        dup.1
     );
     let f = Figures {
         rtt_p50_us: percentile(&rtts, 50),
