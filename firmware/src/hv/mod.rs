@@ -5,6 +5,7 @@
 //!
 //! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
 
+pub mod acpi;
 pub mod cache;
 pub mod cluster;
 pub mod coherent;
@@ -14,9 +15,13 @@ pub mod dispatch;
 pub mod ept;
 pub mod faultstats;
 pub mod hypercall;
+pub mod ioapic;
+pub mod linux;
 pub mod loader;
+pub mod mmio;
 pub mod msr;
 pub mod stats;
+pub mod timesync;
 pub mod uart;
 pub mod vlapic;
 pub mod vmx;
@@ -278,6 +283,10 @@ pub trait Vcpu {
     fn flush_nested(&mut self);
     /// Loads the guest's XCR0 (already checked against what the host supports).
     fn set_xcr0(&mut self, value: u64);
+    /// The guest's TSC reads the host's plus `offset` (wrapping) from the next entry on, in
+    /// RDTSC, RDTSCP and RDMSR 0x10 alike (SDM Vol. 3C §26.3 "TSC offsetting"; the VMCB's
+    /// TSC_OFFSET on SVM, APM Vol. 2 §15.30.5).
+    fn set_tsc_offset(&mut self, offset: u64);
     /// Delivers a hardware exception (with an error code for the vectors that push one).
     fn inject_exception(&mut self, vector: u8, error: Option<u32>);
     /// Test hook: makes the next entry fail, with a guest state the CPU refuses (`Guest`) or a

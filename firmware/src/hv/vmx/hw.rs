@@ -839,6 +839,10 @@ impl Vcpu for VmxVcpu {
         }
     }
 
+    fn set_tsc_offset(&mut self, offset: u64) {
+        w(f::TSC_OFFSET, offset);
+    }
+
     fn set_xcr0(&mut self, value: u64) {
         // XSETBV needs CR4.OSXSAVE on the host too. The host never uses XSAVE-managed state
         // (soft-float firmware, one vCPU per core), so the guest's XCR0 can stay loaded
