@@ -153,6 +153,7 @@ fn svm_vcpu_command_shows_each_vcpu_with_its_exits() -> Result<(), HarnessError>
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
     let mem = line_with(&answer, "memory: coherence engine").unwrap_or("");
     assert!(mem.contains(" 0 messages and 0 pages sent"), "{answer}");
+    eprintln!("{answer}");
     Ok(())
 }
 
@@ -207,5 +208,79 @@ fn svm_without_nested_paging_is_refused_in_one_line() -> Result<(), HarnessError
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("hv: ")).collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].contains("SVM has no nested paging (NPT)"), "{text}");
+    Ok(())
+}
+
+/// `n` QEMU nodes (2 CPUs each: a service core and a vCPU) on one switch, each booting
+/// `payload` as the guest module; node 0 is the primary under `test=vmx`.
+fn qemu_cluster(
+    n: usize,
+    payload: &str,
+    tag: &str,
+    mem: &str,
+) -> Result<(gestalt_ci::Switch, Vec<Node>), HarnessError> {
+    let mut sw = gestalt_ci::Switch::new(41)?;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let role =
+            if i == 0 { format!("nodes={n} primary test=vmx") } else { format!("nodes={n}") };
+        let port = sw.add_port(gestalt_ci::PortKind::Qemu)?;
+        let spec = qemu_guest(&format!("{tag}{i}"), payload, &format!("{role} {mem}"), 2)
+            .nic(port, [0x52, 0x54, 0x00, 0x53, 0x56, i as u8]);
+        nodes.push(Node::start(&spec, &artifacts())?);
+    }
+    Ok((sw, nodes))
+}
+
+/// Waits for the primary's verdict and checks it passed, showing every console when not.
+fn cluster_passes(nodes: &mut [Node]) -> Result<String, HarnessError> {
+    let verdict = nodes[0].wait_for("test: vmx P", QEMU_BOOT + GUEST_RUN);
+    let shown = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {i}:\n{}\n", n.console().text()))
+            .collect::<String>()
+    };
+    let verdict = verdict.inspect_err(|_| eprintln!("{}", shown(nodes)))?;
+    assert!(verdict.contains("PASS"), "{verdict}\n{}", shown(nodes));
+    Ok(nodes[0].console().text())
+}
+
+/// Ignored: on QEMU the span payload's timing checks (the counter's increments overlapping
+/// across nodes, 30 published TSC values seen in 20 s) fail — its delays are tuned to Bochs'
+/// emulated time, where a page's round trip is short against them; under QEMU TCG on a loaded
+/// host it is not. Counter, integrity and IPI checks pass.
+#[test]
+#[ignore = "the span payload's timing checks fail under QEMU TCG (see above)"]
+fn one_guest_spans_two_qemu_svm_nodes_with_coherent_memory_atomics_and_ipis(
+) -> Result<(), HarnessError> {
+    // Bound in this order, dropped in reverse: the nodes stop before the switch does.
+    let (_sw, mut nodes) = qemu_cluster(2, "span", "svm-span", "mem=32M")?;
+    let text = cluster_passes(&mut nodes);
+    for n in &mut nodes {
+        eprintln!("{}", n.command("vcpu", ANSWER)?);
+    }
+    let text = text?;
+    let vcpu0 = nodes[0].command("vcpu", ANSWER)?;
+    // vCPU 0 runs on node 0's AP, sliced by its local-APIC timer (SVM has no preemption timer).
+    let line = line_with(&vcpu0, "vcpu 0 node 0 cpu 1").unwrap_or("");
+    assert!(line.contains(" preempt "), "{vcpu0}");
+    assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
+    assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
+    assert!(
+        text.contains("guest: span: PASS atomic counter 600 = 2 vCPUs x 300 on 2 nodes"),
+        "{text}"
+    );
+    assert!(text.contains("guest: span: PASS integrity"), "{text}");
+    assert!(text.contains("guest: span: PASS fixed and broadcast IPIs"), "{text}");
+    assert!(text.contains("guest: span: PASS a logical-destination IPI and an NMI"), "{text}");
+    let stats = nodes[1].command("stats", ANSWER)?;
+    assert!(stats.contains("stats: node 1 of 2: "), "{stats}");
+    assert!(!stats.contains(" 0 remote faults"), "{stats}");
+    eprintln!("{stats}");
+    for l in text.lines().filter(|l| l.contains("guest: span:") || l.contains("VM exits in")) {
+        eprintln!("{l}");
+    }
     Ok(())
 }
