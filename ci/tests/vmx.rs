@@ -369,8 +369,13 @@ fn one_guest_spans_two_bochs_nodes_with_coherent_memory_atomics_and_ipis(
     assert!(text.contains("guest: span: PASS guest TSC: 1 vCPUs on other nodes"), "{text}");
     assert!(text1.contains("hv: guest clock set from node 0's: 8 probes"), "{text1}");
     assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
-    // A line the vCPU on node 1 wrote appears on node 0's console.
-    assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
+    // A line the vCPU on node 1 wrote appears on node 0's console, in guest order: before the
+    // line vCPU 0 wrote after it saw vCPU 1's later store.
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no '{needle}':\n{text}"));
+    assert!(
+        at("guest: span: vcpu 1 up on node 1") < at("guest: span: every vCPU reported its node"),
+        "{text}"
+    );
     assert!(
         text.contains("guest: span: PASS atomic counter 600 = 2 vCPUs x 300 on 2 nodes"),
         "{text}"
