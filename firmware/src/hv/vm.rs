@@ -25,7 +25,6 @@ use super::timesync::{self, TimeSync};
 use super::vcpus::VcpuSet;
 use super::vlapic::{self, IpiKind};
 use super::vmx::hw as vmx;
-use super::vmx::root;
 use super::{Exit, IoDir, Regs, Snapshot};
 use crate::arch::{cpu::rdtsc, power, time};
 use crate::mem::frames::FrameAllocator;
@@ -597,13 +596,18 @@ pub(super) fn deliver_early(vm: &Vm) {
 /// The next guest message for the transport: (node, bytes).
 pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
     let vm = VM.get()?;
+    // The outbox (IPIs, console lines, the guest's end, clock probes) goes before coherence
+    // traffic made after it: a line a vCPU printed before writing memory must reach the
+    // primary before the page does, or the console would show it after what the write caused.
+    // The transport keeps each peer's order.
     let (to, mut bytes) = if let Some(m) = vm.retry.lock().take() {
         m
-    } else if let Some((to, bytes)) = vm.coherent.lock().next_outgoing() {
-        // Already framed as a guest message (`cluster::COHERENCE_PREFIX`).
-        (u16::from(to.0), bytes)
+    } else if let Some(m) = vm.outbox.lock().pop_front() {
+        m
     } else {
-        vm.outbox.lock().pop_front()?
+        // Already framed as a guest message (`cluster::COHERENCE_PREFIX`).
+        let (to, bytes) = vm.coherent.lock().next_outgoing()?;
+        (u16::from(to.0), bytes)
     };
     // Stamped as it leaves: later than anything a vCPU here read before the message was made.
     cluster::stamp(&mut bytes, vm.guest_tsc());
@@ -643,7 +647,7 @@ pub fn print_vcpus() {
         kprintln!("no vCPUs: {}", status());
         return;
     };
-    kprintln!("VMX root operation on {} cores", root::cores());
+    kprintln!("{}", super::sched::backend_line());
     let verdict = *vm.verdict.lock();
     kprintln!(
         "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {}",

@@ -25,7 +25,7 @@ pub mod wire;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-pub use auth::{Authenticator, ClusterKey, Seed};
+pub use auth::{Authenticator, ClusterKey, DatagramKey, Seed};
 pub use wire::{DropReason, Header, Kind, HEADER_LEN, PROTOCOL_VERSION};
 
 use peer::{Fragment, Peer};
@@ -215,12 +215,44 @@ impl Stats {
 #[derive(Debug)]
 pub struct Transport {
     cfg: Config,
-    auth: Authenticator,
+    auth: DatagramKey,
     peers: Vec<Peer>,
     rr: usize,
     inbox: VecDeque<(NodeId, Vec<u8>)>,
     events: VecDeque<Event>,
     stats: Stats,
+    pool: BufferPool,
+}
+
+/// Buffers to reuse for fragments and messages, so that a steady stream allocates nothing:
+/// acknowledged fragments and the messages the application hands back
+/// ([`Transport::recycle`]) come here, and new fragments and messages are taken from here.
+#[derive(Debug)]
+struct BufferPool(Vec<Vec<u8>>);
+
+impl BufferPool {
+    /// Buffers kept at most: one acknowledgement frees up to a window of fragments, and the
+    /// application may hand back a few dozen messages at once (each buffer is at most a
+    /// message long: ~420 KiB in all at the most, usually a window of fragments).
+    const KEEP: usize = MAX_WINDOW as usize + 32;
+
+    /// An empty buffer with room for at least `len` bytes.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        match self.0.pop() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(len);
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    fn give(&mut self, buf: Vec<u8>) {
+        if self.0.len() < Self::KEEP && buf.capacity() != 0 {
+            self.0.push(buf);
+        }
+    }
 }
 
 impl Transport {
@@ -228,19 +260,27 @@ impl Transport {
     pub fn new(mut cfg: Config, key: &ClusterKey) -> Self {
         cfg.window = cfg.window.clamp(1, MAX_WINDOW);
         Self {
-            auth: Authenticator::new(key),
+            auth: DatagramKey::new(key),
             cfg,
             peers: Vec::new(),
             rr: 0,
             inbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            pool: BufferPool(Vec::with_capacity(BufferPool::KEEP)),
         }
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Lowers the window to `fragments` (at least 1) when the path holds no more: e.g. the
+    /// receiving socket buffer or NIC ring. A window larger than the path only turns into
+    /// drops and retransmissions.
+    pub fn limit_window(&mut self, fragments: u32) {
+        self.cfg.window = self.cfg.window.min(fragments.max(1));
     }
 
     /// Counters.
@@ -333,11 +373,15 @@ impl Transport {
         for index in 0..count {
             let start = usize::from(index) * chunk;
             let end = (start + chunk).min(msg.len());
+            // A whole chunk's room even for the last, shorter fragment: any pooled fragment
+            // buffer then fits any later fragment without growing.
+            let mut data = self.pool.take(chunk);
+            data.extend_from_slice(&msg[start..end]);
             peer.unsent.push_back(Fragment {
                 seq: peer.next_seq,
                 index,
                 count,
-                data: msg[start..end].to_vec(),
+                data,
                 sent_at: 0,
                 pn: 0,
                 retransmitted: false,
@@ -354,6 +398,13 @@ impl Transport {
     /// The next delivered message, in per-peer order.
     pub fn recv(&mut self) -> Option<(NodeId, Vec<u8>)> {
         self.inbox.pop_front()
+    }
+
+    /// Hands a message buffer from [`Transport::recv`] back once it has been read: the
+    /// transport reuses it for later fragments and messages instead of allocating (a few
+    /// dozen are kept; the rest are freed).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.give(buf);
     }
 
     /// The next peer event.

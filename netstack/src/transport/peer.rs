@@ -72,8 +72,9 @@ impl Peer {
             session: Session::new(&cfg.seed, cfg.local, id, generation),
             next_pn: 0,
             next_seq: 0,
-            unsent: VecDeque::new(),
-            inflight: VecDeque::new(),
+            // Full size at once: the hot path never grows them.
+            unsent: VecDeque::with_capacity(cfg.send_queue),
+            inflight: VecDeque::with_capacity(cfg.window as usize),
             rtt: Rtt::new(cfg),
             backoff: 0,
             rto_deadline: None,

@@ -8,7 +8,8 @@ use super::peer::{Fragment, Peer};
 use super::session::Incoming;
 use super::window::seq_lt;
 use super::{
-    Config, DropReason, Event, Header, Kind, NodeId, Stats, Transport, MAX_WINDOW, SENT_LOG,
+    BufferPool, Config, DropReason, Event, Header, Kind, NodeId, Stats, Transport, MAX_WINDOW,
+    SENT_LOG,
 };
 
 impl Transport {
@@ -47,11 +48,13 @@ impl Transport {
         }
         // Authenticated, of this session, fresh and in window: from here on it counts.
         peer.replay.accept(h.pn);
-        Self::on_ack(peer, &self.cfg, &mut self.stats, now, h.ack, h.sack);
+        Self::on_ack(peer, &self.cfg, &mut self.stats, &mut self.pool, now, h.ack, h.sack);
         Self::on_echo(peer, &self.cfg, &mut self.events, now, h.pn_echo);
         match h.kind {
             Kind::Data => {
-                Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
+                let (cfg, inbox, stats, pool) =
+                    (&self.cfg, &mut self.inbox, &mut self.stats, &mut self.pool);
+                Self::on_data(peer, cfg, inbox, stats, pool, &h, payload);
             }
             // Answered at once: the echo in the answer is the sender's proof that we hear it.
             Kind::Heartbeat => peer.ack_pending = true,
@@ -95,7 +98,15 @@ impl Transport {
         }
     }
 
-    fn on_ack(peer: &mut Peer, cfg: &Config, stats: &mut Stats, now: u64, ack: u32, sack: u64) {
+    fn on_ack(
+        peer: &mut Peer,
+        cfg: &Config,
+        stats: &mut Stats,
+        pool: &mut BufferPool,
+        now: u64,
+        ack: u32,
+        sack: u64,
+    ) {
         // An ack for data never sent would be a peer bug; ignore it rather than trust it.
         let sent_end = match (peer.inflight.back(), peer.unsent.front()) {
             (Some(f), _) => f.seq.wrapping_add(1),
@@ -130,6 +141,7 @@ impl Transport {
             if !f.sacked {
                 newly(&f);
             }
+            pool.give(f.data);
         }
         for f in peer.inflight.iter_mut() {
             let off = f.seq.wrapping_sub(ack);
@@ -169,6 +181,7 @@ impl Transport {
         cfg: &Config,
         inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
         stats: &mut Stats,
+        pool: &mut BufferPool,
         h: &Header,
         payload: &[u8],
     ) {
@@ -183,25 +196,54 @@ impl Transport {
             return;
         }
         peer.ack_pending = true;
-        peer.out_of_order.insert(h.seq, (h.frag_index, h.frag_count, payload.to_vec()));
+        if h.seq == peer.rcv_next {
+            // In order (the loss-free case): straight into the message, no reorder buffer.
+            Self::take_fragment(peer, cfg, inbox, stats, pool, h.frag_index, h.frag_count, payload);
+        } else {
+            let mut data = pool.take(payload.len());
+            data.extend_from_slice(payload);
+            peer.out_of_order.insert(h.seq, (h.frag_index, h.frag_count, data));
+        }
         while let Some((index, count, data)) = peer.out_of_order.remove(&peer.rcv_next) {
-            peer.rcv_next = peer.rcv_next.wrapping_add(1);
-            if index != peer.partial_next {
-                // Cannot happen between correct peers (fragments are sequenced); recover by
-                // discarding the partial message.
-                peer.partial.clear();
-                peer.partial_next = 0;
-                if index != 0 {
-                    continue;
-                }
+            Self::take_fragment(peer, cfg, inbox, stats, pool, index, count, &data);
+            pool.give(data);
+        }
+    }
+
+    /// Appends the fragment with sequence number `rcv_next` to the message being assembled,
+    /// and delivers the message when it is complete.
+    #[allow(clippy::too_many_arguments)]
+    fn take_fragment(
+        peer: &mut Peer,
+        cfg: &Config,
+        inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
+        stats: &mut Stats,
+        pool: &mut BufferPool,
+        index: u8,
+        count: u8,
+        data: &[u8],
+    ) {
+        peer.rcv_next = peer.rcv_next.wrapping_add(1);
+        if index != peer.partial_next {
+            // Cannot happen between correct peers (fragments are sequenced); recover by
+            // discarding the partial message.
+            peer.partial.clear();
+            peer.partial_next = 0;
+            if index != 0 {
+                return;
             }
-            peer.partial.extend_from_slice(&data);
-            peer.partial_next = index + 1;
-            if peer.partial_next == count {
-                inbox.push_back((peer.id, core::mem::take(&mut peer.partial)));
-                peer.partial_next = 0;
-                stats.messages_delivered += 1;
-            }
+        }
+        if index == 0 {
+            // One buffer for the whole message, so appending never reallocates.
+            let whole = usize::from(count).saturating_mul(data.len()).min(cfg.max_message);
+            peer.partial = pool.take(whole.max(data.len()));
+        }
+        peer.partial.extend_from_slice(data);
+        peer.partial_next = index + 1;
+        if peer.partial_next == count {
+            inbox.push_back((peer.id, core::mem::take(&mut peer.partial)));
+            peer.partial_next = 0;
+            stats.messages_delivered += 1;
         }
     }
 }

@@ -346,15 +346,15 @@ fn an_efer_read_in_long_mode_shows_lma_and_unknown_msrs_are_counted() {
         &[
             Exit::Msr { msr: 0xC000_0080, write: Some(0x100) },
             Exit::Msr { msr: 0xC000_0080, write: None },
-            Exit::Msr { msr: 0x3B, write: Some(1) },
+            Exit::Msr { msr: 0x179, write: Some(1) },
         ],
     );
     r.v.lma = true;
     run_all(&mut r, &m);
     assert_eq!(r.v.regs.rax, 0x500, "LME and LMA");
-    assert_eq!(r.v.exceptions, [(13, Some(0))], "TSC_ADJUST is not modelled: #GP on write");
+    assert_eq!(r.v.exceptions, [(13, Some(0))], "MCG_CAP is not modelled: #GP on write");
     assert_eq!(m.stats(0).msr_gp.load(Ordering::Relaxed), 1);
-    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x3B);
+    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x179);
 }
 
 #[test]

@@ -503,7 +503,7 @@ mod properties {
                 1..60,
             ),
         ) {
-            let auth = Authenticator::new(&key());
+            let auth = DatagramKey::new(&key());
             let mut t = engine(1, 1, &[0], |cfg| cfg.mtu = 576);
             let mut out = vec![0u8; t.config().max_datagram()];
             let mut dgram = [0u8; HEADER_LEN + 64];
