@@ -2,8 +2,9 @@
 //! the firmware decodes every next RIP itself) on 1, 2 and 4 CPUs: the guest payloads of
 //! ci/payloads run as the node's guest and must print the same PASS lines as under Bochs VMX
 //! (ci/tests/vmx.rs). Also: detection errors in one line (no SVM, no nested paging), the
-//! `vcpu` command, console input to the guest, and the exit-rate figures. Where `/dev/kvm`
-//! and VMX/SVM are there the harness runs QEMU under KVM instead and says so.
+//! `vcpu` command, console input to the guest, time slices on an AP (the `slice` payload), and
+//! the exit-rate figures. Where `/dev/kvm` and VMX/SVM are there the harness runs QEMU under
+//! KVM instead and says so.
 
 mod common;
 
@@ -292,5 +293,20 @@ fn one_guest_spans_two_qemu_svm_nodes_with_coherent_memory_atomics_and_ipis(
     for l in text.lines().filter(|l| l.contains("guest: span:") || l.contains("VM exits in")) {
         eprintln!("{l}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_vcpu_spinning_without_exits_on_an_ap_is_sliced_and_gets_its_timer() -> Result<(), HarnessError>
+{
+    // SVM has no preemption timer: without the core's one-shot APIC timer the spinning vCPU
+    // never leaves the guest and its virtual deadline interrupt is never delivered.
+    let text = run_qemu_test("svm-slice", "slice", "vmx", 2)?;
+    assert!(
+        text.contains("guest: slice: PASS vcpu 1 spinning without exits took its timer"),
+        "{text}"
+    );
+    let answer = text.lines().find(|l| l.starts_with("vcpu 1 node 0 cpu 1")).unwrap_or("");
+    assert!(answer.contains(" preempt "), "the slices are counted:\n{text}");
     Ok(())
 }
