@@ -73,7 +73,13 @@ pub struct NodeSpec {
     pub nic_model: String,
     /// The guest module, if any.
     pub guest: Option<PathBuf>,
+    /// QEMU's `-cpu` (TCG): [`QEMU_CPU`] unless a test asks for another model.
+    pub qemu_cpu: String,
 }
+
+/// The CPU QEMU nodes get: QEMU 7.2 TCG emulates AMD SVM with nested paging (no VMX, no
+/// NRIPS), so the firmware runs guests there with its SVM backend (docs/design.md §9).
+pub const QEMU_CPU: &str = "qemu64,+svm,+npt";
 
 impl NodeSpec {
     /// A one-CPU, 256 MiB node with an empty command line.
@@ -88,7 +94,14 @@ impl NodeSpec {
             nic: None,
             nic_model: "e1000".to_string(),
             guest: None,
+            qemu_cpu: QEMU_CPU.to_string(),
         }
+    }
+
+    /// Choose QEMU's `-cpu` (e.g. `qemu64,-svm` for a CPU without SVM).
+    pub fn qemu_cpu(mut self, cpu: &str) -> NodeSpec {
+        self.qemu_cpu = cpu.to_string();
+        self
     }
 
     /// Boot with `path` as the first Multiboot module: the guest (QEMU `-initrd`, or in the
@@ -193,6 +206,7 @@ impl Node {
         cmd.args(["-nodefaults", "-machine", "pc", "-accel", "tcg", "-display", "none"]);
         cmd.args(["-monitor", "none", "-serial", "stdio", "-no-reboot"]);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        cmd.arg("-cpu").arg(&spec.qemu_cpu);
         cmd.arg("-smp").arg(spec.cpus.to_string());
         cmd.arg("-m").arg(spec.mem_mib.to_string());
         match spec.boot {

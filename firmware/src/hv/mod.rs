@@ -1,9 +1,11 @@
 //! The hypervisor: a vendor-neutral [`Vcpu`] backend trait and [`Exit`] enum, the exit
-//! dispatch generic over both (`dispatch`), the VMX backend (`vmx/`), EPT (`ept`), guest memory
-//! (`memory`), MSRs (`msr`), port devices (`devices`, `uart`), CPUID and x2APIC models, the
-//! Multiboot guest loader, and the node's guest with its scheduling (`vm`).
+//! dispatch generic over both (`dispatch`), the VMX (`vmx/`) and SVM (`svm/`) backends, nested
+//! page tables with neutral rights (`nested`, in the EPT or AMD format: `ept`, `npt`), guest
+//! memory (`memory`), MSRs (`msr`), port devices (`devices`, `uart`), CPUID and x2APIC models,
+//! the Multiboot guest loader, and the node's guest with its scheduling (`vm`, `sched`).
 //!
-//! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
+//! Everything above the backends reads only [`Exit`]; no code outside `vmx/` or `svm/` knows a
+//! vendor's exit reason number.
 
 pub mod acpi;
 pub mod cache;
@@ -20,7 +22,10 @@ pub mod linux;
 pub mod loader;
 pub mod mmio;
 pub mod msr;
+pub mod nested;
+pub mod npt;
 pub mod stats;
+pub mod svm;
 pub mod timesync;
 pub mod uart;
 pub mod vlapic;
@@ -248,7 +253,7 @@ pub struct Snapshot {
     pub interruptibility: u32,
 }
 
-/// A virtual CPU backend (VMX now, SVM later). All methods act on this vCPU, which is loaded
+/// A virtual CPU backend (VMX or SVM). All methods act on this vCPU, which is loaded
 /// on the calling physical CPU.
 pub trait Vcpu {
     /// Runs the guest until the next exit.

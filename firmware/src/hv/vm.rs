@@ -23,7 +23,6 @@ use super::timesync::{self, TimeSync};
 use super::vcpus::VcpuSet;
 use super::vlapic::{self, IpiKind};
 use super::vmx::hw as vmx;
-use super::vmx::root;
 use super::{Exit, IoDir, Regs, Snapshot};
 use crate::arch::{cpu::rdtsc, power, time};
 use crate::mem::frames::FrameAllocator;
@@ -595,7 +594,7 @@ pub fn print_vcpus() {
         kprintln!("no vCPUs: {}", status());
         return;
     };
-    kprintln!("VMX root operation on {} cores", root::cores());
+    kprintln!("{}", super::sched::backend_line());
     let verdict = *vm.verdict.lock();
     kprintln!(
         "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {}",

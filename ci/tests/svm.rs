@@ -1,0 +1,211 @@
+//! The SVM vCPU backend under QEMU TCG (`-cpu qemu64,+svm,+npt`: nested paging, no NRIPS, so
+//! the firmware decodes every next RIP itself) on 1, 2 and 4 CPUs: the guest payloads of
+//! ci/payloads run as the node's guest and must print the same PASS lines as under Bochs VMX
+//! (ci/tests/vmx.rs). Also: detection errors in one line (no SVM, no nested paging), the
+//! `vcpu` command, console input to the guest, and the exit-rate figures.
+
+mod common;
+
+use common::guest::{qemu_guest, run_qemu_test, GUEST_RUN};
+use common::{artifacts, boot_to_shell, ANSWER, QEMU_BOOT};
+use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
+
+fn line_with<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.contains(marker))
+}
+
+fn smp_payload(cpus: u32) -> Result<String, HarnessError> {
+    let text = run_qemu_test(&format!("svm-smp{cpus}"), "smp", "vmx", cpus)?;
+    assert!(text.contains("hv: SVM ready: nested paging"), "{text}");
+    assert!(text.contains("next RIP decoded (no NRIPS)"), "{text}");
+    for pass in [
+        "guest: smp: PASS all",
+        "guest: smp: PASS one-shot timer",
+        "guest: smp: PASS TSC-deadline timer",
+        "guest: smp: PASS interrupt held while IF=0",
+    ] {
+        assert!(text.contains(pass), "{pass}:\n{text}");
+    }
+    assert!(text.contains(" irq-window "), "the window exit is counted:\n{text}");
+    for i in 0..cpus {
+        assert!(text.contains(&format!("vcpu {i} node 0 cpu {i} stopped rip ")), "{text}");
+    }
+    if cpus > 1 {
+        let started = format!("guest: smp: {cpus}/{cpus} vCPUs started with INIT/SIPI");
+        assert!(text.contains(&started), "{text}");
+        let counter = format!("guest: smp: PASS atomic counter {} = {cpus} vCPUs", cpus * 20000);
+        assert!(text.contains(&counter), "{text}");
+        assert!(text.contains(&format!("guest: smp: PASS memory sweep on {cpus} vCPUs")), "{text}");
+        let ipis = format!("guest: smp: PASS fixed IPIs delivered to {} halted vCPUs", cpus - 1);
+        assert!(text.contains(&ipis), "{text}");
+    }
+    for m in ["hypercall round trip", "cpuid round trip", "VM exits in"] {
+        if let Some(l) = line_with(&text, m) {
+            eprintln!("{l}");
+        }
+    }
+    Ok(text)
+}
+
+#[test]
+fn smp_payload_passes_on_one_svm_vcpu() -> Result<(), HarnessError> {
+    smp_payload(1).map(|_| ())
+}
+
+#[test]
+fn smp_payload_starts_its_second_svm_vcpu_with_init_sipi() -> Result<(), HarnessError> {
+    let text = smp_payload(2)?;
+    assert!(text.contains("guest: smp: vcpu 1 up (x2APIC id 1)"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn smp_payload_passes_on_four_svm_vcpus() -> Result<(), HarnessError> {
+    let text = smp_payload(4)?;
+    assert!(text.contains("guest: smp: vcpu 3 up (x2APIC id 3)"), "{text}");
+    Ok(())
+}
+
+fn nested_paging_payload(cpus: u32) -> Result<(), HarnessError> {
+    let text = run_qemu_test(&format!("svm-npt{cpus}"), "ept", "vmx-fault", cpus)?;
+    assert!(text.contains("guest: ept: PASS all"), "{text}");
+    assert!(text.contains("guest: ept: PASS write to a read-only page faulted once"), "{text}");
+    assert!(text.contains("EPT violation outside guest memory (denied)"), "{text}");
+    assert!(text.contains("gpa: 3221225472"), "the diagnostic names the address:\n{text}");
+    assert!(text.contains("hv:   rip "), "registers are dumped:\n{text}");
+    if let Some(l) = line_with(&text, "fault round trip") {
+        eprintln!("{l}");
+    }
+    Ok(())
+}
+
+#[test]
+fn nested_paging_is_demand_mapped_gets_a_rights_fault_and_stops_outside_memory_on_svm(
+) -> Result<(), HarnessError> {
+    nested_paging_payload(1)
+}
+
+#[test]
+fn nested_paging_payload_passes_on_svm_with_vcpus_waiting_for_sipi() -> Result<(), HarnessError> {
+    nested_paging_payload(2)?;
+    nested_paging_payload(4)
+}
+
+fn triple_payload(cpus: u32) -> Result<String, HarnessError> {
+    let text = run_qemu_test(&format!("svm-triple{cpus}"), "triple", "vmx-fault", cpus)?;
+    assert!(text.contains("guest: triple: loading an empty IDT"), "{text}");
+    assert!(text.contains("hv: vcpu 0 triple fault"), "{text}");
+    assert!(text.contains("hv:   rip ") && text.contains("hv:   rax "), "{text}");
+    assert!(text.contains("hv: guest stopped: triple fault"), "{text}");
+    Ok(text)
+}
+
+#[test]
+fn svm_triple_fault_is_diagnosed_with_a_register_dump() -> Result<(), HarnessError> {
+    triple_payload(1).map(|_| ())
+}
+
+#[test]
+fn svm_triple_fault_on_a_two_core_node_stops_both_vcpus() -> Result<(), HarnessError> {
+    let text = triple_payload(2)?;
+    assert!(text.contains("vcpu 1 node 0 cpu 1 stopped"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn svm_invalid_guest_state_is_diagnosed_and_dumped() -> Result<(), HarnessError> {
+    let text = run_qemu_test("svm-badstate", "badstate", "vmx-fault", 1)?;
+    assert!(text.contains("hv: vcpu 0 invalid guest state"), "{text}");
+    assert!(text.contains("InvalidGuestState"), "{text}");
+    assert!(text.contains("hv:   rip ") && text.contains("hv:   rax "), "{text}");
+    assert!(text.contains("hv: guest stopped: invalid guest state"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn svm_vmrun_refusing_a_control_is_named_as_such() -> Result<(), HarnessError> {
+    let text = run_qemu_test("svm-badctl", "badctl", "vmx-fault", 1)?;
+    assert!(text.contains("EntryFailed {"), "{text}");
+    assert!(text.contains("hv: guest stopped: VMRUN with invalid control field(s)"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn svm_test_hypercalls_are_refused_without_test_mode() -> Result<(), HarnessError> {
+    let mut node = Node::start(&qemu_guest("svm-hooks", "hooks", "", 1), &artifacts())?;
+    let end = node.wait_for("hv: guest exited with code", QEMU_BOOT + GUEST_RUN)?;
+    let text = node.console().text();
+    assert!(text.contains("guest: hooks: PASS test hypercalls are refused"), "{text}");
+    assert!(end.contains("code 0x0"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn svm_vcpu_command_shows_each_vcpu_with_its_exits() -> Result<(), HarnessError> {
+    let mut node = Node::start(&qemu_guest("svm-vcpu", "smp", "log=info", 2), &artifacts())?;
+    node.wait_for("guest: smp: PASS all", QEMU_BOOT + GUEST_RUN)?;
+    node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
+    let answer = node.command("vcpu", ANSWER)?;
+    assert!(answer.contains("SVM enabled on 2 cores"), "{answer}");
+    assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
+    assert!(answer.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{answer}");
+    assert!(answer.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{answer}");
+    assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
+    let mem = line_with(&answer, "memory: coherence engine").unwrap_or("");
+    assert!(mem.contains(" 0 messages and 0 pages sent"), "{answer}");
+    Ok(())
+}
+
+#[test]
+fn svm_console_input_reaches_the_guest_uart_after_ctrl_bracket() -> Result<(), HarnessError> {
+    let mut node = Node::start(&qemu_guest("svm-echo", "echo", "log=info", 1), &artifacts())?;
+    node.wait_for("guest: echo: type a line", QEMU_BOOT + GUEST_RUN)?;
+    node.send_line("\u{1d}hello gestalt")?;
+    node.wait_for("hv: console input goes to the guest's UART", ANSWER)?;
+    node.wait_for("guest: echo: hello gestalt", GUEST_RUN)?;
+    node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
+    Ok(())
+}
+
+/// Figures for README (the bench payload: 100 000 hypercalls; printed, never asserted).
+#[test]
+fn svm_hypercall_exit_rate_is_measured_in_emulated_and_wall_time() -> Result<(), HarnessError> {
+    let mut node = Node::start(&qemu_guest("svm-bench", "bench", "test=vmx", 1), &artifacts())?;
+    node.wait_for("guest: bench: start", QEMU_BOOT + GUEST_RUN)?;
+    let t0 = std::time::Instant::now();
+    let done = node.wait_for("guest: bench: done", GUEST_RUN)?;
+    let wall = t0.elapsed();
+    let verdict = node.wait_for("test: vmx P", GUEST_RUN)?;
+    assert!(verdict.contains("PASS"), "{verdict}");
+    eprintln!("{done}");
+    eprintln!(
+        "bench: 100000 VM exits in {:.3} s wall time = {:.0} exits/s (QEMU TCG SVM, this machine's load)",
+        wall.as_secs_f64(),
+        100_000.0 / wall.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn qemu_without_svm_says_so_in_one_line_and_serves_the_console() -> Result<(), HarnessError> {
+    let spec = NodeSpec::new("nosvm", Emu::Qemu, Boot::Kernel).qemu_cpu("qemu64,-svm");
+    let mut node = boot_to_shell(&spec, QEMU_BOOT)?;
+    let text = node.console().text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("hv: ")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("neither VMX (Intel VT-x) nor SVM (AMD-V)"), "{text}");
+    let answer = node.command("vcpu", ANSWER)?;
+    assert!(answer.contains("no vCPUs: no usable VMX or SVM"), "{answer}");
+    Ok(())
+}
+
+#[test]
+fn svm_without_nested_paging_is_refused_in_one_line() -> Result<(), HarnessError> {
+    let spec = NodeSpec::new("nonpt", Emu::Qemu, Boot::Kernel).qemu_cpu("qemu64,+svm,-npt");
+    let node = boot_to_shell(&spec, QEMU_BOOT)?;
+    let text = node.console().text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("hv: ")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("SVM has no nested paging (NPT)"), "{text}");
+    Ok(())
+}
