@@ -2,7 +2,9 @@
 //! the firmware decodes every next RIP itself) on 1, 2 and 4 CPUs: the guest payloads of
 //! ci/payloads run as the node's guest and must print the same PASS lines as under Bochs VMX
 //! (ci/tests/vmx.rs). Also: detection errors in one line (no SVM, no nested paging), the
-//! `vcpu` command, console input to the guest, and the exit-rate figures.
+//! `vcpu` command, console input to the guest, time slices on an AP (the `slice` payload), and
+//! the exit-rate figures. Where `/dev/kvm` and VMX/SVM are there the harness runs QEMU under
+//! KVM instead and says so.
 
 mod common;
 
@@ -16,8 +18,11 @@ fn line_with<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
 
 fn smp_payload(cpus: u32) -> Result<String, HarnessError> {
     let text = run_qemu_test(&format!("svm-smp{cpus}"), "smp", "vmx", cpus)?;
-    assert!(text.contains("hv: SVM ready: nested paging"), "{text}");
-    assert!(text.contains("next RIP decoded (no NRIPS)"), "{text}");
+    // Under KVM (`-cpu host`) the host's own backend runs; under TCG it is SVM, no NRIPS.
+    if gestalt_ci::accelerator() == gestalt_ci::Accel::Tcg {
+        assert!(text.contains("hv: SVM ready: nested paging"), "{text}");
+        assert!(text.contains("next RIP decoded (no NRIPS)"), "{text}");
+    }
     for pass in [
         "guest: smp: PASS all",
         "guest: smp: PASS one-shot timer",
@@ -146,13 +151,16 @@ fn svm_vcpu_command_shows_each_vcpu_with_its_exits() -> Result<(), HarnessError>
     node.wait_for("guest: smp: PASS all", QEMU_BOOT + GUEST_RUN)?;
     node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
     let answer = node.command("vcpu", ANSWER)?;
-    assert!(answer.contains("SVM enabled on 2 cores"), "{answer}");
+    if gestalt_ci::accelerator() == gestalt_ci::Accel::Tcg {
+        assert!(answer.contains("SVM enabled on 2 cores"), "{answer}");
+    }
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
     assert!(answer.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{answer}");
     assert!(answer.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{answer}");
     assert!(answer.contains(" hypercall ") && answer.contains(" cpuid "), "{answer}");
     let mem = line_with(&answer, "memory: coherence engine").unwrap_or("");
     assert!(mem.contains(" 0 messages and 0 pages sent"), "{answer}");
+    eprintln!("{answer}");
     Ok(())
 }
 
@@ -207,5 +215,98 @@ fn svm_without_nested_paging_is_refused_in_one_line() -> Result<(), HarnessError
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("hv: ")).collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].contains("SVM has no nested paging (NPT)"), "{text}");
+    Ok(())
+}
+
+/// `n` QEMU nodes (2 CPUs each: a service core and a vCPU) on one switch, each booting
+/// `payload` as the guest module; node 0 is the primary under `test=vmx`.
+fn qemu_cluster(
+    n: usize,
+    payload: &str,
+    tag: &str,
+    mem: &str,
+) -> Result<(gestalt_ci::Switch, Vec<Node>), HarnessError> {
+    let mut sw = gestalt_ci::Switch::new(41)?;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let role =
+            if i == 0 { format!("nodes={n} primary test=vmx") } else { format!("nodes={n}") };
+        let port = sw.add_port(gestalt_ci::PortKind::Qemu)?;
+        let spec = qemu_guest(&format!("{tag}{i}"), payload, &format!("{role} {mem}"), 2)
+            .nic(port, [0x52, 0x54, 0x00, 0x53, 0x56, i as u8]);
+        nodes.push(Node::start(&spec, &artifacts())?);
+    }
+    Ok((sw, nodes))
+}
+
+/// Waits for the primary's verdict and checks it passed, showing every console when not.
+fn cluster_passes(nodes: &mut [Node]) -> Result<String, HarnessError> {
+    let verdict = nodes[0].wait_for("test: vmx P", QEMU_BOOT + GUEST_RUN);
+    let shown = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {i}:\n{}\n", n.console().text()))
+            .collect::<String>()
+    };
+    let verdict = verdict.inspect_err(|_| eprintln!("{}", shown(nodes)))?;
+    assert!(verdict.contains("PASS"), "{verdict}\n{}", shown(nodes));
+    Ok(nodes[0].console().text())
+}
+
+/// Ignored: the counter (600 exact), integrity and IPI checks pass, but the span payload's
+/// timing checks (increments overlapping across nodes, 30 published TSC values in 20 s) fail.
+/// QEMU 7.2 TCG accesses the guest's page tables as writes during its nested walk (seen: NPF
+/// EXITINFO1 0x2_0000_0006, "guest page-table walk" + write, thousands of them on the
+/// payload's page directory), and every flush barrier flushes its whole TLB, so the two nodes'
+/// vCPUs keep taking the page-table pages from each other and make little progress
+/// (docs/design.md §9). `GESTALT_SPAN_CMDLINE` adds words to both command lines (`hold=`).
+#[test]
+#[ignore = "QEMU 7.2 TCG walks guest page tables as writes: they ping-pong between nodes"]
+fn one_guest_spans_two_qemu_svm_nodes_with_coherent_memory_atomics_and_ipis(
+) -> Result<(), HarnessError> {
+    // Bound in this order, dropped in reverse: the nodes stop before the switch does.
+    let extra = std::env::var("GESTALT_SPAN_CMDLINE").unwrap_or_default();
+    let (_sw, mut nodes) = qemu_cluster(2, "span", "svm-span", &format!("mem=32M {extra}"))?;
+    let text = cluster_passes(&mut nodes);
+    for n in &mut nodes {
+        eprintln!("{}", n.command("vcpu", ANSWER)?);
+    }
+    let text = text?;
+    let vcpu0 = nodes[0].command("vcpu", ANSWER)?;
+    // vCPU 0 runs on node 0's AP, sliced by its local-APIC timer (SVM has no preemption timer).
+    let line = line_with(&vcpu0, "vcpu 0 node 0 cpu 1").unwrap_or("");
+    assert!(line.contains(" preempt "), "{vcpu0}");
+    assert!(text.contains("guest: span: 2/2 vCPUs started with INIT/SIPI"), "{text}");
+    assert!(text.contains("guest: span: vcpu 1 up on node 1"), "{text}");
+    assert!(
+        text.contains("guest: span: PASS atomic counter 600 = 2 vCPUs x 300 on 2 nodes"),
+        "{text}"
+    );
+    assert!(text.contains("guest: span: PASS integrity"), "{text}");
+    assert!(text.contains("guest: span: PASS fixed and broadcast IPIs"), "{text}");
+    assert!(text.contains("guest: span: PASS a logical-destination IPI and an NMI"), "{text}");
+    let stats = nodes[1].command("stats", ANSWER)?;
+    assert!(stats.contains("stats: node 1 of 2: "), "{stats}");
+    assert!(!stats.contains(" 0 remote faults"), "{stats}");
+    eprintln!("{stats}");
+    for l in text.lines().filter(|l| l.contains("guest: span:") || l.contains("VM exits in")) {
+        eprintln!("{l}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_vcpu_spinning_without_exits_on_an_ap_is_sliced_and_gets_its_timer() -> Result<(), HarnessError>
+{
+    // SVM has no preemption timer: without the core's one-shot APIC timer the spinning vCPU
+    // never leaves the guest and its virtual deadline interrupt is never delivered.
+    let text = run_qemu_test("svm-slice", "slice", "vmx", 2)?;
+    assert!(
+        text.contains("guest: slice: PASS vcpu 1 spinning without exits took its timer"),
+        "{text}"
+    );
+    let answer = text.lines().find(|l| l.starts_with("vcpu 1 node 0 cpu 1")).unwrap_or("");
+    assert!(answer.contains(" preempt "), "the slices are counted:\n{text}");
     Ok(())
 }

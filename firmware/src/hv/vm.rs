@@ -17,6 +17,7 @@ use super::coherent::Coherent;
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
+use super::faultstats;
 use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
 use super::timesync::{self, TimeSync};
@@ -548,13 +549,18 @@ pub(super) fn deliver_early(vm: &Vm) {
 /// The next guest message for the transport: (node, bytes).
 pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
     let vm = VM.get()?;
+    // The outbox (IPIs, console lines, the guest's end, clock probes) goes before coherence
+    // traffic made after it: a line a vCPU printed before writing memory must reach the
+    // primary before the page does, or the console would show it after what the write caused.
+    // The transport keeps each peer's order.
     let (to, mut bytes) = if let Some(m) = vm.retry.lock().take() {
         m
-    } else if let Some((to, bytes)) = vm.coherent.lock().next_outgoing() {
-        // Already framed as a guest message (`cluster::COHERENCE_PREFIX`).
-        (u16::from(to.0), bytes)
+    } else if let Some(m) = vm.outbox.lock().pop_front() {
+        m
     } else {
-        vm.outbox.lock().pop_front()?
+        // Already framed as a guest message (`cluster::COHERENCE_PREFIX`).
+        let (to, bytes) = vm.coherent.lock().next_outgoing()?;
+        (u16::from(to.0), bytes)
     };
     // Stamped as it leaves: later than anything a vCPU here read before the message was made.
     cluster::stamp(&mut bytes, vm.guest_tsc());
@@ -718,6 +724,14 @@ pub fn print_stats(reset: bool) {
         None => hist += " none served yet",
     }
     kprintln!("{hist}");
+    let mut mean = alloc::string::String::from("stats: mean remote-fault latency:");
+    for (class, name) in faultstats::CLASSES {
+        match s.mean_us(class) {
+            Some((us, n)) => mean += &alloc::format!(" {name} {us} µs ({n});"),
+            None => mean += &alloc::format!(" {name} none;"),
+        }
+    }
+    kprintln!("{mean}");
     let mut hot = alloc::string::String::from("stats: hottest pages:");
     for (gfn, n) in s.hottest(10) {
         hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);

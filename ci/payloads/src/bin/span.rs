@@ -179,8 +179,10 @@ extern "C" fn ap_main(id: u64) -> ! {
     load_idt();
     let id = id as u32;
     let node = vmcall(hc::NODE, 0, 0) as u32;
-    NODE[id as usize].store(node, Ordering::SeqCst);
+    // The line first: vCPU 0 prints its own once it sees the node, so the primary's console
+    // must show this one before that one (guest order across nodes).
     println!("span: vcpu {id} up on node {node} (x2APIC id {})", apic_id());
+    NODE[id as usize].store(node, Ordering::SeqCst);
     while GO.load(Ordering::SeqCst) == 0 {
         core::hint::spin_loop();
     }
@@ -217,6 +219,7 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         core::hint::spin_loop();
     }
     let nodes: u32 = (0..n as usize).map(|i| NODE[i].load(Ordering::SeqCst)).max().unwrap_or(0) + 1;
+    println!("span: every vCPU reported its node: {nodes} nodes");
     GO.store(1, Ordering::SeqCst);
     work(0);
 

@@ -11,8 +11,8 @@ use spin::{Mutex, Once};
 
 use super::decode::{self, Insn, Paging, MAX_LEN};
 use super::vmcb::{self, code, event, misc1, misc2, off, Raw, Vmcb, EFER_SVME};
-use crate::arch::apic;
-use crate::arch::cpu::{cpuid, rdmsr, wrmsr, MSR_EFER};
+use crate::arch::cpu::{cpuid, rdmsr, rdtsc, wrmsr, MSR_EFER};
+use crate::arch::{apic, idt::WAKE_VECTOR, time};
 use crate::hv::nested::Tables;
 use crate::hv::npt::NPT;
 use crate::hv::{Breakage, Exit, Regs, Snapshot, Vcpu};
@@ -31,6 +31,8 @@ const EFER_LMA: u64 = 1 << 10;
 const V_INTR_MASKING: u64 = 1 << 24;
 /// V_IRQ with V_IGN_TPR: a virtual interrupt is pending whatever the guest's TPR.
 const V_IRQ: u64 = (1 << 8) | (1 << 20);
+/// Slices longer than this are not timed (the dispatch asks for "no slice" with huge values).
+const SLICE_MAX_US: u64 = 1_000_000;
 
 /// Why SVM cannot be used on this machine (one clear console line each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,8 +414,18 @@ impl SvmVcpu {
         let long64 = p.long64(cs_attr & (1 << 9) != 0);
         let lin = if long64 { 0 } else { cs_base }.wrapping_add(self.vmcb.get(off::RIP));
         let nested = Tables::at(self.ncr3, &NPT);
+        // One nested walk per guest page (an instruction's bytes are one or two pages).
+        let mut last: Option<(u64, u64)> = None;
         let mut read = |gpa: u64, size: u8| -> Option<u64> {
-            let (hpa, _) = nested.translate(&Identity, gpa & !0xfff)?;
+            let page = gpa & !0xfff;
+            let hpa = match last {
+                Some((g, h)) if g == page => h,
+                _ => {
+                    let (h, _) = nested.translate(&Identity, page)?;
+                    last = Some((page, h));
+                    h
+                }
+            };
             let at = hpa | (gpa & 0xfff);
             if (at & 0xfff) + u64::from(size) > 0x1000 {
                 return None;
@@ -553,6 +565,11 @@ const MISC2: u32 = misc2::VMRUN
 
 impl Vcpu for SvmVcpu {
     fn run(&mut self) -> Exit {
+        // SVM has no preemption timer: the slice is this core's local-APIC timer, one-shot
+        // (a core whose timer ticks periodically is preempted by its tick instead).
+        let start = rdtsc();
+        let us = self.slice.saturating_mul(1_000_000) / time::tsc_hz().max(1);
+        let armed = us < SLICE_MAX_US && apic::arm_one_shot(WAKE_VECTOR, us.max(1));
         loop {
             self.vmcb.set(off::RAX, self.regs.rax);
             // SAFETY: SVM is enabled on this core with its host VMCB; the VMCB is this
@@ -562,7 +579,18 @@ impl Vcpu for SvmVcpu {
             unsafe { gestalt_svm_run(&mut self.regs, self.vmcb_pa, self.host_vmcb) };
             self.regs.rax = self.vmcb.get(off::RAX);
             if let Some(e) = self.exit() {
-                return e;
+                if !armed {
+                    return e;
+                }
+                apic::arm_one_shot(WAKE_VECTOR, 0);
+                if rdtsc().wrapping_sub(start) < self.slice {
+                    return e;
+                }
+                // The slice is over: its timer interrupt is due (or pending); take it here.
+                x86_64::instructions::interrupts::enable();
+                core::hint::spin_loop();
+                x86_64::instructions::interrupts::disable();
+                return if e == Exit::Interrupt { Exit::Preempted } else { e };
             }
         }
     }
