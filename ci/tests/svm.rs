@@ -2,7 +2,9 @@
 //! the firmware decodes every next RIP itself) on 1, 2 and 4 CPUs: the guest payloads of
 //! ci/payloads run as the node's guest and must print the same PASS lines as under Bochs VMX
 //! (ci/tests/vmx.rs). Also: detection errors in one line (no SVM, no nested paging), the
-//! `vcpu` command, console input to the guest, and the exit-rate figures.
+//! `vcpu` command, console input to the guest, time slices on an AP (the `slice` payload), and
+//! the exit-rate figures. Where `/dev/kvm` and VMX/SVM are there the harness runs QEMU under
+//! KVM instead and says so.
 
 mod common;
 
@@ -16,8 +18,11 @@ fn line_with<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
 
 fn smp_payload(cpus: u32) -> Result<String, HarnessError> {
     let text = run_qemu_test(&format!("svm-smp{cpus}"), "smp", "vmx", cpus)?;
-    assert!(text.contains("hv: SVM ready: nested paging"), "{text}");
-    assert!(text.contains("next RIP decoded (no NRIPS)"), "{text}");
+    // Under KVM (`-cpu host`) the host's own backend runs; under TCG it is SVM, no NRIPS.
+    if gestalt_ci::accelerator() == gestalt_ci::Accel::Tcg {
+        assert!(text.contains("hv: SVM ready: nested paging"), "{text}");
+        assert!(text.contains("next RIP decoded (no NRIPS)"), "{text}");
+    }
     for pass in [
         "guest: smp: PASS all",
         "guest: smp: PASS one-shot timer",
@@ -146,7 +151,9 @@ fn svm_vcpu_command_shows_each_vcpu_with_its_exits() -> Result<(), HarnessError>
     node.wait_for("guest: smp: PASS all", QEMU_BOOT + GUEST_RUN)?;
     node.wait_for("hv: guest exited with code 0x0", GUEST_RUN)?;
     let answer = node.command("vcpu", ANSWER)?;
-    assert!(answer.contains("SVM enabled on 2 cores"), "{answer}");
+    if gestalt_ci::accelerator() == gestalt_ci::Accel::Tcg {
+        assert!(answer.contains("SVM enabled on 2 cores"), "{answer}");
+    }
     assert!(answer.contains("guest: 2 vCPUs, 64 MiB RAM"), "{answer}");
     assert!(answer.contains("vcpu 0 node 0 cpu 0 stopped rip "), "{answer}");
     assert!(answer.contains("vcpu 1 node 0 cpu 1 stopped rip "), "{answer}");
@@ -247,16 +254,20 @@ fn cluster_passes(nodes: &mut [Node]) -> Result<String, HarnessError> {
     Ok(nodes[0].console().text())
 }
 
-/// Ignored: on QEMU the span payload's timing checks (the counter's increments overlapping
-/// across nodes, 30 published TSC values seen in 20 s) fail — its delays are tuned to Bochs'
-/// emulated time, where a page's round trip is short against them; under QEMU TCG on a loaded
-/// host it is not. Counter, integrity and IPI checks pass.
+/// Ignored: the counter (600 exact), integrity and IPI checks pass, but the span payload's
+/// timing checks (increments overlapping across nodes, 30 published TSC values in 20 s) fail.
+/// QEMU 7.2 TCG accesses the guest's page tables as writes during its nested walk (seen: NPF
+/// EXITINFO1 0x2_0000_0006, "guest page-table walk" + write, thousands of them on the
+/// payload's page directory), and every flush barrier flushes its whole TLB, so the two nodes'
+/// vCPUs keep taking the page-table pages from each other and make little progress
+/// (docs/design.md §9). `GESTALT_SPAN_CMDLINE` adds words to both command lines (`hold=`).
 #[test]
-#[ignore = "the span payload's timing checks fail under QEMU TCG (see above)"]
+#[ignore = "QEMU 7.2 TCG walks guest page tables as writes: they ping-pong between nodes"]
 fn one_guest_spans_two_qemu_svm_nodes_with_coherent_memory_atomics_and_ipis(
 ) -> Result<(), HarnessError> {
     // Bound in this order, dropped in reverse: the nodes stop before the switch does.
-    let (_sw, mut nodes) = qemu_cluster(2, "span", "svm-span", "mem=32M")?;
+    let extra = std::env::var("GESTALT_SPAN_CMDLINE").unwrap_or_default();
+    let (_sw, mut nodes) = qemu_cluster(2, "span", "svm-span", &format!("mem=32M {extra}"))?;
     let text = cluster_passes(&mut nodes);
     for n in &mut nodes {
         eprintln!("{}", n.command("vcpu", ANSWER)?);
@@ -280,6 +291,40 @@ fn one_guest_spans_two_qemu_svm_nodes_with_coherent_memory_atomics_and_ipis(
     assert!(!stats.contains(" 0 remote faults"), "{stats}");
     eprintln!("{stats}");
     for l in text.lines().filter(|l| l.contains("guest: span:") || l.contains("VM exits in")) {
+        eprintln!("{l}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_vcpu_spinning_without_exits_on_an_ap_is_sliced_and_gets_its_timer() -> Result<(), HarnessError>
+{
+    // SVM has no preemption timer: without the core's one-shot APIC timer the spinning vCPU
+    // never leaves the guest and its virtual deadline interrupt is never delivered.
+    let text = run_qemu_test("svm-slice", "slice", "vmx", 2)?;
+    assert!(
+        text.contains("guest: slice: PASS vcpu 1 spinning without exits took its timer"),
+        "{text}"
+    );
+    let answer = text.lines().find(|l| l.starts_with("vcpu 1 node 0 cpu 1")).unwrap_or("");
+    assert!(answer.contains(" preempt "), "the slices are counted:\n{text}");
+    Ok(())
+}
+
+/// Ignored for its time: it passes, in 264 s of wall time (1026 evictions on node 1): the
+/// guest's page tables move between the nodes after every TLB flush (see the span test).
+#[test]
+#[ignore = "passes, but takes minutes on QEMU TCG"]
+fn a_guest_larger_than_any_qemu_node_sweeps_all_of_it_from_both_nodes() -> Result<(), HarnessError>
+{
+    // Each node homes 6 MiB of the 12 MiB guest and caches 2 MiB of the other's.
+    let (_sw, mut nodes) = qemu_cluster(2, "beyond", "svm-beyond", "mem=8M")?;
+    let text = cluster_passes(&mut nodes)?;
+    assert!(text.contains("guest: beyond: 12 MiB of guest RAM on 2 vCPUs"), "{text}");
+    assert!(text.contains("guest: beyond: PASS "), "{text}");
+    for l in
+        text.lines().filter(|l| l.contains("guest: beyond:") || l.starts_with("stats: guest RAM"))
+    {
         eprintln!("{l}");
     }
     Ok(())

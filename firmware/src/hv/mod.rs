@@ -99,7 +99,7 @@ pub enum Exit {
     Interrupt,
     /// The guest can take an interrupt now (interrupt-window exiting).
     InterruptWindow,
-    /// The time slice ended (preemption timer).
+    /// The time slice ended (VMX preemption timer, or the core's APIC timer on SVM).
     Preempted,
     /// The physical CPU received INIT while in the guest.
     Init,

@@ -18,6 +18,7 @@ use super::coherent::Coherent;
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect, COM1};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
+use super::faultstats;
 use super::ioapic::{self, Irq};
 use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
@@ -771,6 +772,14 @@ pub fn print_stats(reset: bool) {
         None => hist += " none served yet",
     }
     kprintln!("{hist}");
+    let mut mean = alloc::string::String::from("stats: mean remote-fault latency:");
+    for (class, name) in faultstats::CLASSES {
+        match s.mean_us(class) {
+            Some((us, n)) => mean += &alloc::format!(" {name} {us} µs ({n});"),
+            None => mean += &alloc::format!(" {name} none;"),
+        }
+    }
+    kprintln!("{mean}");
     let mut hot = alloc::string::String::from("stats: hottest pages:");
     for (gfn, n) in s.hottest(10) {
         hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);

@@ -73,6 +73,11 @@ pub struct Config {
     pub max_rto_us: u64,
     /// A peer that heard nothing from us for this long gets a heartbeat (which it answers).
     pub heartbeat_us: u64,
+    /// How long the acknowledgement of in-order data may wait for a reply to carry it (a
+    /// page request answered by the page costs one datagram each way, not two). The fourth
+    /// data datagram, a gap, a duplicate or a heartbeat is acknowledged at once; so a window
+    /// below 4 fragments waits this long for each ack.
+    pub ack_delay_us: u64,
     /// A peer that showed for this long no sign of hearing us (its `pn_echo` did not move) is
     /// declared down: so a one-way cut is seen from both ends.
     pub peer_timeout_us: u64,
@@ -95,6 +100,7 @@ impl Config {
             min_rto_us: 2_000,
             max_rto_us: 2_000_000,
             heartbeat_us: 100_000,
+            ack_delay_us: 200,
             peer_timeout_us: 3_000_000,
         }
     }
@@ -541,7 +547,7 @@ impl Transport {
                     (header.kind, header.seq) = (Kind::Data, f.seq);
                     (header.frag_index, header.frag_count) = (f.index, f.count);
                     payload = &f.data;
-                } else if peer.ack_pending {
+                } else if peer.ack_pending && now >= peer.ack_at {
                     header.kind = Kind::Ack;
                     self.stats.acks_sent += 1;
                 } else if heartbeat_due || peer.hello_due {
@@ -555,6 +561,7 @@ impl Transport {
         peer.sent_log[(peer.next_pn % SENT_LOG as u64) as usize] = now;
         peer.next_pn += 1;
         peer.ack_pending = false;
+        peer.data_unacked = 0;
         peer.hello_due = false;
         peer.last_sent = now;
         Some(Transmit { to: peer.id, len })
@@ -572,7 +579,8 @@ impl Transport {
                     p.last_sent + self.cfg.heartbeat_us
                 };
                 let down = p.up.then_some(p.last_heard + self.cfg.peer_timeout_us);
-                [p.rto_deadline, Some(heartbeat), down]
+                let ack = (p.ack_pending && p.session.peer.is_some()).then_some(p.ack_at);
+                [p.rto_deadline, Some(heartbeat), down, ack]
             })
             .flatten()
             .min()

@@ -54,10 +54,10 @@ impl Transport {
             Kind::Data => {
                 let (cfg, inbox, stats, pool) =
                     (&self.cfg, &mut self.inbox, &mut self.stats, &mut self.pool);
-                Self::on_data(peer, cfg, inbox, stats, pool, &h, payload);
+                Self::on_data(peer, cfg, inbox, stats, pool, now, &h, payload);
             }
             // Answered at once: the echo in the answer is the sender's proof that we hear it.
-            Kind::Heartbeat => peer.ack_pending = true,
+            Kind::Heartbeat => peer.ack_now(),
             Kind::Ack | Kind::Hello => {}
         }
         Ok(())
@@ -83,7 +83,7 @@ impl Transport {
             events.push_back(Event::PeerUp(peer.id));
             // Answer at once, so the peer sees our echo move too and recovers without
             // waiting for our next heartbeat.
-            peer.ack_pending = true;
+            peer.ack_now();
         }
         if peer.backoff > 0 {
             // Recovering from a timeout, and the peer heard a datagram we sent after the
@@ -176,18 +176,20 @@ impl Transport {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_data(
         peer: &mut Peer,
         cfg: &Config,
         inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
         stats: &mut Stats,
         pool: &mut BufferPool,
+        now: u64,
         h: &Header,
         payload: &[u8],
     ) {
         if seq_lt(h.seq, peer.rcv_next) || peer.out_of_order.contains_key(&h.seq) {
             stats.duplicates += 1;
-            peer.ack_pending = true;
+            peer.ack_now();
             return;
         }
         if inbox.len() >= cfg.inbox_limit {
@@ -195,7 +197,13 @@ impl Transport {
             stats.inbox_full += 1;
             return;
         }
-        peer.ack_pending = true;
+        if h.seq == peer.rcv_next && peer.out_of_order.is_empty() {
+            // In order with nothing missing: the ack may wait for a reply to carry it.
+            peer.ack_later(now, cfg.ack_delay_us);
+        } else {
+            // A gap opens or closes: the sender learns it at once (loss recovery).
+            peer.ack_now();
+        }
         if h.seq == peer.rcv_next {
             // In order (the loss-free case): straight into the message, no reorder buffer.
             Self::take_fragment(peer, cfg, inbox, stats, pool, h.frag_index, h.frag_count, payload);

@@ -414,8 +414,18 @@ impl SvmVcpu {
         let long64 = p.long64(cs_attr & (1 << 9) != 0);
         let lin = if long64 { 0 } else { cs_base }.wrapping_add(self.vmcb.get(off::RIP));
         let nested = Tables::at(self.ncr3, &NPT);
+        // One nested walk per guest page (an instruction's bytes are one or two pages).
+        let mut last: Option<(u64, u64)> = None;
         let mut read = |gpa: u64, size: u8| -> Option<u64> {
-            let (hpa, _) = nested.translate(&Identity, gpa & !0xfff)?;
+            let page = gpa & !0xfff;
+            let hpa = match last {
+                Some((g, h)) if g == page => h,
+                _ => {
+                    let (h, _) = nested.translate(&Identity, page)?;
+                    last = Some((page, h));
+                    h
+                }
+            };
             let at = hpa | (gpa & 0xfff);
             if (at & 0xfff) + u64::from(size) > 0x1000 {
                 return None;
