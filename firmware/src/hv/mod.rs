@@ -36,6 +36,8 @@ pub mod memory;
 #[cfg(target_os = "none")]
 pub mod sched;
 #[cfg(target_os = "none")]
+pub mod slice;
+#[cfg(target_os = "none")]
 pub mod vcpus;
 #[cfg(target_os = "none")]
 pub mod vm;
