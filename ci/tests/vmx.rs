@@ -236,6 +236,14 @@ fn failed_vm_entry_names_the_vm_instruction_error() -> Result<(), HarnessError> 
 }
 
 #[test]
+fn a_vcpu_spinning_without_exits_on_an_ap_is_preempted_and_gets_its_timer(
+) -> Result<(), HarnessError> {
+    let text = run_test("slice", "slice", "vmx", 2)?;
+    assert!(text.contains("guest: slice: PASS vcpu 1 spinning without exits"), "{text}");
+    Ok(())
+}
+
+#[test]
 fn test_hypercalls_are_refused_to_a_guest_booted_without_test_mode() -> Result<(), HarnessError> {
     let img = GuestImage::new("hooks", "hooks", "");
     let mut node = Node::start(&bochs("hooks", 1), &img.artifacts())?;

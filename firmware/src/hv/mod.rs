@@ -36,6 +36,8 @@ pub mod memory;
 #[cfg(target_os = "none")]
 pub mod sched;
 #[cfg(target_os = "none")]
+pub mod slice;
+#[cfg(target_os = "none")]
 pub mod vcpus;
 #[cfg(target_os = "none")]
 pub mod vm;
@@ -99,7 +101,7 @@ pub enum Exit {
     Interrupt,
     /// The guest can take an interrupt now (interrupt-window exiting).
     InterruptWindow,
-    /// The time slice ended (preemption timer).
+    /// The time slice ended (VMX preemption timer, or the core's APIC timer on SVM).
     Preempted,
     /// The physical CPU received INIT while in the guest.
     Init,

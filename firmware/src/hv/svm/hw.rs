@@ -11,10 +11,11 @@ use spin::{Mutex, Once};
 
 use super::decode::{self, Insn, Paging, MAX_LEN};
 use super::vmcb::{self, code, event, misc1, misc2, off, Raw, Vmcb, EFER_SVME};
-use crate::arch::cpu::{cpuid, rdmsr, rdtsc, wrmsr, MSR_EFER};
-use crate::arch::{apic, idt::WAKE_VECTOR, time};
+use crate::arch::apic;
+use crate::arch::cpu::{cpuid, rdmsr, wrmsr, MSR_EFER};
 use crate::hv::nested::Tables;
 use crate::hv::npt::NPT;
+use crate::hv::slice::ApicSlice;
 use crate::hv::{Breakage, Exit, Regs, Snapshot, Vcpu};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::tables::alloc_zeroed;
@@ -31,8 +32,6 @@ const EFER_LMA: u64 = 1 << 10;
 const V_INTR_MASKING: u64 = 1 << 24;
 /// V_IRQ with V_IGN_TPR: a virtual interrupt is pending whatever the guest's TPR.
 const V_IRQ: u64 = (1 << 8) | (1 << 20);
-/// Slices longer than this are not timed (the dispatch asks for "no slice" with huge values).
-const SLICE_MAX_US: u64 = 1_000_000;
 
 /// Why SVM cannot be used on this machine (one clear console line each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -565,11 +564,8 @@ const MISC2: u32 = misc2::VMRUN
 
 impl Vcpu for SvmVcpu {
     fn run(&mut self) -> Exit {
-        // SVM has no preemption timer: the slice is this core's local-APIC timer, one-shot
-        // (a core whose timer ticks periodically is preempted by its tick instead).
-        let start = rdtsc();
-        let us = self.slice.saturating_mul(1_000_000) / time::tsc_hz().max(1);
-        let armed = us < SLICE_MAX_US && apic::arm_one_shot(WAKE_VECTOR, us.max(1));
+        // SVM has no preemption timer: the slice is this core's local-APIC timer.
+        let slice = ApicSlice::arm(self.slice);
         loop {
             self.vmcb.set(off::RAX, self.regs.rax);
             // SAFETY: SVM is enabled on this core with its host VMCB; the VMCB is this
@@ -579,18 +575,7 @@ impl Vcpu for SvmVcpu {
             unsafe { gestalt_svm_run(&mut self.regs, self.vmcb_pa, self.host_vmcb) };
             self.regs.rax = self.vmcb.get(off::RAX);
             if let Some(e) = self.exit() {
-                if !armed {
-                    return e;
-                }
-                apic::arm_one_shot(WAKE_VECTOR, 0);
-                if rdtsc().wrapping_sub(start) < self.slice {
-                    return e;
-                }
-                // The slice is over: its timer interrupt is due (or pending); take it here.
-                x86_64::instructions::interrupts::enable();
-                core::hint::spin_loop();
-                x86_64::instructions::interrupts::disable();
-                return if e == Exit::Interrupt { Exit::Preempted } else { e };
+                return slice.end(e);
             }
         }
     }
