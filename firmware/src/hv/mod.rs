@@ -247,7 +247,7 @@ pub struct Snapshot {
     pub cr4: u64,
     /// EFER.
     pub efer: u64,
-    /// CS selector, base, limit, access rights.
+    /// CS selector, base, limit, access rights (VMX layout: L is bit 13, D/B bit 14).
     pub cs: (u16, u64, u32, u32),
     /// SS selector, base, limit, access rights.
     pub ss: (u16, u64, u32, u32),

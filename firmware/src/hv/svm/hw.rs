@@ -602,9 +602,12 @@ impl Vcpu for SvmVcpu {
 
     fn snapshot(&self) -> Snapshot {
         let c = &self.vmcb;
+        // Access rights in the VMX layout the Snapshot uses (type/S/DPL/P in bits 7:0, AVL/L/
+        // D/G in 15:12; the VMCB packs the latter into 11:8): the MMIO decode reads L and D.
         let seg = |at| {
             let (s, b, l, a) = c.segment(at);
-            (s, b, l, u32::from(a))
+            let a = u32::from(a);
+            (s, b, l, (a & 0xff) | ((a & 0xf00) << 4))
         };
         Snapshot {
             rip: c.get(off::RIP),
