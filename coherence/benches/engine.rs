@@ -1,6 +1,7 @@
 //! Engine events per second on one core for every protocol path of README's message table.
-//! Each iteration is one complete transaction between in-memory engines (page copies
-//! included), so the reported element rate is engine events per second.
+//! Each iteration is one complete transaction between in-memory engines, every message
+//! through the wire codec as the firmware's glue carries it (page copies included), so the
+//! reported element rate is engine events per second.
 //!
 //! `cargo bench -p gestalt-coherence` (add `-- --quick` for a short run).
 
@@ -29,7 +30,7 @@ impl PageStore for Scratch {
 struct Bench {
     engines: Vec<Engine>,
     stores: Vec<Scratch>,
-    net: VecDeque<(NodeId, NodeId, Message)>,
+    net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
     out: Vec<Action>,
     events: u64,
 }
@@ -56,9 +57,15 @@ impl Bench {
                 Action::SendPage { to, mut msg } => {
                     let gfn = msg.gfn();
                     self.stores[i].copy_out(gfn, msg.page_mut().unwrap());
-                    self.net.push_back((node, to, msg));
+                    let mut bytes = Vec::with_capacity(msg.encoded_len());
+                    msg.encode(&mut bytes);
+                    self.net.push_back((node, to, bytes));
                 }
-                Action::Send { to, msg } => self.net.push_back((node, to, msg)),
+                Action::Send { to, msg } => {
+                    let mut bytes = Vec::with_capacity(msg.encoded_len());
+                    msg.encode(&mut bytes);
+                    self.net.push_back((node, to, bytes));
+                }
                 Action::Error(e) => panic!("{e}"),
                 a => {
                     black_box(a);
@@ -88,7 +95,8 @@ impl Bench {
     }
 
     fn drain(&mut self) {
-        while let Some((from, to, msg)) = self.net.pop_front() {
+        while let Some((from, to, bytes)) = self.net.pop_front() {
+            let msg = Message::decode(&bytes).unwrap();
             self.event(to, Event::Message { from, msg });
         }
     }
