@@ -34,6 +34,9 @@ impl Engine {
         if let Some(e) = self.evicting.get_mut(&gfn) {
             // The new request must follow the eviction at the home: wait for its PutAck.
             self.counters.coalesced += 1;
+            if e.waiters.capacity() == 0 {
+                e.waiters = self.spare.waiters();
+            }
             e.waiters.push((vcpu, access));
             return;
         }
@@ -45,13 +48,15 @@ impl Engine {
         if let Some(rights) = rights.filter(|r| r.allows(access)) {
             self.counters.spurious += 1;
             out.push(Action::Map { gfn, rights });
-            out.push(Action::Resume { vcpus: alloc::vec![vcpu] });
+            out.push(Action::Resume { vcpu });
             return;
         }
         if rights.is_none() {
             self.make_room(gfn, out);
         }
-        self.request(gfn, access.is_write(), alloc::vec![(vcpu, access)], out);
+        let mut waiters = self.spare.waiters();
+        waiters.push((vcpu, access));
+        self.request(gfn, access.is_write(), waiters, out);
     }
     /// Sets the stable state of `gfn`, keeping the count of cached remote frames.
     pub(super) fn set_state(&mut self, gfn: Gfn, new: CacheState) {
@@ -128,14 +133,14 @@ impl Engine {
                     self.set_state(gfn, CacheState::Shared);
                     out.push(Action::Downgrade { gfn });
                     if requester != from {
-                        self.send(requester, Message::DataShared { gfn, page: Vec::new() }, out);
+                        self.send(requester, Message::DataShared { gfn }, out);
                     }
-                    self.send(from, Message::WriteBack { gfn, page: Vec::new() }, out);
+                    self.send(from, Message::WriteBack { gfn }, out);
                 }
                 Message::FwdWrite { requester, .. } if requester != self.id => {
                     self.set_state(gfn, CacheState::Invalid);
                     out.push(Action::Unmap { gfn });
-                    self.send(requester, Message::DataExclusive { gfn, page: Vec::new() }, out);
+                    self.send(requester, Message::DataExclusive { gfn }, out);
                 }
                 _ => self.unexpected(from, &msg, out),
             },
@@ -154,6 +159,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         msg: &Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -170,12 +176,10 @@ impl Engine {
             return self.unexpected(from, msg, out);
         }
         let Some(p) = self.pending.remove(&gfn) else { return };
-        if let Some(page) = msg.page() {
-            // A message from ourselves (only ever the loopback: `peer_message` refuses our
-            // own id) carries no page: our frame is the home's frame.
-            if from != self.id {
-                store.install(gfn, page);
-            }
+        // A message from ourselves (only ever the loopback: `peer_message` refuses our own
+        // id) carries no page: our frame is the home's frame.
+        if let Some(page) = page.filter(|_| from != self.id) {
+            store.install(gfn, page);
         }
         let (new, rights) = match msg {
             Message::DataShared { .. } => (CacheState::Shared, Rights::ReadExec),
@@ -184,12 +188,12 @@ impl Engine {
         self.set_state(gfn, new);
         out.push(Action::Map { gfn, rights });
         let mut waiting = p.waiters;
-        let served: Vec<VcpuId> =
-            waiting.iter().filter(|&&(_, a)| rights.allows(a)).map(|&(v, _)| v).collect();
-        waiting.retain(|&(_, a)| !rights.allows(a));
-        if !served.is_empty() {
-            out.push(Action::Resume { vcpus: served });
+        for &(vcpu, a) in &waiting {
+            if rights.allows(a) {
+                out.push(Action::Resume { vcpu });
+            }
         }
+        waiting.retain(|&(_, a)| !rights.allows(a));
         if let Some(deferred) = p.deferred {
             if self.hold == 0 {
                 self.release(deferred, out);
@@ -197,7 +201,9 @@ impl Engine {
                 self.held.insert(gfn, (deferred, self.now.saturating_add(self.hold)));
             }
         }
-        if !waiting.is_empty() {
+        if waiting.is_empty() {
+            self.spare.keep_waiters(waiting);
+        } else {
             self.request(gfn, true, waiting, out);
         }
     }

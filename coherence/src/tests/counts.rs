@@ -1,7 +1,6 @@
 //! The message cost of every protocol case, exactly (docs/design.md §3: minimum cost is the
 //! target). Frame 0 is homed at node 0 in these clusters.
 
-use std::vec;
 use std::vec::Vec;
 
 use super::cluster::Cluster;
@@ -205,13 +204,13 @@ fn faults_and_messages_outside_guest_memory_are_errors_not_panics() {
     let mut s = MemStore::new();
     let ev = Event::LocalFault { gfn: Gfn(8), access: Access::Read, vcpu: VcpuId(0) };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(8) })]);
-    let ev = Event::Message { from: NodeId(7), msg: Message::Inv { gfn: Gfn(1) } };
+    let ev = Event::Message { from: NodeId(7), msg: Message::Inv { gfn: Gfn(1) }, page: None };
     assert_eq!(
         e.handle(ev, &mut s),
         [Action::Error(ProtocolError::UnknownNode { from: NodeId(7) })]
     );
     // gfn 2 is homed at node 0, so node 1 refuses directory traffic for it.
-    let ev = Event::Message { from: NodeId(0), msg: Message::ReadReq { gfn: Gfn(2) } };
+    let ev = Event::Message { from: NodeId(0), msg: Message::ReadReq { gfn: Gfn(2) }, page: None };
     assert!(matches!(e.handle(ev, &mut s)[..], [Action::Error(ProtocolError::NotHome { .. })]));
     // A forward naming a requester outside the cluster is refused even in the right state.
     let mut c = cluster(3);
@@ -219,6 +218,7 @@ fn faults_and_messages_outside_guest_memory_are_errors_not_panics() {
     let ev = Event::Message {
         from: NodeId(HOME),
         msg: Message::FwdRead { gfn: Gfn(G), requester: NodeId(9) },
+        page: None,
     };
     let acts = c.engines[1].handle(ev, &mut c.stores[1]);
     assert_eq!(acts, [Action::Error(ProtocolError::UnknownNode { from: NodeId(9) })]);
@@ -232,7 +232,8 @@ fn a_duplicated_message_is_reported_and_changes_nothing() {
     let before = c.engines[1].clone();
     let dup = Event::Message {
         from: NodeId(HOME),
-        msg: Message::DataShared { gfn: Gfn(G), page: vec![0; 4096] },
+        msg: Message::DataShared { gfn: Gfn(G) },
+        page: Some(&[0; 4096]),
     };
     let acts = c.engines[1].handle(dup, &mut c.stores[1]);
     assert!(matches!(
@@ -240,7 +241,7 @@ fn a_duplicated_message_is_reported_and_changes_nothing() {
         [Action::Error(ProtocolError::Unexpected { kind: "DataShared", .. })]
     ));
     assert_eq!(c.engines[1], before);
-    let dup = Event::Message { from: NodeId(1), msg: Message::InvAck { gfn: Gfn(G) } };
+    let dup = Event::Message { from: NodeId(1), msg: Message::InvAck { gfn: Gfn(G) }, page: None };
     let acts = c.engines[0].handle(dup, &mut c.stores[0]);
     assert!(matches!(acts[..], [Action::Error(ProtocolError::Unexpected { kind: "InvAck", .. })]));
 }
@@ -366,6 +367,6 @@ fn uneven_homes_serve_their_own_ranges_and_refuse_frames_in_the_hole() {
     let mut s = MemStore::new();
     let ev = Event::LocalFault { gfn: Gfn(5), access: Access::Read, vcpu: VcpuId(0) };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(5) })]);
-    let ev = Event::Message { from: NodeId(0), msg: Message::Inv { gfn: Gfn(7) } };
+    let ev = Event::Message { from: NodeId(0), msg: Message::Inv { gfn: Gfn(7) }, page: None };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(7) })]);
 }

@@ -2,7 +2,6 @@
 //! faults by kind, messages and pages each way, invalidations, a latency histogram of remote
 //! faults and the hottest guest pages. Pure counting, fed by the coherence glue with the time.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use gestalt_coherence::{Gfn, VcpuId};
@@ -46,7 +45,9 @@ pub struct FaultStats {
     pub invalidations_in: u64,
     /// Remote-fault latency histogram (µs, powers of two).
     pub latency: [u64; BUCKETS],
-    waiting: BTreeMap<u16, u64>,
+    /// (vCPU, start) of the remote faults in flight: one per vCPU at most, so a short list
+    /// that keeps its capacity (no allocation per fault).
+    waiting: Vec<(u16, u64)>,
     hot: Vec<(u64, u64)>,
 }
 
@@ -58,13 +59,16 @@ impl FaultStats {
             Kind::WriteMiss => self.write_miss += 1,
             Kind::Upgrade => self.upgrade += 1,
         }
-        self.waiting.entry(vcpu.0).or_insert(now);
+        if !self.waiting.iter().any(|&(v, _)| v == vcpu.0) {
+            self.waiting.push((vcpu.0, now));
+        }
         self.touch(gfn.0);
     }
 
     /// `vcpu`'s fault was served at `now`.
     pub fn served(&mut self, vcpu: VcpuId, now: u64) {
-        if let Some(t0) = self.waiting.remove(&vcpu.0) {
+        if let Some(i) = self.waiting.iter().position(|&(v, _)| v == vcpu.0) {
+            let (_, t0) = self.waiting.swap_remove(i);
             let us = now.saturating_sub(t0).max(1);
             let b = (63 - us.leading_zeros() as usize).min(BUCKETS - 1);
             self.latency[b] += 1;

@@ -513,6 +513,7 @@ impl NodeNet {
                 crate::hv::vm::push_back_outgoing(to, bytes);
                 break;
             }
+            crate::hv::vm::recycle_outgoing(bytes);
         }
         crate::hv::vm::tick(now);
     }
