@@ -337,6 +337,10 @@ pub struct Engine {
     hold: u64,
     /// Deferred messages parked by `hold`: frame → (message, release time).
     held: VecMap<Gfn, (Message, u64)>,
+    /// Frames filled here less than `hold` ago (until the first `Timer` at or after the
+    /// time): an invalidation or forward that takes one away is parked in `held` until then,
+    /// so that the vCPUs resumed on it retire their access first.
+    fresh: VecMap<Gfn, u64>,
     /// Copies given up whose `PutAck` has not come yet.
     evicting: VecMap<Gfn, evict::Evicting>,
     /// Remote frames this node may hold at once (see [`Engine::set_cache_limit`]).
@@ -428,6 +432,7 @@ impl Engine {
             stall_after: 0,
             hold: 0,
             held: VecMap::default(),
+            fresh: VecMap::default(),
             evicting: VecMap::default(),
             cache_limit: None,
             cached_remote: 0,
@@ -459,10 +464,12 @@ impl Engine {
     }
 
     /// Keep a page that just arrived for at least `ticks` (counted from the last
-    /// [`Event::Timer`]) before handling a deferred invalidation or forward that takes it away,
-    /// so that the vCPUs resumed on it can retire their access first — otherwise two nodes
-    /// writing one page could take it from each other forever. The parked message is handled
-    /// on the first `Timer` at or after the release time. 0 (the default) handles it at once.
+    /// [`Event::Timer`]) before handling an invalidation or forward that takes it away —
+    /// one deferred while the data was on its way, or one that comes while the page is still
+    /// fresh (the home's own copy included) — so that the vCPUs resumed on it can retire
+    /// their access first: otherwise two nodes writing one page, or readers of a page the
+    /// home writes, could take it from each other forever. The parked message is handled on
+    /// the first `Timer` at or after the release time. 0 (the default) handles it at once.
     pub fn set_hold(&mut self, ticks: u64) {
         self.hold = ticks;
     }
@@ -613,6 +620,13 @@ impl Engine {
 
     fn timer(&mut self, now: u64, out: &mut Vec<Action>) {
         self.now = now;
+        // First the residency ends, so that a released message is handled, not parked again.
+        loop {
+            let due = self.fresh.iter().find(|(_, &until)| until <= now).map(|(g, _)| *g);
+            if due.and_then(|gfn| self.fresh.remove(&gfn)).is_none() {
+                break;
+            }
+        }
         loop {
             let due = self.held.iter().find(|(_, &(_, until))| until <= now).map(|(g, _)| *g);
             let Some((msg, _)) = due.and_then(|gfn| self.held.remove(&gfn)) else { break };

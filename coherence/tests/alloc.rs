@@ -162,13 +162,15 @@ impl Net {
     }
 }
 
+/// `m(net, measured, f)`: runs `f` on `net`, adding its costs to the totals if `measured`.
+type Measure<'a> = dyn FnMut(&mut Net, bool, &dyn Fn(&mut Net)) + 'a;
+
 struct Case {
     name: &'static str,
     hold: u64,
     limit: Option<usize>,
-    /// Serves the case's faults (measured) and sets the next round up (not measured) through
-    /// `m(net, measured, f)`.
-    round: fn(&mut Net, &mut dyn FnMut(&mut Net, bool, &dyn Fn(&mut Net))),
+    /// Serves the case's faults (measured) and sets the next round up (not measured).
+    round: fn(&mut Net, &mut Measure<'_>),
 }
 
 const CASES: &[Case] = &[

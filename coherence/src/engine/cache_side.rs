@@ -87,6 +87,9 @@ impl Engine {
     pub(super) fn cache_inv(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let i = gfn.0 as usize;
+        if self.cache.get(i) == CacheState::Shared && self.park_if_fresh(from, msg, out) {
+            return;
+        }
         match (self.cache.get(i), self.pending.get_mut(&gfn)) {
             // A read of ours is in flight and the home already counts us as a sharer: the
             // data is on its way, so serve our read first.
@@ -95,7 +98,8 @@ impl Engine {
                 p.deferred = Some(msg);
             }
             // Shared, possibly with an upgrade in flight that the home has not ordered yet:
-            // drop the copy now (the upgrade will then be answered with data).
+            // drop the copy now (the upgrade will then be answered with data), once it is no
+            // longer fresh.
             (CacheState::Shared, _) => {
                 self.set_state(gfn, CacheState::Invalid);
                 out.push(Action::Unmap { gfn });
@@ -117,6 +121,12 @@ impl Engine {
     pub(super) fn cache_forward(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let i = gfn.0 as usize;
+        if self.cache.get(i) == CacheState::Modified
+            && !self.pending.contains_key(&gfn)
+            && self.park_if_fresh(from, msg, out)
+        {
+            return;
+        }
         match (self.cache.get(i), self.pending.get_mut(&gfn)) {
             // The home made us owner before our data arrived (3-hop): hold the forward.
             (CacheState::Invalid, Some(p)) if p.write && p.deferred.is_none() => {
@@ -146,6 +156,20 @@ impl Engine {
             },
             _ => self.unexpected(from, &msg, out),
         }
+    }
+    /// Parks `msg` (an invalidation or forward from the home) while its stable copy is fresh
+    /// (see [`Engine::set_hold`]); true if it was taken. Only one such message can be on its
+    /// way (the home waits for our answer), so a second one is refused.
+    fn park_if_fresh(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) -> bool {
+        let gfn = msg.gfn();
+        let Some(&until) = self.fresh.get(&gfn) else { return false };
+        if self.held.contains_key(&gfn) {
+            self.unexpected(from, &msg, out);
+        } else {
+            self.counters.deferred += 1;
+            self.held.insert(gfn, (msg, until));
+        }
+        true
     }
     /// Handles a deferred message from the home now that our own data has arrived.
     pub(super) fn release(&mut self, deferred: Message, out: &mut Vec<Action>) {
@@ -194,6 +218,9 @@ impl Engine {
             }
         }
         waiting.retain(|&(_, a)| !rights.allows(a));
+        if self.hold > 0 {
+            self.fresh.insert(gfn, self.now.saturating_add(self.hold));
+        }
         if let Some(deferred) = p.deferred {
             if self.hold == 0 {
                 self.release(deferred, out);

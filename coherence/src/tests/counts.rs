@@ -276,6 +276,7 @@ fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it
         e.set_hold(10);
     }
     c.write(2, G, 1);
+    c.timer(2, 10); // node 2's copy is no longer fresh
     c.log.clear();
     // Node 1 asks to write (forwarded to owner 2), node 3 to read (forwarded to the new
     // owner 1, which is still waiting for its data and defers the forward).
@@ -298,6 +299,38 @@ fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it
         kinds,
         ["WriteReq", "ReadReq", "FwdWrite", "FwdRead", "DataExclusive", "DataShared", "WriteBack"]
     );
+}
+
+/// The livelock seen on three Bochs nodes: the home's vCPU upgrades a page two remote
+/// readers keep reading; served at once, each read took the page back before the home's
+/// write retired, thousands of times over. With a hold, the home's fresh copy stays.
+#[test]
+fn a_page_the_home_just_took_back_for_its_own_write_stays_until_the_timer_before_a_reader_takes_it()
+{
+    let mut c = cluster(3);
+    for e in &mut c.engines {
+        e.set_hold(10);
+    }
+    let home = usize::from(HOME);
+    c.access(1, G, Access::Read);
+    c.access(2, G, Access::Read);
+    c.timer(1, 10);
+    c.timer(2, 10);
+    assert_eq!(c.access(HOME, G, Access::Write), ["Inv", "Inv", "InvAck", "InvAck"]);
+    assert!(c.resumed.contains(&(NodeId(HOME), VcpuId(u16::from(HOME) * 100))));
+    // The readers come back at once: their requests wait for the hold.
+    c.fault_only(1, G, Access::Read, 11);
+    c.fault_only(2, G, Access::Read, 21);
+    c.run();
+    assert!(!c.maps[1].contains_key(&Gfn(G)) && !c.maps[2].contains_key(&Gfn(G)));
+    assert_eq!(c.maps[home][&Gfn(G)], Rights::ReadWriteExec, "the home's write retires");
+    c.stores[home].frame_mut(Gfn(G))[0] = 5;
+    c.timer(HOME, 9);
+    assert!(!c.maps[1].contains_key(&Gfn(G)), "held until the hold has passed");
+    c.timer(HOME, 10);
+    assert_eq!(c.read(1, G), 5);
+    assert_eq!(c.read(2, G), 5);
+    assert_eq!(c.engines[home].held_count(), 0);
 }
 
 #[test]

@@ -182,7 +182,35 @@ mod tests {
             for (&g, &f) in &model {
                 assert_eq!(c.frame(g), Some(f), "gfn {g} lost its frame");
             }
+            assert_eq!(c.frame(gfn), model.get(&gfn).copied());
         }
+    }
+
+    #[test]
+    fn a_large_cache_cycled_through_many_pages_keeps_every_page_on_its_own_frame() {
+        use std::collections::BTreeMap;
+        let frames: Vec<u64> = (0..2048).map(|f| 0x10_0000 + f * 0x1000).collect();
+        let mut c = FrameCache::new(frames);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut x = 5u64;
+        for round in 0..60_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let gfn = 0x1800 + (x >> 30) % 0x3000;
+            if model.len() < 2048 && (x >> 7) & 3 != 0 {
+                let f = c.take(gfn).expect("a frame");
+                assert_eq!(*model.entry(gfn).or_insert(f), f);
+            } else if let Some((&g, _)) = model.iter().nth((round as usize) % model.len().max(1)) {
+                c.release(g);
+                model.remove(&g);
+                assert_eq!(c.frame(g), None);
+            }
+            assert_eq!(c.frame(gfn), model.get(&gfn).copied());
+        }
+        let mut seen: Vec<u64> = model.keys().map(|&g| c.frame(g).expect("held")).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), model.len(), "two pages share a frame");
+        assert_eq!(c.in_use(), model.len());
     }
 
     #[test]
