@@ -21,7 +21,8 @@ payloads: setup
 	ci/payloads/build.sh
 
 # The cluster runs one guest across its nodes: the span test payload unless GUEST= names
-# another Multiboot kernel (guests need VMX: EMU=bochs; QEMU's CPUs say they have none).
+# another Multiboot kernel. QEMU nodes run it with SVM and nested paging (slowly across
+# nodes: QEMU 7.2 walks guest page tables as writes, docs/design.md §9); EMU=bochs with VMX.
 GUEST ?= ci/payloads/target/x86_64-gestalt/release/payload-span
 CPUS ?= 2
 run: image payloads
@@ -45,8 +46,11 @@ test: image payloads
 check: lint test
 
 # Host benchmarks (criterion): transport and coherence engine. Figures, not pass/fail.
+# Short criterion runs (the machine is shared); the transport bench ends with CPU per page in
+# TSC ticks, udp_netbench with the ratios to plain UDP on 127.0.0.1 at MTU 1500 and 9000.
 bench: setup
-	$(CARGO) bench -p gestalt-netstack --bench transport
+	$(CARGO) bench -p gestalt-netstack --bench transport -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) run --release -p gestalt-netstack --features std --example udp_netbench
 	$(CARGO) bench -p gestalt-coherence
 
 clean:

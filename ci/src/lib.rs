@@ -16,5 +16,5 @@ pub use artifacts::Artifacts;
 pub use cluster::Cluster;
 pub use console::Console;
 pub use error::HarnessError;
-pub use node::{Boot, Emu, Node, NodeSpec};
+pub use node::{accelerator, Accel, Boot, Emu, Node, NodeSpec, QEMU_CPU};
 pub use switch::{PortKind, Switch, SwitchCounters, SwitchPort};

@@ -73,6 +73,49 @@ pub struct NodeSpec {
     pub nic_model: String,
     /// The guest module, if any.
     pub guest: Option<PathBuf>,
+    /// QEMU's `-cpu` (TCG): [`QEMU_CPU`] unless a test asks for another model.
+    pub qemu_cpu: String,
+}
+
+/// The CPU QEMU nodes get: QEMU 7.2 TCG emulates AMD SVM with nested paging (no VMX, no
+/// NRIPS), so the firmware runs guests there with its SVM backend (docs/design.md §9).
+pub const QEMU_CPU: &str = "qemu64,+svm,+npt";
+
+/// How QEMU nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// `-accel kvm -cpu host`: `/dev/kvm` opens and the host CPU shows VMX or SVM to it.
+    Kvm,
+    /// `-accel tcg -cpu` [`QEMU_CPU`] (SVM with nested paging, emulated).
+    Tcg,
+}
+
+/// KVM when `/dev/kvm` can be opened and `/proc/cpuinfo` shows `vmx` or `svm` (the guest's
+/// hypervisor needs them passed through), else TCG (DESIGN.md §7.5). Chosen once per process
+/// and said on stderr.
+pub fn accelerator() -> Accel {
+    static CHOSEN: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let (accel, why) = choose(dev, &cpuinfo);
+        eprintln!("harness: QEMU nodes run with {accel:?} ({why})");
+        accel
+    })
+}
+
+/// The accelerator for a host where `/dev/kvm` opens (`dev`) with this `/proc/cpuinfo`, and
+/// why.
+fn choose(dev: bool, cpuinfo: &str) -> (Accel, &'static str) {
+    let virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    match (dev, virt) {
+        (true, true) => (Accel::Kvm, "/dev/kvm usable and the CPU shows VMX/SVM"),
+        (false, _) => (Accel::Tcg, "/dev/kvm cannot be opened"),
+        (true, false) => (Accel::Tcg, "/dev/kvm opens but the CPU shows no VMX or SVM"),
+    }
 }
 
 impl NodeSpec {
@@ -88,7 +131,14 @@ impl NodeSpec {
             nic: None,
             nic_model: "e1000".to_string(),
             guest: None,
+            qemu_cpu: QEMU_CPU.to_string(),
         }
+    }
+
+    /// Choose QEMU's `-cpu` (TCG) (e.g. `qemu64,-svm` for a CPU without SVM).
+    pub fn qemu_cpu(mut self, cpu: &str) -> NodeSpec {
+        self.qemu_cpu = cpu.to_string();
+        self
     }
 
     /// Boot with `path` as the first Multiboot module: the guest (QEMU `-initrd`, or in the
@@ -190,9 +240,12 @@ impl Node {
         log: &Path,
     ) -> Result<(Child, Console), HarnessError> {
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-nodefaults", "-machine", "pc", "-accel", "tcg", "-display", "none"]);
+        let kvm = spec.qemu_cpu == QEMU_CPU && accelerator() == Accel::Kvm;
+        cmd.args(["-nodefaults", "-machine", "pc", "-accel", if kvm { "kvm" } else { "tcg" }]);
+        cmd.args(["-display", "none"]);
         cmd.args(["-monitor", "none", "-serial", "stdio", "-no-reboot"]);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        cmd.arg("-cpu").arg(if kvm { "host" } else { &spec.qemu_cpu });
         cmd.arg("-smp").arg(spec.cpus.to_string());
         cmd.arg("-m").arg(spec.mem_mib.to_string());
         match spec.boot {
@@ -479,5 +532,20 @@ impl Drop for Node {
         // SIGKILL by pid: Bochs ignores SIGTERM. Then reap, so no zombie remains.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod accel_tests {
+    use super::*;
+
+    #[test]
+    fn kvm_only_with_the_device_and_vmx_or_svm_in_the_cpu_flags() {
+        let svm = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 svm npt\n";
+        let plain = "flags\t\t: fpu sse2 hypervisor\nvmx flags\t: none\n";
+        assert_eq!(choose(true, svm).0, Accel::Kvm);
+        assert_eq!(choose(false, svm).0, Accel::Tcg);
+        assert_eq!(choose(true, plain).0, Accel::Tcg);
+        assert_eq!(choose(true, "flags : vmx\n").0, Accel::Kvm);
     }
 }

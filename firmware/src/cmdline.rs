@@ -57,6 +57,9 @@ pub struct Config {
     /// How long a page that just arrived stays before a waiting request takes it away
     /// (`hold=`, µs), if not the default.
     pub hold_us: Option<u64>,
+    /// Test hook, only on the primary under `test=` (`tscskew=TICKS`): its guest clock starts
+    /// TICKS ahead of its host TSC, so the other nodes' clocks must be brought up to it.
+    pub tsc_skew: Option<u64>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             jumbo: false,
             mem: None,
             hold_us: None,
+            tsc_skew: None,
         }
     }
 }
@@ -101,7 +105,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem, hold); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem, hold, tscskew); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -223,6 +227,15 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                     .ok_or_else(|| bad("hold", v, "microseconds from 0 to 1000000"))?,
             );
         }
+        "tscskew" => {
+            let v = need("tscskew")?;
+            cfg.tsc_skew = Some(
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|t| *t < 1 << 60)
+                    .ok_or_else(|| bad("tscskew", v, "TSC ticks below 2^60"))?,
+            );
+        }
         other => return Err(CmdlineError::UnknownKey(other.to_string())),
     }
     Ok(())
@@ -307,6 +320,15 @@ mod tests {
             let (cfg, errs) = parse(bad);
             assert_eq!(cfg.mem, None, "{bad}");
             assert_eq!(errs.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tscskew_takes_ticks_and_refuses_the_rest() {
+        assert_eq!(parse("tscskew=1000000").0.tsc_skew, Some(1_000_000));
+        for bad in ["tscskew=-1", "tscskew=2000000000000000000", "tscskew=", "tscskew=x"] {
+            let (cfg, errs) = parse(bad);
+            assert_eq!((cfg.tsc_skew, errs.len()), (None, 1), "{bad}");
         }
     }
 

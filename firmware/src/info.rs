@@ -6,8 +6,9 @@ pub const MAGIC: [u8; 16] = *b"GESTALT_IMAGE_V1";
 /// Layout version of [`ImageInfo`].
 pub const LAYOUT_VERSION: u32 = 1;
 /// Wire protocol version spoken by transport and coherence. 2: the transport's session
-/// nonces (netstack README "Freshness").
-pub const PROTOCOL_VERSION: u32 = 2;
+/// nonces (netstack README "Freshness"). 3: Poly1305 datagram tags (netstack README "Which
+/// MAC, and why").
+pub const PROTOCOL_VERSION: u32 = 3;
 // The image says which protocol it speaks: the transport's own version must agree.
 const _: () = assert!(PROTOCOL_VERSION == gestalt_netstack::transport::PROTOCOL_VERSION as u32);
 

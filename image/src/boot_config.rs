@@ -6,12 +6,18 @@ fn grub_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
+/// A module word list is its file name, then optional arguments: `payload-litmus runs=2000`.
+/// The module's command line is the whole list (file name first, as the loaders do).
+pub fn module_file(module: &str) -> &str {
+    module.split_whitespace().next().unwrap_or("")
+}
+
 /// The iPXE script `boot.ipxe`: loads `gestalt.elf` (and modules) from the same TFTP root.
 pub fn ipxe_script(cmdline: &str, modules: &[String]) -> String {
     let mut s = String::from("#!ipxe\n# Gestalt node boot (written by gestalt-image build)\n");
     s += &format!("kernel gestalt.elf {cmdline}\n");
     for m in modules {
-        s += &format!("module {m} {m}\n");
+        s += &format!("module {} {m}\n", module_file(m));
     }
     s += "boot\n";
     s
@@ -21,7 +27,7 @@ pub fn ipxe_script(cmdline: &str, modules: &[String]) -> String {
 pub fn pxelinux_cfg(cmdline: &str, modules: &[String]) -> String {
     let mut append = format!("gestalt.elf {cmdline}");
     for m in modules {
-        append += &format!(" --- {m} {m}");
+        append += &format!(" --- {} {m}", module_file(m));
     }
     format!(
         "# Gestalt node boot through PXELINUX (written by gestalt-image build); needs pxelinux.0,\n\
@@ -43,7 +49,8 @@ pub fn grub_cfg(cmdline: &str, modules: &[String]) -> String {
     );
     s += &format!("  multiboot /boot/gestalt.elf {}\n", args.join(" "));
     for m in modules {
-        s += &format!("  module /boot/{m} {m}\n");
+        let words: Vec<String> = m.split_whitespace().map(grub_quote).collect();
+        s += &format!("  module /boot/{} {}\n", module_file(m), words.join(" "));
     }
     s += "  boot\n}\n";
     s
@@ -57,7 +64,19 @@ mod tests {
     fn grub_config_boots_the_image_with_quoted_arguments_and_modules() {
         let cfg = grub_cfg("nodes=2 key='x'", &["guest.elf".to_string()]);
         assert!(cfg.contains("multiboot /boot/gestalt.elf 'nodes=2' 'key='\\''x'\\'''\n"), "{cfg}");
-        assert!(cfg.contains("module /boot/guest.elf guest.elf\n"));
+        assert!(cfg.contains("module /boot/guest.elf 'guest.elf'\n"), "{cfg}");
+    }
+
+    #[test]
+    fn a_module_with_arguments_is_loaded_from_its_file_with_the_whole_command_line() {
+        let m = ["payload-litmus runs=2000".to_string()];
+        let cfg = grub_cfg("nodes=2", &m);
+        assert!(
+            cfg.contains("module /boot/payload-litmus 'payload-litmus' 'runs=2000'\n"),
+            "{cfg}"
+        );
+        assert!(ipxe_script("", &m).contains("module payload-litmus payload-litmus runs=2000\n"));
+        assert!(pxelinux_cfg("", &m).contains(" --- payload-litmus payload-litmus runs=2000"));
         assert!(cfg.contains("set timeout=0"));
         assert!(cfg.contains("terminal_output serial"));
     }

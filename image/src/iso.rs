@@ -8,7 +8,8 @@ use std::process::Command;
 use crate::boot_config::grub_cfg;
 
 /// Write `iso` holding `elf` (as /boot/gestalt.elf) and `modules` (path, name) booted with
-/// `cmdline`. The error says what to install or what grub-mkrescue printed.
+/// `cmdline`; a module's name may carry its arguments after the file name
+/// ([`crate::boot_config::module_file`]). The error says what to install or what grub-mkrescue printed.
 pub fn make_iso(
     elf: &[u8],
     cmdline: &str,
@@ -26,7 +27,7 @@ pub fn make_iso(
     };
     write(&stage.join("boot/gestalt.elf"), elf)?;
     for (path, name) in modules {
-        let dst = stage.join("boot").join(name);
+        let dst = stage.join("boot").join(crate::boot_config::module_file(name));
         std::fs::copy(path, &dst)
             .map_err(|e| format!("cannot copy {} to {}: {e}", path.display(), dst.display()))?;
     }

@@ -16,9 +16,8 @@ usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe
                            [--out DIR] [--cmdline \"k=v ...\"] [--seed S] [--guest FILE]
   Boots N nodes (default 2; QEMU boots with -kernel, Bochs from the ISO) joined by a virtual
   switch on 127.0.0.1 and shows their consoles prefixed by node. With --guest, every node
-  boots FILE as its first module and the cluster runs it as one guest (where the CPUs have
-  VMX: Bochs). Type a line to send it to node
-  0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
+  boots FILE as its first module and the cluster runs it as one guest (VMX on Bochs, SVM with
+  nested paging on QEMU). Type a line to send it to node 0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 

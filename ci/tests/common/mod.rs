@@ -37,3 +37,5 @@ pub fn boot_to_shell(spec: &NodeSpec, timeout: Duration) -> Result<Node, Harness
 pub fn qemu(name: &str, boot: Boot) -> NodeSpec {
     NodeSpec::new(name, Emu::Qemu, boot)
 }
+
+pub mod guest;

@@ -1,7 +1,7 @@
 //! The local APIC in x2APIC mode (MSRs) where the CPU has it, else xAPIC (MMIO): enable,
 //! id, IPIs and EOI (SDM Vol. 3A ch. 11, §11.12 for x2APIC).
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use gestalt_netstack::hal::{Block, Reg, Window};
 
@@ -124,6 +124,29 @@ pub fn send_ipi(dest: u32, vector: u8) {
     send(dest, 0x4000 | u32::from(vector));
 }
 
+/// APIC timer counts per 10 ms at divide 16, as the periodic timer's set-up measured them (the
+/// input clock is the same on every core); 0 until then.
+static COUNTS_PER_10MS: AtomicU64 = AtomicU64::new(0);
+/// The APIC id of the core whose timer runs periodically (its tick is not ours to re-arm).
+static PERIODIC_CORE: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Arms this CPU's APIC timer once: `vector` after about `us` microseconds (one-shot mode,
+/// divide 16, SDM Vol. 3A §11.5.4), from the rate the periodic timer's set-up measured; 0
+/// stops it. False (nothing armed) before that measurement, on the core whose timer is
+/// periodic, or beyond the counter's range.
+pub fn arm_one_shot(vector: u8, us: u64) -> bool {
+    let per_10ms = COUNTS_PER_10MS.load(Ordering::Relaxed);
+    if per_10ms == 0 || PERIODIC_CORE.load(Ordering::Relaxed) == id() {
+        return false;
+    }
+    let count = (per_10ms.saturating_mul(us) / 10_000).max(u64::from(us > 0));
+    let Ok(count) = u32::try_from(count) else { return false };
+    write(REG_TIMER_DIVIDE, 0b0011);
+    write(REG_LVT_TIMER, u32::from(vector));
+    write(REG_TIMER_INIT, count);
+    true
+}
+
 /// Starts this CPU's APIC timer in periodic mode with `vector` every `period_us`, after
 /// measuring its rate against the TSC (the APIC timer's input clock is not architectural,
 /// SDM Vol. 3A §11.5.4). Divide by 16.
@@ -140,6 +163,8 @@ pub fn start_periodic_timer(vector: u8, period_us: u64) -> Result<(), &'static s
     if count == 0 || count > u64::from(u32::MAX) {
         return Err("the APIC timer did not count");
     }
+    COUNTS_PER_10MS.store(per_10ms, Ordering::Relaxed);
+    PERIODIC_CORE.store(id(), Ordering::Relaxed);
     write(REG_LVT_TIMER, PERIODIC | u32::from(vector));
     write(REG_TIMER_INIT, count as u32);
     Ok(())

@@ -172,12 +172,17 @@ impl Shape {
 /// The first byte of every guest message on the transport (tool messages use 1..=5).
 pub const TAG: u8 = 0x47;
 
+/// Tag, kind, then the sender's guest TSC when it sent the message (`timesync`).
+const HEADER: usize = 10;
 const COHERENCE: u8 = 1;
-/// The framing of a coherence message (the engine's bytes follow it).
-pub const COHERENCE_PREFIX: &[u8] = &[TAG, COHERENCE];
+/// The framing of a coherence message (the engine's bytes follow it); the stamp is filled in
+/// when the message leaves ([`stamp`]).
+pub const COHERENCE_PREFIX: &[u8] = &[TAG, COHERENCE, 0, 0, 0, 0, 0, 0, 0, 0];
 const IPI: u8 = 2;
 const LINE: u8 = 3;
 const STOP: u8 = 4;
+const TIME_PROBE: u8 = 5;
+const TIME_REPLY: u8 = 6;
 
 /// How the guest ended, as it travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,19 +219,30 @@ pub enum GuestMsg<'a> {
         /// How.
         end: End<'a>,
     },
+    /// Asks the primary for its guest TSC; `t0` is the asker's host TSC when it asked.
+    TimeProbe {
+        /// Echoed in the reply.
+        t0: u64,
+    },
+    /// The primary's answer to a [`GuestMsg::TimeProbe`].
+    TimeReply {
+        /// The probe's `t0`.
+        t0: u64,
+        /// The primary's guest TSC when it answered.
+        primary: u64,
+    },
 }
 
 impl GuestMsg<'_> {
-    /// The message's bytes.
+    /// The message's bytes, with an empty stamp ([`stamp`] fills it when it is sent).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = alloc::vec![TAG];
-        match *self {
+        let mut b = alloc::vec![TAG, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        b[1] = match *self {
             GuestMsg::Coherence(m) => {
-                b.push(COHERENCE);
                 b.extend_from_slice(m);
+                COHERENCE
             }
             GuestMsg::Ipi { to, kind } => {
-                b.push(IPI);
                 b.extend_from_slice(&to.to_le_bytes());
                 let (k, v) = match kind {
                     IpiKind::Fixed(v) => (0, v),
@@ -235,14 +251,14 @@ impl GuestMsg<'_> {
                     IpiKind::Nmi => (3, 2),
                 };
                 b.extend_from_slice(&[k, v]);
+                IPI
             }
             GuestMsg::Line { vcpu, text } => {
-                b.push(LINE);
                 b.extend_from_slice(&vcpu.to_le_bytes());
                 b.extend_from_slice(text);
+                LINE
             }
             GuestMsg::Stop { vcpu, end } => {
-                b.push(STOP);
                 b.extend_from_slice(&vcpu.to_le_bytes());
                 match end {
                     End::Exit(code) => {
@@ -254,23 +270,45 @@ impl GuestMsg<'_> {
                         b.extend_from_slice(why);
                     }
                 }
+                STOP
             }
-        }
+            GuestMsg::TimeProbe { t0 } => {
+                b.extend_from_slice(&t0.to_le_bytes());
+                TIME_PROBE
+            }
+            GuestMsg::TimeReply { t0, primary } => {
+                b.extend_from_slice(&t0.to_le_bytes());
+                b.extend_from_slice(&primary.to_le_bytes());
+                TIME_REPLY
+            }
+        };
         b
     }
 }
 
-/// Decodes a guest message; None for anything else (another tag, too short, unknown kind).
-pub fn decode(b: &[u8]) -> Option<GuestMsg<'_>> {
-    let (&tag, rest) = b.split_first()?;
-    if tag != TAG {
+/// Writes the sender's guest TSC into an encoded guest message as it leaves.
+pub fn stamp(bytes: &mut [u8], guest_tsc: u64) {
+    if let Some(s) = bytes.get_mut(2..HEADER) {
+        s.copy_from_slice(&guest_tsc.to_le_bytes());
+    }
+}
+
+/// Decodes a guest message and its sender's stamp; None for anything else (another tag, too
+/// short, unknown kind).
+pub fn decode(b: &[u8]) -> Option<(u64, GuestMsg<'_>)> {
+    if *b.first()? != TAG {
         return None;
     }
-    let (&kind, body) = rest.split_first()?;
+    let kind = *b.get(1)?;
+    let stamp = u64::from_le_bytes(b.get(2..HEADER)?.try_into().ok()?);
+    let body = &b[HEADER..];
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?))
     };
-    Some(match kind {
+    let quad = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
+    };
+    let msg = match kind {
         COHERENCE => GuestMsg::Coherence(body),
         IPI => {
             let to = word(0)?;
@@ -297,8 +335,11 @@ pub fn decode(b: &[u8]) -> Option<GuestMsg<'_>> {
             };
             GuestMsg::Stop { vcpu, end }
         }
+        TIME_PROBE if body.len() == 8 => GuestMsg::TimeProbe { t0: quad(0)? },
+        TIME_REPLY if body.len() == 16 => GuestMsg::TimeReply { t0: quad(0)?, primary: quad(8)? },
         _ => return None,
-    })
+    };
+    Some((stamp, msg))
 }
 
 #[cfg(test)]
@@ -373,13 +414,18 @@ mod tests {
             GuestMsg::Line { vcpu: 1, text: b"hello from node 1" },
             GuestMsg::Stop { vcpu: 2, end: End::Exit(0) },
             GuestMsg::Stop { vcpu: 2, end: End::Fatal(b"triple fault") },
+            GuestMsg::TimeProbe { t0: u64::MAX - 3 },
+            GuestMsg::TimeReply { t0: 12, primary: 1 << 63 },
         ];
-        for m in msgs {
-            assert_eq!(decode(&m.encode()), Some(m));
+        for (i, m) in msgs.into_iter().enumerate() {
+            let mut b = m.encode();
+            assert_eq!(decode(&b), Some((0, m)));
+            stamp(&mut b, 0x0102_0304_0506_0708 + i as u64);
+            assert_eq!(decode(&b), Some((0x0102_0304_0506_0708 + i as u64, m)), "stamped");
         }
         let mut framed = COHERENCE_PREFIX.to_vec();
         framed.extend_from_slice(&[9, 9]);
-        assert_eq!(decode(&framed), Some(GuestMsg::Coherence(&[9, 9])));
+        assert_eq!(decode(&framed), Some((0, GuestMsg::Coherence(&[9, 9]))));
     }
 
     #[test]
@@ -387,13 +433,18 @@ mod tests {
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&[1, 0, 0, 0, 1]), None, "a tool message");
         assert_eq!(decode(&[TAG]), None);
-        assert_eq!(decode(&[TAG, 99]), None);
-        assert_eq!(decode(&[TAG, IPI, 1, 0, 0]), None);
-        assert_eq!(decode(&[TAG, IPI, 1, 0, 0, 0, 9, 0]), None);
-        assert_eq!(decode(&[TAG, STOP, 0, 0, 0, 0, 0, 1]), None);
-        for len in 0..12 {
+        assert_eq!(decode(&[TAG, COHERENCE, 0, 0, 0]), None, "no room for the stamp");
+        let z = [0u8; 8];
+        let with = |kind: u8, body: &[u8]| [&[TAG, kind][..], &z, body].concat();
+        assert_eq!(decode(&with(99, &[])), None);
+        assert_eq!(decode(&with(IPI, &[1, 0, 0])), None);
+        assert_eq!(decode(&with(IPI, &[1, 0, 0, 0, 9, 0])), None);
+        assert_eq!(decode(&with(STOP, &[0, 0, 0, 0, 0, 1])), None);
+        assert_eq!(decode(&with(TIME_PROBE, &[0; 7])), None);
+        assert_eq!(decode(&with(TIME_REPLY, &[0; 17])), None);
+        for len in 0..30 {
             for fill in [0u8, 0xff, TAG] {
-                let mut b = vec![TAG, (len % 5) as u8];
+                let mut b = vec![TAG, (len % 7) as u8];
                 b.resize(len + 2, fill);
                 let _ = decode(&b);
             }

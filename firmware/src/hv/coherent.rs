@@ -171,7 +171,7 @@ impl Coherent {
             Message::DataShared { .. } | Message::DataExclusive { .. } => {
                 self.faults.pages_in += 1;
                 if self.engine.config().home(msg.gfn()) != from {
-                    self.faults.three_hop += 1;
+                    self.faults.three_hop_data(msg.gfn());
                 }
             }
             Message::WriteBack { .. } => self.faults.pages_in += 1,

@@ -1,7 +1,9 @@
-//! What CPUID tells a guest: the host's answer with a virtual topology (one core per vCPU,
-//! x2APIC id = vCPU index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), VMX hidden, the hypervisor
-//! bit set, TSC frequency leaves from the measured rate (Bochs reports the host's,
-//! docs/design.md §9), and the Gestalt hypervisor leaves at 0x4000_0000.
+//! What CPUID tells a guest: a whitelist of the host's leaves and feature bits (everything
+//! else reads zero: VMX/SVM, machine checks, MTRRs, the speculation-control MSRs, PMU and
+//! power management are hidden), a virtual topology (one core per vCPU, x2APIC id = vCPU
+//! index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), ARAT and invariant TSC, TSC frequency
+//! leaves from the measured rate (Bochs reports the host's, docs/design.md §9), the Gestalt
+//! hypervisor leaves at 0x4000_0000 and an empty KVM-compatible range at 0x4000_0100.
 
 /// One CPUID answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,28 +41,85 @@ pub fn width(n: u32) -> u32 {
     }
 }
 
-/// The guest's answer for vCPU `id` given the host's answer `host` for the same leaf/subleaf.
+/// Hypervisor vendor signature of the KVM-compatible leaves at [`KVM_BASE`] (no KVM features).
+pub const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+/// Where they are: Linux scans 0x4000_0000..0x4001_0000 in steps of 0x100 for that signature
+/// and, finding it, keeps the x2APIC the firmware enabled without interrupt remapping
+/// (physical destinations, APIC ids below 255); for an unknown hypervisor it would switch to
+/// the xAPIC's MMIO page, which the guest does not have. Feature leaf: all zero.
+pub const KVM_BASE: u32 = 0x4000_0100;
+
+/// Highest basic leaf the guest sees.
+pub const MAX_BASIC: u32 = 0x16;
+/// Highest extended leaf the guest sees.
+pub const MAX_EXTENDED: u32 = 0x8000_0008;
+
+const fn bits(list: &[u32]) -> u32 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < list.len() {
+        m |= 1 << list[i];
+        i += 1;
+    }
+    m
+}
+
+/// Leaf 1 ECX kept from the host (SDM Vol. 2A Table 3-10): SSE3, PCLMULQDQ, SSSE3, FMA, CX16,
+/// SSE4.1/4.2, MOVBE, POPCNT, AES, XSAVE, OSXSAVE, AVX, F16C, RDRAND. Gone: MONITOR, VMX,
+/// SMX, EST, TM2, DS, PDCM, PCID, DCA and the rest.
+const L1_ECX: u32 = bits(&[0, 1, 9, 12, 13, 19, 20, 22, 23, 25, 26, 27, 28, 29, 30]);
+/// Leaf 1 ECX set: x2APIC (21), TSC-deadline (24), hypervisor (31).
+const L1_ECX_SET: u32 = bits(&[21, 24, 31]);
+/// Leaf 1 EDX kept (Table 3-11): FPU, VME, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV,
+/// PAT, PSE-36, CLFSH, MMX, FXSR, SSE, SSE2, SS. Gone: MCE, MCA (no machine checks here),
+/// MTRR (no MTRRs modelled), PSN, DS, ACPI thermal, TM, PBE.
+const L1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 19, 23, 24, 25, 26, 27]);
+/// Leaf 1 EDX set: HTT (EBX[23:16] valid).
+const L1_EDX_SET: u32 = bits(&[28]);
+/// Leaf 7.0 EBX kept (Table 3-8): FSGSBASE, BMI1, AVX2, SMEP, BMI2, ERMS, AVX-512 F/DQ/IFMA/CD/
+/// BW/VL, RDSEED, ADX, SMAP, CLFLUSHOPT, CLWB, SHA. Gone: TSC_ADJUST, TSX, INVPCID, MPX, RDT,
+/// SGX, Intel PT.
+const L7_EBX: u32 = bits(&[0, 3, 5, 7, 8, 9, 16, 17, 18, 19, 20, 21, 23, 24, 28, 29, 30, 31]);
+/// Leaf 7.0 ECX kept: AVX512_VBMI, AVX512_VBMI2, GFNI, VAES, VPCLMULQDQ, AVX512_VNNI, BITALG,
+/// AVX512_VPOPCNTDQ, RDPID. Gone: UMIP, PKU, WAITPKG, LA57, SGX_LC and the rest.
+const L7_ECX: u32 = bits(&[1, 6, 8, 9, 10, 11, 12, 14, 22]);
+/// Leaf 7.0 EDX kept: FSRM, SERIALIZE. Gone: hybrid, the speculation controls and
+/// ARCH_CAPABILITIES (their MSRs are not modelled), the rest.
+const L7_EDX: u32 = bits(&[4, 14]);
+/// Leaf 0xD.1 EAX kept: XSAVEOPT, XSAVEC, XGETBV with ECX=1. Gone: XSAVES (no IA32_XSS).
+const LD1_EAX: u32 = bits(&[0, 1, 2]);
+/// Leaf 0x8000_0001 ECX kept: LAHF/SAHF, LZCNT, PREFETCHW.
+const LX1_ECX: u32 = bits(&[0, 5, 8]);
+/// Leaf 0x8000_0001 EDX kept: SYSCALL, NX, 1 GiB pages, LM. Gone: RDTSCP (the backend may
+/// not enable it).
+const LX1_EDX: u32 = bits(&[11, 20, 26, 29]);
+
+/// The guest's answer for vCPU `id` given the host's answer `host` for the same leaf/subleaf:
+/// a whitelist. Leaves not listed read zero; the listed ones keep only the host feature bits
+/// the hypervisor lets a guest use.
 pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 {
+    let zero = Regs4::default();
     let mut r = host;
     match leaf {
-        0x0 => r.eax = r.eax.min(0x16),
+        0x0 => r.eax = r.eax.min(MAX_BASIC),
         0x1 => {
             // EBX[31:24] initial APIC id, [23:16] logical processors per package.
             r.ebx = (r.ebx & 0xffff) | (t.vcpus.min(255) << 16) | (id.min(255) << 24);
-            // ECX: clear MONITOR(3), VMX(5), SMX(6), EST(7), TM2(8), PDCM(15);
-            // set x2APIC(21), TSC-deadline(24), hypervisor(31).
-            r.ecx &= !((1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15));
-            r.ecx |= (1 << 21) | (1 << 24) | (1 << 31);
-            // EDX: HTT(28) says EBX[23:16] is valid; clear ACPI thermal(22), TM(29), PBE(31).
-            r.edx = (r.edx | (1 << 28)) & !((1 << 22) | (1 << 29) | (1 << 31));
+            r.ecx = (r.ecx & L1_ECX) | L1_ECX_SET;
+            r.edx = (r.edx & L1_EDX) | L1_EDX_SET;
         }
+        0x2 => {}
         0x4 => {
             // Cache leaves: EAX[31:26] cores per package - 1, [25:14] sharing - 1 (one core).
             if r.eax & 0x1f != 0 {
                 r.eax = (r.eax & 0x3fff) | ((t.vcpus.clamp(1, 64) - 1) << 26);
             }
         }
-        0x6 | 0xa => r = Regs4::default(),
+        // Thermal and power: only ARAT (EAX bit 2): the APIC timer runs in every C-state.
+        0x6 => r = Regs4 { eax: 1 << 2, ..zero },
+        0x7 if sub == 0 => {
+            r = Regs4 { eax: 0, ebx: r.ebx & L7_EBX, ecx: r.ecx & L7_ECX, edx: r.edx & L7_EDX }
+        }
         0xb => {
             let (shift, count, kind) = match sub {
                 0 => (0, 1, 1),
@@ -69,6 +128,10 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
             };
             r = Regs4 { eax: shift, ebx: count, ecx: (kind << 8) | (sub & 0xff), edx: id };
         }
+        0xd if sub == 0 => {}
+        0xd if sub == 1 => r = Regs4 { eax: r.eax & LD1_EAX, ..zero },
+        // The user-state components' sizes (AVX, AVX-512); supervisor ones are not offered.
+        0xd if (2..=7).contains(&sub) => {}
         0x15 => {
             // TSC = crystal * EBX / EAX: crystal = TSC rate, ratio 1/1.
             let hz = t.tsc_hz.min(u64::from(u32::MAX)) as u32;
@@ -90,8 +153,19 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
                 edx: id,
             };
         }
-        0x4000_0002..=0x4fff_ffff => r = Regs4::default(),
-        _ => {}
+        KVM_BASE => {
+            let w =
+                |i: usize| u32::from_le_bytes(KVM_SIGNATURE[i..i + 4].try_into().unwrap_or([0; 4]));
+            r = Regs4 { eax: KVM_BASE + 1, ebx: w(0), ecx: w(4), edx: w(8) };
+        }
+        0x8000_0000 => r = Regs4 { eax: r.eax.clamp(0x8000_0000, MAX_EXTENDED), ..zero },
+        0x8000_0001 => r = Regs4 { ecx: r.ecx & LX1_ECX, edx: r.edx & LX1_EDX, ..zero },
+        // Brand string, L2 cache, address sizes.
+        0x8000_0002..=0x8000_0004 | 0x8000_0006 => {}
+        // Invariant TSC (EDX bit 8): the TSC offsets keep every vCPU's TSC on one clock.
+        0x8000_0007 => r = Regs4 { edx: 1 << 8, ..zero },
+        0x8000_0008 => r = Regs4 { eax: r.eax & 0xffff, ..zero },
+        _ => r = zero,
     }
     r
 }
@@ -143,5 +217,60 @@ mod tests {
             answer(0x15, 0, Regs4 { eax: 2, ebx: 100, ecx: 1, edx: 0 }, 0, &T).ecx,
             4_000_000
         );
+    }
+
+    #[test]
+    fn the_whitelist_hides_what_is_not_emulated_and_keeps_what_linux_needs() {
+        let all = Regs4 { eax: !0, ebx: !0, ecx: !0, edx: !0 };
+        let l1 = answer(1, 0, all, 0, &T);
+        for (bit, what) in [(3, "MONITOR"), (5, "VMX"), (6, "SMX"), (17, "PCID")] {
+            assert_eq!(l1.ecx & (1 << bit), 0, "{what} hidden");
+        }
+        for (bit, what) in [(7, "MCE"), (12, "MTRR"), (14, "MCA"), (22, "ACPI")] {
+            assert_eq!(l1.edx & (1 << bit), 0, "{what} hidden");
+        }
+        for (bit, what) in [(0, "FPU"), (4, "TSC"), (6, "PAE"), (9, "APIC"), (26, "SSE2")] {
+            assert_ne!(l1.edx & (1 << bit), 0, "{what} kept");
+        }
+        let l7 = answer(7, 0, all, 0, &T);
+        assert_eq!(
+            l7.ebx & ((1 << 1) | (1 << 4) | (1 << 10) | (1 << 11)),
+            0,
+            "TSC_ADJUST, TSX, INVPCID"
+        );
+        assert_eq!(l7.ecx & (1 << 16), 0, "LA57");
+        assert_eq!(l7.edx & ((1 << 26) | (1 << 29)), 0, "SPEC_CTRL, ARCH_CAPABILITIES");
+        assert_eq!(answer(7, 1, all, 0, &T), Regs4::default());
+        let x1 = answer(0x8000_0001, 0, all, 0, &T);
+        assert_eq!(x1.ecx & (1 << 2), 0, "SVM hidden");
+        assert_eq!(x1.edx & (1 << 27), 0, "RDTSCP hidden");
+        assert_ne!(x1.edx & (1 << 29), 0, "long mode kept");
+        assert_eq!(answer(0xd, 1, all, 0, &T).eax & (1 << 3), 0, "XSAVES hidden");
+    }
+
+    #[test]
+    fn unlisted_leaves_read_zero_and_the_limits_are_capped() {
+        let all = Regs4 { eax: !0, ebx: !0, ecx: !0, edx: !0 };
+        for leaf in [0x3, 0x5, 0x8, 0xa, 0x12, 0x14, 0x1f, 0x8000_0005, 0x8000_000a] {
+            assert_eq!(answer(leaf, 0, all, 0, &T), Regs4::default(), "leaf {leaf:#x}");
+        }
+        assert_eq!(answer(0, 0, Regs4 { eax: 0x20, ..all }, 0, &T).eax, MAX_BASIC);
+        assert_eq!(answer(0x8000_0000, 0, all, 0, &T).eax, MAX_EXTENDED);
+        assert_eq!(answer(6, 0, all, 0, &T), Regs4 { eax: 4, ebx: 0, ecx: 0, edx: 0 }, "ARAT");
+        assert_eq!(answer(0x8000_0007, 0, all, 0, &T).edx, 1 << 8, "invariant TSC");
+    }
+
+    #[test]
+    fn a_kvm_compatible_signature_without_features_follows_the_gestalt_leaves() {
+        let r = answer(KVM_BASE, 0, Regs4::default(), 0, &T);
+        let mut sig = Vec::new();
+        for v in [r.ebx, r.ecx, r.edx] {
+            sig.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(&sig[..], KVM_SIGNATURE);
+        assert_eq!(r.eax, KVM_BASE + 1);
+        let all = Regs4 { eax: !0, ebx: !0, ecx: !0, edx: !0 };
+        assert_eq!(answer(KVM_BASE + 1, 0, all, 0, &T), Regs4::default(), "no KVM features");
+        assert_eq!(answer(0x4000_0000, 0, all, 0, &T).ebx, u32::from_le_bytes(*b"Gest"));
     }
 }

@@ -52,8 +52,11 @@ pub trait Machine {
     fn stop(&self, vcpu: usize, verdict: Verdict);
     /// Makes `vcpu` leave the guest or its sleep soon (an IPI to its core).
     fn kick(&self, vcpu: usize);
-    /// TSC now.
+    /// The host's TSC now.
     fn now(&self) -> u64;
+    /// What the guest's TSC adds to the host's on this node (wrapping): the same for every
+    /// vCPU here, agreed with the other nodes (`timesync`), and only ever moved forward.
+    fn tsc_offset(&self) -> u64;
     /// TSC ticks per second.
     fn tsc_hz(&self) -> u64;
     /// The host CPU's CPUID answer.
@@ -126,6 +129,7 @@ pub struct Runner<V: Vcpu> {
     state: State,
     msrs: MsrFile,
     nested_gen: u64,
+    tsc_offset: u64,
 }
 
 impl<V: Vcpu> Runner<V> {
@@ -150,6 +154,7 @@ impl<V: Vcpu> Runner<V> {
             state,
             msrs: MsrFile::new(id == 0),
             nested_gen: 0,
+            tsc_offset: 0,
         }
     }
 
@@ -190,7 +195,9 @@ impl<V: Vcpu> Runner<V> {
             }
             self.set_state(m, State::Running);
         }
-        let now = m.now();
+        let host_now = m.now();
+        // The virtual APIC's timer runs on guest time (its TSC deadline is a guest TSC value).
+        let now = host_now.wrapping_add(self.tsc_offset);
         self.apic.poll_timer(shared, now);
         let pending = self.apic.deliverable(shared);
         let nmi = shared.nmi_pending();
@@ -212,11 +219,18 @@ impl<V: Vcpu> Runner<V> {
             }
         }
         let until_timer = self.apic.deadline().map_or(u64::MAX, |d| d.saturating_sub(now));
-        self.v.set_time_slice(slice_end.saturating_sub(now).min(until_timer).max(1));
+        self.v.set_time_slice(slice_end.saturating_sub(host_now).min(until_timer).max(1));
         let gen = m.entering(self.id);
         if self.nested_gen != gen {
             self.v.flush_nested();
             self.nested_gen = gen;
+        }
+        // Read after `entering`: a barrier that saw this generation flushed knows the vCPU
+        // also runs with every TSC step made before it (see `Vm::observe_time`).
+        let offset = m.tsc_offset();
+        if offset != self.tsc_offset {
+            self.v.set_tsc_offset(offset);
+            self.tsc_offset = offset;
         }
         m.flushed(self.id, gen);
         let exit = self.v.run();
@@ -379,13 +393,16 @@ impl<V: Vcpu> Runner<V> {
     }
 
     fn msr<M: Machine>(&mut self, m: &M, msr: u32, write: Option<u64>) -> Step {
-        let now = m.now();
+        let now = m.now().wrapping_add(self.tsc_offset);
         let is_apic =
             matches!(msr, vlapic::MSR_FIRST..=vlapic::MSR_LAST | vlapic::MSR_TSC_DEADLINE);
         let ok = match write {
             None => {
                 let v = if is_apic {
                     self.apic.read(m.shared(self.id), msr, now)
+                } else if msr == super::msr::EFER {
+                    // With LMA as the CPU set it (the MSR file holds what the guest wrote).
+                    Some(self.v.snapshot().efer)
                 } else {
                     self.msrs.read(msr, now)
                 };
@@ -415,6 +432,9 @@ impl<V: Vcpu> Runner<V> {
             },
         };
         if !ok {
+            let st = m.stats(self.id);
+            st.msr_gp.fetch_add(1, Ordering::Relaxed);
+            st.last_msr_gp.store(msr, Ordering::Relaxed);
             self.v.inject_exception(13, Some(0));
             return Step::Continue;
         }

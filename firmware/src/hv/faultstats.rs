@@ -22,6 +22,28 @@ pub enum Kind {
     Upgrade,
 }
 
+/// How a served fault is reported: its kind, or 3-hop when the data came from an owner other
+/// than the page's home (whatever the kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// [`Kind::ReadMiss`] served by the home.
+    ReadMiss = 0,
+    /// [`Kind::WriteMiss`] served by the home.
+    WriteMiss = 1,
+    /// [`Kind::Upgrade`].
+    Upgrade = 2,
+    /// Data from the owner, past the home.
+    ThreeHop = 3,
+}
+
+/// The classes in display order with their names.
+pub const CLASSES: [(Class, &str); 4] = [
+    (Class::ReadMiss, "read miss"),
+    (Class::WriteMiss, "write miss"),
+    (Class::Upgrade, "upgrade"),
+    (Class::ThreeHop, "3-hop"),
+];
+
 /// The counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -45,9 +67,11 @@ pub struct FaultStats {
     pub invalidations_in: u64,
     /// Remote-fault latency histogram (µs, powers of two).
     pub latency: [u64; BUCKETS],
-    /// (vCPU, start) of the remote faults in flight: one per vCPU at most, so a short list
-    /// that keeps its capacity (no allocation per fault).
-    waiting: Vec<(u16, u64)>,
+    /// Served faults and their summed latency (µs) by [`Class`].
+    pub served_by: [(u64, u64); 4],
+    /// Per waiting vCPU: when its fault began, its kind, its page, whether an owner served it.
+    /// One per vCPU at most: a short list that keeps its capacity (no allocation per fault).
+    waiting: Vec<(u16, (u64, Kind, u64, bool))>,
     hot: Vec<(u64, u64)>,
 }
 
@@ -60,19 +84,42 @@ impl FaultStats {
             Kind::Upgrade => self.upgrade += 1,
         }
         if !self.waiting.iter().any(|&(v, _)| v == vcpu.0) {
-            self.waiting.push((vcpu.0, now));
+            self.waiting.push((vcpu.0, (now, kind, gfn.0, false)));
         }
         self.touch(gfn.0);
     }
 
+    /// Data for `gfn` came from a node other than its home: the faults waiting for it are
+    /// 3-hop.
+    pub fn three_hop_data(&mut self, gfn: Gfn) {
+        self.three_hop += 1;
+        for (_, w) in self.waiting.iter_mut().filter(|(_, w)| w.2 == gfn.0) {
+            w.3 = true;
+        }
+    }
+
     /// `vcpu`'s fault was served at `now`.
     pub fn served(&mut self, vcpu: VcpuId, now: u64) {
-        if let Some(i) = self.waiting.iter().position(|&(v, _)| v == vcpu.0) {
-            let (_, t0) = self.waiting.swap_remove(i);
+        let at = self.waiting.iter().position(|&(v, _)| v == vcpu.0);
+        if let Some((_, (t0, kind, _, owner))) = at.map(|i| self.waiting.swap_remove(i)) {
             let us = now.saturating_sub(t0).max(1);
             let b = (63 - us.leading_zeros() as usize).min(BUCKETS - 1);
             self.latency[b] += 1;
+            let class = match (owner, kind) {
+                (true, _) => Class::ThreeHop,
+                (false, Kind::ReadMiss) => Class::ReadMiss,
+                (false, Kind::WriteMiss) => Class::WriteMiss,
+                (false, Kind::Upgrade) => Class::Upgrade,
+            };
+            let e = &mut self.served_by[class as usize];
+            *e = (e.0 + 1, e.1 + us);
         }
+    }
+
+    /// Mean latency (µs) of the served faults of `class`, with their count.
+    pub fn mean_us(&self, class: Class) -> Option<(u64, u64)> {
+        let (n, sum) = self.served_by[class as usize];
+        (n > 0).then(|| (sum / n, n))
     }
 
     /// Remote faults of every kind.
@@ -131,6 +178,23 @@ mod tests {
         assert_eq!(s.latency[0], 1);
         assert_eq!(s.latency.iter().sum::<u64>(), 2);
         assert_eq!(s.median_us(), Some(1));
+        assert_eq!(s.mean_us(Class::ReadMiss), Some((300, 1)));
+        assert_eq!(s.mean_us(Class::Upgrade), Some((1, 1)));
+        assert_eq!(s.mean_us(Class::WriteMiss), None);
+    }
+
+    #[test]
+    fn a_fault_served_by_an_owner_past_the_home_counts_as_three_hop_whatever_its_kind() {
+        let mut s = FaultStats::default();
+        s.began(VcpuId(1), Gfn(5), Kind::ReadMiss, 0);
+        s.began(VcpuId(2), Gfn(6), Kind::WriteMiss, 0);
+        s.three_hop_data(Gfn(5));
+        s.served(VcpuId(1), 900);
+        s.served(VcpuId(2), 100);
+        assert_eq!(s.three_hop, 1);
+        assert_eq!(s.mean_us(Class::ThreeHop), Some((900, 1)));
+        assert_eq!(s.mean_us(Class::ReadMiss), None);
+        assert_eq!(s.mean_us(Class::WriteMiss), Some((100, 1)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Guest RAM on this node: the range it is home of, in 2 MiB chunks of the guest pool, and a
-//! bounded cache of 4 KiB frames for pages homed elsewhere (`cache`), all behind the EPT.
+//! bounded cache of 4 KiB frames for pages homed elsewhere (`cache`), all behind the nested
+//! page tables (EPT or AMD format, `nested`).
 //! Nothing is mapped at start: every page is mapped on its first fault with the rights the
 //! coherence engine gives (`coherent`), so the tables never hold a right the engine does not
 //! know of.
@@ -12,7 +13,7 @@ use spin::Mutex;
 
 use super::cache::FrameCache;
 use super::coherent::LocalNode;
-use super::ept::{self, Ept, EptError, NestedPaging};
+use super::nested::{Access, Format, NestedError, NestedPaging, Tables};
 use super::vcpus::VcpuSet;
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
@@ -32,7 +33,7 @@ pub fn capacity(pool: &[Region]) -> u64 {
         .sum()
 }
 
-/// EPT tables in frames from the reserve.
+/// Nested tables in frames from the reserve.
 type Reserve = IdentityTables<&'static Mutex<FrameAllocator>>;
 
 /// The guest's RAM as this node holds it, and its nested page tables.
@@ -43,8 +44,8 @@ pub struct GuestMemory {
     home: (u64, u64),
     chunks: Vec<u64>,
     cache: Mutex<FrameCache>,
-    ept: Mutex<(Ept, Reserve)>,
-    eptp: u64,
+    tables: Mutex<(Tables, Reserve)>,
+    pointer: u64,
     faults: AtomicU64,
     lost: AtomicU64,
 }
@@ -52,14 +53,15 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Guest RAM of `ram` bytes, of which this node is home of `home` (base, bytes: whole
     /// 2 MiB chunks), with `cache_frames` frames for pages homed elsewhere. Everything comes
-    /// from `pool`, zeroed.
+    /// from `pool`, zeroed; the nested tables are in the backend's `format`.
     pub fn new(
         frames: &'static Mutex<FrameAllocator>,
         pool: &[Region],
         ram: u64,
         home: (u64, u64),
         cache_frames: usize,
-    ) -> Result<GuestMemory, EptError> {
+        format: &'static Format,
+    ) -> Result<GuestMemory, NestedError> {
         let home_chunks = (home.1 / MIB2) as usize;
         let cache_chunks = cache_frames.div_ceil(512);
         let mut chunks = Vec::new();
@@ -71,7 +73,7 @@ impl GuestMemory {
             }
         }
         if chunks.len() < home_chunks + cache_chunks || !home.1.is_multiple_of(MIB2) {
-            return Err(EptError::Map(MapError::OutOfMemory));
+            return Err(NestedError::Map(MapError::OutOfMemory));
         }
         for c in &chunks {
             // SAFETY: guest RAM chunks are pool frames now owned by the guest, identity-mapped.
@@ -84,22 +86,22 @@ impl GuestMemory {
             .collect();
         chunks.truncate(home_chunks);
         let mut tm = IdentityTables(frames);
-        let ept = Ept::new(&mut tm)?;
+        let tables = Tables::new(&mut tm, format)?;
         Ok(GuestMemory {
             ram,
             home,
             chunks,
             cache: Mutex::new(FrameCache::new(cache)),
-            eptp: ept.eptp(),
-            ept: Mutex::new((ept, tm)),
+            pointer: tables.pointer(),
+            tables: Mutex::new((tables, tm)),
             faults: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         })
     }
 
-    /// The EPT pointer every vCPU of this node loads.
-    pub fn eptp(&self) -> u64 {
-        self.eptp
+    /// The nested-table pointer (EPTP or nCR3) every vCPU of this node loads.
+    pub fn nested_pointer(&self) -> u64 {
+        self.pointer
     }
 
     fn is_home(&self, gpa: u64) -> bool {
@@ -169,52 +171,54 @@ impl GuestMemory {
         self.faults.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sets the EPT rights of `gfn` (None: unmapped). Rights always map the frame that holds
+    /// Sets the nested rights of `gfn` (None: unmapped). Rights always map the frame that holds
     /// the page now (a remote page's cache frame changes between its visits).
-    pub fn set_rights(&self, gfn: Gfn, rights: Option<Rights>) -> Result<(), EptError> {
+    pub fn set_rights(&self, gfn: Gfn, rights: Option<Rights>) -> Result<(), NestedError> {
         let gpa = gfn.0 * PAGE;
         if gpa >= self.ram {
-            return Err(EptError::NotMapped(gpa));
+            return Err(NestedError::NotMapped(gpa));
         }
         let bits = match rights {
-            None => return Paging(self).set_rights(gpa, 0),
-            Some(Rights::ReadExec) => ept::R | ept::X,
-            Some(Rights::ReadWriteExec) => ept::RWX,
+            None => return Paging(self).set_rights(gpa, Access::None),
+            Some(Rights::ReadExec) => Access::ReadExec,
+            Some(Rights::ReadWriteExec) => Access::All,
         };
-        let hpa = self.frame(gfn).ok_or(EptError::NotMapped(gpa))?;
+        let hpa = self.frame(gfn).ok_or(NestedError::NotMapped(gpa))?;
         // Mapping needs no invalidation: the violation itself dropped the stale translation
-        // (SDM Vol. 3C §29.4.3.1); a 4 KiB leaf is replaced in place.
+        // (SDM Vol. 3C §29.4.3.1; the SVM backend flushes if the same access faults again);
+        // a 4 KiB leaf is replaced in place.
         Paging(self).map(gpa, hpa, PAGE, bits).map(|_| ()).map_err(Into::into)
     }
 
-    /// Test hook: sets the raw EPT rights of the guest page at `gpa` behind the engine's
-    /// back (the engine re-maps on the next fault: a spurious fault to it). Addresses outside
-    /// guest RAM are refused before any table is touched.
+    /// Test hook: sets the rights (PROTECT's R/W/X bits) of the guest page at `gpa` behind the
+    /// engine's back (the engine re-maps on the next fault: a spurious fault to it). Addresses
+    /// outside guest RAM are refused before any table is touched.
     pub fn protect(&self, gpa: u64, rights: u64) -> bool {
-        gpa < self.ram && Paging(self).set_rights(gpa & !0xfff, rights & ept::RWX).is_ok()
+        gpa < self.ram
+            && Paging(self).set_rights(gpa & !0xfff, Access::from_test_bits(rights)).is_ok()
     }
 }
 
-/// The guest's EPT behind the [`NestedPaging`] seam (invalidation is the vCPUs' barrier).
+/// The guest's nested tables behind the [`NestedPaging`] seam (invalidation is the vCPUs' barrier).
 struct Paging<'a>(&'a GuestMemory);
 
 impl NestedPaging for Paging<'_> {
-    fn map(&mut self, gpa: u64, hpa: u64, len: u64, rights: u64) -> Result<MapStats, MapError> {
-        let mut g = self.0.ept.lock();
-        let (ept, tm) = &mut *g;
-        ept.map(tm, gpa, hpa, len, rights)
+    fn map(&mut self, gpa: u64, hpa: u64, len: u64, rights: Access) -> Result<MapStats, MapError> {
+        let mut g = self.0.tables.lock();
+        let (t, tm) = &mut *g;
+        t.map(tm, gpa, hpa, len, rights)
     }
 
-    fn set_rights(&mut self, gpa: u64, rights: u64) -> Result<(), EptError> {
-        let mut g = self.0.ept.lock();
-        let (ept, tm) = &mut *g;
-        ept.set_rights(tm, gpa, rights)
+    fn set_rights(&mut self, gpa: u64, rights: Access) -> Result<(), NestedError> {
+        let mut g = self.0.tables.lock();
+        let (t, tm) = &mut *g;
+        t.set_rights(tm, gpa, rights)
     }
 
     fn invalidate(&mut self) {}
 }
 
-/// This node as the coherence glue sees it: guest frames, EPT and vCPUs.
+/// This node as the coherence glue sees it: guest frames, nested tables and vCPUs.
 pub struct Here<'a> {
     /// Guest RAM.
     pub mem: &'a GuestMemory,
@@ -260,8 +264,8 @@ impl PageStore for Here<'_> {
 impl LocalNode for Here<'_> {
     fn set_rights(&mut self, gfn: Gfn, rights: Option<Rights>) -> Result<(), &'static str> {
         self.mem.set_rights(gfn, rights).map_err(|e| match e {
-            EptError::NotMapped(_) => "page outside guest memory",
-            EptError::Map(_) => "EPT update failed",
+            NestedError::NotMapped(_) => "page outside guest memory",
+            NestedError::Map(_) => "nested page table update failed",
         })
     }
 

@@ -1,10 +1,13 @@
 //! The hypervisor: a vendor-neutral [`Vcpu`] backend trait and [`Exit`] enum, the exit
-//! dispatch generic over both (`dispatch`), the VMX backend (`vmx/`), EPT (`ept`), guest memory
-//! (`memory`), MSRs (`msr`), port devices (`devices`, `uart`), CPUID and x2APIC models, the
-//! Multiboot guest loader, and the node's guest with its scheduling (`vm`).
+//! dispatch generic over both (`dispatch`), the VMX (`vmx/`) and SVM (`svm/`) backends, nested
+//! page tables with neutral rights (`nested`, in the EPT or AMD format: `ept`, `npt`), guest
+//! memory (`memory`), MSRs (`msr`), port devices (`devices`, `uart`), CPUID and x2APIC models,
+//! the Multiboot guest loader, and the node's guest with its scheduling (`vm`, `sched`).
 //!
-//! Everything above `vmx/` reads only [`Exit`]; no code outside `vmx/` knows a VMX reason number.
+//! Everything above the backends reads only [`Exit`]; no code outside `vmx/` or `svm/` knows a
+//! vendor's exit reason number.
 
+pub mod acpi;
 pub mod cache;
 pub mod cluster;
 pub mod coherent;
@@ -14,9 +17,16 @@ pub mod dispatch;
 pub mod ept;
 pub mod faultstats;
 pub mod hypercall;
+pub mod ioapic;
+pub mod linux;
 pub mod loader;
+pub mod mmio;
 pub mod msr;
+pub mod nested;
+pub mod npt;
 pub mod stats;
+pub mod svm;
+pub mod timesync;
 pub mod uart;
 pub mod vlapic;
 pub mod vmx;
@@ -25,6 +35,8 @@ pub mod vmx;
 pub mod memory;
 #[cfg(target_os = "none")]
 pub mod sched;
+#[cfg(target_os = "none")]
+pub mod slice;
 #[cfg(target_os = "none")]
 pub mod vcpus;
 #[cfg(target_os = "none")]
@@ -89,7 +101,7 @@ pub enum Exit {
     Interrupt,
     /// The guest can take an interrupt now (interrupt-window exiting).
     InterruptWindow,
-    /// The time slice ended (preemption timer).
+    /// The time slice ended (VMX preemption timer, or the core's APIC timer on SVM).
     Preempted,
     /// The physical CPU received INIT while in the guest.
     Init,
@@ -243,7 +255,7 @@ pub struct Snapshot {
     pub interruptibility: u32,
 }
 
-/// A virtual CPU backend (VMX now, SVM later). All methods act on this vCPU, which is loaded
+/// A virtual CPU backend (VMX or SVM). All methods act on this vCPU, which is loaded
 /// on the calling physical CPU.
 pub trait Vcpu {
     /// Runs the guest until the next exit.
@@ -278,6 +290,10 @@ pub trait Vcpu {
     fn flush_nested(&mut self);
     /// Loads the guest's XCR0 (already checked against what the host supports).
     fn set_xcr0(&mut self, value: u64);
+    /// The guest's TSC reads the host's plus `offset` (wrapping) from the next entry on, in
+    /// RDTSC, RDTSCP and RDMSR 0x10 alike (SDM Vol. 3C §26.3 "TSC offsetting"; the VMCB's
+    /// TSC_OFFSET on SVM, APM Vol. 2 §15.30.5).
+    fn set_tsc_offset(&mut self, offset: u64);
     /// Delivers a hardware exception (with an error code for the vectors that push one).
     fn inject_exception(&mut self, vector: u8, error: Option<u32>);
     /// Test hook: makes the next entry fail, with a guest state the CPU refuses (`Guest`) or a

@@ -1,6 +1,8 @@
-//! The guest's model-specific registers outside the x2APIC range: the few a guest OS reads or
-//! writes at boot, kept per vCPU. Unknown reads raise #GP; unknown writes are ignored (a guest
-//! tuning power or performance MSRs of a CPU it does not own has nothing to break here).
+//! The guest's model-specific registers outside the x2APIC range: the ones Linux reads or
+//! writes at boot on the CPU the CPUID whitelist describes, kept per vCPU. An MSR not listed
+//! raises #GP on read and on write, as on a CPU without it (the dispatch counts them per vCPU
+//! for `vcpu`); CPUID hides the features whose MSRs are not here (MTRRs, machine checks,
+//! TSC_ADJUST, the speculation controls), so a correct guest does not touch them.
 
 use super::vlapic::Gp;
 
@@ -8,6 +10,8 @@ use super::vlapic::Gp;
 pub const TSC: u32 = 0x10;
 /// IA32_APIC_BASE.
 pub const APIC_BASE: u32 = 0x1B;
+/// IA32_BIOS_SIGN_ID: the microcode revision (Linux writes 0, runs CPUID, reads it).
+pub const BIOS_SIGN_ID: u32 = 0x8B;
 /// IA32_FEATURE_CONTROL.
 pub const FEATURE_CONTROL: u32 = 0x3A;
 /// IA32_MTRRCAP.
@@ -32,6 +36,9 @@ pub struct MsrFile {
     pub efer: u64,
     /// IA32_APIC_BASE: x2APIC mode and enabled, BSP flag on vCPU 0 (SDM Vol. 3A §11.4.4).
     pub apic_base: u64,
+    /// IA32_MISC_ENABLE: fast strings (bit 0) at power-on; the guest may set or clear the
+    /// bits Linux touches (fast strings, XD disable) with no effect here.
+    pub misc_enable: u64,
 }
 
 impl MsrFile {
@@ -42,6 +49,7 @@ impl MsrFile {
             mtrr_def: 0,
             efer: 0,
             apic_base: 0xFEE0_0000 | (1 << 11) | (1 << 10) | if bsp { 1 << 8 } else { 0 },
+            misc_enable: 1,
         }
     }
 
@@ -52,7 +60,8 @@ impl MsrFile {
             APIC_BASE => Some(self.apic_base),
             // Locked, VMX off: the guest sees no VMX (SDM Vol. 3C §24.7).
             FEATURE_CONTROL => Some(1),
-            MISC_ENABLE => Some(1),
+            MISC_ENABLE => Some(self.misc_enable),
+            BIOS_SIGN_ID => Some(0),
             MTRR_CAP => Some(0),
             PAT => Some(self.pat),
             MTRR_DEF_TYPE => Some(self.mtrr_def),
@@ -61,18 +70,28 @@ impl MsrFile {
         }
     }
 
-    /// WRMSR: `Ok(Some(efer))` when EFER changed and the backend must load it.
+    /// WRMSR: `Ok(Some(efer))` when EFER changed and the backend must load it; `Err(Gp)` for
+    /// an MSR not modelled or a value the architecture refuses.
     pub fn write(&mut self, msr: u32, v: u64) -> Result<Option<u64>, Gp> {
         match msr {
+            // The TSC is the host's plus the offset the node keeps: a guest write is dropped
+            // (no guest sets it at boot; a moved TSC would break the cluster's one clock).
+            TSC => {}
+            BIOS_SIGN_ID => {}
+            MISC_ENABLE => self.misc_enable = v,
+            FEATURE_CONTROL => return Err(Gp),
             // Only the mode bits move; the base stays where the virtual APIC is.
             APIC_BASE => self.apic_base = (self.apic_base & !0xc00) | (v & 0xc00),
+            // Each byte a memory type: 0, 1, 4, 5, 6 or 7 (SDM Vol. 3A §13.12.2).
+            PAT if v.to_le_bytes().iter().any(|t| matches!(t, 2 | 3) || *t > 7) => return Err(Gp),
             PAT => self.pat = v,
             MTRR_DEF_TYPE => self.mtrr_def = v,
             EFER => {
                 self.efer = v;
                 return Ok(Some(v));
             }
-            _ => {}
+            // Everything else, MTRR_CAP (read-only) included.
+            _ => return Err(Gp),
         }
         Ok(None)
     }
@@ -89,11 +108,34 @@ mod tests {
     }
 
     #[test]
-    fn unknown_msrs_fault_on_read_and_are_ignored_on_write() {
+    fn unknown_msrs_fault_on_read_and_on_write() {
         let mut m = MsrFile::new(false);
-        assert_eq!(m.read(0x1234, 0), None);
-        assert_eq!(m.write(0x1234, 5), Ok(None));
+        // TSC_ADJUST, MCG_CAP, SPEC_CTRL, ARCH_CAPABILITIES: hidden by CPUID, not modelled.
+        for msr in [0x1234, 0x3B, 0x179, 0x48, 0x10A] {
+            assert_eq!(m.read(msr, 0), None, "{msr:#x}");
+            assert_eq!(m.write(msr, 5), Err(Gp), "{msr:#x}");
+        }
+        assert_eq!(m.write(MTRR_CAP, 0), Err(Gp), "read-only");
+        assert_eq!(m.write(FEATURE_CONTROL, 5), Err(Gp), "locked");
         assert_eq!(m, MsrFile::new(false));
+    }
+
+    #[test]
+    fn linux_boot_msrs_answer() {
+        let mut m = MsrFile::new(true);
+        // The microcode revision dance: write 0, read.
+        assert_eq!(m.write(BIOS_SIGN_ID, 0), Ok(None));
+        assert_eq!(m.read(BIOS_SIGN_ID, 0), Some(0));
+        assert_eq!(m.read(FEATURE_CONTROL, 0), Some(1), "locked, VMX off");
+        m.write(MISC_ENABLE, 1 | (1 << 34)).unwrap();
+        assert_eq!(m.read(MISC_ENABLE, 0), Some(1 | (1 << 34)));
+        // Linux's PAT: WB, WC, UC-, UC, WB, WP, UC-, WT.
+        let pat = 0x0407_0506_0007_0106;
+        assert_eq!(m.write(PAT, pat), Ok(None));
+        assert_eq!(m.read(PAT, 0), Some(pat));
+        assert_eq!(m.write(PAT, 0x02), Err(Gp), "type 2 is reserved");
+        assert_eq!(m.read(PAT, 0), Some(pat));
+        assert_eq!(m.write(TSC, 5), Ok(None));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Starting this node's share of the guest and running its vCPUs: one vCPU pinned per core.
 //! Alone, the boot CPU interleaves vCPU 0 with the shell; in a cluster it is the service core
 //! (network, console, coherence engine) and every vCPU runs on an AP, taking its job from a
-//! mailbox, unless the node has a single core.
+//! mailbox, unless the node has a single core. The backend (VMX or SVM) is chosen once, by
+//! what the boot CPU has.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -16,9 +17,11 @@ use super::dispatch::{Runner, Start, Step};
 use super::loader;
 use super::memory::GuestMemory;
 use super::stats::State;
+use super::svm::hw::{self as svm, SvmVcpu};
 use super::vm::{deliver_early, Vm, VM};
 use super::vmx::hw::{self as vmx, VmxVcpu};
 use super::vmx::root;
+use super::{Breakage, Exit, Regs, Snapshot, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, smp, time};
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
@@ -36,7 +39,7 @@ const AP_REGISTER_US: u64 = 2_000_000;
 
 static STATUS: Once<&'static str> = Once::new();
 static FOCUS: AtomicBool = AtomicBool::new(false);
-static BSP_RUNNER: Mutex<Option<Runner<VmxVcpu>>> = Mutex::new(None);
+static BSP_RUNNER: Mutex<Option<Runner<AnyVcpu>>> = Mutex::new(None);
 /// APs ready for a vCPU: (CPU index, APIC id).
 static AP_CPUS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
 /// Per AP (by CPU index): the global vCPU id + 1 it is to run, 0 for none.
@@ -52,6 +55,10 @@ pub fn status() -> &'static str {
 pub enum VmError {
     /// VMX missing or unusable.
     Vmx(vmx::VmxError),
+    /// SVM missing or unusable.
+    Svm(svm::SvmError),
+    /// Neither backend is usable on this CPU.
+    NoBackend,
     /// The guest module is not a loadable Multiboot kernel.
     Load(loader::LoadError),
     /// Not enough guest pool or reserve.
@@ -64,6 +71,8 @@ impl core::fmt::Display for VmError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             VmError::Vmx(e) => write!(f, "{e}"),
+            VmError::Svm(e) => write!(f, "{e}"),
+            VmError::NoBackend => write!(f, "no hardware virtualization on this CPU"),
             VmError::Load(e) => write!(f, "guest module: {e}"),
             VmError::Memory(w) => write!(f, "{w}"),
             VmError::NotMember(n) => write!(f, "node {n} has no share of the guest"),
@@ -71,13 +80,152 @@ impl core::fmt::Display for VmError {
     }
 }
 
-/// Boot-time check: prints one line saying whether this node can run guests.
+/// The hardware virtualization this node runs its guest with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Intel VMX with EPT.
+    Vmx,
+    /// AMD SVM with nested paging.
+    Svm,
+}
+
+static BACKEND: Once<Backend> = Once::new();
+
+/// The backend the boot-time probe chose, if any.
+pub fn backend() -> Option<Backend> {
+    BACKEND.get().copied()
+}
+
+/// Boot-time check: prints one line saying whether this node can run guests and with which
+/// backend (VMX where the CPU has it, else SVM).
 pub fn probe() -> bool {
-    let ok = root::probe().is_ok();
-    if !ok {
-        STATUS.call_once(|| "VMX unavailable on this CPU");
+    let chosen = if crate::arch::cpu::has_vmx() {
+        root::probe().is_ok().then_some(Backend::Vmx)
+    } else if svm::has_svm() {
+        probe_svm().then_some(Backend::Svm)
+    } else {
+        crate::warn!(
+            "hv: this CPU has neither VMX (Intel VT-x) nor SVM (AMD-V); the console still works, guests are disabled"
+        );
+        None
+    };
+    match chosen {
+        Some(b) => {
+            BACKEND.call_once(|| b);
+            true
+        }
+        None => {
+            STATUS.call_once(|| "no usable VMX or SVM on this CPU");
+            false
+        }
     }
-    ok
+}
+
+fn probe_svm() -> bool {
+    let p = match svm::detect() {
+        Ok(p) => p,
+        Err(e) => {
+            crate::warn!("hv: {e}; the console still works, guests are disabled");
+            return false;
+        }
+    };
+    info!(
+        "hv: SVM ready: nested paging, {} ASIDs, revision {}, {}{}",
+        p.asids,
+        p.revision,
+        if p.nrips { "next RIP from the CPU (NRIPS)" } else { "next RIP decoded (no NRIPS)" },
+        if p.flush_by_asid { ", flush by ASID" } else { "" }
+    );
+    if let Err(e) = svm::enable_here() {
+        error!("hv: boot CPU: {e}");
+    }
+    true
+}
+
+/// One line for `vcpu`: the backend and the cores it is enabled on.
+pub fn backend_line() -> alloc::string::String {
+    match backend() {
+        Some(Backend::Vmx) => alloc::format!("VMX root operation on {} cores", root::cores()),
+        Some(Backend::Svm) => alloc::format!("SVM enabled on {} cores", svm::cores()),
+        None => alloc::string::String::from("no hardware virtualization"),
+    }
+}
+
+/// The backend's vCPU: one type for the scheduler, whichever backend the node runs.
+pub enum AnyVcpu {
+    /// On VMX.
+    Vmx(VmxVcpu),
+    /// On SVM.
+    Svm(SvmVcpu),
+}
+
+macro_rules! each {
+    ($self:ident, $v:ident => $e:expr) => {
+        match $self {
+            AnyVcpu::Vmx($v) => $e,
+            AnyVcpu::Svm($v) => $e,
+        }
+    };
+}
+
+impl Vcpu for AnyVcpu {
+    fn run(&mut self) -> Exit {
+        each!(self, v => v.run())
+    }
+    fn regs(&mut self) -> &mut Regs {
+        each!(self, v => v.regs())
+    }
+    fn skip_instruction(&mut self) {
+        each!(self, v => v.skip_instruction());
+    }
+    fn snapshot(&self) -> Snapshot {
+        each!(self, v => v.snapshot())
+    }
+    fn interruptible(&self) -> bool {
+        each!(self, v => v.interruptible())
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        each!(self, v => v.inject_interrupt(vector));
+    }
+    fn nmi_allowed(&self) -> bool {
+        each!(self, v => v.nmi_allowed())
+    }
+    fn inject_nmi(&mut self) {
+        each!(self, v => v.inject_nmi());
+    }
+    fn set_interrupt_window(&mut self, on: bool) {
+        each!(self, v => v.set_interrupt_window(on));
+    }
+    fn set_time_slice(&mut self, tsc_ticks: u64) {
+        each!(self, v => v.set_time_slice(tsc_ticks));
+    }
+    fn set_efer(&mut self, efer: u64) {
+        each!(self, v => v.set_efer(efer));
+    }
+    fn set_cr(&mut self, cr: u8, val: u64) {
+        each!(self, v => v.set_cr(cr, val));
+    }
+    fn enter_protected_mode(&mut self, eip: u32) {
+        each!(self, v => v.enter_protected_mode(eip));
+    }
+    fn enter_sipi(&mut self, vector: u8) {
+        each!(self, v => v.enter_sipi(vector));
+    }
+    fn flush_nested(&mut self) {
+        each!(self, v => v.flush_nested());
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        each!(self, v => v.set_xcr0(value));
+    }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        each!(self, v => v.set_tsc_offset(offset));
+    }
+    fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
+        each!(self, v => v.inject_exception(vector, error));
+    }
+    fn break_for_test(&mut self, what: Breakage) {
+        each!(self, v => v.break_for_test(what));
+    }
 }
 
 /// Waits (bounded) until every AP that came online has reported for work, and names the ones
@@ -115,17 +263,28 @@ pub fn start(
     me: u16,
     aps: &[(usize, u32)],
 ) -> Result<&'static Vm, VmError> {
-    vmx::detect().map_err(VmError::Vmx)?;
+    let (format, bitmap) = match backend() {
+        Some(Backend::Vmx) => {
+            vmx::detect().map_err(VmError::Vmx)?;
+            (&super::ept::EPT, root::msr_bitmap(frames).map_err(VmError::Vmx)?)
+        }
+        Some(Backend::Svm) => {
+            svm::detect().map_err(VmError::Svm)?;
+            svm::maps(frames).map_err(VmError::Svm)?;
+            (&super::npt::NPT, 0)
+        }
+        None => return Err(VmError::NoBackend),
+    };
     let share = *shape.share(me).ok_or(VmError::NotMember(me))?;
     let kernel = if me == 0 { Some(loader::parse(image).map_err(VmError::Load)?) } else { None };
     let ram = shape.ram();
     let cache_frames = shape.cache_frames(me);
-    let mem = GuestMemory::new(frames, pool, ram, (share.ram_base, share.ram_bytes), cache_frames)
+    let home = (share.ram_base, share.ram_bytes);
+    let mem = GuestMemory::new(frames, pool, ram, home, cache_frames, format)
         .map_err(|_| VmError::Memory("the guest pool cannot hold this node's share and cache"))?;
     if kernel.as_ref().is_some_and(|k| k.end() > share.ram_bytes) {
         return Err(VmError::Memory("the guest kernel does not fit the primary's share of RAM"));
     }
-    let bitmap = root::msr_bitmap(frames).map_err(VmError::Vmx)?;
     let table: Vec<(u64, u64, NodeId)> = shape
         .home_table()
         .into_iter()
@@ -214,13 +373,26 @@ fn start_of(vm: &Vm, id: usize) -> Start {
     }
 }
 
-/// A VMX vCPU, global id `id`, on this core (CPU index `cpu`).
-fn runner(vm: &Vm, id: usize, cpu: usize, start: Start) -> Result<Runner<VmxVcpu>, VmError> {
-    root::vmxon_here().map_err(VmError::Vmx)?;
-    let p = vmx::detect().map_err(VmError::Vmx)?;
-    let vmcs =
+/// A vCPU of the node's backend, global id `id`, on this core (CPU index `cpu`).
+fn runner(vm: &Vm, id: usize, cpu: usize, start: Start) -> Result<Runner<AnyVcpu>, VmError> {
+    let vmcb =
         alloc_zeroed(&mut vm.frames.lock(), 1, 4096).ok_or(VmError::Memory("reserve exhausted"))?;
-    let v = VmxVcpu::new(p, id as u32, vmcs, vm.mem.eptp(), vm.msr_bitmap).map_err(VmError::Vmx)?;
+    let nested = vm.mem.nested_pointer();
+    let v = match backend() {
+        Some(Backend::Vmx) => {
+            root::vmxon_here().map_err(VmError::Vmx)?;
+            let p = vmx::detect().map_err(VmError::Vmx)?;
+            let v = VmxVcpu::new(p, id as u32, vmcb, nested, vm.msr_bitmap);
+            AnyVcpu::Vmx(v.map_err(VmError::Vmx)?)
+        }
+        Some(Backend::Svm) => {
+            svm::enable_here().map_err(VmError::Svm)?;
+            let p = svm::detect().map_err(VmError::Svm)?;
+            let maps = svm::maps(vm.frames).map_err(VmError::Svm)?;
+            AnyVcpu::Svm(SvmVcpu::new(p, id as u32, vmcb, nested, maps).map_err(VmError::Svm)?)
+        }
+        None => return Err(VmError::NoBackend),
+    };
     Ok(Runner::new(vm, v, id, cpu, start))
 }
 
@@ -252,11 +424,19 @@ pub fn bsp_slice() -> bool {
 
 /// An AP reports for work (from its idle loop).
 pub fn ap_register(index: usize) {
-    // VMXON on every core as it comes up, when the boot CPU found VMX usable.
-    if vmx::platform().is_some() {
-        if let Err(e) = root::vmxon_here() {
-            error!("hv: cpu {index}: {e}");
+    // VMXON or EFER.SVME on every core as it comes up, with the backend the boot CPU chose.
+    match backend() {
+        Some(Backend::Vmx) => {
+            if let Err(e) = root::vmxon_here() {
+                error!("hv: cpu {index}: {e}");
+            }
         }
+        Some(Backend::Svm) => {
+            if let Err(e) = svm::enable_here() {
+                error!("hv: cpu {index}: {e}");
+            }
+        }
+        None => {}
     }
     if index < MAX_VCPUS {
         AP_CPUS.lock().push((index, apic::id()));

@@ -107,6 +107,10 @@ pub struct VcpuStats {
     pub exits: [AtomicU64; KINDS],
     /// Last RIP seen at an exit.
     pub rip: AtomicU64,
+    /// RDMSR/WRMSR answered with #GP (an MSR not modelled, or a refused value).
+    pub msr_gp: AtomicU64,
+    /// The last MSR that got #GP.
+    pub last_msr_gp: AtomicU32,
 }
 
 impl VcpuStats {
@@ -117,6 +121,8 @@ impl VcpuStats {
         cpu: AtomicU32::new(0),
         exits: [const { AtomicU64::new(0) }; KINDS],
         rip: AtomicU64::new(0),
+        msr_gp: AtomicU64::new(0),
+        last_msr_gp: AtomicU32::new(0),
     };
 
     /// Current state.

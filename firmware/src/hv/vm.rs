@@ -17,12 +17,13 @@ use super::coherent::Coherent;
 use super::cpuid::Regs4;
 use super::devices::{Devices, PortEffect};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
+use super::faultstats;
 use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
+use super::timesync::{self, TimeSync};
 use super::vcpus::VcpuSet;
 use super::vlapic::{self, IpiKind};
 use super::vmx::hw as vmx;
-use super::vmx::root;
 use super::{Exit, IoDir, Regs, Snapshot};
 use crate::arch::{cpu::rdtsc, power, time};
 use crate::mem::frames::FrameAllocator;
@@ -59,6 +60,13 @@ pub struct Vm {
     stopped: AtomicBool,
     verdict: Mutex<Option<Verdict>>,
     start_tsc: AtomicU64,
+    /// Guest TSC = host TSC + this (wrapping), for every vCPU here; only moves forward.
+    tsc_offset: AtomicU64,
+    /// Probes of the primary's clock (None on the primary).
+    sync: Mutex<Option<TimeSync>>,
+    /// Forward steps a stamp ahead of this clock made, and the largest, in ticks.
+    time_steps: AtomicU64,
+    time_step_max: AtomicU64,
     bad_messages: AtomicU64,
     pub(super) entry: u32,
     pub(super) msr_bitmap: u64,
@@ -103,6 +111,10 @@ impl Vm {
             stopped: AtomicBool::new(false),
             verdict: Mutex::new(None),
             start_tsc: AtomicU64::new(rdtsc()),
+            tsc_offset: AtomicU64::new(0),
+            sync: Mutex::new((me != 0).then(|| TimeSync::new(time::tsc_hz()))),
+            time_steps: AtomicU64::new(0),
+            time_step_max: AtomicU64::new(0),
             bad_messages: AtomicU64::new(0),
             entry,
             msr_bitmap,
@@ -119,6 +131,53 @@ impl Vm {
     /// The local slot of global vCPU `v`, if this node runs it.
     pub(super) fn local(&self, v: usize) -> Option<usize> {
         v.checked_sub(self.base).filter(|l| *l < self.vcpus.len())
+    }
+
+    /// The guest's TSC on this node now.
+    fn guest_tsc(&self) -> u64 {
+        rdtsc().wrapping_add(self.tsc_offset.load(Ordering::SeqCst))
+    }
+
+    /// Moves the guest clock forward to `target` (an offset), never back; true if it moved.
+    fn advance_offset(&self, target: u64) -> bool {
+        let mut cur = self.tsc_offset.load(Ordering::SeqCst);
+        while (target.wrapping_sub(cur) as i64) > 0 {
+            match self.tsc_offset.compare_exchange(cur, target, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    /// A message stamped with its sender's guest TSC `stamp` arrived: this clock must not be
+    /// behind it before the message acts. `memory` says it may carry guest memory, which a vCPU
+    /// here can read without an exit: then every vCPU re-enters with the new offset first.
+    fn observe_time(&self, stamp: u64, memory: bool) {
+        let Some(target) =
+            timesync::catch_up(stamp, rdtsc(), self.tsc_offset.load(Ordering::SeqCst))
+        else {
+            return;
+        };
+        let before = self.tsc_offset.load(Ordering::SeqCst);
+        if self.advance_offset(target) {
+            self.time_steps.fetch_add(1, Ordering::Relaxed);
+            self.time_step_max.fetch_max(target.wrapping_sub(before), Ordering::Relaxed);
+            if memory {
+                // The same barrier as for rights going down: each vCPU reads the offset after
+                // the generation it flushes (`Runner::step`).
+                self.vcpus.flush_barrier();
+            }
+        }
+    }
+
+    /// A node other than the primary probes the primary's clock when a probe is due.
+    fn probe_time(&self) {
+        let due = self.sync.lock().as_mut().and_then(|s| s.probe(rdtsc()));
+        if let Some(t0) = due {
+            self.post(0, &GuestMsg::TimeProbe { t0 });
+        }
     }
 
     fn post(&self, to: u16, msg: &GuestMsg<'_>) {
@@ -216,8 +275,9 @@ impl Vm {
         power::exit_emulator(pass)
     }
 
-    /// A guest message from node `from`.
-    fn receive(&self, from: u16, msg: GuestMsg<'_>) {
+    /// A guest message from node `from`, stamped with its guest TSC `stamp`.
+    fn receive(&self, from: u16, stamp: u64, msg: GuestMsg<'_>) {
+        self.observe_time(stamp, matches!(msg, GuestMsg::Coherence(_)));
         match msg {
             GuestMsg::Coherence(bytes) => {
                 let mut here = self.here();
@@ -247,6 +307,31 @@ impl Vm {
                     }
                 };
                 self.end(vcpu as usize, v, false);
+            }
+            GuestMsg::TimeProbe { t0 } if self.primary() => {
+                self.post(from, &GuestMsg::TimeReply { t0, primary: self.guest_tsc() });
+            }
+            GuestMsg::TimeReply { t0, primary } if from == 0 => {
+                let offset = self.tsc_offset.load(Ordering::SeqCst);
+                let step = self.sync.lock().as_mut().and_then(|s| {
+                    let first = !s.synced();
+                    let step = s.reply(t0, primary, rdtsc(), offset);
+                    if first && s.synced() {
+                        let us = |t: u64| t * 1_000_000 / time::tsc_hz().max(1);
+                        info!(
+                            "hv: guest clock set from node 0's: {} probes, best round trip {} us",
+                            timesync::BURST,
+                            us(s.best_rtt().unwrap_or(0))
+                        );
+                    }
+                    step
+                });
+                if let Some(target) = step {
+                    self.advance_offset(target);
+                }
+            }
+            GuestMsg::TimeProbe { .. } | GuestMsg::TimeReply { .. } => {
+                self.bad_messages.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -301,6 +386,10 @@ impl Machine for Vm {
 
     fn now(&self) -> u64 {
         rdtsc()
+    }
+
+    fn tsc_offset(&self) -> u64 {
+        self.tsc_offset.load(Ordering::SeqCst)
     }
 
     fn tsc_hz(&self) -> u64 {
@@ -419,7 +508,7 @@ impl Machine for Vm {
 /// (then it is the tools'). Guest messages that arrive before this node's guest exists are
 /// held in order for it.
 pub fn deliver(from: u16, bytes: &[u8]) -> bool {
-    let Some(msg) = cluster::decode(bytes) else {
+    let Some((stamp, msg)) = cluster::decode(bytes) else {
         let ours = bytes.first() == Some(&cluster::TAG);
         if let Some(vm) = VM.get().filter(|_| ours) {
             vm.bad_messages.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +516,7 @@ pub fn deliver(from: u16, bytes: &[u8]) -> bool {
         return ours;
     };
     match VM.get() {
-        Some(vm) => vm.receive(from, msg),
+        Some(vm) => vm.receive(from, stamp, msg),
         None => {
             let mut e = EARLY.lock();
             if e.held + bytes.len() <= EARLY_LIMIT {
@@ -451,8 +540,8 @@ pub fn deliver(from: u16, bytes: &[u8]) -> bool {
 pub(super) fn deliver_early(vm: &Vm) {
     let early = core::mem::take(&mut EARLY.lock().queue);
     for (from, bytes) in early {
-        if let Some(msg) = cluster::decode(&bytes) {
-            vm.receive(from, msg);
+        if let Some((stamp, msg)) = cluster::decode(&bytes) {
+            vm.receive(from, stamp, msg);
         }
     }
 }
@@ -460,14 +549,22 @@ pub(super) fn deliver_early(vm: &Vm) {
 /// The next guest message for the transport: (node, bytes).
 pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
     let vm = VM.get()?;
-    if let Some(m) = vm.retry.lock().take() {
-        return Some(m);
-    }
-    if let Some((to, bytes)) = vm.coherent.lock().next_outgoing() {
+    // The outbox (IPIs, console lines, the guest's end, clock probes) goes before coherence
+    // traffic made after it: a line a vCPU printed before writing memory must reach the
+    // primary before the page does, or the console would show it after what the write caused.
+    // The transport keeps each peer's order.
+    let (to, mut bytes) = if let Some(m) = vm.retry.lock().take() {
+        m
+    } else if let Some(m) = vm.outbox.lock().pop_front() {
+        m
+    } else {
         // Already framed as a guest message (`cluster::COHERENCE_PREFIX`).
-        return Some((u16::from(to.0), bytes));
-    }
-    vm.outbox.lock().pop_front()
+        let (to, bytes) = vm.coherent.lock().next_outgoing()?;
+        (u16::from(to.0), bytes)
+    };
+    // Stamped as it leaves: later than anything a vCPU here read before the message was made.
+    cluster::stamp(&mut bytes, vm.guest_tsc());
+    Some((to, bytes))
 }
 
 /// The transport has taken `bytes` (a copy): the buffer serves a later coherence message.
@@ -510,7 +607,7 @@ pub fn print_vcpus() {
         kprintln!("no vCPUs: {}", status());
         return;
     };
-    kprintln!("VMX root operation on {} cores", root::cores());
+    kprintln!("{}", super::sched::backend_line());
     let verdict = *vm.verdict.lock();
     kprintln!(
         "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {}",
@@ -567,6 +664,13 @@ pub fn print_vcpus() {
             if n != 0 {
                 line += &alloc::format!(" {name} {n}");
             }
+        }
+        let gp = s.msr_gp.load(Ordering::Relaxed);
+        if gp != 0 {
+            line += &alloc::format!(
+                " msr-#gp {gp} (last {:#x})",
+                s.last_msr_gp.load(Ordering::Relaxed)
+            );
         }
         kprintln!("{line}");
     }
@@ -627,6 +731,14 @@ pub fn print_stats(reset: bool) {
         None => hist += " none served yet",
     }
     kprintln!("{hist}");
+    let mut mean = alloc::string::String::from("stats: mean remote-fault latency:");
+    for (class, name) in faultstats::CLASSES {
+        match s.mean_us(class) {
+            Some((us, n)) => mean += &alloc::format!(" {name} {us} µs ({n});"),
+            None => mean += &alloc::format!(" {name} none;"),
+        }
+    }
+    kprintln!("{mean}");
     let mut hot = alloc::string::String::from("stats: hottest pages:");
     for (gfn, n) in s.hottest(10) {
         hot += &alloc::format!(" {:#x} ×{n}", gfn * 4096);
@@ -639,6 +751,36 @@ pub fn print_stats(reset: bool) {
         vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20),
         c.evictions
     );
+    print_time(vm);
+}
+
+/// The `stats` line on guest time: how far this node's clock is from the primary's.
+fn print_time(vm: &Vm) {
+    let hz = u128::from(time::tsc_hz().max(1));
+    let us = |t: u64| (u128::from(t) * 1_000_000 / hz) as u64;
+    let steps = vm.time_steps.load(Ordering::Relaxed);
+    let stepped = alloc::format!(
+        "{steps} forward steps to message stamps ahead of this clock (largest {} µs)",
+        us(vm.time_step_max.load(Ordering::Relaxed))
+    );
+    match vm.sync.lock().as_ref() {
+        None => kprintln!("stats: guest time: this node's clock is the reference; {stepped}"),
+        Some(s) => {
+            let (probes, lost) = s.probes();
+            match s.last() {
+                Some(k) => kprintln!(
+                    "stats: guest time: skew to node 0 {}{} µs ±{} µs at the last probe, largest since the first setting {} µs; {probes} probes ({lost} unanswered); {stepped}",
+                    if k.behind > 0 { "-" } else { "+" },
+                    us(k.behind.unsigned_abs()),
+                    us(k.uncertainty),
+                    us(s.worst())
+                ),
+                None => kprintln!(
+                    "stats: guest time: no probe of node 0's clock answered yet ({probes} sent); {stepped}"
+                ),
+            }
+        }
+    }
 }
 
 /// Sets the residency hold of pages that just arrived (`hold=`).
@@ -648,10 +790,23 @@ pub fn set_hold_us(us: u64) {
     }
 }
 
-/// Time for the coherence engine (holds, stall reports), from the node loop.
+/// Time for the coherence engine (holds, stall reports) and the clock probes, from the node
+/// loop.
 pub fn tick(now_us: u64) {
     if let Some(vm) = VM.get() {
         let mut here = vm.here();
         vm.coherent.lock().timer(&mut here, now_us);
+        if !vm.stopped() {
+            vm.probe_time();
+        }
+    }
+}
+
+/// Test hook (`tscskew=`): the primary's guest clock jumps `ticks` ahead.
+pub fn skew_for_test(ticks: u64) {
+    if let Some(vm) = VM.get().filter(|vm| vm.primary()) {
+        let off = vm.tsc_offset.load(Ordering::SeqCst);
+        vm.advance_offset(off.wrapping_add(ticks));
+        info!("hv: test: the guest clock starts {ticks} ticks ahead of the host's");
     }
 }

@@ -25,6 +25,15 @@ use gestalt_netstack::formation::{Dest, Formation, Heard, Mac, Progress, View};
 
 /// EtherType of the raw-frame ping (IEEE 802 local experimental 1).
 const RAW_ETHERTYPE: u16 = 0x88B5;
+/// Raw frame kinds (byte 14): a 60-byte ping and its reply; a frame of any size to be echoed
+/// as it is, and the echo; a frame only to be counted; "report the count", and the report.
+const RAW_PING: u8 = 1;
+const RAW_PONG: u8 = 2;
+const RAW_ECHO_ME: u8 = 3;
+const RAW_ECHOED: u8 = 4;
+const RAW_COUNT_ME: u8 = 5;
+const RAW_REPORT: u8 = 6;
+const RAW_REPORTED: u8 = 7;
 /// Formation waits this long for `nodes=` peers before it gives up, or, without `nodes=`,
 /// before it commits with whoever is there.
 const FORMATION_TIMEOUT_US: u64 = 5_000_000;
@@ -36,6 +45,10 @@ pub struct AnyNic {
     dev: Box<dyn NetDevice>,
     raw_replies: VecDeque<u32>,
     raw_answered: u64,
+    /// `RAW_COUNT_ME` frames received since the last report.
+    raw_counted: u32,
+    /// The peer's latest count report.
+    raw_report: Option<u32>,
 }
 
 impl AnyNic {
@@ -76,13 +89,31 @@ impl NetDevice for AnyNic {
             let mut src = [0u8; 6];
             src.copy_from_slice(&buf[6..12]);
             match buf[14] {
-                1 => {
-                    let reply = self.raw_frame(src, 2, token);
+                RAW_PING | RAW_REPORT => {
+                    let (kind, token) = match buf[14] {
+                        RAW_PING => (RAW_PONG, token),
+                        _ => (RAW_REPORTED, core::mem::take(&mut self.raw_counted)),
+                    };
+                    let reply = self.raw_frame(src, kind, token);
                     if self.dev.transmit(&reply).is_ok() {
                         self.raw_answered += 1;
                     }
                 }
-                2 if self.raw_replies.len() < 64 => self.raw_replies.push_back(token),
+                RAW_ECHO_ME => {
+                    // The same bytes back, addressed to the sender: as much on the wire as
+                    // came in, without a copy.
+                    buf[0..6].copy_from_slice(&src);
+                    buf[6..12].copy_from_slice(&self.dev.mac());
+                    buf[14] = RAW_ECHOED;
+                    if self.dev.transmit(&buf[..n]).is_ok() {
+                        self.raw_answered += 1;
+                    }
+                }
+                RAW_COUNT_ME => self.raw_counted = self.raw_counted.wrapping_add(1),
+                RAW_REPORTED => self.raw_report = Some(token),
+                RAW_PONG | RAW_ECHOED if self.raw_replies.len() < 64 => {
+                    self.raw_replies.push_back(token);
+                }
                 _ => {}
             }
         }
@@ -185,7 +216,13 @@ impl NodeNet {
             primary: cfg.primary,
             nonce,
         };
-        let nic = AnyNic { dev, raw_replies: VecDeque::new(), raw_answered: 0 };
+        let nic = AnyNic {
+            dev,
+            raw_replies: VecDeque::new(),
+            raw_answered: 0,
+            raw_counted: 0,
+            raw_report: None,
+        };
         let iface = NetInterface::new(nic, ip_config(cfg.ip), cfg.port, now, nonce);
         let formation =
             Formation::new(me, ([0; 4], cfg.port), cfg.nodes, now, FORMATION_TIMEOUT_US);
@@ -757,7 +794,7 @@ impl NodeNet {
     /// One raw-frame round trip (below IP and the transport), in µs.
     fn raw_ping_once(&mut self, to: NodeId, token: u32) -> Option<u64> {
         let mac = self.formation.view()?.member(to)?.announce.mac;
-        let frame = self.iface.device().raw_frame(mac, 1, token);
+        let frame = self.iface.device().raw_frame(mac, RAW_PING, token);
         let t0 = uptime_us();
         self.iface.device().transmit(&frame).ok()?;
         let ok = self.wait(1_000_000, |s| {
@@ -769,6 +806,76 @@ impl NodeNet {
             hit.is_some()
         });
         ok.then(|| uptime_us() - t0)
+    }
+
+    /// The raw frames that carry a page's 4,096 bytes at this MTU (headers of 19 bytes
+    /// each): their lengths, Ethernet header included.
+    fn raw_page_frames(&mut self) -> Vec<usize> {
+        let per = self.iface.device().mtu().max(64) - 5;
+        let count = 4096usize.div_ceil(per);
+        (0..count).map(|i| 14 + 5 + per.min(4096 - i * per)).collect()
+    }
+
+    /// One round trip of a page's bytes in raw frames (4 KiB each way, MTU-sized frames
+    /// echoed by the peer's NIC glue), in µs: the floor of a page-message round trip.
+    fn raw_page_ping_once(&mut self, to: NodeId, token: u32) -> Option<u64> {
+        let mac = self.formation.view()?.member(to)?.announce.mac;
+        let lens = self.raw_page_frames();
+        let mut frame = vec![0u8; lens.iter().copied().max()?];
+        let t0 = uptime_us();
+        for (i, &len) in lens.iter().enumerate() {
+            let head = self.iface.device().raw_frame(mac, RAW_ECHO_ME, token + i as u32);
+            frame[..19].copy_from_slice(&head[..19]);
+            while !self.iface.device().can_transmit() {
+                self.poll();
+            }
+            self.iface.device().transmit(&frame[..len]).ok()?;
+        }
+        let want = lens.len();
+        let mut got = 0;
+        let ok = self.wait(1_000_000, |s| {
+            let r = &mut s.iface.device().raw_replies;
+            r.retain(|t| {
+                let ours = t.wrapping_sub(token) < want as u32;
+                got += usize::from(ours);
+                !ours
+            });
+            got == want
+        });
+        ok.then(|| uptime_us() - t0)
+    }
+
+    /// Raw-frame throughput towards `to`: `pages` pages' worth of MTU-sized raw frames sent
+    /// as fast as the TX ring takes them, then the peer's count of what arrived. Returns
+    /// (bytes that arrived, µs from the first frame to the report).
+    fn raw_stream(&mut self, to: NodeId, pages: u32) -> Option<(u64, u64)> {
+        let mac = self.formation.view()?.member(to)?.announce.mac;
+        let lens = self.raw_page_frames();
+        let mut frame = vec![0u8; lens.iter().copied().max()?];
+        let head = self.iface.device().raw_frame(mac, RAW_COUNT_ME, 0);
+        frame[..19].copy_from_slice(&head[..19]);
+        self.iface.device().raw_report = None;
+        let t0 = uptime_us();
+        for _ in 0..pages {
+            for &len in &lens {
+                let end = uptime_us() + 1_000_000;
+                while !self.iface.device().can_transmit() && uptime_us() < end {
+                    self.poll();
+                }
+                self.iface.device().transmit(&frame[..len]).ok()?;
+            }
+        }
+        // Ask until the report comes (a report request may be lost like any frame).
+        for _ in 0..5 {
+            let ask = self.iface.device().raw_frame(mac, RAW_REPORT, 0);
+            self.iface.device().transmit(&ask).ok()?;
+            if self.wait(200_000, |s| s.iface.device().raw_report.is_some()) {
+                let frames = u64::from(self.iface.device().raw_report.take()?);
+                let bytes = frames * 4096 / lens.len() as u64;
+                return Some((bytes, uptime_us() - t0));
+            }
+        }
+        None
     }
 
     /// `ping <node>`: five small transport round trips.
@@ -806,16 +913,21 @@ impl NodeNet {
         };
         const ROUNDS: u32 = 20;
         let mut raw = Vec::new();
+        let mut raw_page = Vec::new();
         let mut page = Vec::new();
         for i in 0..ROUNDS {
             if let Some(us) = self.raw_ping_once(to, 0x7000 + i) {
                 raw.push(us);
+            }
+            if let Some(us) = self.raw_page_ping_once(to, 0x8000 + i * 8) {
+                raw_page.push(us);
             }
             if let Some(us) = self.ping_once(to, 0x6000 + i, 4096) {
                 page.push(us);
             }
         }
         raw.sort_unstable();
+        raw_page.sort_unstable();
         page.sort_unstable();
         if raw.is_empty() || page.is_empty() {
             return kprintln!(
@@ -840,6 +952,24 @@ impl NodeNet {
         );
         let ratio10 = med(&page) * 10 / med(&raw).max(1);
         kprintln!("page rtt / raw-frame rtt (medians): {}.{}", ratio10 / 10, ratio10 % 10);
+        let frames = self.raw_page_frames().len();
+        if raw_page.is_empty() {
+            kprintln!("raw 4 KiB rtt: no echo from node {to}");
+        } else {
+            kprintln!(
+                "raw 4 KiB rtt ({frames} frames each way): {} samples, min {} us, median {} us, p90 {} us",
+                raw_page.len(),
+                raw_page[0],
+                med(&raw_page),
+                p90(&raw_page)
+            );
+            let r100 = med(&page) * 100 / med(&raw_page).max(1);
+            kprintln!(
+                "page rtt / raw 4 KiB rtt (medians): {}.{:02} (goal <= 2)",
+                r100 / 100,
+                r100 % 100
+            );
+        }
 
         const PAGES: u32 = 256;
         self.bench_done = None;
@@ -877,6 +1007,20 @@ impl NodeNet {
                 );
             }
             _ => kprintln!("throughput: timed out after {sent} of {PAGES} pages"),
+        }
+        match (done, self.raw_stream(to, PAGES)) {
+            (true, Some((bytes, raw_us))) => {
+                let raw_kib_s = bytes * 1_000_000 / 1024 / raw_us.max(1);
+                let page_kib_s = u64::from(PAGES) * 4 * 1_000_000 / us;
+                let r100 = page_kib_s * 100 / raw_kib_s.max(1);
+                kprintln!(
+                    "raw-frame throughput: {PAGES} pages of raw frames, {bytes} bytes arrived in {raw_us} us: {raw_kib_s} KiB/s; page throughput / raw: {}.{:02}",
+                    r100 / 100,
+                    r100 % 100
+                );
+            }
+            (true, None) => kprintln!("raw-frame throughput: no count report from node {to}"),
+            (false, _) => {}
         }
     }
 }

@@ -296,6 +296,11 @@ fn start_guest(
             if let Some(us) = node.cfg.hold_us {
                 crate::hv::vm::set_hold_us(us);
             }
+            match (node.cfg.tsc_skew, g.test) {
+                (Some(t), Some(_)) => crate::hv::vm::skew_for_test(t),
+                (Some(_), None) => error!("hv: tscskew= is a test hook: ignored without test="),
+                _ => {}
+            }
         }
         Err(e) => error!("hv: cannot start the guest: {e}"),
     }

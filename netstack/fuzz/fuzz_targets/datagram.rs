@@ -6,14 +6,16 @@
 #![no_main]
 
 use gestalt_netstack::membership::Announcement;
-use gestalt_netstack::transport::{Authenticator, ClusterKey, Config, Header, Seed, Transport};
+use gestalt_netstack::transport::{
+    Authenticator, ClusterKey, Config, DatagramKey, Header, Seed, Transport,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = ClusterKey::from_passphrase(b"fuzz");
     let auth = Authenticator::new(&key);
     let _ = Header::parse_unauthenticated(data);
-    let _ = Header::open(data, &auth, 1, 1);
+    let _ = Header::open(data, &DatagramKey::new(&key), 1, 1);
     let _ = Announcement::decode(data, &auth, 1);
 
     let mut t = Transport::new(Config::new(1, 1, Seed::new([9; 32])), &key);

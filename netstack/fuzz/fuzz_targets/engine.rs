@@ -6,13 +6,13 @@
 #![no_main]
 
 use gestalt_netstack::transport::{
-    Authenticator, ClusterKey, Config, Header, Kind, Seed, Transport, HEADER_LEN,
+    ClusterKey, DatagramKey, Config, Header, Kind, Seed, Transport, HEADER_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = ClusterKey::from_passphrase(b"fuzz");
-    let auth = Authenticator::new(&key);
+    let auth = DatagramKey::new(&key);
     let mut cfg = Config::new(1, 1, Seed::new([9; 32]));
     cfg.mtu = 576;
     let mut t = Transport::new(cfg, &key);

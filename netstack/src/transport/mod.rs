@@ -25,7 +25,7 @@ pub mod wire;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-pub use auth::{Authenticator, ClusterKey, Seed};
+pub use auth::{Authenticator, ClusterKey, DatagramKey, Seed};
 pub use wire::{DropReason, Header, Kind, HEADER_LEN, PROTOCOL_VERSION};
 
 use peer::{Fragment, Peer};
@@ -73,6 +73,11 @@ pub struct Config {
     pub max_rto_us: u64,
     /// A peer that heard nothing from us for this long gets a heartbeat (which it answers).
     pub heartbeat_us: u64,
+    /// How long the acknowledgement of in-order data may wait for a reply to carry it (a
+    /// page request answered by the page costs one datagram each way, not two). The fourth
+    /// data datagram, a gap, a duplicate or a heartbeat is acknowledged at once; so a window
+    /// below 4 fragments waits this long for each ack.
+    pub ack_delay_us: u64,
     /// A peer that showed for this long no sign of hearing us (its `pn_echo` did not move) is
     /// declared down: so a one-way cut is seen from both ends.
     pub peer_timeout_us: u64,
@@ -95,6 +100,7 @@ impl Config {
             min_rto_us: 2_000,
             max_rto_us: 2_000_000,
             heartbeat_us: 100_000,
+            ack_delay_us: 200,
             peer_timeout_us: 3_000_000,
         }
     }
@@ -215,12 +221,44 @@ impl Stats {
 #[derive(Debug)]
 pub struct Transport {
     cfg: Config,
-    auth: Authenticator,
+    auth: DatagramKey,
     peers: Vec<Peer>,
     rr: usize,
     inbox: VecDeque<(NodeId, Vec<u8>)>,
     events: VecDeque<Event>,
     stats: Stats,
+    pool: BufferPool,
+}
+
+/// Buffers to reuse for fragments and messages, so that a steady stream allocates nothing:
+/// acknowledged fragments and the messages the application hands back
+/// ([`Transport::recycle`]) come here, and new fragments and messages are taken from here.
+#[derive(Debug)]
+struct BufferPool(Vec<Vec<u8>>);
+
+impl BufferPool {
+    /// Buffers kept at most: one acknowledgement frees up to a window of fragments, and the
+    /// application may hand back a few dozen messages at once (each buffer is at most a
+    /// message long: ~420 KiB in all at the most, usually a window of fragments).
+    const KEEP: usize = MAX_WINDOW as usize + 32;
+
+    /// An empty buffer with room for at least `len` bytes.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        match self.0.pop() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(len);
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    fn give(&mut self, buf: Vec<u8>) {
+        if self.0.len() < Self::KEEP && buf.capacity() != 0 {
+            self.0.push(buf);
+        }
+    }
 }
 
 impl Transport {
@@ -228,19 +266,27 @@ impl Transport {
     pub fn new(mut cfg: Config, key: &ClusterKey) -> Self {
         cfg.window = cfg.window.clamp(1, MAX_WINDOW);
         Self {
-            auth: Authenticator::new(key),
+            auth: DatagramKey::new(key),
             cfg,
             peers: Vec::new(),
             rr: 0,
             inbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            pool: BufferPool(Vec::with_capacity(BufferPool::KEEP)),
         }
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Lowers the window to `fragments` (at least 1) when the path holds no more: e.g. the
+    /// receiving socket buffer or NIC ring. A window larger than the path only turns into
+    /// drops and retransmissions.
+    pub fn limit_window(&mut self, fragments: u32) {
+        self.cfg.window = self.cfg.window.min(fragments.max(1));
     }
 
     /// Counters.
@@ -333,11 +379,15 @@ impl Transport {
         for index in 0..count {
             let start = usize::from(index) * chunk;
             let end = (start + chunk).min(msg.len());
+            // A whole chunk's room even for the last, shorter fragment: any pooled fragment
+            // buffer then fits any later fragment without growing.
+            let mut data = self.pool.take(chunk);
+            data.extend_from_slice(&msg[start..end]);
             peer.unsent.push_back(Fragment {
                 seq: peer.next_seq,
                 index,
                 count,
-                data: msg[start..end].to_vec(),
+                data,
                 sent_at: 0,
                 pn: 0,
                 retransmitted: false,
@@ -354,6 +404,13 @@ impl Transport {
     /// The next delivered message, in per-peer order.
     pub fn recv(&mut self) -> Option<(NodeId, Vec<u8>)> {
         self.inbox.pop_front()
+    }
+
+    /// Hands a message buffer from [`Transport::recv`] back once it has been read: the
+    /// transport reuses it for later fragments and messages instead of allocating (a few
+    /// dozen are kept; the rest are freed).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.give(buf);
     }
 
     /// The next peer event.
@@ -490,7 +547,7 @@ impl Transport {
                     (header.kind, header.seq) = (Kind::Data, f.seq);
                     (header.frag_index, header.frag_count) = (f.index, f.count);
                     payload = &f.data;
-                } else if peer.ack_pending {
+                } else if peer.ack_pending && now >= peer.ack_at {
                     header.kind = Kind::Ack;
                     self.stats.acks_sent += 1;
                 } else if heartbeat_due || peer.hello_due {
@@ -504,6 +561,7 @@ impl Transport {
         peer.sent_log[(peer.next_pn % SENT_LOG as u64) as usize] = now;
         peer.next_pn += 1;
         peer.ack_pending = false;
+        peer.data_unacked = 0;
         peer.hello_due = false;
         peer.last_sent = now;
         Some(Transmit { to: peer.id, len })
@@ -521,7 +579,8 @@ impl Transport {
                     p.last_sent + self.cfg.heartbeat_us
                 };
                 let down = p.up.then_some(p.last_heard + self.cfg.peer_timeout_us);
-                [p.rto_deadline, Some(heartbeat), down]
+                let ack = (p.ack_pending && p.session.peer.is_some()).then_some(p.ack_at);
+                [p.rto_deadline, Some(heartbeat), down, ack]
             })
             .flatten()
             .min()

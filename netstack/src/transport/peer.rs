@@ -9,6 +9,11 @@ use super::session::Session;
 use super::window::ReplayWindow;
 use super::{Config, NodeId, SENT_LOG};
 
+/// In-order data datagrams acknowledged together at most. TCP acks every second segment
+/// (RFC 9293 §3.8.6.3); four lets a page of three MTU-1500 fragments wait for its reply to
+/// carry the ack, and still keeps acks flowing 16 times per 64-fragment window.
+pub(super) const ACK_EVERY: u8 = 4;
+
 #[derive(Clone, Debug)]
 pub(super) struct Fragment {
     pub(super) seq: u32,
@@ -60,7 +65,12 @@ pub(super) struct Peer {
     pub(super) out_of_order: BTreeMap<u32, (u8, u8, Vec<u8>)>,
     pub(super) partial: Vec<u8>,
     pub(super) partial_next: u8,
+    /// An acknowledgement is owed; a standalone one goes out from `ack_at` on (any datagram
+    /// we send carries it earlier).
     pub(super) ack_pending: bool,
+    pub(super) ack_at: u64,
+    /// Data datagrams accepted since our last datagram to the peer.
+    pub(super) data_unacked: u8,
 }
 
 impl Peer {
@@ -72,8 +82,9 @@ impl Peer {
             session: Session::new(&cfg.seed, cfg.local, id, generation),
             next_pn: 0,
             next_seq: 0,
-            unsent: VecDeque::new(),
-            inflight: VecDeque::new(),
+            // Full size at once: the hot path never grows them.
+            unsent: VecDeque::with_capacity(cfg.send_queue),
+            inflight: VecDeque::with_capacity(cfg.window as usize),
             rtt: Rtt::new(cfg),
             backoff: 0,
             rto_deadline: None,
@@ -88,11 +99,32 @@ impl Peer {
             partial: Vec::new(),
             partial_next: 0,
             ack_pending: false,
+            ack_at: 0,
+            data_unacked: 0,
         }
     }
 
     pub(super) fn current_rto(&self, cfg: &Config) -> u64 {
         self.rtt.rto.saturating_mul(1 << self.backoff.min(16)).min(cfg.max_rto_us)
+    }
+
+    /// An acknowledgement is owed now.
+    pub(super) fn ack_now(&mut self) {
+        self.ack_pending = true;
+        self.ack_at = 0;
+    }
+
+    /// An acknowledgement of in-order data is owed, and may wait `delay` µs for a reply to
+    /// carry it — but not beyond the [`ACK_EVERY`]th data datagram.
+    pub(super) fn ack_later(&mut self, now: u64, delay: u64) {
+        if !self.ack_pending {
+            self.ack_pending = true;
+            self.ack_at = now.saturating_add(delay);
+        }
+        self.data_unacked = self.data_unacked.saturating_add(1);
+        if self.data_unacked >= ACK_EVERY {
+            self.ack_at = 0;
+        }
     }
 
     /// Cumulative ack and selective-ack bitmap describing what we hold.

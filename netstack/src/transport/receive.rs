@@ -8,7 +8,8 @@ use super::peer::{Fragment, Peer};
 use super::session::Incoming;
 use super::window::seq_lt;
 use super::{
-    Config, DropReason, Event, Header, Kind, NodeId, Stats, Transport, MAX_WINDOW, SENT_LOG,
+    BufferPool, Config, DropReason, Event, Header, Kind, NodeId, Stats, Transport, MAX_WINDOW,
+    SENT_LOG,
 };
 
 impl Transport {
@@ -47,14 +48,16 @@ impl Transport {
         }
         // Authenticated, of this session, fresh and in window: from here on it counts.
         peer.replay.accept(h.pn);
-        Self::on_ack(peer, &self.cfg, &mut self.stats, now, h.ack, h.sack);
+        Self::on_ack(peer, &self.cfg, &mut self.stats, &mut self.pool, now, h.ack, h.sack);
         Self::on_echo(peer, &self.cfg, &mut self.events, now, h.pn_echo);
         match h.kind {
             Kind::Data => {
-                Self::on_data(peer, &self.cfg, &mut self.inbox, &mut self.stats, &h, payload);
+                let (cfg, inbox, stats, pool) =
+                    (&self.cfg, &mut self.inbox, &mut self.stats, &mut self.pool);
+                Self::on_data(peer, cfg, inbox, stats, pool, now, &h, payload);
             }
             // Answered at once: the echo in the answer is the sender's proof that we hear it.
-            Kind::Heartbeat => peer.ack_pending = true,
+            Kind::Heartbeat => peer.ack_now(),
             Kind::Ack | Kind::Hello => {}
         }
         Ok(())
@@ -80,7 +83,7 @@ impl Transport {
             events.push_back(Event::PeerUp(peer.id));
             // Answer at once, so the peer sees our echo move too and recovers without
             // waiting for our next heartbeat.
-            peer.ack_pending = true;
+            peer.ack_now();
         }
         if peer.backoff > 0 {
             // Recovering from a timeout, and the peer heard a datagram we sent after the
@@ -95,7 +98,15 @@ impl Transport {
         }
     }
 
-    fn on_ack(peer: &mut Peer, cfg: &Config, stats: &mut Stats, now: u64, ack: u32, sack: u64) {
+    fn on_ack(
+        peer: &mut Peer,
+        cfg: &Config,
+        stats: &mut Stats,
+        pool: &mut BufferPool,
+        now: u64,
+        ack: u32,
+        sack: u64,
+    ) {
         // An ack for data never sent would be a peer bug; ignore it rather than trust it.
         let sent_end = match (peer.inflight.back(), peer.unsent.front()) {
             (Some(f), _) => f.seq.wrapping_add(1),
@@ -130,6 +141,7 @@ impl Transport {
             if !f.sacked {
                 newly(&f);
             }
+            pool.give(f.data);
         }
         for f in peer.inflight.iter_mut() {
             let off = f.seq.wrapping_sub(ack);
@@ -164,17 +176,20 @@ impl Transport {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_data(
         peer: &mut Peer,
         cfg: &Config,
         inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
         stats: &mut Stats,
+        pool: &mut BufferPool,
+        now: u64,
         h: &Header,
         payload: &[u8],
     ) {
         if seq_lt(h.seq, peer.rcv_next) || peer.out_of_order.contains_key(&h.seq) {
             stats.duplicates += 1;
-            peer.ack_pending = true;
+            peer.ack_now();
             return;
         }
         if inbox.len() >= cfg.inbox_limit {
@@ -182,26 +197,61 @@ impl Transport {
             stats.inbox_full += 1;
             return;
         }
-        peer.ack_pending = true;
-        peer.out_of_order.insert(h.seq, (h.frag_index, h.frag_count, payload.to_vec()));
+        if h.seq == peer.rcv_next && peer.out_of_order.is_empty() {
+            // In order with nothing missing: the ack may wait for a reply to carry it.
+            peer.ack_later(now, cfg.ack_delay_us);
+        } else {
+            // A gap opens or closes: the sender learns it at once (loss recovery).
+            peer.ack_now();
+        }
+        if h.seq == peer.rcv_next {
+            // In order (the loss-free case): straight into the message, no reorder buffer.
+            Self::take_fragment(peer, cfg, inbox, stats, pool, h.frag_index, h.frag_count, payload);
+        } else {
+            let mut data = pool.take(payload.len());
+            data.extend_from_slice(payload);
+            peer.out_of_order.insert(h.seq, (h.frag_index, h.frag_count, data));
+        }
         while let Some((index, count, data)) = peer.out_of_order.remove(&peer.rcv_next) {
-            peer.rcv_next = peer.rcv_next.wrapping_add(1);
-            if index != peer.partial_next {
-                // Cannot happen between correct peers (fragments are sequenced); recover by
-                // discarding the partial message.
-                peer.partial.clear();
-                peer.partial_next = 0;
-                if index != 0 {
-                    continue;
-                }
+            Self::take_fragment(peer, cfg, inbox, stats, pool, index, count, &data);
+            pool.give(data);
+        }
+    }
+
+    /// Appends the fragment with sequence number `rcv_next` to the message being assembled,
+    /// and delivers the message when it is complete.
+    #[allow(clippy::too_many_arguments)]
+    fn take_fragment(
+        peer: &mut Peer,
+        cfg: &Config,
+        inbox: &mut VecDeque<(NodeId, Vec<u8>)>,
+        stats: &mut Stats,
+        pool: &mut BufferPool,
+        index: u8,
+        count: u8,
+        data: &[u8],
+    ) {
+        peer.rcv_next = peer.rcv_next.wrapping_add(1);
+        if index != peer.partial_next {
+            // Cannot happen between correct peers (fragments are sequenced); recover by
+            // discarding the partial message.
+            peer.partial.clear();
+            peer.partial_next = 0;
+            if index != 0 {
+                return;
             }
-            peer.partial.extend_from_slice(&data);
-            peer.partial_next = index + 1;
-            if peer.partial_next == count {
-                inbox.push_back((peer.id, core::mem::take(&mut peer.partial)));
-                peer.partial_next = 0;
-                stats.messages_delivered += 1;
-            }
+        }
+        if index == 0 {
+            // One buffer for the whole message, so appending never reallocates.
+            let whole = usize::from(count).saturating_mul(data.len()).min(cfg.max_message);
+            peer.partial = pool.take(whole.max(data.len()));
+        }
+        peer.partial.extend_from_slice(data);
+        peer.partial_next = index + 1;
+        if peer.partial_next == count {
+            inbox.push_back((peer.id, core::mem::take(&mut peer.partial)));
+            peer.partial_next = 0;
+            stats.messages_delivered += 1;
         }
     }
 }

@@ -10,19 +10,21 @@
 //! 40  pn u64         packet number: per sender nonce, never reused; anti-replay
 //! 48  pn_echo u64    highest pn the sender accepted from the receiver in this session, + 1
 //! 56  ack u32 (next expected seq)   60 sack u64 (bit i: ack+1+i held)
-//! 68  tag [u8; 16]  keyed BLAKE2b-128(cluster key, bytes 0..68 ‖ payload)
+//! 68  tag [u8; 16]  Poly1305(payload) under the one-time key BLAKE2b-256(cluster key, 0..68)
 //! 84  payload (len bytes)
 //! ```
 //! All integers are big-endian (network order). Both nonces sit under the tag: a datagram
 //! names the session (the pair of nonces) it belongs to, and nothing can move it to another.
 
-use super::auth::Authenticator;
+use super::auth::DatagramKey;
 
 /// `"GSTL"`: first four bytes of every transport datagram.
 pub const MAGIC: u32 = 0x4753_544C;
 /// The wire protocol version; a peer speaking another one is refused.
 /// Version 2: session nonces and the packet-number echo replaced the boot epoch.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 3: the tag is Poly1305 under a one-time key derived from the header (it was keyed
+/// BLAKE2b-128 over header and payload).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Length of the fixed header, tag included.
 pub const HEADER_LEN: usize = 84;
 /// Bytes of the header covered by the tag (everything before it).
@@ -152,9 +154,17 @@ impl DropReason {
 impl Header {
     /// Writes header and payload into `buf` and returns the datagram length, or `None` when
     /// `buf` is too small or the payload longer than `u16::MAX`.
-    pub fn seal(&self, auth: &Authenticator, payload: &[u8], buf: &mut [u8]) -> Option<usize> {
+    pub fn seal(&self, key: &DatagramKey, payload: &[u8], buf: &mut [u8]) -> Option<usize> {
         let total = HEADER_LEN.checked_add(payload.len())?;
-        let len = u16::try_from(payload.len()).ok()?;
+        buf.get_mut(HEADER_LEN..total)?.copy_from_slice(payload);
+        self.seal_in_place(key, payload.len(), buf)
+    }
+
+    /// Like [`Header::seal`] for a payload of `len` bytes already at `buf[HEADER_LEN..]`:
+    /// writes the header and the tag around it, copying nothing.
+    pub fn seal_in_place(&self, key: &DatagramKey, len: usize, buf: &mut [u8]) -> Option<usize> {
+        let total = HEADER_LEN.checked_add(len)?;
+        let len = u16::try_from(len).ok()?;
         if buf.len() < total {
             return None;
         }
@@ -176,8 +186,7 @@ impl Header {
         h[48..56].copy_from_slice(&self.pn_echo.to_be_bytes());
         h[56..60].copy_from_slice(&self.ack.to_be_bytes());
         h[60..68].copy_from_slice(&self.sack.to_be_bytes());
-        buf[HEADER_LEN..total].copy_from_slice(payload);
-        let tag = auth.tag(&[&buf[..AUTH_LEN], &buf[HEADER_LEN..total]]);
+        let tag = key.tag(&buf[..AUTH_LEN], &buf[HEADER_LEN..total]);
         buf[AUTH_LEN..HEADER_LEN].copy_from_slice(&tag);
         Some(total)
     }
@@ -187,7 +196,7 @@ impl Header {
     /// any input.
     pub fn open<'a>(
         datagram: &'a [u8],
-        auth: &Authenticator,
+        key: &DatagramKey,
         cluster_id: u32,
         local: u16,
     ) -> Result<(Header, &'a [u8]), DropReason> {
@@ -199,7 +208,7 @@ impl Header {
             return Err(DropReason::NotForUs);
         }
         let payload = &datagram[HEADER_LEN..];
-        if !auth.verify(&[&datagram[..AUTH_LEN], payload], &datagram[AUTH_LEN..HEADER_LEN]) {
+        if !key.verify(&datagram[..AUTH_LEN], payload, &datagram[AUTH_LEN..HEADER_LEN]) {
             return Err(DropReason::BadTag);
         }
         Ok((header, payload))
@@ -268,8 +277,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn auth() -> Authenticator {
-        Authenticator::new(&ClusterKey::from_passphrase(b"test cluster"))
+    fn auth() -> DatagramKey {
+        DatagramKey::new(&ClusterKey::from_passphrase(b"test cluster"))
     }
 
     fn sample() -> Header {
@@ -323,7 +332,7 @@ mod tests {
     fn datagram_under_another_key_fails_authentication() {
         let mut buf = [0u8; 128];
         let n = sample().seal(&auth(), b"x", &mut buf).unwrap();
-        let other = Authenticator::new(&ClusterKey::from_passphrase(b"intruder"));
+        let other = DatagramKey::new(&ClusterKey::from_passphrase(b"intruder"));
         assert_eq!(Header::open(&buf[..n], &other, 7, 5), Err(DropReason::BadTag));
     }
 

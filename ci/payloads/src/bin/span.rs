@@ -4,7 +4,9 @@
 //! check that vCPUs on different nodes really incremented it in overlapping time; an integrity
 //! sweep in rounds, each vCPU writing pages homed on another node and every vCPU verifying
 //! every other's pages (so pages change owner many times); fixed IPIs to every other vCPU and a
-//! broadcast, each delivered exactly once. Exit code 0 when all PASS.
+//! broadcast, each delivered exactly once; and guest time: vCPU 0 publishes its TSC through
+//! memory while the vCPUs on other nodes read it and then their own TSC, which must never be
+//! smaller. Exit code 0 when all PASS.
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
@@ -32,6 +34,56 @@ static VCPUS: AtomicU32 = AtomicU32::new(1);
 static GO: AtomicU32 = AtomicU32::new(0);
 /// TSC ticks vCPU 0 spent on its increments.
 static COUNTER_TICKS: AtomicU64 = AtomicU64::new(0);
+/// vCPU 0's TSC as it publishes it; the phase ends when `PUBLISH_DONE` is set.
+static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+static PUBLISH_DONE: AtomicU32 = AtomicU32::new(0);
+/// Per vCPU: published values it saw change, and how many of them were ahead of its own TSC.
+static TSC_SEEN: [AtomicU32; MAX] = [const { AtomicU32::new(0) }; MAX];
+static TSC_AHEAD: AtomicU32 = AtomicU32::new(0);
+/// Smallest and largest (own TSC - published) over every read, in ticks.
+static LAG_MIN: AtomicU64 = AtomicU64::new(u64::MAX);
+static LAG_MAX: AtomicU64 = AtomicU64::new(0);
+const PUBLISH: u32 = 30;
+
+/// RDTSC after every earlier instruction completed (LFENCE orders it, SDM Vol. 2B RDTSC).
+fn rdtsc_after_loads() -> u64 {
+    // SAFETY: LFENCE only orders; it touches no memory or register.
+    unsafe { core::arch::asm!("lfence", options(nostack, preserves_flags)) };
+    rdtsc()
+}
+
+/// vCPU 0 publishes its TSC; every other vCPU reads it, then its own.
+fn clock(id: u32) {
+    if id == 0 {
+        // Until every other vCPU saw the value change PUBLISH times (or 20 s passed).
+        let (n, t0) = (VCPUS.load(Ordering::SeqCst) as usize, rdtsc());
+        while (1..n).any(|i| TSC_SEEN[i].load(Ordering::SeqCst) < PUBLISH)
+            && rdtsc() - t0 < 20 * tsc_hz()
+        {
+            PUBLISHED.store(rdtsc(), Ordering::SeqCst);
+            delay_us(500);
+        }
+        PUBLISH_DONE.store(1, Ordering::SeqCst);
+        return;
+    }
+    let (mut last, mut seen) = (0, 0);
+    while PUBLISH_DONE.load(Ordering::SeqCst) == 0 {
+        let p = PUBLISHED.load(Ordering::SeqCst);
+        let t = rdtsc_after_loads();
+        if p == last {
+            continue;
+        }
+        last = p;
+        seen += 1;
+        TSC_SEEN[id as usize].store(seen, Ordering::SeqCst);
+        if t < p {
+            TSC_AHEAD.fetch_add(1, Ordering::SeqCst);
+        } else {
+            LAG_MIN.fetch_min(t - p, Ordering::SeqCst);
+            LAG_MAX.fetch_max(t - p, Ordering::SeqCst);
+        }
+    }
+}
 
 extern "x86-interrupt" fn nmi(_f: Frame) {
     NMIS[apic_id() as usize % MAX].fetch_add(1, Ordering::SeqCst);
@@ -117,6 +169,8 @@ fn work(id: u32) {
         }
         barrier(4 + 2 * round as u32);
     }
+    clock(id);
+    barrier(3 + 2 * ROUNDS as u32);
 }
 
 extern "C" fn ap_main(id: u64) -> ! {
@@ -125,8 +179,10 @@ extern "C" fn ap_main(id: u64) -> ! {
     load_idt();
     let id = id as u32;
     let node = vmcall(hc::NODE, 0, 0) as u32;
-    NODE[id as usize].store(node, Ordering::SeqCst);
+    // The line first: vCPU 0 prints its own once it sees the node, so the primary's console
+    // must show this one before that one (guest order across nodes).
     println!("span: vcpu {id} up on node {node} (x2APIC id {})", apic_id());
+    NODE[id as usize].store(node, Ordering::SeqCst);
     while GO.load(Ordering::SeqCst) == 0 {
         core::hint::spin_loop();
     }
@@ -163,6 +219,7 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         core::hint::spin_loop();
     }
     let nodes: u32 = (0..n as usize).map(|i| NODE[i].load(Ordering::SeqCst)).max().unwrap_or(0) + 1;
+    println!("span: every vCPU reported its node: {nodes} nodes");
     GO.store(1, Ordering::SeqCst);
     work(0);
 
@@ -193,6 +250,28 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         );
     } else {
         println!("span: FAIL integrity: {bad} words wrong");
+        ok = false;
+    }
+
+    // Guest time: each vCPU on another node must have seen vCPU 0's clock move (else nothing
+    // travelled), and never a value ahead of its own.
+    let remote: usize = (1..n as usize).filter(|&i| NODE[i].load(Ordering::SeqCst) != node).count();
+    let seen: u32 = (1..n as usize).map(|i| TSC_SEEN[i].load(Ordering::SeqCst)).sum();
+    let few = (1..n as usize).any(|i| {
+        NODE[i].load(Ordering::SeqCst) != node && TSC_SEEN[i].load(Ordering::SeqCst) < PUBLISH
+    });
+    let ahead = TSC_AHEAD.load(Ordering::SeqCst);
+    let us = |t: u64| t * 1_000_000 / tsc_hz();
+    if ahead == 0 && !few && (remote > 0 || nodes == 1) {
+        println!(
+            "span: PASS guest TSC: {remote} vCPUs on other nodes read {seen} TSC values vCPU 0 published through memory, none ahead of their own clock (lag {}-{} us)",
+            us(LAG_MIN.load(Ordering::SeqCst).min(LAG_MAX.load(Ordering::SeqCst))),
+            us(LAG_MAX.load(Ordering::SeqCst))
+        );
+    } else {
+        println!(
+            "span: FAIL guest TSC: {ahead} of {seen} published values were ahead of the reader's clock (some reader saw fewer than {PUBLISH}: {few})"
+        );
         ok = false;
     }
 

@@ -26,6 +26,10 @@ struct FakeVcpu {
     broken: Option<Breakage>,
     slice: u64,
     xcr0: Option<u64>,
+    tsc_offset: u64,
+    tsc_loads: u32,
+    /// EFER.LMA as the CPU set it (after CR0.PG with LME).
+    lma: bool,
 }
 
 impl FakeVcpu {
@@ -45,7 +49,8 @@ impl Vcpu for FakeVcpu {
         self.rip += 1;
     }
     fn snapshot(&self) -> Snapshot {
-        Snapshot { rip: self.rip, ..Snapshot::default() }
+        let efer = self.efer.unwrap_or(0) | if self.lma { 1 << 10 } else { 0 };
+        Snapshot { rip: self.rip, efer, ..Snapshot::default() }
     }
     fn interruptible(&self) -> bool {
         self.if_set
@@ -87,6 +92,10 @@ impl Vcpu for FakeVcpu {
     fn set_xcr0(&mut self, value: u64) {
         self.xcr0 = Some(value);
     }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.tsc_offset = offset;
+        self.tsc_loads += 1;
+    }
 }
 
 /// A guest of `n` vCPUs with RAM `0..ram` and the real port devices.
@@ -96,6 +105,7 @@ struct FakeMachine {
     verdict: RefCell<Option<Verdict>>,
     kicks: RefCell<Vec<usize>>,
     now: Cell<u64>,
+    tsc_offset: Cell<u64>,
     devices: RefCell<Devices>,
     lines: RefCell<Vec<Vec<u8>>>,
     ram: u64,
@@ -117,6 +127,7 @@ impl FakeMachine {
             verdict: RefCell::new(None),
             kicks: RefCell::new(Vec::new()),
             now: Cell::new(1000),
+            tsc_offset: Cell::new(0),
             devices: RefCell::new(Devices::default()),
             lines: RefCell::new(Vec::new()),
             ram: 16 << 20,
@@ -166,6 +177,9 @@ impl Machine for FakeMachine {
     }
     fn now(&self) -> u64 {
         self.now.get()
+    }
+    fn tsc_offset(&self) -> u64 {
+        self.tsc_offset.get()
     }
     fn tsc_hz(&self) -> u64 {
         1_000_000_000
@@ -276,6 +290,25 @@ fn an_efer_write_reaches_the_backend_and_reads_back() {
     assert_eq!(r.v.efer, Some(0x100));
     assert_eq!(r.v.regs.rax, 0x100);
     assert_eq!(r.v.rip, 2);
+}
+
+#[test]
+fn an_efer_read_in_long_mode_shows_lma_and_unknown_msrs_are_counted() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Msr { msr: 0xC000_0080, write: Some(0x100) },
+            Exit::Msr { msr: 0xC000_0080, write: None },
+            Exit::Msr { msr: 0x3B, write: Some(1) },
+        ],
+    );
+    r.v.lma = true;
+    run_all(&mut r, &m);
+    assert_eq!(r.v.regs.rax, 0x500, "LME and LMA");
+    assert_eq!(r.v.exceptions, [(13, Some(0))], "TSC_ADJUST is not modelled: #GP on write");
+    assert_eq!(m.stats(0).msr_gp.load(Ordering::Relaxed), 1);
+    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x3B);
 }
 
 #[test]
@@ -503,6 +536,44 @@ fn an_interrupt_the_guest_cannot_take_opens_an_interrupt_window() {
     // The window was asked for, then closed by the window exit; nothing was injected.
     assert!(r.v.injected.is_empty());
     assert!(!r.v.window);
+}
+
+#[test]
+fn the_node_tsc_offset_is_loaded_before_entry_and_only_when_it_moved() {
+    let m = FakeMachine::new(1);
+    let mut r = boot(&m, &[Exit::Preempted, Exit::Preempted, Exit::Preempted]);
+    m.tsc_offset.set(5_000);
+    r.step(&m, u64::MAX);
+    r.step(&m, u64::MAX);
+    assert_eq!((r.v.tsc_offset, r.v.tsc_loads), (5_000, 1));
+    m.tsc_offset.set(9_000);
+    r.step(&m, u64::MAX);
+    assert_eq!((r.v.tsc_offset, r.v.tsc_loads), (9_000, 2));
+}
+
+#[test]
+fn the_tsc_msr_and_the_tsc_deadline_use_guest_time_not_host_time() {
+    let m = FakeMachine::new(1);
+    // Guest time = host 1000 + 10^9: a deadline 500 ticks ahead in guest time.
+    m.tsc_offset.set(1_000_000_000);
+    let deadline = 1_000_001_500u64;
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Preempted,
+            Exit::Msr { msr: 0x10, write: None },
+            Exit::Msr { msr: 0x6e0, write: Some(deadline) },
+            Exit::Preempted,
+        ],
+    );
+    r.apic.write(m.shared(0), 0x832, (1 << 18) | 0x40, 0).unwrap(); // LVT timer: TSC-deadline
+    r.step(&m, u64::MAX);
+    r.step(&m, u64::MAX);
+    assert_eq!((r.v.regs.rdx << 32) | r.v.regs.rax, 1_000_001_000);
+    r.step(&m, u64::MAX);
+    // The slice ends at the guest deadline, converted back to host ticks.
+    r.step(&m, m.now() + 10_000);
+    assert_eq!(r.v.slice, 500);
 }
 
 #[test]

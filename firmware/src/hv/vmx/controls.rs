@@ -21,6 +21,8 @@ pub mod pin {
 pub mod proc {
     /// Interrupt-window exiting.
     pub const INT_WINDOW: u32 = 1 << 2;
+    /// Use TSC offsetting: the guest's RDTSC adds the VMCS TSC offset (SDM Vol. 3C §26.3).
+    pub const TSC_OFFSETTING: u32 = 1 << 3;
     /// HLT exiting.
     pub const HLT_EXITING: u32 = 1 << 7;
     /// CR3-load exiting.
@@ -189,9 +191,9 @@ pub fn compute(c: &Caps) -> Result<Controls, CapError> {
     let proc = adjust(
         "processor-based",
         c.proc,
-        proc::HLT_EXITING | proc::UNCOND_IO | proc::MSR_BITMAP,
+        proc::HLT_EXITING | proc::UNCOND_IO | proc::MSR_BITMAP | proc::TSC_OFFSETTING,
         proc::SECONDARY,
-        "HLT, I/O or MSR-bitmap exiting",
+        "HLT, I/O or MSR-bitmap exiting or TSC offsetting",
     )?;
     let proc2_cap = if proc & proc::SECONDARY != 0 { c.proc2 } else { 0 };
     adjust("secondary", proc2_cap, proc2::EPT, 0, "EPT")?;

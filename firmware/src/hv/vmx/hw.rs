@@ -11,6 +11,7 @@ use spin::Once;
 use super::controls::{self, entry, proc, CapError, Caps, Controls};
 use super::fields::{self as f, reason};
 use crate::arch::cpu::{cpuid, has_vmx, rdmsr, wrmsr, MSR_EFER};
+use crate::hv::slice::ApicSlice;
 use crate::hv::{Breakage, Exit, IoDir, Regs, Snapshot, Vcpu};
 
 const MSR_FEATURE_CONTROL: u32 = 0x3A;
@@ -682,19 +683,26 @@ fn exit_name(n: u32) -> &'static str {
 
 impl Vcpu for VmxVcpu {
     fn run(&mut self) -> Exit {
-        if self.p.ctl.preemption_timer {
+        // Without the preemption timer the core's APIC timer ends the slice (an external-
+        // interrupt exit).
+        let slice = if self.p.ctl.preemption_timer {
             let ticks = (self.slice >> self.p.ctl.timer_shift).clamp(1, u64::from(u32::MAX));
             w(f::PREEMPTION_TIMER_VALUE, ticks);
-        }
+            None
+        } else {
+            Some(ApicSlice::arm(self.slice))
+        };
         // SAFETY: this vCPU's VMCS is current on this core, with host state for this core; the
         // assembly saves the callee-saved registers and returns through HOST_RIP.
         let failed = unsafe { gestalt_vmx_enter(&mut self.regs, u64::from(self.launched)) };
-        if failed != 0 {
+        let e = if failed != 0 {
             let code = vmread(f::VM_INSTRUCTION_ERROR) as u32;
-            return Exit::EntryFailed { code, what: controls::instruction_error(code) };
-        }
-        self.launched = true;
-        self.exit_reason()
+            Exit::EntryFailed { code, what: controls::instruction_error(code) }
+        } else {
+            self.launched = true;
+            self.exit_reason()
+        };
+        slice.map_or(e, |s| s.end(e))
     }
 
     fn regs(&mut self) -> &mut Regs {
@@ -837,6 +845,10 @@ impl Vcpu for VmxVcpu {
             // Pin-based must-be-1 bits cleared: VMfailValid, error 7 (SDM Vol. 3C §27.2.1.1).
             Breakage::Control => w(f::PIN_CONTROLS, 0),
         }
+    }
+
+    fn set_tsc_offset(&mut self, offset: u64) {
+        w(f::TSC_OFFSET, offset);
     }
 
     fn set_xcr0(&mut self, value: u64) {

@@ -279,7 +279,7 @@ fn a_one_way_cut_is_detected_from_both_ends_within_the_peer_timeout() {
 #[test]
 fn a_packet_number_of_u64_max_neither_wraps_the_replay_window_nor_panics() {
     let (mut a, mut b, mut buf) = pair();
-    let auth = Authenticator::new(&key());
+    let auth = DatagramKey::new(&key());
     let last = Header {
         kind: Kind::Heartbeat,
         frag_index: 0,

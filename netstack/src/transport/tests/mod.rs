@@ -277,15 +277,52 @@ fn a_replayed_datagram_is_rejected_and_counted() {
     assert_eq!(b.recv(), Some((0, b"once".to_vec())));
     assert_eq!(b.recv(), None);
     // An old datagram replayed long after, beyond the anti-replay window, is also refused.
+    let delay = b.config().ack_delay_us;
     for k in 0..100u64 {
+        let t = (k + 1) * 1000;
         a.send(1, b"more").unwrap();
-        let d = datagram(&mut a, k, &mut buf);
-        b.handle_datagram(k, &d).unwrap();
-        let ack = datagram(&mut b, k, &mut buf);
-        a.handle_datagram(k, &ack).unwrap();
+        let d = datagram(&mut a, t, &mut buf);
+        b.handle_datagram(t, &d).unwrap();
+        let ack = datagram(&mut b, t + delay, &mut buf);
+        a.handle_datagram(t + delay, &ack).unwrap();
     }
-    assert_eq!(b.handle_datagram(200, &d), Err(DropReason::Replay));
+    assert_eq!(b.handle_datagram(200_000, &d), Err(DropReason::Replay));
     assert_eq!(b.stats().dropped(DropReason::Replay), 2);
+}
+
+#[test]
+fn a_reply_carries_the_ack_and_a_lone_datagram_is_acked_after_the_delay() {
+    let (mut a, mut b, mut buf) = pair();
+    let delay = b.config().ack_delay_us;
+    // Request and reply: one datagram each way, the reply acknowledging the request.
+    a.send(1, b"request").unwrap();
+    let d = datagram(&mut a, 10, &mut buf);
+    b.handle_datagram(10, &d).unwrap();
+    assert!(b.poll_transmit(10, &mut buf).is_none(), "the ack waits for a reply");
+    assert_eq!(b.next_deadline(), Some(10 + delay), "and says when it stops waiting");
+    assert_eq!(b.recv(), Some((0, b"request".to_vec())));
+    b.send(0, b"reply").unwrap();
+    let r = datagram(&mut b, 20, &mut buf);
+    assert!(b.poll_transmit(20 + delay, &mut buf).is_none(), "the reply carried the ack");
+    a.handle_datagram(20, &r).unwrap();
+    assert_eq!(a.send_capacity(1), a.config().send_queue, "request acknowledged");
+    // No reply: the ack goes alone once the delay is over.
+    let acks = b.stats().acks_sent;
+    a.send(1, b"lone").unwrap();
+    let d = datagram(&mut a, 1000, &mut buf);
+    b.handle_datagram(1000, &d).unwrap();
+    assert!(b.poll_transmit(1000 + delay - 1, &mut buf).is_none());
+    let ack = datagram(&mut b, 1000 + delay, &mut buf);
+    assert_eq!(b.stats().acks_sent, acks + 1);
+    a.handle_datagram(1000 + delay, &ack).unwrap();
+    assert_eq!(a.send_capacity(1), a.config().send_queue);
+    // The fourth data datagram in a row is acknowledged at once.
+    for k in 0..4 {
+        a.send(1, b"more").unwrap();
+        let d = datagram(&mut a, 2000, &mut buf);
+        b.handle_datagram(2000, &d).unwrap();
+        assert_eq!(b.poll_transmit(2000, &mut buf).is_some(), k == 3, "datagram {k}");
+    }
 }
 
 #[test]
@@ -503,7 +540,7 @@ mod properties {
                 1..60,
             ),
         ) {
-            let auth = Authenticator::new(&key());
+            let auth = DatagramKey::new(&key());
             let mut t = engine(1, 1, &[0], |cfg| cfg.mtu = 576);
             let mut out = vec![0u8; t.config().max_datagram()];
             let mut dgram = [0u8; HEADER_LEN + 64];

@@ -1,0 +1,150 @@
+use super::*;
+
+/// A synthetic bzImage: `sects` setup sectors, protocol `version`, then `kernel` bytes of
+/// protected-mode kernel; header fields as Debian's 6.x kernels carry them.
+fn bzimage(sects: u8, version: u16, kernel: usize) -> Vec<u8> {
+    let setup = (usize::from(if sects == 0 { 4 } else { sects }) + 1) * 512;
+    let mut b = vec![0u8; setup + kernel];
+    b[0x1f1] = sects;
+    b[0x1fe..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
+    b[0x201] = 0x6a; // header ends at 0x26c
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    b[0x211] = LOADED_HIGH | (1 << 5);
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    b[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+    b[0x234] = 1;
+    b[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+    b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    b[0x260..0x264].copy_from_slice(&(40u32 << 20).to_le_bytes());
+    b[0x26b] = 0x5a; // last header byte, to see the copy reaches the end
+    b
+}
+
+#[test]
+fn a_bzimage_header_is_parsed() {
+    let img = bzimage(27, 0x020f, 8 << 20);
+    let b = parse(&img).unwrap();
+    assert_eq!(b.version, 0x020f);
+    assert_eq!(b.kernel_offset, 28 * 512);
+    assert_eq!(b.kernel_len, 8 << 20);
+    assert_eq!((b.initrd_addr_max, b.cmdline_size), (0x7fff_ffff, 2047));
+    assert_eq!((b.pref_address, b.init_size), (0x100_0000, 40 << 20));
+    assert_eq!(b.header.len(), 0x26c - 0x1f1);
+    assert_eq!(*b.header.last().unwrap(), 0x5a);
+    // setup_sects = 0 means 4 (boot.rst).
+    assert_eq!(parse(&bzimage(0, 0x020f, 4096)).unwrap().kernel_offset, 5 * 512);
+}
+
+#[test]
+fn non_bzimages_and_old_or_damaged_headers_are_errors_not_panics() {
+    assert_eq!(parse(&[0u8; 100]), Err(LinuxError::NotBzImage));
+    let mut multiboot = vec![0u8; 8192];
+    multiboot[0..4].copy_from_slice(&0x1BAD_B002u32.to_le_bytes());
+    assert!(!is_bzimage(&multiboot));
+    assert_eq!(parse(&bzimage(4, 0x0205, 4096)), Err(LinuxError::TooOld(0x0205)));
+    let mut low = bzimage(4, 0x020f, 4096);
+    low[0x211] = 0;
+    assert_eq!(parse(&low), Err(LinuxError::NotHigh));
+    let full = bzimage(60, 0x020f, 0);
+    assert_eq!(parse(&full[..40 * 512]), Err(LinuxError::Truncated));
+    for n in 0..0x300 {
+        let _ = parse(&full[..n]);
+    }
+}
+
+#[test]
+fn the_kernel_goes_to_its_preferred_address_and_the_initrd_high_under_the_limit() {
+    let b = parse(&bzimage(27, 0x020f, 8 << 20)).unwrap();
+    let ram = 256 << 20;
+    let l = plan(&b, ram, Some(3 * 4096 + 5)).unwrap();
+    assert_eq!(l.kernel, 0x100_0000);
+    let (at, len) = l.initrd.unwrap();
+    assert_eq!(at % 4096, 0);
+    assert!(at + len <= ram);
+    assert!(ram - (at + len) < 4096, "as high as RAM allows");
+    assert!(at >= l.kernel + (40 << 20), "above the kernel's working area");
+    assert_eq!(plan(&b, ram, None).unwrap().initrd, None);
+}
+
+#[test]
+fn initrd_addr_max_caps_the_initrd_below_ram() {
+    let mut img = bzimage(27, 0x020f, 1 << 20);
+    img[0x22c..0x230].copy_from_slice(&(0x400_0000u32 - 1).to_le_bytes());
+    let b = parse(&img).unwrap();
+    let (at, len) = plan(&b, 1 << 30, Some(1 << 20)).unwrap().initrd.unwrap();
+    assert!(at + len <= 0x400_0000);
+    assert_eq!(at, 0x400_0000 - (1 << 20));
+}
+
+#[test]
+fn without_room_the_layout_is_an_error() {
+    let b = parse(&bzimage(27, 0x020f, 1 << 20)).unwrap();
+    // 40 MiB init_size at 16 MiB needs 56 MiB; at 1 MiB it needs 41.
+    assert_eq!(plan(&b, 48 << 20, None).unwrap().kernel, HIGH);
+    assert_eq!(plan(&b, 32 << 20, None), Err(LinuxError::NoRoom));
+    assert_eq!(plan(&b, 64 << 20, Some(32 << 20)), Err(LinuxError::InitrdNoRoom));
+    assert_eq!(plan(&b, 64 << 20, Some(u64::MAX)), Err(LinuxError::InitrdNoRoom));
+}
+
+#[test]
+fn a_kernel_that_is_not_relocatable_loads_at_one_mib() {
+    let mut img = bzimage(27, 0x020f, 1 << 20);
+    img[0x234] = 0;
+    let b = parse(&img).unwrap();
+    assert_eq!(plan(&b, 256 << 20, None).unwrap().kernel, HIGH);
+}
+
+#[test]
+fn e820_keeps_low_ram_reserves_the_legacy_hole_and_ends_at_ram() {
+    let m = e820(128 << 20);
+    assert_eq!(
+        m,
+        vec![
+            E820 { addr: 0, size: 0x9f000, kind: E820_RAM },
+            E820 { addr: 0x9f000, size: 0x61000, kind: E820_RESERVED },
+            E820 { addr: 0x10_0000, size: (128 << 20) - 0x10_0000, kind: E820_RAM },
+        ]
+    );
+    let ram: u64 = m.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+    assert_eq!(ram, (128 << 20) - 0x61000);
+}
+
+fn rd32(p: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(p[o..o + 4].try_into().unwrap())
+}
+
+#[test]
+fn boot_params_carry_the_header_the_layout_the_map_and_the_rsdp() {
+    let img = bzimage(27, 0x020f, 8 << 20);
+    let b = parse(&img).unwrap();
+    let ram = 256 << 20;
+    let l = plan(&b, ram, Some(5 << 20)).unwrap();
+    let p = boot_params(&b, &l, ram, 0xe_0000);
+    assert_eq!(p.len(), 4096);
+    assert_eq!(&p[0x202..0x206], b"HdrS");
+    assert_eq!(p[0x26b], 0x5a);
+    assert_eq!(p[0x210], 0xff, "type_of_loader");
+    assert_eq!(p[0x211] & 1, 1, "LOADED_HIGH kept");
+    assert_eq!(u64::from(rd32(&p, 0x214)), l.kernel);
+    assert_eq!(u64::from(rd32(&p, 0x228)), CMDLINE_GPA);
+    let (at, len) = l.initrd.unwrap();
+    assert_eq!((u64::from(rd32(&p, 0x218)), u64::from(rd32(&p, 0x21c))), (at, len));
+    assert_eq!(u64::from_le_bytes(p[0x70..0x78].try_into().unwrap()), 0xe_0000);
+    assert_eq!(p[0x1e8], 3);
+    let e2 = 0x2d0 + 40;
+    assert_eq!(u64::from_le_bytes(p[e2..e2 + 8].try_into().unwrap()), 0x10_0000);
+    assert_eq!(rd32(&p, e2 + 16), E820_RAM);
+    assert_eq!(p[0x1ef], 0, "sentinel clear: the kernel keeps the fields");
+}
+
+#[test]
+fn the_command_line_is_cut_to_the_kernels_limit_and_terminated() {
+    let mut img = bzimage(27, 0x020f, 4096);
+    img[0x238..0x23c].copy_from_slice(&4u32.to_le_bytes());
+    let b = parse(&img).unwrap();
+    assert_eq!(cmdline_bytes(&b, "console=ttyS0"), b"cons\0");
+    let b = parse(&bzimage(27, 0x020f, 4096)).unwrap();
+    assert_eq!(cmdline_bytes(&b, "a b"), b"a b\0");
+}
