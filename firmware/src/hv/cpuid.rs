@@ -76,18 +76,21 @@ const L1_ECX_SET: u32 = bits(&[21, 24, 31]);
 const L1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 19, 23, 24, 25, 26, 27]);
 /// Leaf 1 EDX set: HTT (EBX[23:16] valid).
 const L1_EDX_SET: u32 = bits(&[28]);
-/// Leaf 7.0 EBX kept (Table 3-8): FSGSBASE, BMI1, AVX2, SMEP, BMI2, ERMS, AVX-512 F/DQ/IFMA/CD/
-/// BW/VL, RDSEED, ADX, SMAP, CLFLUSHOPT, CLWB, SHA. Gone: TSC_ADJUST, TSX, INVPCID, MPX, RDT,
-/// SGX, Intel PT.
-const L7_EBX: u32 = bits(&[0, 3, 5, 7, 8, 9, 16, 17, 18, 19, 20, 21, 23, 24, 28, 29, 30, 31]);
+/// Leaf 7.0 EBX kept (Table 3-8): FSGSBASE, TSC_ADJUST (with invariant TSC it lets Linux trust
+/// the TSC without a jiffies watchdog, which a slow or busy host would trip), BMI1, AVX2,
+/// SMEP, BMI2, ERMS, AVX-512 F/DQ/IFMA/CD/BW/VL, RDSEED, ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
+/// Gone: TSX, INVPCID, MPX, RDT, SGX, Intel PT.
+const L7_EBX: u32 = bits(&[0, 1, 3, 5, 7, 8, 9, 16, 17, 18, 19, 20, 21, 23, 24, 28, 29, 30, 31]);
 /// Leaf 7.0 ECX kept: AVX512_VBMI, AVX512_VBMI2, GFNI, VAES, VPCLMULQDQ, AVX512_VNNI, BITALG,
 /// AVX512_VPOPCNTDQ, RDPID. Gone: UMIP, PKU, WAITPKG, LA57, SGX_LC and the rest.
 const L7_ECX: u32 = bits(&[1, 6, 8, 9, 10, 11, 12, 14, 22]);
 /// Leaf 7.0 EDX kept: FSRM, SERIALIZE. Gone: hybrid, the speculation controls and
 /// ARCH_CAPABILITIES (their MSRs are not modelled), the rest.
 const L7_EDX: u32 = bits(&[4, 14]);
-/// Leaf 0xD.1 EAX kept: XSAVEOPT, XSAVEC, XGETBV with ECX=1. Gone: XSAVES (no IA32_XSS).
-const LD1_EAX: u32 = bits(&[0, 1, 2]);
+/// Leaf 0xD.1 EAX kept: XSAVEOPT, XGETBV with ECX=1. Gone: XSAVES (no IA32_XSS) and XSAVEC:
+/// the compacted size in EBX is the CPU's to compute for the current XCR0, and Bochs reports
+/// the standard size there (2688 for 2432 with AVX-512), which Linux rejects with a WARN.
+const LD1_EAX: u32 = bits(&[0, 2]);
 /// Leaf 0x8000_0001 ECX kept: LAHF/SAHF, LZCNT, PREFETCHW.
 const LX1_ECX: u32 = bits(&[0, 5, 8]);
 /// Leaf 0x8000_0001 EDX kept: SYSCALL, NX, 1 GiB pages, LM. Gone: RDTSCP (the backend may
@@ -129,6 +132,7 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
             r = Regs4 { eax: shift, ebx: count, ecx: (kind << 8) | (sub & 0xff), edx: id };
         }
         0xd if sub == 0 => {}
+        // EBX (the compacted size) means nothing without XSAVEC or XSAVES.
         0xd if sub == 1 => r = Regs4 { eax: r.eax & LD1_EAX, ..zero },
         // The user-state components' sizes (AVX, AVX-512); supervisor ones are not offered.
         0xd if (2..=7).contains(&sub) => {}
@@ -233,11 +237,8 @@ mod tests {
             assert_ne!(l1.edx & (1 << bit), 0, "{what} kept");
         }
         let l7 = answer(7, 0, all, 0, &T);
-        assert_eq!(
-            l7.ebx & ((1 << 1) | (1 << 4) | (1 << 10) | (1 << 11)),
-            0,
-            "TSC_ADJUST, TSX, INVPCID"
-        );
+        assert_eq!(l7.ebx & ((1 << 4) | (1 << 10) | (1 << 11)), 0, "TSX, INVPCID");
+        assert_ne!(l7.ebx & (1 << 1), 0, "TSC_ADJUST");
         assert_eq!(l7.ecx & (1 << 16), 0, "LA57");
         assert_eq!(l7.edx & ((1 << 26) | (1 << 29)), 0, "SPEC_CTRL, ARCH_CAPABILITIES");
         assert_eq!(answer(7, 1, all, 0, &T), Regs4::default());
@@ -245,7 +246,11 @@ mod tests {
         assert_eq!(x1.ecx & (1 << 2), 0, "SVM hidden");
         assert_eq!(x1.edx & (1 << 27), 0, "RDTSCP hidden");
         assert_ne!(x1.edx & (1 << 29), 0, "long mode kept");
-        assert_eq!(answer(0xd, 1, all, 0, &T).eax & (1 << 3), 0, "XSAVES hidden");
+        let d1 = answer(0xd, 1, all, 0, &T);
+        assert_eq!(d1.eax & (1 << 3), 0, "XSAVES hidden");
+        assert_eq!(d1.eax & (1 << 1), 0, "XSAVEC hidden");
+        assert_ne!(d1.eax & 1, 0, "XSAVEOPT kept");
+        assert_eq!(d1.ebx, 0, "no compacted size");
     }
 
     #[test]

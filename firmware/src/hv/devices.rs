@@ -1,9 +1,14 @@
-//! The guest's port-I/O devices: COM1 (the [`Uart`] model) and the debug-exit port. Every other
-//! port reads all-ones and ignores writes, as an empty ISA bus does, and is counted per port so
-//! an operator sees in `vcpu` what a guest pokes at.
+//! The guest's port-I/O devices: COM1 (the [`Uart`] model, its interrupt line wired to the
+//! [`IoApic`]'s pin 4), the debug-exit port, the ACPI hardware-reduced sleep registers (power
+//! off through `_S5`) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
+//! controller's 0xFE command). Every other port reads all-ones and ignores writes, as an
+//! empty ISA bus does, and is counted per port so an operator sees in `vcpu` what a guest
+//! pokes at.
 
 use heapless::Vec;
 
+use super::acpi::{RESET_PORT, S5_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+use super::ioapic::{IoApic, Irq};
 use super::uart::{Uart, LINE};
 use super::IoDir;
 
@@ -11,6 +16,10 @@ use super::IoDir;
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// COM1's base port.
 pub const COM1: u16 = 0x3f8;
+/// COM1's I/O APIC pin (ISA IRQ 4, no override).
+pub const COM1_PIN: usize = 4;
+/// The keyboard controller's command port (0xFE there pulses the reset line).
+pub const KBC_COMMAND: u16 = 0x64;
 /// Distinct unimplemented ports counted one by one; the rest are summed in `other`.
 pub const COUNTED_PORTS: usize = 16;
 
@@ -23,6 +32,10 @@ pub enum PortEffect {
     Line(Vec<u8, LINE>),
     /// The guest asked to exit with this code.
     Exit(u32),
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset.
+    Reset,
 }
 
 /// Accesses to ports no device answers.
@@ -49,6 +62,8 @@ impl Unclaimed {
 pub struct Devices {
     /// COM1.
     pub uart: Uart,
+    /// The I/O APIC.
+    pub ioapic: IoApic,
     /// Ports nothing answers.
     pub unclaimed: Unclaimed,
 }
@@ -68,11 +83,33 @@ impl Devices {
                 None => (0, PortEffect::None),
             },
             (DEBUG_EXIT_PORT, IoDir::Out) => (0, PortEffect::Exit(val)),
+            // ACPI 6.5 §4.8.3.7: SLP_TYP in bits 4:2, SLP_EN bit 5.
+            (SLEEP_CONTROL_PORT, IoDir::Out) => {
+                let s5 = val & 0x20 != 0 && (val >> 2) & 7 == u32::from(S5_TYPE);
+                (0, if s5 { PortEffect::PowerOff } else { PortEffect::None })
+            }
+            (SLEEP_CONTROL_PORT | SLEEP_STATUS_PORT | RESET_PORT, IoDir::In) => {
+                (0, PortEffect::None)
+            }
+            (SLEEP_STATUS_PORT, IoDir::Out) => (0, PortEffect::None),
+            // Reset control register: bit 2 starts the reset (bit 1 picks hard over soft).
+            (RESET_PORT, IoDir::Out) => {
+                (0, if val & 4 != 0 { PortEffect::Reset } else { PortEffect::None })
+            }
+            (KBC_COMMAND, IoDir::Out) if val & 0xff == 0xfe => (0, PortEffect::Reset),
             (_, dir) => {
                 self.unclaimed.count(port);
                 (if dir == IoDir::In { ones } else { 0 }, PortEffect::None)
             }
         }
+    }
+}
+
+impl Devices {
+    /// Brings the I/O APIC's COM1 pin to the UART's interrupt line (call after every UART
+    /// access or input): the interrupt to deliver, if the pin fired.
+    pub fn sync_irq(&mut self) -> Option<Irq> {
+        self.ioapic.set_line(COM1_PIN, self.uart.irq())
     }
 }
 
@@ -116,5 +153,47 @@ mod tests {
         assert_eq!(d.unclaimed.ports.len(), COUNTED_PORTS);
         let counted: u64 = d.unclaimed.ports.iter().map(|e| e.1).sum();
         assert_eq!(counted + d.unclaimed.other, 0x100);
+    }
+
+    #[test]
+    fn s5_through_the_sleep_register_powers_off_and_other_sleep_states_do_not() {
+        let mut d = Devices::default();
+        let s5 = (u32::from(S5_TYPE) << 2) | 0x20;
+        assert_eq!(d.access(SLEEP_CONTROL_PORT, 1, IoDir::Out, s5).1, PortEffect::PowerOff);
+        assert_eq!(
+            d.access(SLEEP_CONTROL_PORT, 1, IoDir::Out, (3 << 2) | 0x20).1,
+            PortEffect::None
+        );
+        assert_eq!(d.access(SLEEP_CONTROL_PORT, 1, IoDir::Out, s5 & !0x20).1, PortEffect::None);
+        assert_eq!(d.access(SLEEP_STATUS_PORT, 1, IoDir::In, 0).0, 0);
+        assert!(d.unclaimed.ports.is_empty());
+    }
+
+    #[test]
+    fn the_reset_register_and_the_keyboard_controller_reset() {
+        let mut d = Devices::default();
+        assert_eq!(d.access(RESET_PORT, 1, IoDir::Out, 6).1, PortEffect::Reset);
+        assert_eq!(d.access(RESET_PORT, 1, IoDir::Out, 2).1, PortEffect::None);
+        assert_eq!(d.access(KBC_COMMAND, 1, IoDir::Out, 0xfe).1, PortEffect::Reset);
+        assert_eq!(d.access(KBC_COMMAND, 1, IoDir::Out, 0xd1).1, PortEffect::None);
+    }
+
+    #[test]
+    fn com1_interrupts_reach_the_ioapic_pin_it_was_programmed_for() {
+        let mut d = Devices::default();
+        // Pin 4 -> vector 0x24 on APIC 0, edge, unmasked.
+        d.ioapic.write(0, 0x18);
+        d.ioapic.write(0x10, 0x24);
+        d.access(COM1 + 4, 1, IoDir::Out, 0x08); // OUT2
+        d.access(COM1 + 1, 1, IoDir::Out, 0x01); // receive interrupts
+        assert_eq!(d.sync_irq(), None, "nothing received");
+        d.uart.push_input(b'k');
+        let irq = d.sync_irq().expect("data arrived: an edge on pin 4");
+        assert_eq!(irq.vector, 0x24);
+        assert_eq!(d.sync_irq(), None, "still high: no second edge");
+        assert_eq!(d.access(COM1, 1, IoDir::In, 0).0, u32::from(b'k'));
+        assert_eq!(d.sync_irq(), None, "line fell");
+        d.uart.push_input(b'l');
+        assert!(d.sync_irq().is_some(), "next byte: next edge");
     }
 }

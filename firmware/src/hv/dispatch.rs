@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 
 use super::cpuid::{self, Regs4, Topology};
 use super::hypercall;
+use super::mmio;
 use super::msr::MsrFile;
 use super::stats::{State, VcpuStats};
 use super::vlapic::{self, Dest, Effect, IpiKind, Shared};
@@ -87,6 +88,22 @@ pub trait Machine {
     fn report_fatal(&self, vcpu: usize, what: &str, exit: &Exit, snap: &Snapshot, regs: &Regs);
     /// Every exit, for tracing.
     fn trace(&self, _vcpu: usize, _exit: &Exit) {}
+    /// `gpa` is on an emulated device page (never mapped to RAM): its accesses come to
+    /// [`Machine::mmio_read`] and [`Machine::mmio_write`].
+    fn is_mmio(&self, _gpa: u64) -> bool {
+        false
+    }
+    /// A device read of `size` bytes at `gpa` by `vcpu`.
+    fn mmio_read(&self, _vcpu: usize, _gpa: u64, _size: u8) -> u64 {
+        u64::MAX
+    }
+    /// A device write of `size` bytes at `gpa` by `vcpu`.
+    fn mmio_write(&self, _vcpu: usize, _gpa: u64, _size: u8, _value: u64) {}
+    /// Reads guest RAM at `gpa` (for the instruction behind an MMIO access and the page walk
+    /// that finds it); false when it is not readable here.
+    fn read_guest(&self, _gpa: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
 }
 
 /// What the scheduler does after one [`Runner::step`].
@@ -105,7 +122,8 @@ pub enum Step {
 /// How a vCPU starts: the guest's boot processor enters its kernel, the others wait for SIPI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
-    /// 32-bit protected mode at `eip` with RAX and RBX set (Multiboot §3.2).
+    /// 32-bit protected mode at `eip` with RAX, RBX and RSI set (Multiboot §3.2: magic and
+    /// info block; Linux's 32-bit boot protocol: boot_params in ESI).
     ProtectedMode {
         /// Entry point.
         eip: u32,
@@ -113,6 +131,8 @@ pub enum Start {
         rax: u64,
         /// RBX at entry.
         rbx: u64,
+        /// RSI at entry.
+        rsi: u64,
     },
     /// Wait-for-SIPI.
     WaitForSipi,
@@ -136,11 +156,12 @@ impl<V: Vcpu> Runner<V> {
     /// Wraps backend `v` as vCPU `id` on host CPU `cpu`.
     pub fn new<M: Machine>(m: &M, mut v: V, id: usize, cpu: usize, start: Start) -> Self {
         let state = match start {
-            Start::ProtectedMode { eip, rax, rbx } => {
+            Start::ProtectedMode { eip, rax, rbx, rsi } => {
                 v.enter_protected_mode(eip);
                 let r = v.regs();
                 r.rax = rax;
                 r.rbx = rbx;
+                r.rsi = rsi;
                 State::Running
             }
             Start::WaitForSipi => State::WaitForSipi,
@@ -304,6 +325,9 @@ impl<V: Vcpu> Runner<V> {
                 self.v.skip_instruction();
                 Step::Continue
             }
+            Exit::NestedPageFault { gpa, write, exec, .. } if m.is_mmio(gpa) && !exec => {
+                self.mmio(m, gpa, write, &exit)
+            }
             Exit::NestedPageFault { gpa, write, exec, .. } => {
                 match m.nested_fault(self.id, gpa, write, exec) {
                     Fault::Mapped => Step::Continue,
@@ -339,6 +363,51 @@ impl<V: Vcpu> Runner<V> {
             | Exit::EntryFailed { what, .. }
             | Exit::Other { what, .. } => self.fatal(m, what, &exit),
         }
+    }
+
+    /// Emulates the MOV that faulted on device page `gpa`: fetches it through the guest's page
+    /// tables, decodes it, does the access and moves RIP past it.
+    fn mmio<M: Machine>(&mut self, m: &M, gpa: u64, write: bool, exit: &Exit) -> Step {
+        let s = self.v.snapshot();
+        let read = |a: u64, n: usize| {
+            let mut b = [0u8; 8];
+            m.read_guest(a, &mut b[..n]).then(|| u64::from_le_bytes(b))
+        };
+        let cs_base = if s.efer & (1 << 10) != 0 { 0 } else { s.cs.1 };
+        let la = cs_base.wrapping_add(s.rip);
+        // Up to 15 bytes, in at most two pages.
+        let mut bytes = [0u8; 15];
+        let first = (4096 - (la & 0xfff)).min(15) as usize;
+        let mut got = 0;
+        for (at, n) in [(la, first), (la.wrapping_add(first as u64), 15 - first)] {
+            if n == 0 {
+                continue;
+            }
+            match mmio::translate(s.cr0, s.cr3, s.cr4, s.efer, at, read) {
+                Some(pa) if m.read_guest(pa, &mut bytes[got..got + n]) => got += n,
+                _ => break,
+            }
+        }
+        if got == 0 {
+            return self.fatal(m, "MMIO: the faulting instruction cannot be read", exit);
+        }
+        let a = match mmio::decode(&bytes[..got], mmio::bitness(s.efer, s.cs.3)) {
+            Ok(a) if a.uses_rsp() => {
+                return self.fatal(m, "MMIO through RSP is not emulated", exit);
+            }
+            Ok(a) => a,
+            Err(e) => return self.fatal(m, e.what(), exit),
+        };
+        match a.store_value(self.v.regs()) {
+            Some(v) if write => m.mmio_write(self.id, gpa, a.size, v),
+            None if !write => {
+                let v = m.mmio_read(self.id, gpa, a.size);
+                a.complete(self.v.regs(), v);
+            }
+            _ => return self.fatal(m, "MMIO: the decoded access disagrees with the fault", exit),
+        }
+        self.v.advance_rip(u64::from(a.len));
+        Step::Continue
     }
 
     fn hypercall<M: Machine>(&mut self, m: &M, nr: u64) -> Step {

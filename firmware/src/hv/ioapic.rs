@@ -159,7 +159,7 @@ impl IoApic {
 fn message(e: u64) -> Irq {
     let dest = (e >> 56) as u8;
     let target = if e & LOGICAL != 0 { Target::Logical(dest) } else { Target::Physical(dest) };
-    // Delivery mode (bits 10:8): 0 fixed, 1 lowest priority (given to the first target), 4 NMI.
+    // Delivery mode (bits 10:8): 0 fixed, 1 lowest priority (delivered as fixed), 4 NMI.
     Irq { target, vector: e as u8, nmi: (e >> 8) & 7 == 4 }
 }
 

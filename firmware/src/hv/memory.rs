@@ -161,6 +161,32 @@ impl GuestMemory {
         true
     }
 
+    /// Copies guest RAM at `gpa` in this node's home range into `buf`; false (nothing read)
+    /// when the range is not all home here. (A home page another node holds exclusively may
+    /// be stale here; the one-node guest has no such pages.)
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let end = gpa.checked_add(buf.len() as u64);
+        if !self.is_home(gpa) || end.is_none_or(|e| e > self.home.0 + self.home.1) {
+            return false;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let g = gpa + done as u64;
+            let n = ((MIB2 - g % MIB2) as usize).min(buf.len() - done);
+            // SAFETY: as in `write`: home chunks are this guest's identity-mapped pool frames
+            // and the range stays inside one chunk of the home range.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.home_hpa(g) as *const u8,
+                    buf[done..].as_mut_ptr(),
+                    n,
+                );
+            }
+            done += n;
+        }
+        true
+    }
+
     /// Nested page faults served.
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)

@@ -61,6 +61,17 @@ pub enum MmioError {
     Mode,
 }
 
+impl MmioError {
+    /// The reason as a static string (for the guest's fatal verdict).
+    pub fn what(self) -> &'static str {
+        match self {
+            MmioError::Invalid => "MMIO: the faulting instruction does not decode",
+            MmioError::Unsupported => "MMIO: the faulting instruction is not a MOV load or store",
+            MmioError::Mode => "MMIO: the guest's code size is not 16, 32 or 64 bits",
+        }
+    }
+}
+
 impl fmt::Display for MmioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -199,6 +210,79 @@ impl Access {
     }
 }
 
+/// The code size (16, 32, 64) of a guest running with `efer` and CS access rights `cs_ar`
+/// (VMX format: L is bit 13, D/B bit 14).
+pub fn bitness(efer: u64, cs_ar: u32) -> u32 {
+    if efer & (1 << 10) != 0 && cs_ar & (1 << 13) != 0 {
+        64
+    } else if cs_ar & (1 << 14) != 0 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Translates guest-linear `la` to guest-physical through the guest's own page tables (SDM
+/// Vol. 3A §4.3 32-bit, §4.4 PAE, §4.5 4-level paging), reading entries with `read`
+/// (guest-physical address, bytes: 4 or 8). None when an entry is not present or unreadable.
+/// Rights are not checked: the CPU already fetched the instruction through this walk.
+pub fn translate(
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    la: u64,
+    mut read: impl FnMut(u64, usize) -> Option<u64>,
+) -> Option<u64> {
+    const P: u64 = 1;
+    const PS: u64 = 1 << 7;
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    if cr0 & (1 << 31) == 0 {
+        return Some(la & 0xffff_ffff);
+    }
+    if efer & (1 << 10) != 0 {
+        let mut table = cr3 & ADDR;
+        for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+            let e = read(table + ((la >> shift) & 0x1ff) * 8, 8)?;
+            if e & P == 0 {
+                return None;
+            }
+            if (level == 3 || level == 2) && e & PS != 0 {
+                let size = 1u64 << shift;
+                return Some((e & ADDR & !(size - 1)) | (la & (size - 1)));
+            }
+            table = e & ADDR;
+        }
+        return Some(table | (la & 0xfff));
+    }
+    if cr4 & (1 << 5) != 0 {
+        let pdpte = read((cr3 & 0xffff_ffe0) + ((la >> 30) & 3) * 8, 8)?;
+        if pdpte & P == 0 {
+            return None;
+        }
+        let pde = read((pdpte & ADDR) + ((la >> 21) & 0x1ff) * 8, 8)?;
+        if pde & P == 0 {
+            return None;
+        }
+        if pde & PS != 0 {
+            return Some((pde & ADDR & !0x1f_ffff) | (la & 0x1f_ffff));
+        }
+        let pte = read((pde & ADDR) + ((la >> 12) & 0x1ff) * 8, 8)?;
+        return (pte & P != 0).then_some((pte & ADDR) | (la & 0xfff));
+    }
+    let la = la & 0xffff_ffff;
+    let pde = read((cr3 & 0xffff_f000) + (la >> 22) * 4, 4)?;
+    if pde & P == 0 {
+        return None;
+    }
+    if pde & PS != 0 && cr4 & (1 << 4) != 0 {
+        // 4 MiB page: bits 31:22 from the PDE, 39:32 from its bits 20:13 (PSE-36).
+        return Some((pde & 0xffc0_0000) | ((pde & 0x1f_e000) << 19) | (la & 0x3f_ffff));
+    }
+    let pte = read((pde & 0xffff_f000) + ((la >> 12) & 0x3ff) * 4, 4)?;
+    (pte & P != 0).then_some((pte & 0xffff_f000) | (la & 0xfff))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +382,70 @@ mod tests {
         for n in 0..=255u8 {
             let _ = decode(&[n, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07], 64);
         }
+    }
+
+    use std::collections::BTreeMap;
+
+    fn mem_reader(m: &BTreeMap<u64, u64>) -> impl FnMut(u64, usize) -> Option<u64> + '_ {
+        |a, n| m.get(&a).map(|v| if n == 4 { v & 0xffff_ffff } else { *v })
+    }
+
+    #[test]
+    fn four_level_walks_find_4k_2m_and_1g_pages() {
+        let efer = (1 << 8) | (1 << 10);
+        let (cr0, cr4) = (1 << 31 | 1, 1 << 5);
+        let la: u64 = 0xffff_8000_1234_5678;
+        let (i4, i3, i2, i1) =
+            ((la >> 39) & 511, (la >> 30) & 511, (la >> 21) & 511, (la >> 12) & 511);
+        let mut m = BTreeMap::new();
+        m.insert(0x1000 + i4 * 8, 0x2000 | 3);
+        m.insert(0x2000 + i3 * 8, 0x3000 | 3);
+        m.insert(0x3000 + i2 * 8, 0x4000 | 3);
+        m.insert(0x4000 + i1 * 8, 0xabc_d000 | 3);
+        assert_eq!(translate(cr0, 0x1000, cr4, efer, la, mem_reader(&m)), Some(0xabc_d678));
+        m.insert(0x3000 + i2 * 8, 0x4020_0000 | 0x83);
+        assert_eq!(
+            translate(cr0, 0x1000, cr4, efer, la, mem_reader(&m)),
+            Some(0x4020_0000 | (la & 0x1f_ffff))
+        );
+        m.insert(0x2000 + i3 * 8, 0x8000_0000 | 0x83);
+        assert_eq!(
+            translate(cr0, 0x1000, cr4, efer, la, mem_reader(&m)),
+            Some(0x8000_0000 | (la & 0x3fff_ffff))
+        );
+        m.insert(0x1000 + i4 * 8, 0x2000);
+        assert_eq!(translate(cr0, 0x1000, cr4, efer, la, mem_reader(&m)), None, "not present");
+        assert_eq!(translate(cr0, 0x9000, cr4, efer, la, mem_reader(&m)), None, "unreadable");
+    }
+
+    #[test]
+    fn pae_32_bit_and_unpaged_walks() {
+        let mut m = BTreeMap::new();
+        // PAE: PDPTE 0 -> PD at 0x5000, PDE 1 -> 2 MiB page at 0x60_0000.
+        m.insert(0x1000, 0x5000 | 1);
+        m.insert(0x5008, 0x60_0000 | 0x83);
+        assert_eq!(
+            translate(1 << 31, 0x1000, 1 << 5, 0, 0x20_1234, mem_reader(&m)),
+            Some(0x60_1234)
+        );
+        // 32-bit: PDE 0 -> PT at 0x7000, PTE 2 -> 0x9000.
+        m.insert(0x3000, 0x7000 | 1);
+        m.insert(0x7008, 0x9000 | 1);
+        assert_eq!(translate(1 << 31, 0x3000, 0, 0, 0x2abc, mem_reader(&m)), Some(0x9abc));
+        // 4 MiB page with PSE.
+        m.insert(0x3004, 0x0c00_0000 | 0x81);
+        assert_eq!(
+            translate(1 << 31, 0x3000, 1 << 4, 0, 0x40_0010, mem_reader(&m)),
+            Some(0x0c00_0010)
+        );
+        assert_eq!(translate(1, 0, 0, 0, 0xfec0_0010, mem_reader(&m)), Some(0xfec0_0010));
+    }
+
+    #[test]
+    fn code_size_follows_lma_and_cs() {
+        assert_eq!(bitness(1 << 10, 1 << 13), 64);
+        assert_eq!(bitness(0, 1 << 13 | 1 << 14), 32, "L without LMA is not 64-bit");
+        assert_eq!(bitness(1 << 10, 1 << 14), 32, "compatibility mode");
+        assert_eq!(bitness(0, 0), 16);
     }
 }

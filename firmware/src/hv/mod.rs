@@ -264,6 +264,9 @@ pub trait Vcpu {
     fn regs(&mut self) -> &mut Regs;
     /// Moves RIP past the instruction that exited.
     fn skip_instruction(&mut self);
+    /// Moves RIP forward by `len` bytes, for an instruction the hypervisor emulated whose
+    /// length the exit did not report (an MMIO access behind a nested page fault).
+    fn advance_rip(&mut self, len: u64);
     /// Control and segment state.
     fn snapshot(&self) -> Snapshot;
     /// True when the guest can take an external interrupt now (IF set, no STI/MOV SS shadow).

@@ -12,6 +12,8 @@ pub const TSC: u32 = 0x10;
 pub const APIC_BASE: u32 = 0x1B;
 /// IA32_BIOS_SIGN_ID: the microcode revision (Linux writes 0, runs CPUID, reads it).
 pub const BIOS_SIGN_ID: u32 = 0x8B;
+/// IA32_TSC_ADJUST.
+pub const TSC_ADJUST: u32 = 0x3B;
 /// IA32_FEATURE_CONTROL.
 pub const FEATURE_CONTROL: u32 = 0x3A;
 /// IA32_MTRRCAP.
@@ -36,6 +38,10 @@ pub struct MsrFile {
     pub efer: u64,
     /// IA32_APIC_BASE: x2APIC mode and enabled, BSP flag on vCPU 0 (SDM Vol. 3A §11.4.4).
     pub apic_base: u64,
+    /// IA32_TSC_ADJUST as the guest wrote it. The guest TSC is the node's clock plus the
+    /// cluster's offset, which a guest must not move; the value is kept and read back only
+    /// (Linux reads it to check nobody moved the TSC, and writes 0 if it is not).
+    pub tsc_adjust: u64,
     /// IA32_MISC_ENABLE: fast strings (bit 0) at power-on; the guest may set or clear the
     /// bits Linux touches (fast strings, XD disable) with no effect here.
     pub misc_enable: u64,
@@ -50,6 +56,7 @@ impl MsrFile {
             efer: 0,
             apic_base: 0xFEE0_0000 | (1 << 11) | (1 << 10) | if bsp { 1 << 8 } else { 0 },
             misc_enable: 1,
+            tsc_adjust: 0,
         }
     }
 
@@ -62,6 +69,7 @@ impl MsrFile {
             FEATURE_CONTROL => Some(1),
             MISC_ENABLE => Some(self.misc_enable),
             BIOS_SIGN_ID => Some(0),
+            TSC_ADJUST => Some(self.tsc_adjust),
             MTRR_CAP => Some(0),
             PAT => Some(self.pat),
             MTRR_DEF_TYPE => Some(self.mtrr_def),
@@ -79,6 +87,7 @@ impl MsrFile {
             TSC => {}
             BIOS_SIGN_ID => {}
             MISC_ENABLE => self.misc_enable = v,
+            TSC_ADJUST => self.tsc_adjust = v,
             FEATURE_CONTROL => return Err(Gp),
             // Only the mode bits move; the base stays where the virtual APIC is.
             APIC_BASE => self.apic_base = (self.apic_base & !0xc00) | (v & 0xc00),
@@ -110,8 +119,8 @@ mod tests {
     #[test]
     fn unknown_msrs_fault_on_read_and_on_write() {
         let mut m = MsrFile::new(false);
-        // TSC_ADJUST, MCG_CAP, SPEC_CTRL, ARCH_CAPABILITIES: hidden by CPUID, not modelled.
-        for msr in [0x1234, 0x3B, 0x179, 0x48, 0x10A] {
+        // MCG_CAP, SPEC_CTRL, ARCH_CAPABILITIES: hidden by CPUID, not modelled.
+        for msr in [0x1234, 0x179, 0x48, 0x10A] {
             assert_eq!(m.read(msr, 0), None, "{msr:#x}");
             assert_eq!(m.write(msr, 5), Err(Gp), "{msr:#x}");
         }
@@ -136,6 +145,9 @@ mod tests {
         assert_eq!(m.write(PAT, 0x02), Err(Gp), "type 2 is reserved");
         assert_eq!(m.read(PAT, 0), Some(pat));
         assert_eq!(m.write(TSC, 5), Ok(None));
+        assert_eq!(m.read(TSC_ADJUST, 0), Some(0));
+        m.write(TSC_ADJUST, 9).unwrap();
+        assert_eq!(m.read(TSC_ADJUST, 0), Some(9));
     }
 
     #[test]

@@ -14,13 +14,13 @@ use gestalt_coherence::{Config, NodeId};
 use super::cluster::Shape;
 use super::coherent::Coherent;
 use super::dispatch::{Runner, Start, Step};
-use super::loader;
 use super::memory::GuestMemory;
 use super::stats::State;
 use super::svm::hw::{self as svm, SvmVcpu};
 use super::vm::{deliver_early, Vm, VM};
 use super::vmx::hw::{self as vmx, VmxVcpu};
 use super::vmx::root;
+use super::{acpi, linux, loader};
 use super::{Breakage, Exit, Regs, Snapshot, Vcpu};
 use crate::arch::{apic, cpu::rdtsc, idt::WAKE_VECTOR, smp, time};
 use crate::mem::frames::FrameAllocator;
@@ -38,6 +38,8 @@ const STALL_US: u64 = 2_000_000;
 const AP_REGISTER_US: u64 = 2_000_000;
 
 static STATUS: Once<&'static str> = Once::new();
+/// How the guest's first vCPU starts (Multiboot or Linux entry), set by the primary.
+static BOOT: Once<Start> = Once::new();
 static FOCUS: AtomicBool = AtomicBool::new(false);
 static BSP_RUNNER: Mutex<Option<Runner<AnyVcpu>>> = Mutex::new(None);
 /// APs ready for a vCPU: (CPU index, APIC id).
@@ -61,6 +63,8 @@ pub enum VmError {
     NoBackend,
     /// The guest module is not a loadable Multiboot kernel.
     Load(loader::LoadError),
+    /// The guest module is a Linux bzImage that cannot be booted here.
+    Linux(linux::BootError),
     /// Not enough guest pool or reserve.
     Memory(&'static str),
     /// This node is not in the guest's shape.
@@ -74,6 +78,7 @@ impl core::fmt::Display for VmError {
             VmError::Svm(e) => write!(f, "{e}"),
             VmError::NoBackend => write!(f, "no hardware virtualization on this CPU"),
             VmError::Load(e) => write!(f, "guest module: {e}"),
+            VmError::Linux(e) => write!(f, "guest module: {e}"),
             VmError::Memory(w) => write!(f, "{w}"),
             VmError::NotMember(n) => write!(f, "node {n} has no share of the guest"),
         }
@@ -178,6 +183,9 @@ impl Vcpu for AnyVcpu {
     fn skip_instruction(&mut self) {
         each!(self, v => v.skip_instruction());
     }
+    fn advance_rip(&mut self, len: u64) {
+        each!(self, v => v.advance_rip(len));
+    }
     fn snapshot(&self) -> Snapshot {
         each!(self, v => v.snapshot())
     }
@@ -251,12 +259,15 @@ pub fn registered_aps() -> Vec<(usize, u32)> {
 
 /// Builds this node's share of the guest `shape` (node `me`) and starts its vCPUs. The primary
 /// (node 0) loads the boot module as the guest kernel into the RAM it is home of, and its first
-/// vCPU enters it; every other vCPU waits for a start-up IPI. `cmdline` is the module's.
+/// vCPU enters it; every other vCPU waits for a start-up IPI. `cmdline` is the module's. A
+/// Linux bzImage boots through the Linux boot protocol with `initrd` (the next module, empty
+/// for none) and ACPI tables of the guest's shape; anything else as a Multiboot kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     frames: &'static Mutex<FrameAllocator>,
     pool: &[Region],
     image: &[u8],
+    initrd: &[u8],
     cmdline: &str,
     test: Option<&'static str>,
     shape: Shape,
@@ -276,8 +287,29 @@ pub fn start(
         None => return Err(VmError::NoBackend),
     };
     let share = *shape.share(me).ok_or(VmError::NotMember(me))?;
-    let kernel = if me == 0 { Some(loader::parse(image).map_err(VmError::Load)?) } else { None };
     let ram = shape.ram();
+    let linux = if me == 0 && linux::is_bzimage(image) {
+        let domains: Vec<acpi::Domain> = shape
+            .shares
+            .iter()
+            .map(|s| acpi::Domain {
+                first_vcpu: s.vcpu_base,
+                vcpus: s.vcpus,
+                ram_base: s.ram_base,
+                ram_bytes: s.ram_bytes,
+            })
+            .collect();
+        let args = linux::kernel_cmdline(cmdline);
+        let boot = linux::prepare(image, initrd, args, ram, share.ram_bytes, &domains);
+        Some(boot.map_err(VmError::Linux)?)
+    } else {
+        None
+    };
+    let kernel = if me == 0 && linux.is_none() {
+        Some(loader::parse(image).map_err(VmError::Load)?)
+    } else {
+        None
+    };
     let cache_frames = shape.cache_frames(me);
     let home = (share.ram_base, share.ram_bytes);
     let mem = GuestMemory::new(frames, pool, ram, home, cache_frames, format)
@@ -300,7 +332,7 @@ pub fn start(
         // The engine may exceed its limit by the faults in flight: one per local vCPU.
         coherent.set_cache_limit(cache_frames.saturating_sub(share.vcpus as usize + 1).max(1));
     }
-    let entry = kernel.as_ref().map_or(0, |k| k.entry);
+    let entry = kernel.as_ref().map(|k| k.entry).or(linux.as_ref().map(|l| l.entry)).unwrap_or(0);
     let vm = VM.call_once(|| Vm::new(me, shape, mem, coherent, entry, bitmap, frames, test));
 
     if let Some(k) = &kernel {
@@ -309,6 +341,12 @@ pub fn start(
             vm.mem.write(s.gpa, &image[s.offset..s.offset + s.filesz]);
         }
         vm.mem.write(loader::MBI_GPA, &loader::boot_info(ram, cmdline));
+        BOOT.call_once(|| Start::ProtectedMode {
+            eip: k.entry,
+            rax: u64::from(loader::BOOT_MAGIC),
+            rbx: loader::MBI_GPA,
+            rsi: 0,
+        });
         info!(
             "hv: guest '{}' loaded: entry {:#x}, {} MiB RAM ({} MiB mapped on demand), {} vCPUs",
             cmdline,
@@ -316,6 +354,28 @@ pub fn start(
             ram >> 20,
             ram >> 20,
             vm.shape.vcpus()
+        );
+    }
+    if let Some(l) = &linux {
+        for (gpa, bytes) in &l.writes {
+            // `prepare` placed every piece inside the primary's share (checked there).
+            vm.mem.write(*gpa, bytes);
+        }
+        BOOT.call_once(|| Start::ProtectedMode {
+            eip: l.entry,
+            rax: 0,
+            rbx: 0,
+            rsi: l.boot_params,
+        });
+        info!(
+            "hv: Linux guest loaded: kernel at {:#x}, initrd {}, {} MiB RAM, {} vCPUs, cmdline '{}'",
+            l.layout.kernel,
+            l.layout.initrd.map_or(alloc::string::String::from("none"), |(a, n)| {
+                alloc::format!("{n} bytes at {a:#x}")
+            }),
+            ram >> 20,
+            vm.shape.vcpus(),
+            linux::kernel_cmdline(cmdline)
         );
     }
     if vm.shape.nodes() > 1 {
@@ -360,16 +420,18 @@ pub fn start(
 }
 
 /// How vCPU `id` starts: the guest's first vCPU enters the kernel the primary loaded (Multiboot
-/// §3.2: magic in EAX, the info block in EBX); every other waits for a start-up IPI.
+/// §3.2: magic in EAX, the info block in EBX; Linux: boot_params in ESI); every other waits
+/// for a start-up IPI.
 fn start_of(vm: &Vm, id: usize) -> Start {
-    if id == 0 {
-        Start::ProtectedMode {
+    match BOOT.get() {
+        Some(s) if id == 0 => *s,
+        _ if id == 0 => Start::ProtectedMode {
             eip: vm.entry,
             rax: u64::from(loader::BOOT_MAGIC),
             rbx: loader::MBI_GPA,
-        }
-    } else {
-        Start::WaitForSipi
+            rsi: 0,
+        },
+        _ => Start::WaitForSipi,
     }
 }
 
@@ -499,7 +561,14 @@ pub fn console_input(b: u8) -> bool {
     if !FOCUS.load(Ordering::SeqCst) {
         return false;
     }
-    let _ = vm.devices.lock().uart.push_input(b);
+    let irq = {
+        let mut d = vm.devices.lock();
+        let _ = d.uart.push_input(b);
+        d.sync_irq()
+    };
+    if let Some(irq) = irq {
+        vm.raise_irq(usize::MAX, irq);
+    }
     true
 }
 

@@ -12,12 +12,14 @@ use spin::{Mutex, Once};
 
 use gestalt_coherence::{Gfn, NodeId, VcpuId};
 
+use super::acpi;
 use super::cluster::{self, End, GuestMsg, Shape};
 use super::coherent::Coherent;
 use super::cpuid::Regs4;
-use super::devices::{Devices, PortEffect};
+use super::devices::{Devices, PortEffect, COM1};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
 use super::faultstats;
+use super::ioapic::{self, Irq};
 use super::memory::{GuestMemory, Here};
 use super::stats::{self, State, VcpuStats};
 use super::timesync::{self, TimeSync};
@@ -75,6 +77,17 @@ pub struct Vm {
 }
 
 pub(super) static VM: Once<Vm> = Once::new();
+
+impl Vm {
+    /// Delivers an I/O APIC interrupt to the vCPUs it targets (`from`: the vCPU whose access
+    /// raised it, or `usize::MAX` for none, so every target is woken).
+    pub(super) fn raise_irq(&self, from: usize, irq: Irq) {
+        let kind = if irq.nmi { IpiKind::Nmi } else { IpiKind::Fixed(irq.vector) };
+        for to in ioapic::targets(irq.target, self.shape.vcpus() as usize) {
+            Machine::ipi(self, from, to, kind);
+        }
+    }
+}
 /// Messages held for a guest not started yet, the bytes they take, and how many were dropped.
 struct Early {
     queue: VecDeque<(u16, Vec<u8>)>,
@@ -403,13 +416,48 @@ impl Machine for Vm {
     fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
         // Each node models the UART registers itself (so status polls cost no round trip);
         // finished lines go to the primary's console, in the order the vCPU wrote them.
-        let (v, effect) = self.devices.lock().access(port, size, dir, value);
+        let (v, effect, irq) = {
+            let mut d = self.devices.lock();
+            let (v, effect) = d.access(port, size, dir, value);
+            let irq = if (COM1..COM1 + 8).contains(&port) { d.sync_irq() } else { None };
+            (v, effect, irq)
+        };
+        if let Some(irq) = irq {
+            self.raise_irq(vcpu, irq);
+        }
         match effect {
             PortEffect::None => {}
             PortEffect::Line(line) => self.line(vcpu, &line),
             PortEffect::Exit(code) => self.stop(vcpu, Verdict::Exit(code)),
+            PortEffect::PowerOff => {
+                info!("hv: vcpu {vcpu}: the guest powered off (ACPI S5)");
+                self.stop(vcpu, Verdict::Exit(0));
+            }
+            PortEffect::Reset => {
+                self.stop(vcpu, Verdict::Fatal("the guest asked for a reset (not emulated)"));
+            }
         }
         v
+    }
+
+    fn is_mmio(&self, gpa: u64) -> bool {
+        // The I/O APIC's page lies in the MMIO hole above guest RAM: never mapped, emulated.
+        gpa & !0xfff == acpi::IOAPIC_GPA
+    }
+
+    fn mmio_read(&self, _vcpu: usize, gpa: u64, _size: u8) -> u64 {
+        u64::from(self.devices.lock().ioapic.read(gpa & 0xfff))
+    }
+
+    fn mmio_write(&self, vcpu: usize, gpa: u64, _size: u8, value: u64) {
+        let irq = self.devices.lock().ioapic.write(gpa & 0xfff, value as u32);
+        if let Some(irq) = irq {
+            self.raise_irq(vcpu, irq);
+        }
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.mem.read(gpa, buf)
     }
 
     fn nested_fault(&self, vcpu: usize, gpa: u64, write: bool, exec: bool) -> Fault {

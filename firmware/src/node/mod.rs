@@ -250,6 +250,8 @@ pub fn kmain(magic: u32, info_addr: u32) -> ! {
 /// `guest=`), which only the primary loads; the others serve their share without it.
 struct GuestPlan {
     image: &'static [u8],
+    /// The second module: a Linux guest's initrd (empty when none).
+    initrd: &'static [u8],
     cmdline: &'static str,
     test: Option<&'static str>,
 }
@@ -271,10 +273,16 @@ fn guest_plan(node: &'static Node, vmx_ok: bool) -> Option<GuestPlan> {
             // SAFETY: a module range the loader reported; excluded from every allocator,
             // identity-mapped.
             image: unsafe { crate::hv::vm::module_bytes(m.range) },
+            // SAFETY: as for the first module.
+            initrd: node
+                .boot
+                .modules
+                .get(1)
+                .map_or(&[][..], |m| unsafe { crate::hv::vm::module_bytes(m.range) }),
             cmdline: m.cmdline.as_str(),
             test,
         },
-        None => GuestPlan { image: &[], cmdline: "", test },
+        None => GuestPlan { image: &[], initrd: &[], cmdline: "", test },
     })
 }
 
@@ -289,8 +297,9 @@ fn start_guest(
         error!("hv: no guest module on the primary: no guest runs");
         return;
     }
+    let (frames, pool) = (&node.frames, &node.pool);
     let r =
-        crate::hv::vm::start(&node.frames, &node.pool, g.image, g.cmdline, g.test, shape, me, aps);
+        crate::hv::vm::start(frames, pool, g.image, g.initrd, g.cmdline, g.test, shape, me, aps);
     match r {
         Ok(_) => {
             if let Some(us) = node.cfg.hold_us {

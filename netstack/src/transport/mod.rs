@@ -410,7 +410,11 @@ impl Transport {
     /// transport reuses it for later fragments and messages instead of allocating (a few
     /// dozen are kept; the rest are freed).
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        self.pool.give(buf);
+        // Only buffers of a message's size: the pool's memory stays bounded whatever the
+        // application hands back.
+        if buf.capacity() <= self.cfg.max_message.max(self.cfg.fragment_payload()) {
+            self.pool.give(buf);
+        }
     }
 
     /// The next peer event.

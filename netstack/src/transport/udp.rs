@@ -20,6 +20,9 @@ pub struct UdpEndpoint {
     rx: Vec<u8>,
     drop_every: u64,
     tx_count: u64,
+    /// The socket's mode and read timeout as last set (std cannot read them back cheaply).
+    nonblocking: bool,
+    timeout: Option<Duration>,
 }
 
 impl UdpEndpoint {
@@ -44,6 +47,8 @@ impl UdpEndpoint {
             rx: vec![0; 65_536],
             drop_every: 0,
             tx_count: 0,
+            nonblocking: false,
+            timeout: None,
         }
     }
 
@@ -116,40 +121,70 @@ impl UdpEndpoint {
         }
     }
 
-    /// Flushes, waits up to `max_wait` (less if a timer is due sooner) for datagrams,
-    /// handles all that arrived, and flushes the replies.
+    /// Flushes, handles every datagram that already arrived, or else waits up to `max_wait`
+    /// (less if a timer is due sooner) for one and then takes all that arrived; flushes the
+    /// replies. The socket's mode and timeout change only when they must (each change is a
+    /// system call, and a page round trip polls several times).
     pub fn poll(&mut self, max_wait: Duration) -> io::Result<()> {
         self.flush()?;
-        let now = self.now();
-        let timer = self
-            .transport
-            .next_deadline()
-            .map_or(max_wait, |d| Duration::from_micros(d.saturating_sub(now)).min(max_wait));
-        // A zero read timeout means "block forever" to the OS: wait at least 100 µs.
-        self.socket.set_read_timeout(Some(timer.max(Duration::from_micros(100))))?;
-        self.socket.set_nonblocking(false)?;
-        let mut first = true;
-        loop {
-            match self.socket.recv_from(&mut self.rx) {
-                Ok((n, _from)) => {
-                    let now = self.now();
-                    // Drops are counted in the transport's stats.
-                    let _ = self.transport.handle_datagram(now, &self.rx[..n]);
-                }
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-                {
-                    break
-                }
-                Err(e) => return Err(e),
+        if self.drain()? == 0 {
+            let now = self.now();
+            let timer = self
+                .transport
+                .next_deadline()
+                .map_or(max_wait, |d| Duration::from_micros(d.saturating_sub(now)).min(max_wait));
+            // Whole 100 µs steps, rounded down (an early wake-up only polls again), so that
+            // the same timeout is asked for again and again; and never 0, which to the OS
+            // means "block forever".
+            let steps = (timer.as_micros() / 100).clamp(1, u128::from(u32::MAX));
+            let timeout = Duration::from_micros(100) * u32::try_from(steps).unwrap_or(u32::MAX);
+            if self.timeout != Some(timeout) {
+                self.socket.set_read_timeout(Some(timeout))?;
+                self.timeout = Some(timeout);
             }
-            if first {
-                // Drain whatever else already arrived without waiting.
-                self.socket.set_nonblocking(true)?;
-                first = false;
+            self.set_nonblocking(false)?;
+            let got = self.receive_one()?;
+            self.set_nonblocking(true)?;
+            if got {
+                self.drain()?;
             }
         }
         self.flush()
+    }
+
+    fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        if self.nonblocking != on {
+            self.socket.set_nonblocking(on)?;
+            self.nonblocking = on;
+        }
+        Ok(())
+    }
+
+    /// Handles every datagram already queued, without waiting; how many.
+    fn drain(&mut self) -> io::Result<usize> {
+        self.set_nonblocking(true)?;
+        let mut n = 0;
+        while self.receive_one()? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Receives and handles one datagram (waiting as the socket's mode says); false when
+    /// none came.
+    fn receive_one(&mut self) -> io::Result<bool> {
+        match self.socket.recv_from(&mut self.rx) {
+            Ok((n, _from)) => {
+                let now = self.now();
+                // Drops are counted in the transport's stats.
+                let _ = self.transport.handle_datagram(now, &self.rx[..n]);
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

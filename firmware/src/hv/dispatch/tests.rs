@@ -30,6 +30,8 @@ struct FakeVcpu {
     tsc_loads: u32,
     /// EFER.LMA as the CPU set it (after CR0.PG with LME).
     lma: bool,
+    /// Runs 64-bit code with paging (CR3 below) instead of the default flat state.
+    long_mode_cr3: Option<u64>,
 }
 
 impl FakeVcpu {
@@ -48,9 +50,23 @@ impl Vcpu for FakeVcpu {
     fn skip_instruction(&mut self) {
         self.rip += 1;
     }
+    fn advance_rip(&mut self, len: u64) {
+        self.rip += len;
+    }
     fn snapshot(&self) -> Snapshot {
         let efer = self.efer.unwrap_or(0) | if self.lma { 1 << 10 } else { 0 };
-        Snapshot { rip: self.rip, efer, ..Snapshot::default() }
+        match self.long_mode_cr3 {
+            Some(cr3) => Snapshot {
+                rip: self.rip,
+                efer: efer | (1 << 8) | (1 << 10),
+                cr0: (1 << 31) | 1,
+                cr3,
+                cr4: 1 << 5,
+                cs: (0x10, 0, u32::MAX, 1 << 13),
+                ..Snapshot::default()
+            },
+            None => Snapshot { rip: self.rip, efer, ..Snapshot::default() },
+        }
     }
     fn interruptible(&self) -> bool {
         self.if_set
@@ -117,6 +133,8 @@ struct FakeMachine {
     flushed_gen: Cell<u64>,
     resumed: Cell<bool>,
     fatal: RefCell<Vec<String>>,
+    /// Guest RAM bytes the MMIO path reads (page tables, instructions).
+    guest: RefCell<std::collections::BTreeMap<u64, u8>>,
 }
 
 impl FakeMachine {
@@ -139,6 +157,13 @@ impl FakeMachine {
             flushed_gen: Cell::new(0),
             resumed: Cell::new(false),
             fatal: RefCell::new(Vec::new()),
+            guest: RefCell::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    fn put(&self, gpa: u64, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            self.guest.borrow_mut().insert(gpa + i as u64, *b);
         }
     }
 
@@ -148,6 +173,25 @@ impl FakeMachine {
 }
 
 impl Machine for FakeMachine {
+    fn is_mmio(&self, gpa: u64) -> bool {
+        gpa & !0xfff == crate::hv::acpi::IOAPIC_GPA
+    }
+    fn mmio_read(&self, _vcpu: usize, gpa: u64, _size: u8) -> u64 {
+        u64::from(self.devices.borrow().ioapic.read(gpa & 0xfff))
+    }
+    fn mmio_write(&self, _vcpu: usize, gpa: u64, _size: u8, value: u64) {
+        self.devices.borrow_mut().ioapic.write(gpa & 0xfff, value as u32);
+    }
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let g = self.guest.borrow();
+        for (i, b) in buf.iter_mut().enumerate() {
+            match g.get(&(gpa + i as u64)) {
+                Some(v) => *b = *v,
+                None => return false,
+            }
+        }
+        true
+    }
     fn vcpus(&self) -> u32 {
         self.shared.len() as u32
     }
@@ -197,6 +241,8 @@ impl Machine for FakeMachine {
             PortEffect::None => {}
             PortEffect::Line(l) => self.lines.borrow_mut().push(l.to_vec()),
             PortEffect::Exit(code) => self.stop(0, Verdict::Exit(code)),
+            PortEffect::PowerOff => self.stop(0, Verdict::Exit(0)),
+            PortEffect::Reset => self.stop(0, Verdict::Fatal("reset")),
         }
         v
     }
@@ -236,7 +282,7 @@ impl Machine for FakeMachine {
 }
 
 fn boot(m: &FakeMachine, exits: &[Exit]) -> Runner<FakeVcpu> {
-    let start = Start::ProtectedMode { eip: 0x10_0000, rax: 0x2BAD_B002, rbx: 0x9000 };
+    let start = Start::ProtectedMode { eip: 0x10_0000, rax: 0x2BAD_B002, rbx: 0x9000, rsi: 0 };
     Runner::new(m, FakeVcpu::with(exits), 0, 0, start)
 }
 
@@ -300,15 +346,15 @@ fn an_efer_read_in_long_mode_shows_lma_and_unknown_msrs_are_counted() {
         &[
             Exit::Msr { msr: 0xC000_0080, write: Some(0x100) },
             Exit::Msr { msr: 0xC000_0080, write: None },
-            Exit::Msr { msr: 0x3B, write: Some(1) },
+            Exit::Msr { msr: 0x179, write: Some(1) },
         ],
     );
     r.v.lma = true;
     run_all(&mut r, &m);
     assert_eq!(r.v.regs.rax, 0x500, "LME and LMA");
-    assert_eq!(r.v.exceptions, [(13, Some(0))], "TSC_ADJUST is not modelled: #GP on write");
+    assert_eq!(r.v.exceptions, [(13, Some(0))], "MCG_CAP is not modelled: #GP on write");
     assert_eq!(m.stats(0).msr_gp.load(Ordering::Relaxed), 1);
-    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x3B);
+    assert_eq!(m.stats(0).last_msr_gp.load(Ordering::Relaxed), 0x179);
 }
 
 #[test]
@@ -659,4 +705,68 @@ fn a_logical_destination_reaches_exactly_the_vcpus_its_cluster_bitmap_names() {
     // Cluster 1 holds vCPUs 16..32: bits 0 and 3 name vCPUs 16 and 19.
     assert_eq!(targets(Dest::Logical(0x0001_0009), 0, 40).collect::<Vec<_>>(), [16, 19]);
     assert_eq!(targets(Dest::Logical(0x0000_0003), 5, 4).collect::<Vec<_>>(), [0, 1]);
+}
+
+/// A 64-bit guest whose first 2 MiB are identity-mapped (PML4 0x1000, PDPT 0x2000, PD 0x3000)
+/// running `code` at 0x10_0000.
+fn long_mode_guest(m: &FakeMachine, code: &[u8], exits: &[Exit]) -> Runner<FakeVcpu> {
+    m.put(0x1000, &(0x2000u64 | 3).to_le_bytes());
+    m.put(0x2000, &(0x3000u64 | 3).to_le_bytes());
+    m.put(0x3000, &0x83u64.to_le_bytes());
+    m.put(0x10_0000, code);
+    // The rest of the page: the fetch reads up to 15 bytes.
+    m.put(0x10_0000 + code.len() as u64, &[0x90; 32]);
+    let mut r = boot(m, exits);
+    r.v.rip = 0x10_0000;
+    r.v.long_mode_cr3 = Some(0x1000);
+    r
+}
+
+const IOAPIC: u64 = crate::hv::acpi::IOAPIC_GPA;
+
+fn npf(gpa: u64, write: bool) -> Exit {
+    Exit::NestedPageFault { gpa, write, exec: false, present: false }
+}
+
+#[test]
+fn ioapic_mmio_is_emulated_from_the_decoded_instruction_and_rip_moves_past_it() {
+    let m = FakeMachine::new(1);
+    // mov dword [rdx], eax (select the version register); mov r9d, [rdx+0x10] (read it).
+    let code = [0x89, 0x02, 0x44, 0x8b, 0x4a, 0x10];
+    let mut r = long_mode_guest(&m, &code, &[npf(IOAPIC, true), npf(IOAPIC + 0x10, false)]);
+    r.v.regs.rax = 1;
+    r.v.regs.r9 = u64::MAX;
+    assert_eq!(run_all(&mut r, &m), [Step::Continue, Step::Continue]);
+    assert_eq!(r.v.regs.r9, u64::from(crate::hv::ioapic::VERSION), "zero-extended load");
+    assert_eq!(r.v.rip, 0x10_0000 + 6);
+    assert_eq!(m.verdict(), None);
+}
+
+#[test]
+fn mmio_that_cannot_be_emulated_stops_the_guest_with_the_reason() {
+    // An ADD to the device page: a read-modify-write this emulation refuses.
+    let m = FakeMachine::new(1);
+    let mut r = long_mode_guest(&m, &[0x01, 0x02], &[npf(IOAPIC, true)]);
+    assert_eq!(run_all(&mut r, &m), [Step::Stopped]);
+    assert!(matches!(m.verdict(), Some(Verdict::Fatal(w)) if w.contains("not a MOV")));
+    // A store decoded where the CPU reported a read.
+    let m = FakeMachine::new(1);
+    let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC, false)]);
+    run_all(&mut r, &m);
+    assert!(matches!(m.verdict(), Some(Verdict::Fatal(w)) if w.contains("disagrees")));
+    // Code that is not mapped in the guest's own tables.
+    let m = FakeMachine::new(1);
+    let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC, true)]);
+    r.v.rip = 0x40_0000;
+    run_all(&mut r, &m);
+    assert!(matches!(m.verdict(), Some(Verdict::Fatal(w)) if w.contains("cannot be read")));
+}
+
+#[test]
+fn a_fault_outside_device_pages_still_goes_to_the_memory_path() {
+    let m = FakeMachine::new(1);
+    m.fault.set(Fault::Deny("outside guest memory"));
+    let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC + 0x1000, true)]);
+    run_all(&mut r, &m);
+    assert_eq!(m.verdict(), Some(Verdict::Fatal("outside guest memory")));
 }

@@ -5,8 +5,11 @@
 //! RSDP address. The kernel is entered through the 32-bit protocol (protected mode, paging
 //! off, ESI = boot_params at `code32_start`); its own startup code enables long mode.
 
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use core::fmt;
+
+use super::acpi;
 
 /// Where the setup header starts in the image and in boot_params.
 const HDR: usize = 0x1f1;
@@ -272,6 +275,86 @@ pub fn boot_params(b: &BzImage, l: &Layout, ram: u64, rsdp: u64) -> Vec<u8> {
         put32(&mut p, o + 16, e.kind);
     }
     p
+}
+
+/// A Linux guest ready to copy into RAM and enter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boot<'a> {
+    /// The 32-bit entry point (`code32_start`), entered with ESI = [`Boot::boot_params`].
+    pub entry: u32,
+    /// boot_params' guest-physical address.
+    pub boot_params: u64,
+    /// Where everything went.
+    pub layout: Layout,
+    /// What to copy where: the kernel, boot_params, the command line, the initrd, the ACPI
+    /// tables (bytes borrowed from the modules where they can be).
+    pub writes: Vec<(u64, Cow<'a, [u8]>)>,
+}
+
+/// Why a Linux guest cannot be prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootError {
+    /// The kernel image or the layout.
+    Linux(LinuxError),
+    /// The ACPI tables.
+    Acpi(acpi::AcpiError),
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::Linux(e) => write!(f, "Linux kernel: {e}"),
+            BootError::Acpi(e) => write!(f, "ACPI tables: {e}"),
+        }
+    }
+}
+
+/// The command line a kernel gets when its module carries none: the guest's console is COM1.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial";
+
+/// The kernel's command line from a Multiboot module's: without the module's own name (its
+/// first word, when that is not a `key=value` parameter); [`DEFAULT_CMDLINE`] when nothing
+/// is left.
+pub fn kernel_cmdline(module_cmdline: &str) -> &str {
+    let s = module_cmdline.trim_start();
+    let args = match s.split_once(' ') {
+        Some((first, rest)) if !first.contains('=') => rest.trim_start(),
+        None if !s.contains('=') => "",
+        _ => s,
+    };
+    if args.trim().is_empty() {
+        DEFAULT_CMDLINE
+    } else {
+        args
+    }
+}
+
+/// Prepares `image` (a bzImage) with `initrd` (empty for none) and `cmdline` for a guest of
+/// `ram` bytes whose first `low_ram` bytes (the primary's share) take the kernel and the
+/// initrd, shaped as `domains` (one per node).
+pub fn prepare<'a>(
+    image: &'a [u8],
+    initrd: &'a [u8],
+    cmdline: &str,
+    ram: u64,
+    low_ram: u64,
+    domains: &[acpi::Domain],
+) -> Result<Boot<'a>, BootError> {
+    let b = parse(image).map_err(BootError::Linux)?;
+    let initrd_len = (!initrd.is_empty()).then_some(initrd.len() as u64);
+    let layout = plan(&b, low_ram.min(ram), initrd_len).map_err(BootError::Linux)?;
+    let tables = acpi::build(domains, acpi::BASE).map_err(BootError::Acpi)?;
+    let params = boot_params(&b, &layout, ram, tables.rsdp);
+    let mut writes = alloc::vec![
+        (layout.kernel, Cow::Borrowed(&image[b.kernel_offset..])),
+        (layout.boot_params, Cow::Owned(params)),
+        (layout.cmdline, Cow::Owned(cmdline_bytes(&b, cmdline))),
+        (acpi::BASE, Cow::Owned(tables.bytes)),
+    ];
+    if let Some((at, _)) = layout.initrd {
+        writes.push((at, Cow::Borrowed(initrd)));
+    }
+    Ok(Boot { entry: layout.kernel as u32, boot_params: layout.boot_params, layout, writes })
 }
 
 #[cfg(test)]

@@ -148,3 +148,46 @@ fn the_command_line_is_cut_to_the_kernels_limit_and_terminated() {
     let b = parse(&bzimage(27, 0x020f, 4096)).unwrap();
     assert_eq!(cmdline_bytes(&b, "a b"), b"a b\0");
 }
+
+#[test]
+fn the_module_name_is_dropped_from_the_kernel_command_line() {
+    assert_eq!(kernel_cmdline("vmlinuz console=ttyS0 quiet"), "console=ttyS0 quiet");
+    assert_eq!(kernel_cmdline("console=ttyS0 quiet"), "console=ttyS0 quiet");
+    assert_eq!(kernel_cmdline("vmlinuz"), DEFAULT_CMDLINE);
+    assert_eq!(kernel_cmdline("  "), DEFAULT_CMDLINE);
+}
+
+#[test]
+fn a_prepared_guest_writes_kernel_params_cmdline_tables_and_initrd_without_overlap() {
+    let img = bzimage(27, 0x020f, 3 << 20);
+    let initrd = vec![7u8; 5000];
+    let ram = 256 << 20;
+    let d = [super::acpi::Domain { first_vcpu: 0, vcpus: 2, ram_base: 0, ram_bytes: ram }];
+    let boot = prepare(&img, &initrd, "console=ttyS0", ram, ram, &d).unwrap();
+    assert_eq!(boot.entry, 0x100_0000);
+    assert_eq!(boot.boot_params, BOOT_PARAMS_GPA);
+    let mut spans: Vec<(u64, u64)> =
+        boot.writes.iter().map(|(at, b)| (*at, *at + b.len() as u64)).collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "{spans:x?} overlap");
+    }
+    assert!(spans.iter().all(|s| s.1 <= ram));
+    let kernel = &boot.writes[0];
+    assert_eq!(kernel.1.len(), 3 << 20);
+    assert_eq!(kernel.1.as_ptr(), img[28 * 512..].as_ptr(), "borrowed, not copied");
+    let params = &boot.writes[1].1;
+    assert_eq!(u64::from_le_bytes(params[0x70..0x78].try_into().unwrap()), super::acpi::BASE);
+    assert!(boot.writes.iter().any(|(at, b)| *at == super::acpi::BASE && &b[..8] == b"RSD PTR "));
+    assert_eq!(boot.writes.len(), 5);
+    let none = prepare(&img, &[], "", ram, ram, &d).unwrap();
+    assert_eq!(none.writes.len(), 4, "no initrd written");
+    assert_eq!(
+        prepare(&img, &[], "", ram, ram, &[]),
+        Err(BootError::Acpi(super::acpi::AcpiError::Empty))
+    );
+    assert_eq!(
+        prepare(&[0u8; 10], &[], "", ram, ram, &d),
+        Err(BootError::Linux(LinuxError::NotBzImage))
+    );
+}

@@ -593,6 +593,13 @@ impl Vcpu for SvmVcpu {
         self.last.code = 0;
     }
 
+    fn advance_rip(&mut self, len: u64) {
+        let rip = self.vmcb.get(off::RIP);
+        self.vmcb.set(off::RIP, rip + len);
+        self.vmcb.set(off::INTERRUPT_SHADOW, 0);
+        self.decoded_len = None;
+    }
+
     fn snapshot(&self) -> Snapshot {
         let c = &self.vmcb;
         let seg = |at| {

@@ -719,6 +719,14 @@ impl Vcpu for VmxVcpu {
         }
     }
 
+    fn advance_rip(&mut self, len: u64) {
+        w(f::GUEST_RIP, vmread(f::GUEST_RIP) + len);
+        let i = vmread(f::GUEST_INTERRUPTIBILITY);
+        if i & 3 != 0 {
+            w(f::GUEST_INTERRUPTIBILITY, i & !3);
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             rip: vmread(f::GUEST_RIP),
