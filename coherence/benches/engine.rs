@@ -1,6 +1,7 @@
 //! Engine events per second on one core for every protocol path of README's message table.
-//! Each iteration is one complete transaction between in-memory engines (page copies
-//! included), so the reported element rate is engine events per second.
+//! Each iteration is one complete transaction between in-memory engines, every message
+//! through the wire codec as the firmware's glue carries it (page copies included), so the
+//! reported element rate is engine events per second.
 //!
 //! `cargo bench -p gestalt-coherence` (add `-- --quick` for a short run).
 
@@ -29,7 +30,9 @@ impl PageStore for Scratch {
 struct Bench {
     engines: Vec<Engine>,
     stores: Vec<Scratch>,
-    net: VecDeque<(NodeId, NodeId, Message)>,
+    net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
+    /// Wire buffers the network has delivered, reused as the firmware's glue reuses them.
+    spare: Vec<Vec<u8>>,
     out: Vec<Action>,
     events: u64,
 }
@@ -42,23 +45,25 @@ impl Bench {
             engines: (0..nodes).map(|i| Engine::new(NodeId(i as u8), cfg.clone())).collect(),
             stores: (0..nodes).map(|_| Scratch(Box::new([7; PAGE_SIZE]))).collect(),
             net: VecDeque::new(),
+            spare: Vec::new(),
             out: Vec::new(),
             events: 0,
         }
     }
 
-    fn event(&mut self, node: NodeId, ev: Event) {
+    fn event(&mut self, node: NodeId, ev: Event<'_>) {
         self.events += 1;
         let i = node.index();
         self.engines[i].handle_into(ev, &mut self.stores[i], &mut self.out);
         for a in self.out.drain(..) {
             match a {
-                Action::SendPage { to, mut msg } => {
-                    let gfn = msg.gfn();
-                    self.stores[i].copy_out(gfn, msg.page_mut().unwrap());
-                    self.net.push_back((node, to, msg));
+                Action::SendPage { to, msg } | Action::Send { to, msg } => {
+                    // The page straight from the frame into the wire buffer.
+                    let mut bytes = self.spare.pop().unwrap_or_default();
+                    let store = &mut self.stores[i];
+                    msg.encode_with(&mut bytes, |b| store.copy_out(msg.gfn(), b));
+                    self.net.push_back((node, to, bytes));
                 }
-                Action::Send { to, msg } => self.net.push_back((node, to, msg)),
                 Action::Error(e) => panic!("{e}"),
                 a => {
                     black_box(a);
@@ -88,8 +93,12 @@ impl Bench {
     }
 
     fn drain(&mut self) {
-        while let Some((from, to, msg)) = self.net.pop_front() {
-            self.event(to, Event::Message { from, msg });
+        while let Some((from, to, mut bytes)) = self.net.pop_front() {
+            // Installed from the received bytes.
+            let (msg, page) = Message::decode(&bytes).unwrap();
+            self.event(to, Event::Message { from, msg, page });
+            bytes.clear();
+            self.spare.push(bytes);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! internal FIFO and are handled in the same call, so the home's own accesses obey exactly the
 //! rules remote nodes do, at zero message cost.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 use core::hash::{Hash, Hasher};
@@ -15,6 +15,7 @@ use crate::directory::{CacheState, CacheStates, DirState, Directory};
 use crate::home::Config;
 use crate::message::Message;
 use crate::types::{Access, Gfn, NodeId, NodeSet, Rights, VcpuId, PAGE_SIZE};
+use crate::vecmap::VecMap;
 
 mod cache_side;
 mod evict;
@@ -23,19 +24,21 @@ mod home_side;
 /// Guest memory of this node, as the engine and its caller see it. Tests use plain memory
 /// ([`crate::MemStore`]).
 pub trait PageStore {
-    /// Appends the current contents of `gfn` to `out` (normally [`crate::PAGE_SIZE`] bytes).
-    /// The engine never calls this: the caller does, when it carries out
-    /// [`Action::SendPage`], so the copy follows every action before it.
+    /// Appends the current contents of `gfn` to `out` ([`crate::PAGE_SIZE`] bytes): straight
+    /// into the wire buffer, through [`Message::encode_with`]. The engine never calls this:
+    /// the caller does, when it carries out [`Action::SendPage`], so the copy follows every
+    /// action before it.
     fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>);
 
-    /// Replaces the contents of `gfn` with `data`. The engine calls this while handling a
-    /// data-bearing message, only while this node does not map `gfn`.
+    /// Replaces the contents of `gfn` with `data` ([`crate::PAGE_SIZE`] bytes, borrowed from
+    /// the received message). The engine calls this while handling a data-bearing message,
+    /// only while this node does not map `gfn`.
     fn install(&mut self, gfn: Gfn, data: &[u8]);
 }
 
 /// Something that happened to this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
     /// A local vCPU faulted (EPT violation) on `gfn`.
     LocalFault {
         /// Frame.
@@ -49,8 +52,12 @@ pub enum Event {
     Message {
         /// Sender.
         from: NodeId,
-        /// Contents.
+        /// Header.
         msg: Message,
+        /// The page of a data-bearing message ([`Message::has_page`]), exactly
+        /// [`PAGE_SIZE`] bytes, borrowed from the received bytes ([`Message::decode`]); None
+        /// for the others. Anything else is refused ([`ProtocolError::PageSize`]).
+        page: Option<&'a [u8]>,
     },
     /// The caller wants this node's copy of `gfn` (a frame homed elsewhere) dropped, to reuse
     /// its memory: a Shared copy is dropped, a Modified one written back, both through the home
@@ -81,14 +88,15 @@ pub enum Action {
         /// Message.
         msg: Message,
     },
-    /// Copy the current contents of `msg.gfn()` into `msg`'s (empty) page, then send it to
-    /// `to`. The copy must be taken here, after the actions before it took effect: a
+    /// Send `msg` to `to` with the current contents of `msg.gfn()` as its page:
+    /// `msg.encode_with(buf, |b| store.copy_out(gfn, b))` copies the frame straight into the
+    /// wire buffer. The copy must be taken here, after the actions before it took effect: a
     /// preceding [`Action::Unmap`]/[`Action::Downgrade`] has stopped local writers, and a
     /// preceding [`Action::Resume`] may have let a vCPU write the page first.
     SendPage {
         /// Destination.
         to: NodeId,
-        /// A `DataShared`, `DataExclusive` or `WriteBack` with an empty page.
+        /// A `DataShared`, `DataExclusive`, `WriteBack` or `PutModified`.
         msg: Message,
     },
     /// Map `gfn` in the EPT with `rights` (its contents are already in place).
@@ -109,10 +117,11 @@ pub enum Action {
         /// Frame.
         gfn: Gfn,
     },
-    /// Let these vCPUs run again: their fault is served.
+    /// Let this vCPU run again: its fault is served (one action per vCPU, in the order they
+    /// faulted).
     Resume {
-        /// vCPUs.
-        vcpus: Vec<VcpuId>,
+        /// vCPU.
+        vcpu: VcpuId,
     },
     /// A request for `gfn` has been outstanding since `since` (reported once; see
     /// [`Engine::set_stall_after`]).
@@ -158,7 +167,8 @@ pub enum ProtocolError {
         /// Frame.
         gfn: Gfn,
     },
-    /// A data-bearing message whose page is not exactly [`PAGE_SIZE`] bytes.
+    /// A data-bearing message whose page is not exactly [`PAGE_SIZE`] bytes, or a control
+    /// message that comes with a page.
     PageSize {
         /// Sender.
         from: NodeId,
@@ -166,8 +176,10 @@ pub enum ProtocolError {
         kind: &'static str,
         /// Frame.
         gfn: Gfn,
-        /// Bytes it carried.
+        /// Page bytes it carried.
         len: usize,
+        /// Page bytes its kind carries ([`PAGE_SIZE`] or 0).
+        want: usize,
     },
     /// An [`Event::Evict`] for a frame this node cannot evict now (homed here, not cached, or
     /// a request or eviction in flight).
@@ -208,9 +220,9 @@ impl fmt::Display for ProtocolError {
                 "{kind} for gfn {:#x} claims to come from this node itself (forged or misrouted)",
                 gfn.0
             ),
-            ProtocolError::PageSize { from, kind, gfn, len } => write!(
+            ProtocolError::PageSize { from, kind, gfn, len, want } => write!(
                 f,
-                "{kind} from node {} for gfn {:#x} carries {len} bytes, not a {PAGE_SIZE}-byte page",
+                "{kind} from node {} for gfn {:#x} carries {len} page bytes, a {kind} carries {want}",
                 from.0, gfn.0
             ),
             ProtocolError::CannotEvict { gfn } => write!(
@@ -314,8 +326,8 @@ pub struct Engine {
     cfg: Config,
     cache: CacheStates,
     dir: Directory,
-    pending: BTreeMap<Gfn, Pending>,
-    busy: BTreeMap<Gfn, Busy>,
+    pending: VecMap<Gfn, Pending>,
+    busy: VecMap<Gfn, Busy>,
     /// Messages to self, drained before `handle` returns (always empty between calls).
     loopback: VecDeque<Message>,
     now: u64,
@@ -324,9 +336,13 @@ pub struct Engine {
     /// takes it away is handled (0: at once).
     hold: u64,
     /// Deferred messages parked by `hold`: frame → (message, release time).
-    held: BTreeMap<Gfn, (Message, u64)>,
+    held: VecMap<Gfn, (Message, u64)>,
+    /// Frames filled here less than `hold` ago (until the first `Timer` at or after the
+    /// time): an invalidation or forward that takes one away is parked in `held` until then,
+    /// so that the vCPUs resumed on it retire their access first.
+    fresh: VecMap<Gfn, u64>,
     /// Copies given up whose `PutAck` has not come yet.
-    evicting: BTreeMap<Gfn, evict::Evicting>,
+    evicting: VecMap<Gfn, evict::Evicting>,
     /// Remote frames this node may hold at once (see [`Engine::set_cache_limit`]).
     cache_limit: Option<usize>,
     /// Remote frames in Shared or Modified here.
@@ -334,6 +350,61 @@ pub struct Engine {
     /// Where the search for the next victim starts (a clock hand over the frames).
     hand: u64,
     counters: Counters,
+    /// Emptied waiter lists and queues, reused so that steady state allocates nothing.
+    spare: Spare,
+}
+
+/// Buffers kept for reuse: not protocol state (equal engines may keep different ones, and a
+/// clone starts without any).
+#[derive(Debug, Default)]
+struct Spare {
+    waiters: Vec<Vec<(VcpuId, Access)>>,
+    queues: Vec<VecDeque<(NodeId, bool)>>,
+}
+
+/// Buffers kept per kind: bounded, so a burst leaves no lasting heap behind.
+const SPARE: usize = 64;
+
+impl Spare {
+    fn waiters(&mut self) -> Vec<(VcpuId, Access)> {
+        self.waiters.pop().unwrap_or_default()
+    }
+
+    fn keep_waiters(&mut self, mut w: Vec<(VcpuId, Access)>) {
+        if w.capacity() > 0 && self.waiters.len() < SPARE {
+            w.clear();
+            self.waiters.push(w);
+        }
+    }
+
+    fn queue(&mut self) -> VecDeque<(NodeId, bool)> {
+        self.queues.pop().unwrap_or_default()
+    }
+
+    fn keep_queue(&mut self, mut q: VecDeque<(NodeId, bool)>) {
+        if q.capacity() > 0 && self.queues.len() < SPARE {
+            q.clear();
+            self.queues.push(q);
+        }
+    }
+}
+
+impl Clone for Spare {
+    fn clone(&self) -> Spare {
+        Spare::default()
+    }
+}
+
+impl PartialEq for Spare {
+    fn eq(&self, _: &Spare) -> bool {
+        true
+    }
+}
+
+impl Eq for Spare {}
+
+impl Hash for Spare {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
 }
 
 impl Engine {
@@ -354,18 +425,20 @@ impl Engine {
             cache: CacheStates::new(cfg.pages as usize),
             dir: Directory::new(homed, cfg.nodes),
             cfg,
-            pending: BTreeMap::new(),
-            busy: BTreeMap::new(),
+            pending: VecMap::default(),
+            busy: VecMap::default(),
             loopback: VecDeque::new(),
             now: 0,
             stall_after: 0,
             hold: 0,
-            held: BTreeMap::new(),
-            evicting: BTreeMap::new(),
+            held: VecMap::default(),
+            fresh: VecMap::default(),
+            evicting: VecMap::default(),
             cache_limit: None,
             cached_remote: 0,
             hand: 0,
             counters: Counters::default(),
+            spare: Spare::default(),
         }
     }
 
@@ -391,10 +464,12 @@ impl Engine {
     }
 
     /// Keep a page that just arrived for at least `ticks` (counted from the last
-    /// [`Event::Timer`]) before handling a deferred invalidation or forward that takes it away,
-    /// so that the vCPUs resumed on it can retire their access first — otherwise two nodes
-    /// writing one page could take it from each other forever. The parked message is handled
-    /// on the first `Timer` at or after the release time. 0 (the default) handles it at once.
+    /// [`Event::Timer`]) before handling an invalidation or forward that takes it away —
+    /// one deferred while the data was on its way, or one that comes while the page is still
+    /// fresh (the home's own copy included) — so that the vCPUs resumed on it can retire
+    /// their access first: otherwise two nodes writing one page, or readers of a page the
+    /// home writes, could take it from each other forever. The parked message is handled on
+    /// the first `Timer` at or after the release time. 0 (the default) handles it at once.
     pub fn set_hold(&mut self, ticks: u64) {
         self.hold = ticks;
     }
@@ -425,6 +500,13 @@ impl Engine {
     /// Whether this node is giving up its copy of `gfn` (waiting for the home's `PutAck`).
     pub fn is_evicting(&self, gfn: Gfn) -> bool {
         self.evicting.contains_key(&gfn)
+    }
+
+    /// Whether this node gave up its Modified copy of `gfn` (a `PutModified` is out) and the
+    /// home has not acked it yet: until then a forward may still need the frame's contents.
+    /// A Shared copy's frame is free at once.
+    pub fn is_writing_back(&self, gfn: Gfn) -> bool {
+        self.evicting.get(&gfn).is_some_and(|e| e.modified)
     }
 
     /// Frames homed elsewhere that this node caches or is filling (what
@@ -465,16 +547,17 @@ impl Engine {
     }
 
     /// Handles one event and returns the actions to carry out, in order.
-    pub fn handle<S: PageStore>(&mut self, event: Event, store: &mut S) -> Vec<Action> {
+    pub fn handle<S: PageStore>(&mut self, event: Event<'_>, store: &mut S) -> Vec<Action> {
         let mut out = Vec::new();
         self.handle_into(event, store, &mut out);
         out
     }
 
-    /// Like [`Engine::handle`], appending to `out` (no allocation once `out` has grown).
+    /// Like [`Engine::handle`], appending to `out`. Once `out` and the engine's own buffers
+    /// have grown to the node's load, serving a fault allocates nothing.
     pub fn handle_into<S: PageStore>(
         &mut self,
-        event: Event,
+        event: Event<'_>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -485,8 +568,8 @@ impl Engine {
                 self.local_fault(gfn, access, vcpu, out);
                 Some(gfn)
             }
-            Event::Message { from, msg } => {
-                self.peer_message(from, msg, store, out);
+            Event::Message { from, msg, page } => {
+                self.peer_message(from, msg, page, store, out);
                 None
             }
             Event::Evict { gfn } => {
@@ -499,7 +582,7 @@ impl Engine {
             }
         };
         while let Some(msg) = self.loopback.pop_front() {
-            self.message(self.id, msg, store, out);
+            self.message(self.id, msg, None, store, out);
         }
         if let Some(gfn) = fault {
             let after = (self.counters.sent, self.counters.coalesced + self.counters.spurious);
@@ -526,7 +609,7 @@ impl Engine {
             self.loopback.push_back(msg);
         } else {
             self.counters.sent += 1;
-            if msg.page().is_some() {
+            if msg.has_page() {
                 self.counters.pages_sent += 1;
                 out.push(Action::SendPage { to, msg });
             } else {
@@ -537,10 +620,17 @@ impl Engine {
 
     fn timer(&mut self, now: u64, out: &mut Vec<Action>) {
         self.now = now;
-        while let Some((&gfn, _)) = self.held.iter().find(|(_, &(_, until))| until <= now) {
-            if let Some((msg, _)) = self.held.remove(&gfn) {
-                self.release(msg, out);
+        // First the residency ends, so that a released message is handled, not parked again.
+        loop {
+            let due = self.fresh.iter().find(|(_, &until)| until <= now).map(|(g, _)| *g);
+            if due.and_then(|gfn| self.fresh.remove(&gfn)).is_none() {
+                break;
             }
+        }
+        loop {
+            let due = self.held.iter().find(|(_, &(_, until))| until <= now).map(|(g, _)| *g);
+            let Some((msg, _)) = due.and_then(|gfn| self.held.remove(&gfn)) else { break };
+            self.release(msg, out);
         }
         if self.stall_after == 0 {
             return;
@@ -560,6 +650,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         msg: Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -567,17 +658,22 @@ impl Engine {
             let e = ProtocolError::FromSelf { kind: msg.name(), gfn: msg.gfn() };
             return self.error(e, out);
         }
-        if let Some(len) = msg.page().map(<[u8]>::len).filter(|&l| l != PAGE_SIZE) {
-            let e = ProtocolError::PageSize { from, kind: msg.name(), gfn: msg.gfn(), len };
+        let len = page.map_or(0, <[u8]>::len);
+        let want = if msg.has_page() { PAGE_SIZE } else { 0 };
+        if len != want {
+            let e = ProtocolError::PageSize { from, kind: msg.name(), gfn: msg.gfn(), len, want };
             return self.error(e, out);
         }
-        self.message(from, msg, store, out);
+        self.message(from, msg, page, store, out);
     }
 
+    /// `page`: the page of a data-bearing message from a peer (checked by `peer_message`);
+    /// None from the loopback, whose frame is the home's frame.
     fn message<S: PageStore>(
         &mut self,
         from: NodeId,
         msg: Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -622,16 +718,16 @@ impl Engine {
             Message::ReadReq { gfn } => self.dir_request(from, gfn, false, out),
             Message::WriteReq { gfn } => self.dir_request(from, gfn, true, out),
             Message::InvAck { .. } => self.dir_inv_ack(from, &msg, out),
-            Message::WriteBack { .. } => self.dir_write_back(from, &msg, store, out),
+            Message::WriteBack { .. } => self.dir_write_back(from, &msg, page, store, out),
             Message::Inv { .. } => self.cache_inv(from, msg, out),
             Message::FwdRead { .. } | Message::FwdWrite { .. } => {
                 self.cache_forward(from, msg, out);
             }
             Message::DataShared { .. } | Message::DataExclusive { .. } | Message::Grant { .. } => {
-                self.cache_fill(from, &msg, store, out);
+                self.cache_fill(from, &msg, page, store, out);
             }
             Message::PutShared { .. } => self.dir_put_shared(from, gfn, out),
-            Message::PutModified { .. } => self.dir_put_modified(from, &msg, store, out),
+            Message::PutModified { .. } => self.dir_put_modified(from, &msg, page, store, out),
             Message::PutAck { .. } => self.cache_put_ack(from, &msg, out),
         }
     }

@@ -13,6 +13,7 @@ pub mod home;
 pub mod message;
 pub mod store;
 pub mod types;
+mod vecmap;
 
 #[cfg(test)]
 mod tests;

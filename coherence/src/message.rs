@@ -4,6 +4,12 @@
 //! for data-bearing kinds `len:u16` and `len` page bytes (`len` must be 4096: a shorter page
 //! would be installed as a whole one). Decoding never panics: any other byte string is a
 //! [`DecodeError`].
+//!
+//! A [`Message`] is the header only (a few bytes, `Copy`): page contents never live in one.
+//! Encoding appends the page straight from where it is (the sender's frame, through
+//! [`crate::PageStore::copy_out`]) into the caller's wire buffer, and decoding hands the page
+//! back as a slice of the received bytes, which the engine installs into the frame: one copy
+//! on each side.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -13,9 +19,10 @@ use crate::types::{Gfn, NodeId, PAGE_SIZE};
 /// Version byte leading every encoded message.
 pub const WIRE_VERSION: u8 = 1;
 
-/// A coherence message. Page contents travel as owned bytes (a full page on the wire; a
-/// message a node sends to itself carries none, since the home's frame already is the data).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A coherence message. The data-bearing kinds ([`Message::has_page`]) are followed by a full
+/// page on the wire; the page is not part of the value (a message a node sends to itself
+/// carries none, since the home's frame already is the data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Message {
     /// Requester → home: wants the page readable.
     ReadReq {
@@ -55,15 +62,11 @@ pub enum Message {
     DataShared {
         /// Frame.
         gfn: Gfn,
-        /// Page contents.
-        page: Vec<u8>,
     },
     /// Home or owner → requester: the page, writable.
     DataExclusive {
         /// Frame.
         gfn: Gfn,
-        /// Page contents.
-        page: Vec<u8>,
     },
     /// Home → requester: your shared copy is current, you may now write it (upgrade).
     Grant {
@@ -74,8 +77,6 @@ pub enum Message {
     WriteBack {
         /// Frame.
         gfn: Gfn,
-        /// Page contents.
-        page: Vec<u8>,
     },
     /// Sharer → home: I dropped my shared copy to make room (eviction).
     PutShared {
@@ -86,8 +87,6 @@ pub enum Message {
     PutModified {
         /// Frame.
         gfn: Gfn,
-        /// Page contents.
-        page: Vec<u8>,
     },
     /// Home → evicting node: your `PutShared`/`PutModified` is in; nothing about the frame
     /// is on its way to you any more, so its memory may be reused.
@@ -184,34 +183,30 @@ impl Message {
         }
     }
 
-    /// The page payload, for the data-bearing kinds.
-    pub fn page(&self) -> Option<&[u8]> {
-        match self {
-            Message::DataShared { page, .. }
-            | Message::DataExclusive { page, .. }
-            | Message::WriteBack { page, .. }
-            | Message::PutModified { page, .. } => Some(page),
-            _ => None,
-        }
+    /// Whether a page follows this message on the wire (`DataShared`, `DataExclusive`,
+    /// `WriteBack`, `PutModified`).
+    pub fn has_page(&self) -> bool {
+        matches!(
+            self,
+            Message::DataShared { .. }
+                | Message::DataExclusive { .. }
+                | Message::WriteBack { .. }
+                | Message::PutModified { .. }
+        )
     }
 
-    /// The page payload, writable, for the data-bearing kinds (to fill an
-    /// [`crate::Action::SendPage`]).
-    pub fn page_mut(&mut self) -> Option<&mut Vec<u8>> {
-        match self {
-            Message::DataShared { page, .. }
-            | Message::DataExclusive { page, .. }
-            | Message::WriteBack { page, .. }
-            | Message::PutModified { page, .. } => Some(page),
-            _ => None,
-        }
+    /// Appends the encoding of `self` to `out`, with `page` as the contents of a data-bearing
+    /// kind (ignored by the others; pass `&[]`). See [`Message::encode_with`].
+    pub fn encode(&self, page: &[u8], out: &mut Vec<u8>) {
+        self.encode_with(out, |o| o.extend_from_slice(page));
     }
 
-    /// Appends the encoding of `self` to `out`.
-    ///
-    /// # Panics
-    /// If a page payload is longer than [`PAGE_SIZE`] (the engine never builds one).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the encoding of `self` to `out`; for a data-bearing kind `fill` then appends
+    /// the page to `out` itself (e.g. [`crate::PageStore::copy_out`] straight from the frame:
+    /// the page's only copy on the way out). Whatever `fill` appends is cut or padded with
+    /// zeros to exactly [`PAGE_SIZE`] bytes, so the encoding is always well formed.
+    /// `out` allocates only if it has to grow.
+    pub fn encode_with(&self, out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
         let kind = match self {
             Message::ReadReq { .. } => K_READ_REQ,
             Message::WriteReq { .. } => K_WRITE_REQ,
@@ -236,22 +231,24 @@ impl Message {
             }
             _ => {}
         }
-        if let Some(page) = self.page() {
-            assert!(page.len() <= PAGE_SIZE, "page payload longer than a page");
-            // len <= 4096 fits in u16.
-            out.extend_from_slice(&(page.len() as u16).to_le_bytes());
-            out.extend_from_slice(page);
+        if self.has_page() {
+            // PAGE_SIZE (4096) fits in u16.
+            out.extend_from_slice(&(PAGE_SIZE as u16).to_le_bytes());
+            let at = out.len();
+            fill(out);
+            out.resize(at + PAGE_SIZE, 0);
         }
     }
 
     /// Length of [`Message::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         let fwd = matches!(self, Message::FwdRead { .. } | Message::FwdWrite { .. });
-        10 + usize::from(fwd) + self.page().map_or(0, |p| 2 + p.len())
+        10 + usize::from(fwd) + if self.has_page() { 2 + PAGE_SIZE } else { 0 }
     }
 
-    /// Decodes exactly one message from `bytes`.
-    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    /// Decodes exactly one message from `bytes`, and for a data-bearing kind its page: a
+    /// slice of `bytes`, exactly [`PAGE_SIZE`] long (nothing is copied).
+    pub fn decode(bytes: &[u8]) -> Result<(Message, Option<&[u8]>), DecodeError> {
         let mut r = Reader { bytes };
         let version = r.u8()?;
         if version != WIRE_VERSION {
@@ -259,6 +256,7 @@ impl Message {
         }
         let kind = r.u8()?;
         let gfn = Gfn(u64::from_le_bytes(r.array()?));
+        let mut page = None;
         let msg = match kind {
             K_READ_REQ => Message::ReadReq { gfn },
             K_WRITE_REQ => Message::WriteReq { gfn },
@@ -266,19 +264,31 @@ impl Message {
             K_INV_ACK => Message::InvAck { gfn },
             K_FWD_READ => Message::FwdRead { gfn, requester: NodeId(r.u8()?) },
             K_FWD_WRITE => Message::FwdWrite { gfn, requester: NodeId(r.u8()?) },
-            K_DATA_SHARED => Message::DataShared { gfn, page: r.page()? },
-            K_DATA_EXCLUSIVE => Message::DataExclusive { gfn, page: r.page()? },
+            K_DATA_SHARED => {
+                page = Some(r.page()?);
+                Message::DataShared { gfn }
+            }
+            K_DATA_EXCLUSIVE => {
+                page = Some(r.page()?);
+                Message::DataExclusive { gfn }
+            }
             K_GRANT => Message::Grant { gfn },
-            K_WRITE_BACK => Message::WriteBack { gfn, page: r.page()? },
+            K_WRITE_BACK => {
+                page = Some(r.page()?);
+                Message::WriteBack { gfn }
+            }
             K_PUT_SHARED => Message::PutShared { gfn },
-            K_PUT_MODIFIED => Message::PutModified { gfn, page: r.page()? },
+            K_PUT_MODIFIED => {
+                page = Some(r.page()?);
+                Message::PutModified { gfn }
+            }
             K_PUT_ACK => Message::PutAck { gfn },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.bytes.is_empty() {
             return Err(DecodeError::Trailing(r.bytes.len()));
         }
-        Ok(msg)
+        Ok((msg, page))
     }
 }
 
@@ -286,8 +296,8 @@ struct Reader<'a> {
     bytes: &'a [u8],
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.bytes.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -306,12 +316,12 @@ impl Reader<'_> {
         Ok(a)
     }
 
-    fn page(&mut self) -> Result<Vec<u8>, DecodeError> {
+    fn page(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = u16::from_le_bytes(self.array()?);
         if usize::from(len) != PAGE_SIZE {
             return Err(DecodeError::PageLength(len));
         }
-        Ok(self.take(usize::from(len))?.to_vec())
+        self.take(usize::from(len))
     }
 }
 
@@ -321,9 +331,14 @@ mod tests {
     use proptest::prelude::*;
     use std::vec;
 
-    fn any_message() -> impl Strategy<Value = Message> {
-        let gfn = any::<u64>().prop_map(Gfn);
+    /// A message and its page (empty for control kinds).
+    fn any_message() -> impl Strategy<Value = (Message, Vec<u8>)> {
         let page = proptest::collection::vec(any::<u8>(), PAGE_SIZE);
+        (any_header(), page).prop_map(|(m, p)| if m.has_page() { (m, p) } else { (m, Vec::new()) })
+    }
+
+    fn any_header() -> impl Strategy<Value = Message> {
+        let gfn = any::<u64>().prop_map(Gfn);
         prop_oneof![
             gfn.clone().prop_map(|gfn| Message::ReadReq { gfn }),
             gfn.clone().prop_map(|gfn| Message::WriteReq { gfn }),
@@ -334,11 +349,10 @@ mod tests {
                 .prop_map(|(gfn, n)| Message::FwdRead { gfn, requester: NodeId(n) }),
             (gfn.clone(), any::<u8>())
                 .prop_map(|(gfn, n)| Message::FwdWrite { gfn, requester: NodeId(n) }),
-            (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::DataShared { gfn, page }),
-            (gfn.clone(), page.clone())
-                .prop_map(|(gfn, page)| Message::DataExclusive { gfn, page }),
-            (gfn.clone(), page.clone()).prop_map(|(gfn, page)| Message::WriteBack { gfn, page }),
-            (gfn.clone(), page).prop_map(|(gfn, page)| Message::PutModified { gfn, page }),
+            gfn.clone().prop_map(|gfn| Message::DataShared { gfn }),
+            gfn.clone().prop_map(|gfn| Message::DataExclusive { gfn }),
+            gfn.clone().prop_map(|gfn| Message::WriteBack { gfn }),
+            gfn.clone().prop_map(|gfn| Message::PutModified { gfn }),
             gfn.clone().prop_map(|gfn| Message::PutShared { gfn }),
             gfn.prop_map(|gfn| Message::PutAck { gfn }),
         ]
@@ -348,38 +362,54 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
         #[test]
-        fn every_message_round_trips_through_its_encoding(msg in any_message()) {
+        fn every_message_round_trips_through_its_encoding((msg, page) in any_message()) {
             let mut buf = vec![0xAA];
-            msg.encode(&mut buf);
+            msg.encode(&page, &mut buf);
             prop_assert_eq!(buf.len(), 1 + msg.encoded_len());
-            prop_assert_eq!(Message::decode(&buf[1..]), Ok(msg));
+            let want = msg.has_page().then_some(&page[..]);
+            prop_assert_eq!(Message::decode(&buf[1..]), Ok((msg, want)));
+        }
+
+        #[test]
+        fn a_page_filler_of_the_wrong_length_still_encodes_one_page(
+            msg in any_header(), len in 0usize..2 * PAGE_SIZE
+        ) {
+            let mut buf = vec![];
+            msg.encode_with(&mut buf, |o| o.resize(o.len() + len, 0x5A));
+            prop_assert_eq!(buf.len(), msg.encoded_len());
+            let (m, page) = Message::decode(&buf).expect("well formed");
+            prop_assert_eq!(m, msg);
+            if let Some(p) = page {
+                let n = len.min(PAGE_SIZE);
+                prop_assert!(p[..n].iter().all(|&b| b == 0x5A) && p[n..].iter().all(|&b| b == 0));
+            }
         }
 
         #[test]
         fn decoding_arbitrary_bytes_returns_a_value_and_never_panics(
             bytes in proptest::collection::vec(any::<u8>(), 0..64)
         ) {
-            if let Ok(msg) = Message::decode(&bytes) {
+            if let Ok((msg, page)) = Message::decode(&bytes) {
                 let mut again = vec![];
-                msg.encode(&mut again);
+                msg.encode(page.unwrap_or(&[]), &mut again);
                 prop_assert_eq!(again, bytes);
             }
         }
 
         #[test]
-        fn every_strict_prefix_of_an_encoding_is_rejected(msg in any_message(), cut in any::<prop::sample::Index>()) {
+        fn every_strict_prefix_of_an_encoding_is_rejected((msg, page) in any_message(), cut in any::<prop::sample::Index>()) {
             let mut buf = vec![];
-            msg.encode(&mut buf);
+            msg.encode(&page, &mut buf);
             let cut = cut.index(buf.len());
             prop_assert!(Message::decode(&buf[..cut]).is_err());
         }
 
         #[test]
         fn mutated_encodings_decode_or_fail_cleanly(
-            msg in any_message(), at in any::<prop::sample::Index>(), byte in any::<u8>()
+            (msg, page) in any_message(), at in any::<prop::sample::Index>(), byte in any::<u8>()
         ) {
             let mut buf = vec![];
-            msg.encode(&mut buf);
+            msg.encode(&page, &mut buf);
             let at = at.index(buf.len());
             buf[at] = byte;
             let _ = Message::decode(&buf);
@@ -389,13 +419,13 @@ mod tests {
     #[test]
     fn control_messages_are_ten_or_eleven_bytes_and_a_page_message_4108() {
         let mut buf = vec![];
-        Message::Inv { gfn: Gfn(7) }.encode(&mut buf);
+        Message::Inv { gfn: Gfn(7) }.encode(&[], &mut buf);
         assert_eq!(buf.len(), 10);
         buf.clear();
-        Message::FwdRead { gfn: Gfn(7), requester: NodeId(3) }.encode(&mut buf);
+        Message::FwdRead { gfn: Gfn(7), requester: NodeId(3) }.encode(&[], &mut buf);
         assert_eq!(buf.len(), 11);
         buf.clear();
-        Message::DataShared { gfn: Gfn(7), page: vec![1; PAGE_SIZE] }.encode(&mut buf);
+        Message::DataShared { gfn: Gfn(7) }.encode(&[1; PAGE_SIZE], &mut buf);
         assert_eq!(buf.len(), 4108);
     }
 
@@ -404,7 +434,7 @@ mod tests {
         assert_eq!(Message::decode(&[]), Err(DecodeError::Truncated));
         assert_eq!(Message::decode(&[2, 1]), Err(DecodeError::Version(2)));
         let mut buf = vec![];
-        Message::ReadReq { gfn: Gfn(1) }.encode(&mut buf);
+        Message::ReadReq { gfn: Gfn(1) }.encode(&[], &mut buf);
         buf[1] = 99;
         assert_eq!(Message::decode(&buf), Err(DecodeError::Kind(99)));
         buf[1] = K_READ_REQ;

@@ -6,9 +6,9 @@ use gestalt_coherence::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = Message::decode(data) {
+    if let Ok((msg, page)) = Message::decode(data) {
         let mut again = Vec::new();
-        msg.encode(&mut again);
+        msg.encode(page.unwrap_or(&[]), &mut again);
         assert_eq!(again, data);
     }
 });

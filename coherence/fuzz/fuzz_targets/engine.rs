@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         let event = if tag & 0x80 == 0 {
             match Message::decode(body) {
-                Ok(msg) => Event::Message { from: NodeId(tag % 5), msg },
+                Ok((msg, page)) => Event::Message { from: NodeId(tag % 5), msg, page },
                 Err(_) => continue,
             }
         } else {

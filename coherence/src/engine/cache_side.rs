@@ -34,6 +34,9 @@ impl Engine {
         if let Some(e) = self.evicting.get_mut(&gfn) {
             // The new request must follow the eviction at the home: wait for its PutAck.
             self.counters.coalesced += 1;
+            if e.waiters.capacity() == 0 {
+                e.waiters = self.spare.waiters();
+            }
             e.waiters.push((vcpu, access));
             return;
         }
@@ -45,13 +48,15 @@ impl Engine {
         if let Some(rights) = rights.filter(|r| r.allows(access)) {
             self.counters.spurious += 1;
             out.push(Action::Map { gfn, rights });
-            out.push(Action::Resume { vcpus: alloc::vec![vcpu] });
+            out.push(Action::Resume { vcpu });
             return;
         }
         if rights.is_none() {
             self.make_room(gfn, out);
         }
-        self.request(gfn, access.is_write(), alloc::vec![(vcpu, access)], out);
+        let mut waiters = self.spare.waiters();
+        waiters.push((vcpu, access));
+        self.request(gfn, access.is_write(), waiters, out);
     }
     /// Sets the stable state of `gfn`, keeping the count of cached remote frames.
     pub(super) fn set_state(&mut self, gfn: Gfn, new: CacheState) {
@@ -82,6 +87,9 @@ impl Engine {
     pub(super) fn cache_inv(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let i = gfn.0 as usize;
+        if self.cache.get(i) == CacheState::Shared && self.park_if_fresh(from, msg, out) {
+            return;
+        }
         match (self.cache.get(i), self.pending.get_mut(&gfn)) {
             // A read of ours is in flight and the home already counts us as a sharer: the
             // data is on its way, so serve our read first.
@@ -90,7 +98,8 @@ impl Engine {
                 p.deferred = Some(msg);
             }
             // Shared, possibly with an upgrade in flight that the home has not ordered yet:
-            // drop the copy now (the upgrade will then be answered with data).
+            // drop the copy now (the upgrade will then be answered with data), once it is no
+            // longer fresh.
             (CacheState::Shared, _) => {
                 self.set_state(gfn, CacheState::Invalid);
                 out.push(Action::Unmap { gfn });
@@ -112,6 +121,12 @@ impl Engine {
     pub(super) fn cache_forward(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) {
         let gfn = msg.gfn();
         let i = gfn.0 as usize;
+        if self.cache.get(i) == CacheState::Modified
+            && !self.pending.contains_key(&gfn)
+            && self.park_if_fresh(from, msg, out)
+        {
+            return;
+        }
         match (self.cache.get(i), self.pending.get_mut(&gfn)) {
             // The home made us owner before our data arrived (3-hop): hold the forward.
             (CacheState::Invalid, Some(p)) if p.write && p.deferred.is_none() => {
@@ -128,19 +143,33 @@ impl Engine {
                     self.set_state(gfn, CacheState::Shared);
                     out.push(Action::Downgrade { gfn });
                     if requester != from {
-                        self.send(requester, Message::DataShared { gfn, page: Vec::new() }, out);
+                        self.send(requester, Message::DataShared { gfn }, out);
                     }
-                    self.send(from, Message::WriteBack { gfn, page: Vec::new() }, out);
+                    self.send(from, Message::WriteBack { gfn }, out);
                 }
                 Message::FwdWrite { requester, .. } if requester != self.id => {
                     self.set_state(gfn, CacheState::Invalid);
                     out.push(Action::Unmap { gfn });
-                    self.send(requester, Message::DataExclusive { gfn, page: Vec::new() }, out);
+                    self.send(requester, Message::DataExclusive { gfn }, out);
                 }
                 _ => self.unexpected(from, &msg, out),
             },
             _ => self.unexpected(from, &msg, out),
         }
+    }
+    /// Parks `msg` (an invalidation or forward from the home) while its stable copy is fresh
+    /// (see [`Engine::set_hold`]); true if it was taken. Only one such message can be on its
+    /// way (the home waits for our answer), so a second one is refused.
+    fn park_if_fresh(&mut self, from: NodeId, msg: Message, out: &mut Vec<Action>) -> bool {
+        let gfn = msg.gfn();
+        let Some(&until) = self.fresh.get(&gfn) else { return false };
+        if self.held.contains_key(&gfn) {
+            self.unexpected(from, &msg, out);
+        } else {
+            self.counters.deferred += 1;
+            self.held.insert(gfn, (msg, until));
+        }
+        true
     }
     /// Handles a deferred message from the home now that our own data has arrived.
     pub(super) fn release(&mut self, deferred: Message, out: &mut Vec<Action>) {
@@ -154,6 +183,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         msg: &Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -170,12 +200,10 @@ impl Engine {
             return self.unexpected(from, msg, out);
         }
         let Some(p) = self.pending.remove(&gfn) else { return };
-        if let Some(page) = msg.page() {
-            // A message from ourselves (only ever the loopback: `peer_message` refuses our
-            // own id) carries no page: our frame is the home's frame.
-            if from != self.id {
-                store.install(gfn, page);
-            }
+        // A message from ourselves (only ever the loopback: `peer_message` refuses our own
+        // id) carries no page: our frame is the home's frame.
+        if let Some(page) = page.filter(|_| from != self.id) {
+            store.install(gfn, page);
         }
         let (new, rights) = match msg {
             Message::DataShared { .. } => (CacheState::Shared, Rights::ReadExec),
@@ -184,11 +212,14 @@ impl Engine {
         self.set_state(gfn, new);
         out.push(Action::Map { gfn, rights });
         let mut waiting = p.waiters;
-        let served: Vec<VcpuId> =
-            waiting.iter().filter(|&&(_, a)| rights.allows(a)).map(|&(v, _)| v).collect();
+        for &(vcpu, a) in &waiting {
+            if rights.allows(a) {
+                out.push(Action::Resume { vcpu });
+            }
+        }
         waiting.retain(|&(_, a)| !rights.allows(a));
-        if !served.is_empty() {
-            out.push(Action::Resume { vcpus: served });
+        if self.hold > 0 {
+            self.fresh.insert(gfn, self.now.saturating_add(self.hold));
         }
         if let Some(deferred) = p.deferred {
             if self.hold == 0 {
@@ -197,7 +228,9 @@ impl Engine {
                 self.held.insert(gfn, (deferred, self.now.saturating_add(self.hold)));
             }
         }
-        if !waiting.is_empty() {
+        if waiting.is_empty() {
+            self.spare.keep_waiters(waiting);
+        } else {
             self.request(gfn, true, waiting, out);
         }
     }

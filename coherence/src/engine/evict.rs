@@ -60,11 +60,7 @@ impl Engine {
         // The unmap (with its INVEPT) comes before the copy the PutModified takes.
         out.push(Action::Unmap { gfn });
         self.evicting.insert(gfn, Evicting { modified, answered: false, waiters: Vec::new() });
-        let msg = if modified {
-            Message::PutModified { gfn, page: Vec::new() }
-        } else {
-            Message::PutShared { gfn }
-        };
+        let msg = if modified { Message::PutModified { gfn } } else { Message::PutShared { gfn } };
         self.send(self.cfg.home(gfn), msg, out);
     }
 
@@ -99,11 +95,11 @@ impl Engine {
         match *msg {
             Message::FwdRead { requester, .. } if requester != self.id => {
                 if requester != from {
-                    self.send(requester, Message::DataShared { gfn, page: Vec::new() }, out);
+                    self.send(requester, Message::DataShared { gfn }, out);
                 }
             }
             Message::FwdWrite { requester, .. } if requester != self.id => {
-                self.send(requester, Message::DataExclusive { gfn, page: Vec::new() }, out);
+                self.send(requester, Message::DataExclusive { gfn }, out);
             }
             _ => return self.unexpected(from, msg, out),
         }
@@ -118,7 +114,9 @@ impl Engine {
         let Some(e) = self.evicting.remove(&gfn) else {
             return self.unexpected(from, msg, out);
         };
-        if !e.waiters.is_empty() {
+        if e.waiters.is_empty() {
+            self.spare.keep_waiters(e.waiters);
+        } else {
             let write = e.waiters.iter().any(|&(_, a)| a.is_write());
             self.make_room(gfn, out);
             self.request(gfn, write, e.waiters, out);
@@ -159,6 +157,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         msg: &Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -172,7 +171,7 @@ impl Engine {
                 }
                 Some(_) => return self.unexpected(from, msg, out),
             };
-            if let Some(page) = msg.page() {
+            if let Some(page) = page {
                 store.install(gfn, page);
             }
             match reader {
@@ -187,7 +186,7 @@ impl Engine {
                         self.dir.set_shared(i, &sharers);
                     }
                     if r == self.id {
-                        self.send(self.id, Message::DataShared { gfn, page: Vec::new() }, out);
+                        self.send(self.id, Message::DataShared { gfn }, out);
                     }
                     self.finish(gfn, out);
                 }

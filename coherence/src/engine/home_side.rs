@@ -2,7 +2,6 @@
 //! transactions that serialize requests per frame (invalidations collected, a forwarded read
 //! awaiting its write-back) and the requests queued behind them.
 
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use super::{Busy, Engine, Txn};
@@ -51,11 +50,11 @@ impl Engine {
                 }
                 sharers.insert(r);
                 self.dir.set_shared(i, &sharers);
-                self.send(r, Message::DataShared { gfn, page: Vec::new() }, out);
+                self.send(r, Message::DataShared { gfn }, out);
             }
             DirState::Uncached => {
                 self.dir.set_modified(i, r);
-                self.send(r, Message::DataExclusive { gfn, page: Vec::new() }, out);
+                self.send(r, Message::DataExclusive { gfn }, out);
             }
             DirState::Shared => {
                 let sharers = self.dir.sharers(i);
@@ -71,7 +70,8 @@ impl Engine {
                 self.dir.set_shared(i, &NodeSet::EMPTY);
                 self.dir.set_busy(i, true);
                 let txn = Txn::CollectAcks { requester: r, waiting: others, upgrade };
-                self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
+                let queue = self.spare.queue();
+                self.busy.insert(gfn, Busy { txn, queue });
                 for o in others.iter() {
                     self.counters.invalidations += 1;
                     self.send(o, Message::Inv { gfn }, out);
@@ -91,7 +91,8 @@ impl Engine {
                 } else {
                     self.dir.set_busy(i, true);
                     let txn = Txn::AwaitWriteBack { requester: r, dropped: false };
-                    self.busy.insert(gfn, Busy { txn, queue: VecDeque::new() });
+                    let queue = self.spare.queue();
+                    self.busy.insert(gfn, Busy { txn, queue });
                     self.send(owner, Message::FwdRead { gfn, requester: r }, out);
                 }
             }
@@ -110,7 +111,7 @@ impl Engine {
         if upgrade {
             self.send(r, Message::Grant { gfn }, out);
         } else {
-            self.send(r, Message::DataExclusive { gfn, page: Vec::new() }, out);
+            self.send(r, Message::DataExclusive { gfn }, out);
         }
     }
 
@@ -137,6 +138,7 @@ impl Engine {
         &mut self,
         from: NodeId,
         msg: &Message,
+        page: Option<&[u8]>,
         store: &mut S,
         out: &mut Vec<Action>,
     ) {
@@ -150,10 +152,8 @@ impl Engine {
             }
             _ => return self.unexpected(from, msg, out),
         };
-        if from != self.id {
-            if let Some(page) = msg.page() {
-                store.install(gfn, page);
-            }
+        if let Some(page) = page.filter(|_| from != self.id) {
+            store.install(gfn, page);
         }
         let mut sharers: NodeSet = [from, requester].into_iter().collect();
         if dropped {
@@ -162,7 +162,7 @@ impl Engine {
         self.dir.set_shared(i, &sharers);
         if requester == self.id {
             // The owner sent the data only once, to us as home; our own read is served now.
-            self.send(self.id, Message::DataShared { gfn, page: Vec::new() }, out);
+            self.send(self.id, Message::DataShared { gfn }, out);
         }
         self.finish(gfn, out);
     }
@@ -176,8 +176,9 @@ impl Engine {
             self.dir_serve(r, gfn, write, out);
             if let Some(next) = self.busy.get_mut(&gfn) {
                 next.queue.append(&mut b.queue);
-                return;
+                break;
             }
         }
+        self.spare.keep_queue(b.queue);
     }
 }

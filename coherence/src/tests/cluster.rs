@@ -1,9 +1,9 @@
 //! A tiny in-order cluster for case-by-case tests: engines over plain memory, one global FIFO
 //! network (a legal schedule: every per-peer FIFO order is respected), every message passed
-//! through the wire codec, every sent message recorded.
+//! through the wire codec (the page copied out of the frame into the wire bytes, installed
+//! from them), every sent message recorded.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::vec;
 use std::vec::Vec;
 
 use crate::{
@@ -14,7 +14,8 @@ use crate::{
 pub struct Cluster {
     pub engines: Vec<Engine>,
     pub stores: Vec<MemStore>,
-    pub net: VecDeque<(NodeId, NodeId, Message)>,
+    /// (from, to, encoded message).
+    pub net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
     /// (from, to, kind) of every message sent since the last `take_log`.
     pub log: Vec<(u8, u8, &'static str)>,
     pub maps: Vec<BTreeMap<Gfn, Rights>>,
@@ -36,19 +37,17 @@ impl Cluster {
 
     fn apply(&mut self, node: NodeId, actions: Vec<Action>) {
         for a in actions {
+            let sends_page = matches!(a, Action::SendPage { .. });
             match a {
-                Action::SendPage { to, mut msg } => {
-                    let gfn = msg.gfn();
-                    self.stores[node.index()].copy_out(gfn, msg.page_mut().expect("data message"));
-                    self.apply(node, vec![Action::Send { to, msg }]);
-                }
-                Action::Send { to, msg } => {
+                Action::SendPage { to, msg } | Action::Send { to, msg } => {
+                    assert_eq!(sends_page, msg.has_page(), "a page goes by SendPage, only");
                     let mut buf = Vec::new();
-                    msg.encode(&mut buf);
-                    let msg2 = Message::decode(&buf).expect("own encoding decodes");
+                    let store = &mut self.stores[node.index()];
+                    msg.encode_with(&mut buf, |b| store.copy_out(msg.gfn(), b));
+                    let (msg2, _) = Message::decode(&buf).expect("own encoding decodes");
                     assert_eq!(msg2, msg);
                     self.log.push((node.0, to.0, msg.name()));
-                    self.net.push_back((node, to, msg2));
+                    self.net.push_back((node, to, buf));
                 }
                 Action::Map { gfn, rights } => {
                     self.maps[node.index()].insert(gfn, rights);
@@ -59,9 +58,7 @@ impl Cluster {
                 Action::Downgrade { gfn } => {
                     self.maps[node.index()].insert(gfn, Rights::ReadExec);
                 }
-                Action::Resume { vcpus } => {
-                    self.resumed.extend(vcpus.into_iter().map(|v| (node, v)));
-                }
+                Action::Resume { vcpu } => self.resumed.push((node, vcpu)),
                 Action::Stalled { .. } => {}
                 Action::Error(e) => panic!("node {}: protocol error: {e}", node.0),
             }
@@ -95,8 +92,19 @@ impl Cluster {
     /// Hands `node` one message as if it came from `from` and carries out what it answers
     /// except errors, which are returned (the raw actions, for tests of refused input).
     pub fn deliver_raw(&mut self, from: NodeId, to: NodeId, msg: Message) -> Vec<Action> {
-        let acts = self.engines[to.index()]
-            .handle(Event::Message { from, msg }, &mut self.stores[to.index()]);
+        self.deliver_page(from, to, msg, None)
+    }
+
+    /// [`Cluster::deliver_raw`] with a page (of any length) beside the message.
+    pub fn deliver_page(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        msg: Message,
+        page: Option<&[u8]>,
+    ) -> Vec<Action> {
+        let ev = Event::Message { from, msg, page };
+        let acts = self.engines[to.index()].handle(ev, &mut self.stores[to.index()]);
         let applied = acts.iter().filter(|a| !matches!(a, Action::Error(_))).cloned().collect();
         self.apply(to, applied);
         acts
@@ -105,19 +113,27 @@ impl Cluster {
     /// Takes the first message in flight from `from` to `to` off the network (to hold it back
     /// or deliver it out of the global order; per-peer FIFO is the caller's to keep).
     pub fn take(&mut self, from: u8, to: u8) -> Message {
+        self.take_page(from, to).0
+    }
+
+    /// [`Cluster::take`], with the message's page (empty for a control message).
+    pub fn take_page(&mut self, from: u8, to: u8) -> (Message, Vec<u8>) {
         let i = self
             .net
             .iter()
             .position(|(f, t, _)| (f.0, t.0) == (from, to))
             .expect("a message in flight between these nodes");
-        self.net.remove(i).expect("index is in range").2
+        let bytes = self.net.remove(i).expect("index is in range").2;
+        let (msg, page) = Message::decode(&bytes).expect("own encoding decodes");
+        (msg, page.unwrap_or_default().to_vec())
     }
 
     /// Delivers messages in global FIFO order until the network is empty.
     pub fn run(&mut self) {
-        while let Some((from, to, msg)) = self.net.pop_front() {
+        while let Some((from, to, bytes)) = self.net.pop_front() {
+            let (msg, page) = Message::decode(&bytes).expect("own encoding decodes");
             let acts = self.engines[to.index()]
-                .handle(Event::Message { from, msg }, &mut self.stores[to.index()]);
+                .handle(Event::Message { from, msg, page }, &mut self.stores[to.index()]);
             self.apply(to, acts);
         }
     }

@@ -1,7 +1,6 @@
 //! The message cost of every protocol case, exactly (docs/design.md §3: minimum cost is the
 //! target). Frame 0 is homed at node 0 in these clusters.
 
-use std::vec;
 use std::vec::Vec;
 
 use super::cluster::Cluster;
@@ -205,13 +204,13 @@ fn faults_and_messages_outside_guest_memory_are_errors_not_panics() {
     let mut s = MemStore::new();
     let ev = Event::LocalFault { gfn: Gfn(8), access: Access::Read, vcpu: VcpuId(0) };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(8) })]);
-    let ev = Event::Message { from: NodeId(7), msg: Message::Inv { gfn: Gfn(1) } };
+    let ev = Event::Message { from: NodeId(7), msg: Message::Inv { gfn: Gfn(1) }, page: None };
     assert_eq!(
         e.handle(ev, &mut s),
         [Action::Error(ProtocolError::UnknownNode { from: NodeId(7) })]
     );
     // gfn 2 is homed at node 0, so node 1 refuses directory traffic for it.
-    let ev = Event::Message { from: NodeId(0), msg: Message::ReadReq { gfn: Gfn(2) } };
+    let ev = Event::Message { from: NodeId(0), msg: Message::ReadReq { gfn: Gfn(2) }, page: None };
     assert!(matches!(e.handle(ev, &mut s)[..], [Action::Error(ProtocolError::NotHome { .. })]));
     // A forward naming a requester outside the cluster is refused even in the right state.
     let mut c = cluster(3);
@@ -219,6 +218,7 @@ fn faults_and_messages_outside_guest_memory_are_errors_not_panics() {
     let ev = Event::Message {
         from: NodeId(HOME),
         msg: Message::FwdRead { gfn: Gfn(G), requester: NodeId(9) },
+        page: None,
     };
     let acts = c.engines[1].handle(ev, &mut c.stores[1]);
     assert_eq!(acts, [Action::Error(ProtocolError::UnknownNode { from: NodeId(9) })]);
@@ -232,7 +232,8 @@ fn a_duplicated_message_is_reported_and_changes_nothing() {
     let before = c.engines[1].clone();
     let dup = Event::Message {
         from: NodeId(HOME),
-        msg: Message::DataShared { gfn: Gfn(G), page: vec![0; 4096] },
+        msg: Message::DataShared { gfn: Gfn(G) },
+        page: Some(&[0; 4096]),
     };
     let acts = c.engines[1].handle(dup, &mut c.stores[1]);
     assert!(matches!(
@@ -240,7 +241,7 @@ fn a_duplicated_message_is_reported_and_changes_nothing() {
         [Action::Error(ProtocolError::Unexpected { kind: "DataShared", .. })]
     ));
     assert_eq!(c.engines[1], before);
-    let dup = Event::Message { from: NodeId(1), msg: Message::InvAck { gfn: Gfn(G) } };
+    let dup = Event::Message { from: NodeId(1), msg: Message::InvAck { gfn: Gfn(G) }, page: None };
     let acts = c.engines[0].handle(dup, &mut c.stores[0]);
     assert!(matches!(acts[..], [Action::Error(ProtocolError::Unexpected { kind: "InvAck", .. })]));
 }
@@ -275,6 +276,7 @@ fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it
         e.set_hold(10);
     }
     c.write(2, G, 1);
+    c.timer(2, 10); // node 2's copy is no longer fresh
     c.log.clear();
     // Node 1 asks to write (forwarded to owner 2), node 3 to read (forwarded to the new
     // owner 1, which is still waiting for its data and defers the forward).
@@ -297,6 +299,38 @@ fn a_page_just_filled_is_held_until_the_timer_before_a_deferred_forward_takes_it
         kinds,
         ["WriteReq", "ReadReq", "FwdWrite", "FwdRead", "DataExclusive", "DataShared", "WriteBack"]
     );
+}
+
+/// The livelock seen on three Bochs nodes: the home's vCPU upgrades a page two remote
+/// readers keep reading; served at once, each read took the page back before the home's
+/// write retired, thousands of times over. With a hold, the home's fresh copy stays.
+#[test]
+fn a_page_the_home_just_took_back_for_its_own_write_stays_until_the_timer_before_a_reader_takes_it()
+{
+    let mut c = cluster(3);
+    for e in &mut c.engines {
+        e.set_hold(10);
+    }
+    let home = usize::from(HOME);
+    c.access(1, G, Access::Read);
+    c.access(2, G, Access::Read);
+    c.timer(1, 10);
+    c.timer(2, 10);
+    assert_eq!(c.access(HOME, G, Access::Write), ["Inv", "Inv", "InvAck", "InvAck"]);
+    assert!(c.resumed.contains(&(NodeId(HOME), VcpuId(u16::from(HOME) * 100))));
+    // The readers come back at once: their requests wait for the hold.
+    c.fault_only(1, G, Access::Read, 11);
+    c.fault_only(2, G, Access::Read, 21);
+    c.run();
+    assert!(!c.maps[1].contains_key(&Gfn(G)) && !c.maps[2].contains_key(&Gfn(G)));
+    assert_eq!(c.maps[home][&Gfn(G)], Rights::ReadWriteExec, "the home's write retires");
+    c.stores[home].frame_mut(Gfn(G))[0] = 5;
+    c.timer(HOME, 9);
+    assert!(!c.maps[1].contains_key(&Gfn(G)), "held until the hold has passed");
+    c.timer(HOME, 10);
+    assert_eq!(c.read(1, G), 5);
+    assert_eq!(c.read(2, G), 5);
+    assert_eq!(c.engines[home].held_count(), 0);
 }
 
 #[test]
@@ -366,6 +400,6 @@ fn uneven_homes_serve_their_own_ranges_and_refuse_frames_in_the_hole() {
     let mut s = MemStore::new();
     let ev = Event::LocalFault { gfn: Gfn(5), access: Access::Read, vcpu: VcpuId(0) };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(5) })]);
-    let ev = Event::Message { from: NodeId(0), msg: Message::Inv { gfn: Gfn(7) } };
+    let ev = Event::Message { from: NodeId(0), msg: Message::Inv { gfn: Gfn(7) }, page: None };
     assert_eq!(e.handle(ev, &mut s), [Action::Error(ProtocolError::GfnOutOfRange { gfn: Gfn(7) })]);
 }

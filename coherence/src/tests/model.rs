@@ -90,7 +90,7 @@ enum Todo {
         page: u8,
     },
     Resume {
-        vcpus: Vec<u16>,
+        vcpu: u16,
     },
 }
 
@@ -98,7 +98,8 @@ enum Todo {
 struct World {
     engines: Vec<Engine>,
     stores: Vec<Vals>,
-    chans: Vec<VecDeque<Message>>,
+    /// Messages in flight per (from, to), with one byte standing for a page (its value).
+    chans: Vec<VecDeque<(Message, u8)>>,
     ept: Vec<Vec<Option<Rights>>>,
     todo: Vec<VecDeque<Todo>>,
     vcpus: Vec<Vcpu>,
@@ -311,7 +312,7 @@ impl World {
     }
 
     /// The engine of `node` handles `ev`; its actions join the node's list.
-    fn run(&mut self, node: usize, ev: Event, m: Model) -> Result<(), String> {
+    fn run(&mut self, node: usize, ev: Event<'_>, m: Model) -> Result<(), String> {
         let mut acts = self.engines[node].handle(ev, &mut self.stores[node]);
         if let Some(bug) = m.bug {
             bug.plant(&mut acts);
@@ -323,9 +324,7 @@ impl World {
                 Action::Map { gfn, rights } => Todo::Map { page: gfn.0 as u8, rights },
                 Action::Unmap { gfn } => Todo::Unmap { page: gfn.0 as u8 },
                 Action::Downgrade { gfn } => Todo::Downgrade { page: gfn.0 as u8 },
-                Action::Resume { vcpus } => {
-                    Todo::Resume { vcpus: vcpus.into_iter().map(|v| v.0).collect() }
-                }
+                Action::Resume { vcpu } => Todo::Resume { vcpu: vcpu.0 },
                 Action::Stalled { .. } => return Err("stall reported without timers".into()),
                 Action::Error(e) => return Err(format!("node {node}: {e}")),
             };
@@ -361,30 +360,30 @@ impl World {
         let n = self.n();
         let Some(t) = self.todo[node].pop_front() else { return Ok(()) };
         match t {
-            Todo::SendPage { to, mut msg } | Todo::Send { to, mut msg } => {
-                let gfn = msg.gfn();
-                if let Some(page) = msg.page_mut() {
-                    self.stores[node].copy_out(gfn, page);
-                    page.truncate(1);
-                }
+            Todo::SendPage { to, msg } | Todo::Send { to, msg } => {
+                // The page goes through the codec as the glue sends it; the channel keeps
+                // the one byte that stands for it.
+                let mut wire = Vec::new();
+                let store = &mut self.stores[node];
+                msg.encode_with(&mut wire, |b| store.copy_out(msg.gfn(), b));
+                let (msg, page) = Message::decode(&wire).map_err(|e| format!("codec: {e}"))?;
                 if usize::from(to) == node {
                     return Err(format!("node {node} sent {} to itself", msg.name()));
                 }
-                self.chans[node * n + usize::from(to)].push_back(msg);
+                let v = page.map_or(0, |p| p[0]);
+                self.chans[node * n + usize::from(to)].push_back((msg, v));
             }
             Todo::Map { page, rights } => self.ept[node][usize::from(page)] = Some(rights),
             Todo::Unmap { page } => self.ept[node][usize::from(page)] = None,
             Todo::Downgrade { page } => {
                 self.ept[node][usize::from(page)] = Some(Rights::ReadExec);
             }
-            Todo::Resume { vcpus } => {
-                for v in vcpus {
-                    let v = usize::from(v);
-                    let VState::Waiting(page, access) = self.vcpus[v].state else {
-                        return Err(format!("vcpu {v} resumed but was not waiting"));
-                    };
-                    self.vcpus[v].state = VState::Resumed(page, access);
-                }
+            Todo::Resume { vcpu } => {
+                let v = usize::from(vcpu);
+                let VState::Waiting(page, access) = self.vcpus[v].state else {
+                    return Err(format!("vcpu {v} resumed but was not waiting"));
+                };
+                self.vcpus[v].state = VState::Resumed(page, access);
             }
         }
         Ok(())
@@ -409,17 +408,14 @@ impl World {
             // An idle node takes its next event: a message from any peer, a timer, a fault.
             for from in 0..n {
                 let c = from * n + node;
-                if let Some(msg) = self.chans[c].front() {
+                if let Some((msg, _)) = self.chans[c].front() {
                     let label = Step::Deliver { kind: msg.name(), from, to: node };
                     let mut w = self.clone();
-                    let mut msg = w.chans[c].pop_front().expect("channel is not empty");
+                    let (msg, v) = w.chans[c].pop_front().expect("channel is not empty");
                     // Channels hold one byte per page (the value); the wire holds a page.
-                    if let Some(page) = msg.page_mut() {
-                        let v = page[0];
-                        page.clear();
-                        page.resize(crate::PAGE_SIZE, v);
-                    }
-                    let ev = Event::Message { from: NodeId(from as u8), msg };
+                    let bytes = [v; crate::PAGE_SIZE];
+                    let page = msg.has_page().then_some(&bytes[..]);
+                    let ev = Event::Message { from: NodeId(from as u8), msg, page };
                     let r = w.run(node, ev, m).map(|()| w);
                     push(label, r)?;
                 }

@@ -40,7 +40,7 @@ fn a_duplicated_inv_ack_does_not_grant_write_while_another_sharer_still_maps() {
     c.deliver_raw(NodeId(HOME), NodeId(1), inv1);
     let ack = c.take(1, HOME);
     assert_eq!(ack, Message::InvAck { gfn: Gfn(G) });
-    assert!(!sends_anything(&c.deliver_raw(NodeId(1), NodeId(HOME), ack.clone())));
+    assert!(!sends_anything(&c.deliver_raw(NodeId(1), NodeId(HOME), ack)));
     let dup = c.deliver_raw(NodeId(1), NodeId(HOME), ack);
     assert!(is_refusal(&dup, "InvAck"), "{dup:?}");
     // An ack from the writer itself, which was never invalidated, is no ack either.
@@ -61,20 +61,25 @@ fn a_page_message_shorter_than_a_page_is_refused_and_not_mapped() {
     c.fault_only(1, G, Access::Read, 10);
     let req = c.take(1, HOME);
     c.deliver_raw(NodeId(1), NodeId(HOME), req);
-    let Message::DataShared { gfn, page } = c.take(HOME, 1) else { panic!("expected data") };
+    let (data, page) = c.take_page(HOME, 1);
+    assert!(matches!(data, Message::DataShared { .. }), "expected data");
     for len in [0, 1, 8, PAGE_SIZE - 1, PAGE_SIZE + 1] {
-        let short = Message::DataShared { gfn, page: vec![0xEE; len] };
-        let acts = c.deliver_raw(NodeId(HOME), NodeId(1), short);
+        let short = vec![0xEE; len];
+        let acts = c.deliver_page(NodeId(HOME), NodeId(1), data, Some(&short));
         assert!(is_refusal(&acts, "DataShared"), "{len} bytes: {acts:?}");
         assert!(!c.maps[1].contains_key(&Gfn(G)), "a {len}-byte page was mapped");
         assert!(c.engines[1].is_pending(Gfn(G)));
     }
-    c.deliver_raw(NodeId(HOME), NodeId(1), Message::DataShared { gfn, page });
+    // No page at all is refused just the same.
+    let acts = c.deliver_raw(NodeId(HOME), NodeId(1), data);
+    assert!(is_refusal(&acts, "DataShared"), "no page: {acts:?}");
+    assert!(c.engines[1].is_pending(Gfn(G)));
+    c.deliver_page(NodeId(HOME), NodeId(1), data, Some(&page));
     assert_eq!(c.read(1, G), 42);
     // The home refuses a short write-back just the same.
     c.write(2, 1, 7);
-    let wb = Message::WriteBack { gfn: Gfn(G), page: vec![1; 16] };
-    let acts = c.deliver_raw(NodeId(2), NodeId(HOME), wb);
+    let wb = Message::WriteBack { gfn: Gfn(G) };
+    let acts = c.deliver_page(NodeId(2), NodeId(HOME), wb, Some(&[1; 16]));
     assert!(is_refusal(&acts, "WriteBack"), "{acts:?}");
 }
 
@@ -86,8 +91,8 @@ fn a_data_message_claiming_to_come_from_the_receiver_itself_is_refused_not_mappe
     c.fault_only(1, G, Access::Read, 10);
     // A forged DataShared "from node 1" to node 1 while its read is in flight: taken for the
     // loopback, it would map node 1's stale frame without installing anything.
-    let forged = Message::DataShared { gfn: Gfn(G), page: vec![0; PAGE_SIZE] };
-    let acts = c.deliver_raw(NodeId(1), NodeId(1), forged);
+    let forged = Message::DataShared { gfn: Gfn(G) };
+    let acts = c.deliver_page(NodeId(1), NodeId(1), forged, Some(&[0; PAGE_SIZE]));
     assert!(is_refusal(&acts, "DataShared"), "{acts:?}");
     assert!(!c.maps[1].contains_key(&Gfn(G)));
     c.run();
@@ -118,7 +123,7 @@ fn duplicate_requests_for_a_busy_frame_queue_at_most_once_per_node() {
     let req = c.take(3, HOME);
     let mut refused = 0;
     for _ in 0..100_000 {
-        let acts = c.deliver_raw(NodeId(3), NodeId(HOME), req.clone());
+        let acts = c.deliver_raw(NodeId(3), NodeId(HOME), req);
         refused += usize::from(is_refusal(&acts, "ReadReq"));
     }
     assert_eq!(c.engines[0].counters().queued, 1);

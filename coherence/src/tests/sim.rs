@@ -160,7 +160,14 @@ struct Vcpu {
 #[derive(Default)]
 struct Node {
     todo: VecDeque<Action>,
-    backlog: VecDeque<Event>,
+    backlog: VecDeque<Input>,
+}
+
+/// An event as the glue holds it until the engine takes it: a message as the bytes that
+/// arrived (decoded when handled, its page borrowed from them).
+enum Input {
+    Event(Event<'static>),
+    Wire { from: NodeId, bytes: Vec<u8> },
 }
 
 struct Sim {
@@ -172,7 +179,8 @@ struct Sim {
     engines: Vec<Engine>,
     nodes: Vec<Node>,
     stores: Vec<Vals>,
-    chans: Vec<VecDeque<Message>>,
+    /// Encoded messages in flight, per (from, to).
+    chans: Vec<VecDeque<Vec<u8>>>,
     chan_last: Vec<u64>,
     /// Rights per node per page: 0 none, 1 read, 2 write.
     ept: Vec<Vec<u8>>,
@@ -182,7 +190,6 @@ struct Sim {
     vcpus: Vec<Vcpu>,
     issued: u64,
     stats: Stats,
-    buf: Vec<u8>,
     actions: Vec<Action>,
     hot: Vec<u64>,
     /// The guest frames (every frame but the holes).
@@ -236,7 +243,6 @@ impl Sim {
             vcpus,
             issued: 0,
             stats: Stats::default(),
-            buf: Vec::new(),
             actions: Vec::new(),
             hot,
         }
@@ -307,7 +313,7 @@ impl Sim {
 
     /// An event for `node`: its engine handles it now if the node has carried out all its
     /// actions, else it waits in the backlog.
-    fn event(&mut self, node: usize, ev: Event) -> Result<(), String> {
+    fn event(&mut self, node: usize, ev: Input) -> Result<(), String> {
         if !self.nodes[node].todo.is_empty() {
             self.nodes[node].backlog.push_back(ev);
             return Ok(());
@@ -319,10 +325,19 @@ impl Sim {
         Ok(())
     }
 
-    fn handle(&mut self, node: usize, ev: Event) -> Result<(), String> {
+    fn handle(&mut self, node: usize, ev: Input) -> Result<(), String> {
         self.stats.engine_events += 1;
         let mut actions = std::mem::take(&mut self.actions);
-        self.engines[node].handle_into(ev, &mut self.stores[node], &mut actions);
+        match ev {
+            Input::Event(ev) => {
+                self.engines[node].handle_into(ev, &mut self.stores[node], &mut actions);
+            }
+            Input::Wire { from, bytes } => {
+                let (msg, page) = Message::decode(&bytes).map_err(|e| format!("codec: {e}"))?;
+                let ev = Event::Message { from, msg, page };
+                self.engines[node].handle_into(ev, &mut self.stores[node], &mut actions);
+            }
+        }
         if let Some(bug) = self.cfg.bug {
             bug.plant(&mut actions);
         }
@@ -370,24 +385,21 @@ impl Sim {
     fn apply(&mut self, node: usize, a: Action) -> Result<(), String> {
         let n = usize::from(self.cfg.nodes);
         match a {
-            Action::SendPage { to, mut msg } | Action::Send { to, mut msg } => {
-                let gfn = msg.gfn();
-                if let Some(page) = msg.page_mut() {
-                    self.stores[node].copy_out(gfn, page);
-                }
+            Action::SendPage { to, msg } | Action::Send { to, msg } => {
+                // The page is copied out of the frame now, straight into the wire bytes.
+                let mut bytes = Vec::with_capacity(msg.encoded_len());
+                let store = &mut self.stores[node];
+                msg.encode_with(&mut bytes, |b| store.copy_out(msg.gfn(), b));
                 self.stats.messages += 1;
                 if self.cfg.drop_nth == Some(self.stats.messages) {
                     return Ok(());
                 }
                 let copies = if self.cfg.dup_nth == Some(self.stats.messages) { 2 } else { 1 };
-                self.buf.clear();
-                msg.encode(&mut self.buf);
-                let msg = Message::decode(&self.buf).map_err(|e| format!("codec: {e}"))?;
                 let c = node * n + to.index();
                 if copies == 2 {
-                    self.chans[c].push_back(msg.clone());
+                    self.chans[c].push_back(bytes.clone());
                 }
-                self.chans[c].push_back(msg);
+                self.chans[c].push_back(bytes);
                 for _ in 0..copies {
                     // Mostly short delays, now and then a long one (a retransmission).
                     let spread = if self.rng.chance(1) {
@@ -406,16 +418,14 @@ impl Sim {
             }
             Action::Unmap { gfn } => self.set_ept(node, gfn, 0)?,
             Action::Downgrade { gfn } => self.set_ept(node, gfn, 1)?,
-            Action::Resume { vcpus } => {
-                for VcpuId(v) in vcpus {
-                    let v = usize::from(v);
-                    if self.vcpus[v].blocked.is_none() || self.vcpus[v].resumed {
-                        return Err(format!("vcpu {v} resumed but was not waiting"));
-                    }
-                    self.vcpus[v].resumed = true;
-                    let at = self.now + self.rng.below(4);
-                    self.schedule(at, Ev::Retry { vcpu: v as u32 });
+            Action::Resume { vcpu: VcpuId(v) } => {
+                let v = usize::from(v);
+                if self.vcpus[v].blocked.is_none() || self.vcpus[v].resumed {
+                    return Err(format!("vcpu {v} resumed but was not waiting"));
                 }
+                self.vcpus[v].resumed = true;
+                let at = self.now + self.rng.below(4);
+                self.schedule(at, Ev::Retry { vcpu: v as u32 });
             }
             Action::Stalled { gfn, .. } => {
                 return Err(format!("node {node}: gfn {} stalled", gfn.0))
@@ -441,7 +451,7 @@ impl Sim {
         self.stats.refaults += 1;
         self.vcpus[v].blocked = Some((page, access, since));
         let ev = Event::LocalFault { gfn: Gfn(page), access, vcpu: VcpuId(v as u16) };
-        self.event(node, ev)
+        self.event(node, Input::Event(ev))
     }
 
     fn step_vcpu(&mut self, v: usize) -> Result<(), String> {
@@ -463,7 +473,7 @@ impl Sim {
         self.stats.faults += 1;
         self.vcpus[v].blocked = Some((page, access, self.now));
         let ev = Event::LocalFault { gfn: Gfn(page), access, vcpu: VcpuId(v as u16) };
-        self.event(node, ev)
+        self.event(node, Input::Event(ev))
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -479,11 +489,15 @@ impl Sim {
                 Ev::Step { vcpu } => self.step_vcpu(vcpu as usize)?,
                 Ev::Retry { vcpu } => self.retry(vcpu as usize)?,
                 Ev::Apply { node } => self.apply_next(usize::from(node))?,
-                Ev::Tick { node } => self.event(usize::from(node), Event::Timer { now: at })?,
+                Ev::Tick { node } => {
+                    self.event(usize::from(node), Input::Event(Event::Timer { now: at }))?;
+                }
                 Ev::Deliver { from, to } => {
                     let c = usize::from(from) * n + usize::from(to);
-                    let msg = self.chans[c].pop_front().ok_or("delivery from an empty channel")?;
-                    self.event(usize::from(to), Event::Message { from: NodeId(from as u8), msg })?;
+                    let bytes =
+                        self.chans[c].pop_front().ok_or("delivery from an empty channel")?;
+                    let from = NodeId(from as u8);
+                    self.event(usize::from(to), Input::Wire { from, bytes })?;
                 }
             }
             if steps.is_multiple_of(65_536) {

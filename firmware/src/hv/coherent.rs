@@ -4,6 +4,11 @@
 //! taken away, page copies, resumed vCPUs — while messages for other nodes queue, encoded, for
 //! the transport. A one-node cluster runs through the same path (every fault a local hit).
 //!
+//! A page crosses with two copies: out of the frame straight into the outgoing buffer (framed
+//! once, at the action's turn), and from the received datagram straight into the frame. The
+//! outgoing buffers come back through [`Coherent::recycle`]; once they and the engine's own
+//! have grown to the node's load, serving a fault allocates nothing (tested).
+//!
 //! Hardware stays behind [`LocalNode`]; the host tests drive this module with a fake node.
 
 use alloc::collections::VecDeque;
@@ -45,19 +50,23 @@ pub struct GlueStats {
     pub barriers: u64,
 }
 
+/// Outgoing buffers kept for reuse (each with room for a page message): enough for a batch
+/// of invalidations and pages in flight, bounded so that a burst leaves no lasting heap behind.
+const SPARE_BUFFERS: usize = 64;
+
 /// The engine of this node and what its actions left to send.
 pub struct Coherent {
     engine: Engine,
     actions: Vec<Action>,
     outbox: VecDeque<(NodeId, Vec<u8>)>,
+    /// Sent buffers handed back by the transport side, reused by the next messages.
+    spare: Vec<Vec<u8>>,
     stats: GlueStats,
     faults: FaultStats,
     now: u64,
     prefix: &'static [u8],
     /// Pages homed elsewhere whose frame the batch may have freed (unmapped, or acked).
     maybe_free: Vec<Gfn>,
-    /// Modified copies written back and not yet acked: their frames may still serve a forward.
-    writing_back: alloc::collections::BTreeSet<Gfn>,
     id: NodeId,
 }
 
@@ -68,12 +77,12 @@ impl Coherent {
             engine: Engine::new(me, cfg),
             actions: Vec::new(),
             outbox: VecDeque::new(),
+            spare: Vec::new(),
             stats: GlueStats::default(),
             faults: FaultStats::default(),
             now: 0,
             prefix: &[],
             maybe_free: Vec::new(),
-            writing_back: alloc::collections::BTreeSet::new(),
             id: me,
         }
     }
@@ -146,7 +155,8 @@ impl Coherent {
     }
 
     /// A coherence message from node `from`, as it came off the transport. Bytes that do not
-    /// decode are refused with the reason; nothing of them reaches the engine.
+    /// decode are refused with the reason; nothing of them reaches the engine. A page is
+    /// installed straight from `bytes`.
     pub fn message<L: LocalNode>(
         &mut self,
         node: &mut L,
@@ -154,10 +164,10 @@ impl Coherent {
         bytes: &[u8],
         now: u64,
     ) -> Result<(), DecodeError> {
-        let msg = Message::decode(bytes)?;
+        let (msg, page) = Message::decode(bytes)?;
         self.now = now;
         self.faults.messages_in += 1;
-        match &msg {
+        match msg {
             Message::DataShared { .. } | Message::DataExclusive { .. } => {
                 self.faults.pages_in += 1;
                 if self.engine.config().home(msg.gfn()) != from {
@@ -167,13 +177,10 @@ impl Coherent {
             Message::WriteBack { .. } => self.faults.pages_in += 1,
             Message::Inv { .. } => self.faults.invalidations_in += 1,
             // A Modified copy's frame stays in use until the home acks its eviction.
-            Message::PutAck { gfn } => {
-                self.writing_back.remove(gfn);
-                self.maybe_free.push(*gfn);
-            }
+            Message::PutAck { gfn } => self.maybe_free.push(gfn),
             _ => {}
         }
-        self.run(node, Event::Message { from, msg }, None);
+        self.run(node, Event::Message { from, msg, page }, None);
         Ok(())
     }
 
@@ -183,8 +190,23 @@ impl Coherent {
     }
 
     /// The next encoded message for the transport, in the order the actions produced them.
+    /// Hand the buffer back through [`Coherent::recycle`] once the transport has taken it.
     pub fn next_outgoing(&mut self) -> Option<(NodeId, Vec<u8>)> {
         self.outbox.pop_front()
+    }
+
+    /// A buffer the transport is done with (any guest message's): kept for the next message
+    /// if it has room for a page and fewer than [`SPARE_BUFFERS`] wait, else freed.
+    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && bytes.capacity() >= self.max_len() {
+            bytes.clear();
+            self.spare.push(bytes);
+        }
+    }
+
+    /// The longest framed message: a page message.
+    fn max_len(&self) -> usize {
+        self.prefix.len() + Message::DataShared { gfn: Gfn(0) }.encoded_len()
     }
 
     /// Messages wait for the transport.
@@ -200,26 +222,18 @@ impl Coherent {
 
     /// Handles `event` and carries out its actions in order; `me` is the faulting vCPU, whose
     /// own resume in this batch means it can retry at once.
-    fn run<L: LocalNode>(&mut self, node: &mut L, event: Event, me: Option<VcpuId>) -> Fault {
+    fn run<L: LocalNode>(&mut self, node: &mut L, event: Event<'_>, me: Option<VcpuId>) -> Fault {
         let mut actions = core::mem::take(&mut self.actions);
         actions.clear();
         self.engine.handle_into(event, node, &mut actions);
         let mut served = Fault::Wait;
         for action in actions.drain(..) {
             match action {
-                Action::Send { to, msg } => self.queue(to, &msg),
-                Action::SendPage { to, mut msg } => {
-                    // The copy is taken now: every earlier action (a downgrade that stopped
-                    // local writers, a resume that let one write first) has taken effect.
-                    let gfn = msg.gfn();
-                    if matches!(msg, Message::PutModified { .. }) {
-                        self.writing_back.insert(gfn);
-                    }
-                    if let Some(page) = msg.page_mut() {
-                        page.clear();
-                        node.copy_out(gfn, page);
-                    }
-                    self.queue(to, &msg);
+                // A page is copied now, straight into the outgoing buffer: every earlier
+                // action (a downgrade that stopped local writers, a resume that let one write
+                // first) has taken effect.
+                Action::Send { to, msg } | Action::SendPage { to, msg } => {
+                    self.queue(node, to, msg);
                 }
                 Action::Map { gfn, rights } => {
                     if let Err(e) = node.set_rights(gfn, Some(rights)) {
@@ -232,16 +246,14 @@ impl Coherent {
                     self.maybe_free.push(gfn);
                 }
                 Action::Downgrade { gfn } => self.take_away(node, gfn, Some(Rights::ReadExec)),
-                Action::Resume { vcpus } => {
-                    for v in vcpus {
-                        if Some(v) == me {
-                            if served == Fault::Wait {
-                                served = Fault::Mapped;
-                            }
-                        } else {
-                            self.faults.served(v, self.now);
-                            node.resume(v);
+                Action::Resume { vcpu } => {
+                    if Some(vcpu) == me {
+                        if served == Fault::Wait {
+                            served = Fault::Mapped;
                         }
+                    } else {
+                        self.faults.served(vcpu, self.now);
+                        node.resume(vcpu);
                     }
                 }
                 Action::Stalled { .. } => self.stats.stalls += 1,
@@ -255,19 +267,20 @@ impl Coherent {
 
     /// Hands back the frames of remote pages the engine no longer holds or still needs.
     fn free_frames<L: LocalNode>(&mut self, node: &mut L) {
-        for gfn in core::mem::take(&mut self.maybe_free) {
-            let e = &self.engine;
+        let e = &self.engine;
+        for &gfn in &self.maybe_free {
             // A Shared copy's frame is free once unmapped, even while its PutShared is in
             // flight; a Modified one's only when the home has acked its page.
             if e.config().contains(gfn)
                 && e.config().home(gfn) != self.id
                 && e.cache_state(gfn) == CacheState::Invalid
                 && !e.is_pending(gfn)
-                && !self.writing_back.contains(&gfn)
+                && !e.is_writing_back(gfn)
             {
                 node.release(gfn);
             }
         }
+        self.maybe_free.clear();
     }
 
     fn take_away<L: LocalNode>(&mut self, node: &mut L, gfn: Gfn, rights: Option<Rights>) {
@@ -280,15 +293,16 @@ impl Coherent {
         node.flush_barrier();
     }
 
-    fn queue(&mut self, to: NodeId, msg: &Message) {
+    /// Frames and encodes `msg` into a reused buffer, a page copied from `node`'s frame.
+    fn queue<L: LocalNode>(&mut self, node: &mut L, to: NodeId, msg: Message) {
         self.faults.messages_out += 1;
-        if msg.page().is_some() {
+        if msg.has_page() {
             self.faults.pages_out += 1;
         }
-        // One allocation and one copy per message: the caller's framing, then the message.
-        let mut bytes = Vec::with_capacity(self.prefix.len() + msg.encoded_len());
+        let max = self.max_len();
+        let mut bytes = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(max));
         bytes.extend_from_slice(self.prefix);
-        msg.encode(&mut bytes);
+        msg.encode_with(&mut bytes, |b| node.copy_out(msg.gfn(), b));
         self.outbox.push_back((to, bytes));
     }
 }

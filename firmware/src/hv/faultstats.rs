@@ -2,7 +2,6 @@
 //! faults by kind, messages and pages each way, invalidations, a latency histogram of remote
 //! faults and the hottest guest pages. Pure counting, fed by the coherence glue with the time.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use gestalt_coherence::{Gfn, VcpuId};
@@ -71,7 +70,8 @@ pub struct FaultStats {
     /// Served faults and their summed latency (µs) by [`Class`].
     pub served_by: [(u64, u64); 4],
     /// Per waiting vCPU: when its fault began, its kind, its page, whether an owner served it.
-    waiting: BTreeMap<u16, (u64, Kind, u64, bool)>,
+    /// One per vCPU at most: a short list that keeps its capacity (no allocation per fault).
+    waiting: Vec<(u16, (u64, Kind, u64, bool))>,
     hot: Vec<(u64, u64)>,
 }
 
@@ -83,7 +83,9 @@ impl FaultStats {
             Kind::WriteMiss => self.write_miss += 1,
             Kind::Upgrade => self.upgrade += 1,
         }
-        self.waiting.entry(vcpu.0).or_insert((now, kind, gfn.0, false));
+        if !self.waiting.iter().any(|&(v, _)| v == vcpu.0) {
+            self.waiting.push((vcpu.0, (now, kind, gfn.0, false)));
+        }
         self.touch(gfn.0);
     }
 
@@ -91,14 +93,15 @@ impl FaultStats {
     /// 3-hop.
     pub fn three_hop_data(&mut self, gfn: Gfn) {
         self.three_hop += 1;
-        for w in self.waiting.values_mut().filter(|w| w.2 == gfn.0) {
+        for (_, w) in self.waiting.iter_mut().filter(|(_, w)| w.2 == gfn.0) {
             w.3 = true;
         }
     }
 
     /// `vcpu`'s fault was served at `now`.
     pub fn served(&mut self, vcpu: VcpuId, now: u64) {
-        if let Some((t0, kind, _, owner)) = self.waiting.remove(&vcpu.0) {
+        let at = self.waiting.iter().position(|&(v, _)| v == vcpu.0);
+        if let Some((_, (t0, kind, _, owner))) = at.map(|i| self.waiting.swap_remove(i)) {
             let us = now.saturating_sub(t0).max(1);
             let b = (63 - us.leading_zeros() as usize).min(BUCKETS - 1);
             self.latency[b] += 1;

@@ -15,6 +15,7 @@ use super::cache::FrameCache;
 use super::coherent::LocalNode;
 use super::nested::{Access, Format, NestedError, NestedPaging, Tables};
 use super::vcpus::VcpuSet;
+use super::zeromap::ZeroMap;
 use crate::mem::frames::FrameAllocator;
 use crate::mem::regions::Region;
 use crate::mem::tables::IdentityTables;
@@ -43,6 +44,7 @@ pub struct GuestMemory {
     /// The range this node is home of: [base, base + len).
     home: (u64, u64),
     chunks: Vec<u64>,
+    zeroed: ZeroMap,
     cache: Mutex<FrameCache>,
     tables: Mutex<(Tables, Reserve)>,
     pointer: u64,
@@ -53,7 +55,8 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Guest RAM of `ram` bytes, of which this node is home of `home` (base, bytes: whole
     /// 2 MiB chunks), with `cache_frames` frames for pages homed elsewhere. Everything comes
-    /// from `pool`, zeroed; the nested tables are in the backend's `format`.
+    /// from `pool` (home pages read as zero until written); the nested tables are in the
+    /// backend's `format`.
     pub fn new(
         frames: &'static Mutex<FrameAllocator>,
         pool: &[Region],
@@ -75,10 +78,8 @@ impl GuestMemory {
         if chunks.len() < home_chunks + cache_chunks || !home.1.is_multiple_of(MIB2) {
             return Err(NestedError::Map(MapError::OutOfMemory));
         }
-        for c in &chunks {
-            // SAFETY: guest RAM chunks are pool frames now owned by the guest, identity-mapped.
-            unsafe { core::ptr::write_bytes(*c as *mut u8, 0, MIB2 as usize) };
-        }
+        // Home pages are zeroed on first use (`home_frame`); a cache frame is always filled
+        // whole by the page it receives (`install`).
         let cache: Vec<u64> = chunks[home_chunks..]
             .iter()
             .flat_map(|c| (0..512).map(move |i| c + i * PAGE))
@@ -91,6 +92,7 @@ impl GuestMemory {
             ram,
             home,
             chunks,
+            zeroed: ZeroMap::new((home.1 / PAGE) as usize),
             cache: Mutex::new(FrameCache::new(cache)),
             pointer: tables.pointer(),
             tables: Mutex::new((tables, tm)),
@@ -108,10 +110,17 @@ impl GuestMemory {
         gpa.checked_sub(self.home.0).is_some_and(|off| off < self.home.1)
     }
 
-    /// The host address of guest-physical `gpa` in this node's home range.
+    /// The host address of guest-physical `gpa` in this node's home range, its page zeroed
+    /// if this is the page's first use.
     fn home_hpa(&self, gpa: u64) -> u64 {
         let off = gpa - self.home.0;
-        self.chunks[(off / MIB2) as usize] + off % MIB2
+        let hpa = self.chunks[(off / MIB2) as usize] + off % MIB2;
+        self.zeroed.ensure((off / PAGE) as usize, || {
+            // SAFETY: the page's 4 KiB frame is pool memory owned by this guest, identity-
+            // mapped, and unused so far: nothing maps it and nothing copies from it yet.
+            unsafe { core::ptr::write_bytes((hpa & !(PAGE - 1)) as *mut u8, 0, PAGE as usize) };
+        });
+        hpa
     }
 
     /// The host frame holding `gfn` here: its home frame, or the cache frame of a remote copy.
@@ -146,9 +155,9 @@ impl GuestMemory {
         let mut done = 0;
         while done < bytes.len() {
             let g = gpa + done as u64;
-            let n = ((MIB2 - g % MIB2) as usize).min(bytes.len() - done);
+            let n = ((PAGE - g % PAGE) as usize).min(bytes.len() - done);
             // SAFETY: home chunks are pool frames owned by this guest, identity-mapped; the
-            // range stays inside one chunk and inside the home range (checked above).
+            // range stays inside one page and inside the home range (checked above).
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     bytes[done..].as_ptr(),
@@ -172,9 +181,9 @@ impl GuestMemory {
         let mut done = 0;
         while done < buf.len() {
             let g = gpa + done as u64;
-            let n = ((MIB2 - g % MIB2) as usize).min(buf.len() - done);
+            let n = ((PAGE - g % PAGE) as usize).min(buf.len() - done);
             // SAFETY: as in `write`: home chunks are this guest's identity-mapped pool frames
-            // and the range stays inside one chunk of the home range.
+            // and the range stays inside one page of the home range.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.home_hpa(g) as *const u8,
@@ -282,8 +291,12 @@ impl PageStore for Here<'_> {
         };
         let n = data.len().min(PAGE_SIZE);
         // SAFETY: as in `copy_out`; the engine installs only while this node does not map the
-        // page, so no vCPU reads or writes the frame meanwhile.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), f as *mut u8, n) };
+        // page, so no vCPU reads or writes the frame meanwhile. The whole frame is written
+        // (a cache frame is not zeroed beforehand).
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), f as *mut u8, n);
+            core::ptr::write_bytes((f + n as u64) as *mut u8, 0, PAGE_SIZE - n);
+        }
     }
 }
 

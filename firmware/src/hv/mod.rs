@@ -30,6 +30,7 @@ pub mod timesync;
 pub mod uart;
 pub mod vlapic;
 pub mod vmx;
+pub mod zeromap;
 
 #[cfg(target_os = "none")]
 pub mod memory;

@@ -615,6 +615,13 @@ pub fn next_outgoing() -> Option<(u16, Vec<u8>)> {
     Some((to, bytes))
 }
 
+/// The transport has taken `bytes` (a copy): the buffer serves a later coherence message.
+pub fn recycle_outgoing(bytes: Vec<u8>) {
+    if let Some(vm) = VM.get() {
+        vm.coherent.lock().recycle(bytes);
+    }
+}
+
 /// Guest messages wait for the transport.
 pub fn has_outgoing() -> bool {
     VM.get().is_some_and(|vm| {

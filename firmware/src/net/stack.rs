@@ -516,6 +516,11 @@ impl NodeNet {
         }
         for (from, msg) in inbox {
             self.on_message(from, &msg);
+            // The buffer goes back to the transport for the next messages (no allocation
+            // per message in a steady stream).
+            if let Some(t) = &mut self.transport {
+                t.recycle(msg);
+            }
         }
         self.guest_step(now);
         self.mesh_step();
@@ -550,6 +555,7 @@ impl NodeNet {
                 crate::hv::vm::push_back_outgoing(to, bytes);
                 break;
             }
+            crate::hv::vm::recycle_outgoing(bytes);
         }
         crate::hv::vm::tick(now);
     }

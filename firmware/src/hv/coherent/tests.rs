@@ -230,3 +230,240 @@ fn an_evicted_modified_copy_keeps_its_frame_until_the_home_has_the_page() {
     assert!(log.iter().any(|l| l == "release 0"), "{log:?}");
     assert_eq!(n[0].1.frames[&0], vec![9; PAGE_SIZE], "the write came home");
 }
+
+/// Heap allocations made by this thread (the counting allocator below), for the steady-state
+/// measurements: other tests run on other threads and are not counted.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn count() {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: every call is passed to the system allocator unchanged; counting touches only a
+    // const-initialised thread-local cell, which never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: as for `alloc`; `ptr` came from this allocator, i.e. from `System`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as for `realloc`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static A: Counting = Counting;
+
+    pub fn allocations() -> u64 {
+        ALLOCS.with(Cell::get)
+    }
+}
+
+/// A node whose frames, tables and vCPUs cost no heap after it is built, counting page copies.
+struct QuietNode {
+    frames: Vec<[u8; PAGE_SIZE]>,
+    rights: Vec<Option<Rights>>,
+    copies_out: u64,
+    installs: u64,
+}
+
+impl QuietNode {
+    fn new(pages: usize) -> QuietNode {
+        QuietNode {
+            frames: vec![[0; PAGE_SIZE]; pages],
+            rights: vec![None; pages],
+            copies_out: 0,
+            installs: 0,
+        }
+    }
+}
+
+impl PageStore for QuietNode {
+    fn copy_out(&mut self, gfn: Gfn, out: &mut Vec<u8>) {
+        self.copies_out += 1;
+        out.extend_from_slice(&self.frames[gfn.0 as usize]);
+    }
+    fn install(&mut self, gfn: Gfn, data: &[u8]) {
+        self.installs += 1;
+        self.frames[gfn.0 as usize].copy_from_slice(data);
+    }
+}
+
+impl LocalNode for QuietNode {
+    fn set_rights(&mut self, gfn: Gfn, rights: Option<Rights>) -> Result<(), &'static str> {
+        self.rights[gfn.0 as usize] = rights;
+        Ok(())
+    }
+    fn flush_barrier(&mut self) {}
+    fn resume(&mut self, _: VcpuId) {}
+    fn release(&mut self, _: Gfn) {}
+}
+
+/// Three nodes over 24 pages (0..8 homed at node 0), moving messages as the firmware does.
+struct Trio {
+    nodes: Vec<(Coherent, QuietNode)>,
+    /// Of the measured faults: faults, allocations, page copies by the nodes, page messages.
+    faults: u64,
+    allocs: u64,
+    copies: u64,
+    page_messages: u64,
+}
+
+impl Trio {
+    fn new() -> Trio {
+        let cfg = Config::ranges(3, 24);
+        let nodes =
+            (0..3).map(|i| (Coherent::new(NodeId(i), cfg.clone()), QuietNode::new(24))).collect();
+        Trio { nodes, faults: 0, allocs: 0, copies: 0, page_messages: 0 }
+    }
+
+    fn node_copies(&self) -> u64 {
+        self.nodes.iter().map(|(_, n)| n.copies_out + n.installs).sum()
+    }
+
+    /// A fault of `node`'s vCPU on `gfn`, served to completion; its costs are added to the
+    /// totals if `measured`.
+    fn access(&mut self, node: usize, gfn: u64, write: bool, measured: bool) {
+        let (a0, c0) = (counting::allocations(), self.node_copies());
+        let mut pages = 0;
+        let (c, n) = &mut self.nodes[node];
+        let vcpu = VcpuId(node as u16 * 10);
+        if c.fault(n, Gfn(gfn), write, vcpu, 0) == Fault::Wait {
+            loop {
+                let mut moved = false;
+                for from in 0..self.nodes.len() {
+                    while let Some((to, bytes)) = self.nodes[from].0.next_outgoing() {
+                        let (c, n) = &mut self.nodes[usize::from(to.0)];
+                        c.message(n, NodeId(from as u8), &bytes, 0).unwrap();
+                        pages += u64::from(bytes.len() > PAGE_SIZE);
+                        self.nodes[from].0.recycle(bytes);
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        let access = if write { Access::Write } else { Access::Read };
+        assert!(self.nodes[node].1.rights[gfn as usize].is_some_and(|r| r.allows(access)));
+        if measured {
+            self.faults += 1;
+            self.allocs += counting::allocations() - a0;
+            self.copies += self.node_copies() - c0;
+            self.page_messages += pages;
+        }
+    }
+}
+
+/// One case of the per-fault cost table: `round` serves faults of the case on a trio
+/// (measured) and the faults that set the next round up alike (not measured).
+struct Case {
+    name: &'static str,
+    limit: Option<usize>,
+    round: fn(&mut Trio, bool),
+}
+
+const CASES: &[Case] = &[
+    // node 1 reads page 0 (ReadReq, DataShared); node 0 writes it (Inv, InvAck).
+    Case {
+        name: "read miss",
+        limit: None,
+        round: |t, m| {
+            t.access(1, 0, false, m);
+            t.access(0, 0, true, false);
+        },
+    },
+    // node 1 writes page 1 (WriteReq, DataExclusive); node 0 takes it back.
+    Case {
+        name: "write miss",
+        limit: None,
+        round: |t, m| {
+            t.access(1, 1, true, m);
+            t.access(0, 1, true, false);
+        },
+    },
+    // node 1 reads page 2, then writes it (WriteReq, Grant); node 0 takes it back.
+    Case {
+        name: "upgrade",
+        limit: None,
+        round: |t, m| {
+            t.access(1, 2, false, false);
+            t.access(1, 2, true, m);
+            t.access(0, 2, true, false);
+        },
+    },
+    // nodes 1 and 2 write page 3 in turn, each served by the other (WriteReq, FwdWrite, data).
+    Case {
+        name: "3-hop write",
+        limit: None,
+        round: |t, m| {
+            t.access(1, 3, true, m);
+            t.access(2, 3, true, m);
+        },
+    },
+    // node 1, with one frame for remote pages, writes pages 4 and 5 in turn: each fault writes
+    // the other back (PutModified, PutAck) beside its own WriteReq, DataExclusive.
+    Case {
+        name: "eviction write-back",
+        limit: Some(1),
+        round: |t, m| {
+            t.access(1, 4, true, m);
+            t.access(1, 5, true, m);
+        },
+    },
+];
+
+/// (allocations, page copies by the nodes, page messages) per measured fault of `case` in
+/// steady state: after a warm-up, over `rounds` rounds.
+fn per_fault(case: &Case, rounds: u64) -> (f64, f64, f64) {
+    let mut t = Trio::new();
+    if let Some(l) = case.limit {
+        t.nodes[1].0.set_cache_limit(l);
+    }
+    for _ in 0..20 {
+        (case.round)(&mut t, false);
+    }
+    for _ in 0..rounds {
+        (case.round)(&mut t, true);
+    }
+    let f = t.faults as f64;
+    (t.allocs as f64 / f, t.copies as f64 / f, t.page_messages as f64 / f)
+}
+
+/// Steady state on the firmware path (engine, glue, codec): no heap allocation per fault in
+/// any case, and a page crosses with two copies (out of the frame into the outgoing buffer,
+/// from the received bytes into the frame). Before: 5-12 allocations and 4 copies per page.
+/// `cargo test -p gestalt-firmware per_fault_costs -- --nocapture` prints the table.
+#[test]
+fn per_fault_costs_in_steady_state_are_no_allocation_and_two_copies_per_page() {
+    for case in CASES {
+        let (allocs, copies, pages) = per_fault(case, 200);
+        std::println!(
+            "{:<20} {allocs:>6.2} allocations {copies:>5.2} page copies {pages:>5.2} page messages per fault",
+            case.name
+        );
+        assert_eq!(allocs, 0.0, "{}: heap allocations per fault", case.name);
+        assert_eq!(copies, 2.0 * pages, "{}: page copies per page sent", case.name);
+    }
+}
