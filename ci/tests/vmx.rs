@@ -8,34 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::guest::{payload, GUEST_RUN};
 use common::{artifacts, ANSWER, BOCHS_BOOT};
 use gestalt_ci::{Artifacts, Boot, Emu, HarnessError, Node, NodeSpec};
-
-/// A guest run after boot: payload work, a few hundred thousand exits at most.
-const GUEST_RUN: Duration = Duration::from_secs(300);
-
-static BUILD: Mutex<bool> = Mutex::new(false);
-
-fn payload(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("payloads");
-    let path = dir.join("target/x86_64-gestalt/release").join(format!("payload-{name}"));
-    let mut built = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !*built && std::env::var_os("GESTALT_PAYLOADS_PREBUILT").is_none() {
-        let st = Command::new("sh")
-            .arg(dir.join("build.sh"))
-            .status()
-            .expect("cannot run ci/payloads/build.sh");
-        assert!(st.success(), "ci/payloads/build.sh failed");
-        *built = true;
-    }
-    assert!(path.exists(), "payload {} missing: run ci/payloads/build.sh", path.display());
-    path
-}
 
 /// Artifacts whose ISO boots the firmware with `cmdline` and the payload as the guest module.
 struct GuestImage {
