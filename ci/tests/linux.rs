@@ -24,6 +24,23 @@ use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
 /// minutes of wall time with one vCPU, 5 with two, on a busy 2-core host).
 const LINUX_BOOT: Duration = Duration::from_secs(900);
 
+/// Why a package is not at hand: apt cannot give it here (the test is skipped), or what it
+/// gave could not be unpacked (the test fails).
+#[derive(Debug)]
+enum Fetch {
+    Unavailable(String),
+    Broken(String),
+}
+
+impl From<String> for Fetch {
+    fn from(e: String) -> Fetch {
+        Fetch::Unavailable(e)
+    }
+}
+
+/// Both tests fetch the same packages into the same cache: one at a time.
+static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The versioned package behind `linux-image-cloud-amd64` (e.g. linux-image-6.1.0-57-cloud-amd64).
 fn package() -> Result<String, String> {
     let out = Command::new("apt-cache")
@@ -41,13 +58,13 @@ fn package() -> Result<String, String> {
 }
 
 /// The kernel image, fetched once per package version.
-fn kernel() -> Result<PathBuf, String> {
+fn kernel() -> Result<PathBuf, Fetch> {
     let pkg = package()?;
     fetch(&pkg, "boot/vmlinuz-", "vmlinuz")
 }
 
 /// busybox from `busybox-static`, fetched once per package version.
-fn busybox() -> Result<PathBuf, String> {
+fn busybox() -> Result<PathBuf, Fetch> {
     let out = Command::new("apt-cache")
         .args(["policy", "busybox-static"])
         .output()
@@ -57,57 +74,59 @@ fn busybox() -> Result<PathBuf, String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Candidate: "))
         .filter(|v| *v != "(none)")
-        .ok_or("apt-cache knows no busybox-static candidate")?
+        .ok_or_else(|| "apt-cache knows no busybox-static candidate".to_string())?
         .replace(':', "_");
     fetch_as("busybox-static", &format!("busybox-static-{version}"), "bin/busybox", "busybox")
 }
 
 /// `package`'s file whose path in the package starts with `prefix`, cached as `name`.
-fn fetch(package: &str, prefix: &str, name: &str) -> Result<PathBuf, String> {
+fn fetch(package: &str, prefix: &str, name: &str) -> Result<PathBuf, Fetch> {
     fetch_as(package, package, prefix, name)
 }
 
-fn fetch_as(package: &str, cache: &str, prefix: &str, name: &str) -> Result<PathBuf, String> {
+fn fetch_as(package: &str, cache: &str, prefix: &str, name: &str) -> Result<PathBuf, Fetch> {
     let dir = artifacts().dir().join("linux").join(cache);
     let vmlinuz = dir.join(name);
     if vmlinuz.exists() {
         return Ok(vmlinuz);
     }
     let pkg = package;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let broken = Fetch::Broken;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| broken(format!("cannot create {}: {e}", dir.display())))?;
     let st = Command::new("apt-get")
         .args(["download", pkg])
         .current_dir(&dir)
         .status()
         .map_err(|e| format!("cannot run apt-get: {e}"))?;
     if !st.success() {
-        return Err(format!("apt-get download {pkg} failed ({st})"));
+        return Err(Fetch::Unavailable(format!("apt-get download {pkg} failed ({st})")));
     }
     let deb = std::fs::read_dir(&dir)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| broken(e.to_string()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or("apt-get download left no .deb")?;
+        .ok_or_else(|| broken("apt-get download left no .deb".into()))?;
     let x = dir.join("x");
     let st = Command::new("dpkg-deb")
         .arg("-x")
         .arg(&deb)
         .arg(&x)
         .status()
-        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
+        .map_err(|e| broken(format!("cannot run dpkg-deb: {e}")))?;
     if !st.success() {
-        return Err(format!("dpkg-deb -x {} failed ({st})", deb.display()));
+        return Err(broken(format!("dpkg-deb -x {} failed ({st})", deb.display())));
     }
     let (sub, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
     let boot = x.join(sub);
     let image = std::fs::read_dir(&boot)
-        .map_err(|e| format!("{}: {e}", boot.display()))?
+        .map_err(|e| broken(format!("{}: {e}", boot.display())))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(start)))
-        .ok_or(format!("the package has no {prefix}*"))?;
-    std::fs::rename(&image, &vmlinuz).map_err(|e| e.to_string())?;
+        .ok_or_else(|| broken(format!("the package has no {prefix}*")))?;
+    std::fs::rename(&image, &vmlinuz).map_err(|e| broken(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&x);
     let _ = std::fs::remove_file(&deb);
     Ok(vmlinuz)
@@ -202,12 +221,17 @@ impl Drop for LinuxImage {
 /// Boots the kernel with our initramfs on one Bochs node of `cpus` CPUs (one vCPU each) and
 /// checks what /init reports, its workload, and the power-off.
 fn run_init(tag: &str, cpus: u32) -> Result<(), HarnessError> {
-    let (vmlinuz, busybox) = match (kernel(), busybox()) {
-        (Ok(k), Ok(b)) => (k, b),
-        (Err(e), _) | (_, Err(e)) => {
+    let fetched = {
+        let _one = FETCH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        kernel().and_then(|k| busybox().map(|b| (k, b)))
+    };
+    let (vmlinuz, busybox) = match fetched {
+        Ok(kb) => kb,
+        Err(Fetch::Unavailable(e)) => {
             eprintln!("skipped: no Debian kernel or busybox: {e}");
             return Ok(());
         }
+        Err(Fetch::Broken(e)) => panic!("the Debian packages were fetched but not unpacked: {e}"),
     };
     let img = LinuxImage::new(tag, &vmlinuz, &busybox).expect("the Linux guest ISO");
     let mut spec = NodeSpec::new(tag, Emu::Bochs, Boot::Iso).cpus(cpus);
