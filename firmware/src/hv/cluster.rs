@@ -178,6 +178,7 @@ const COHERENCE: u8 = 1;
 /// The framing of a coherence message (the engine's bytes follow it); the stamp is filled in
 /// when the message leaves ([`stamp`]).
 pub const COHERENCE_PREFIX: &[u8] = &[TAG, COHERENCE, 0, 0, 0, 0, 0, 0, 0, 0];
+const _: () = assert!(COHERENCE_PREFIX.len() == HEADER, "the prefix is a whole header");
 const IPI: u8 = 2;
 const LINE: u8 = 3;
 const STOP: u8 = 4;

@@ -44,6 +44,17 @@ pub const CLASSES: [(Class, &str); 4] = [
     (Class::ThreeHop, "3-hop"),
 ];
 
+/// A remote fault not served yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    vcpu: u16,
+    since: u64,
+    kind: Kind,
+    gfn: u64,
+    /// The data came from an owner past the home (3-hop).
+    from_owner: bool,
+}
+
 /// The counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -69,9 +80,9 @@ pub struct FaultStats {
     pub latency: [u64; BUCKETS],
     /// Served faults and their summed latency (µs) by [`Class`].
     pub served_by: [(u64, u64); 4],
-    /// Per waiting vCPU: when its fault began, its kind, its page, whether an owner served it.
-    /// One per vCPU at most: a short list that keeps its capacity (no allocation per fault).
-    waiting: Vec<(u16, (u64, Kind, u64, bool))>,
+    /// One per waiting vCPU at most: a short list that keeps its capacity (no allocation per
+    /// fault).
+    waiting: Vec<Waiting>,
     hot: Vec<(u64, u64)>,
 }
 
@@ -83,8 +94,14 @@ impl FaultStats {
             Kind::WriteMiss => self.write_miss += 1,
             Kind::Upgrade => self.upgrade += 1,
         }
-        if !self.waiting.iter().any(|&(v, _)| v == vcpu.0) {
-            self.waiting.push((vcpu.0, (now, kind, gfn.0, false)));
+        if !self.waiting.iter().any(|w| w.vcpu == vcpu.0) {
+            self.waiting.push(Waiting {
+                vcpu: vcpu.0,
+                since: now,
+                kind,
+                gfn: gfn.0,
+                from_owner: false,
+            });
         }
         self.touch(gfn.0);
     }
@@ -93,19 +110,19 @@ impl FaultStats {
     /// 3-hop.
     pub fn three_hop_data(&mut self, gfn: Gfn) {
         self.three_hop += 1;
-        for (_, w) in self.waiting.iter_mut().filter(|(_, w)| w.2 == gfn.0) {
-            w.3 = true;
+        for w in self.waiting.iter_mut().filter(|w| w.gfn == gfn.0) {
+            w.from_owner = true;
         }
     }
 
     /// `vcpu`'s fault was served at `now`.
     pub fn served(&mut self, vcpu: VcpuId, now: u64) {
-        let at = self.waiting.iter().position(|&(v, _)| v == vcpu.0);
-        if let Some((_, (t0, kind, _, owner))) = at.map(|i| self.waiting.swap_remove(i)) {
-            let us = now.saturating_sub(t0).max(1);
+        let at = self.waiting.iter().position(|w| w.vcpu == vcpu.0);
+        if let Some(w) = at.map(|i| self.waiting.swap_remove(i)) {
+            let us = now.saturating_sub(w.since).max(1);
             let b = (63 - us.leading_zeros() as usize).min(BUCKETS - 1);
             self.latency[b] += 1;
-            let class = match (owner, kind) {
+            let class = match (w.from_owner, w.kind) {
                 (true, _) => Class::ThreeHop,
                 (false, Kind::ReadMiss) => Class::ReadMiss,
                 (false, Kind::WriteMiss) => Class::WriteMiss,

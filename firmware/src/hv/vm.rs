@@ -168,12 +168,8 @@ impl Vm {
     /// behind it before the message acts. `memory` says it may carry guest memory, which a vCPU
     /// here can read without an exit: then every vCPU re-enters with the new offset first.
     fn observe_time(&self, stamp: u64, memory: bool) {
-        let Some(target) =
-            timesync::catch_up(stamp, rdtsc(), self.tsc_offset.load(Ordering::SeqCst))
-        else {
-            return;
-        };
         let before = self.tsc_offset.load(Ordering::SeqCst);
+        let Some(target) = timesync::catch_up(stamp, rdtsc(), before) else { return };
         if self.advance_offset(target) {
             self.time_steps.fetch_add(1, Ordering::Relaxed);
             self.time_step_max.fetch_max(target.wrapping_sub(before), Ordering::Relaxed);
