@@ -11,7 +11,6 @@
 #![no_std]
 #![no_main]
 
-use core::fmt::Write;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use gestalt_payloads::*;
@@ -292,15 +291,11 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         // A pass means something only if the sides met in several orders.
         let distinct = seen.iter().filter(|n| **n > 0).count();
         let pass = bad == 0 && distinct >= 3;
-        let mut counts = Line::new();
         let bits = if matches!(t, Test::Iriw) { 4 } else { 2 };
-        for (i, c) in seen.iter().enumerate().filter(|(_, c)| **c > 0) {
-            let _ = write!(counts, " {i:0bits$b}:{c}");
-        }
         println!(
             "litmus: {} {name}: {iters} runs, outcomes{}",
             if pass { "PASS" } else { "FAIL" },
-            counts.as_str()
+            Outcomes(&seen, bits)
         );
         ok &= pass;
     }
@@ -308,29 +303,14 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     exit(if ok { 0 } else { 1 })
 }
 
-/// A short line built without an allocator (what does not fit is cut).
-struct Line {
-    buf: [u8; 160],
-    len: usize,
-}
+/// The outcomes seen, as ` 0101:n` for each with n > 0 (`bits` digits each).
+struct Outcomes<'a>(&'a [u32; 16], usize);
 
-impl Line {
-    fn new() -> Line {
-        Line { buf: [0; 160], len: 0 }
-    }
-
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
-    }
-}
-
-impl core::fmt::Write for Line {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for b in s.bytes().filter(|b| b.is_ascii()) {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = b;
-                self.len += 1;
-            }
+impl core::fmt::Display for Outcomes<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let bits = self.1;
+        for (i, c) in self.0.iter().enumerate().filter(|(_, c)| **c > 0) {
+            write!(f, " {i:0bits$b}:{c}")?;
         }
         Ok(())
     }
