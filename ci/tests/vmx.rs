@@ -313,13 +313,30 @@ fn bochs_cluster_cpus(
     mem: &str,
     extra: &str,
 ) -> Result<(gestalt_ci::Switch, Vec<Node>, Vec<GuestImage>), HarnessError> {
+    bochs_nodes(n, cpus, payload, tag, Some("vmx"), &format!("{mem} {extra}"))
+}
+
+/// `n` Bochs nodes of `cpus` CPUs on one switch, each booting `payload` as the guest module
+/// with `words` on its command line; node 0 is the primary, under `test=<test>` if given (then
+/// it leaves the emulator with the guest's verdict).
+fn bochs_nodes(
+    n: usize,
+    cpus: u32,
+    payload: &str,
+    tag: &str,
+    test: Option<&str>,
+    words: &str,
+) -> Result<(gestalt_ci::Switch, Vec<Node>, Vec<GuestImage>), HarnessError> {
     let mut sw = gestalt_ci::Switch::new(31)?;
     let mut nodes = Vec::new();
     let mut images = Vec::new();
     for i in 0..n {
-        let role =
-            if i == 0 { format!("nodes={n} primary test=vmx") } else { format!("nodes={n}") };
-        let img = GuestImage::new(&format!("{tag}{i}"), payload, &format!("{role} {mem} {extra}"));
+        let role = match (i, test) {
+            (0, Some(t)) => format!("nodes={n} primary test={t}"),
+            (0, None) => format!("nodes={n} primary"),
+            _ => format!("nodes={n}"),
+        };
+        let img = GuestImage::new(&format!("{tag}{i}"), payload, &format!("{role} {words}"));
         let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
         let spec =
             bochs(&format!("{tag}{i}"), cpus).nic(port, [0x52, 0x54, 0x00, 0x53, 0x50, i as u8]);
@@ -418,17 +435,9 @@ fn span_figures() -> Result<(), HarnessError> {
     let extra = std::env::var("GESTALT_SPAN_CMDLINE").unwrap_or_default();
     for cpus in [2, 1] {
         // Not under test=: the primary stays up after the guest, for `stats` and `netbench`.
-        let mut sw = gestalt_ci::Switch::new(31)?;
-        let (mut nodes, mut images) = (Vec::new(), Vec::new());
-        for i in 0..2u8 {
-            let tag = format!("figs{cpus}-{i}");
-            let role = if i == 0 { "nodes=2 primary" } else { "nodes=2" };
-            let img = GuestImage::new(&tag, "span", &format!("{role} mem=32M {extra}"));
-            let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
-            let spec = bochs(&tag, cpus).nic(port, [0x52, 0x54, 0x00, 0x53, 0x46, i]);
-            nodes.push(Node::start(&spec, &img.artifacts())?);
-            images.push(img);
-        }
+        let words = format!("mem=32M {extra}");
+        let (sw, mut nodes, _images) =
+            bochs_nodes(2, cpus, "span", &format!("figs{cpus}-"), None, &words)?;
         let (n0, n1) = nodes.split_at_mut(1);
         let (n0, n1) = (&mut n0[0], &mut n1[0]);
         n0.wait_for("hv: guest exited", BOCHS_BOOT + GUEST_RUN)?;
