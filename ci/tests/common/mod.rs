@@ -39,3 +39,4 @@ pub fn qemu(name: &str, boot: Boot) -> NodeSpec {
 }
 
 pub mod guest;
+pub mod linux;
