@@ -39,6 +39,9 @@ pub const CMDLINE_ROOM: usize = 0x1000;
 pub const LOW_RAM_END: u64 = 0x9f000;
 /// The protected-mode kernel's classic load address.
 pub const HIGH: u64 = 0x10_0000;
+/// The reset vector, F000:FFF0 (SDM Vol. 3A §9.1.4): where a guest that restarts "through the
+/// BIOS" jumps in real mode.
+pub const RESET_VECTOR_GPA: u64 = 0xF_FFF0;
 
 /// Why an image is not a bootable bzImage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,6 +280,25 @@ pub fn boot_params(b: &BzImage, l: &Layout, ram: u64, rsdp: u64) -> Vec<u8> {
     p
 }
 
+/// What the guest finds at the reset vector: real-mode code that writes the FADT's reset
+/// value to its reset register, as a PC's BIOS would reset the machine. Linux on a
+/// hardware-reduced ACPI machine restarts through EFI, and without EFI through the BIOS
+/// (`machine_real_restart`, arch/x86/kernel/reboot.c) rather than the reset register.
+pub fn reset_stub() -> [u8; 9] {
+    let [lo, hi] = acpi::RESET_PORT.to_le_bytes();
+    [
+        0xB0,
+        acpi::RESET_VALUE, // mov al, RESET_VALUE
+        0xBA,
+        lo,
+        hi,   // mov dx, RESET_PORT
+        0xEE, // out dx, al
+        0xF4, // hlt
+        0xEB,
+        0xFD, // jmp back to the hlt
+    ]
+}
+
 /// A Linux guest ready to copy into RAM and enter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot<'a> {
@@ -350,6 +372,7 @@ pub fn prepare<'a>(
         (layout.boot_params, Cow::Owned(params)),
         (layout.cmdline, Cow::Owned(cmdline_bytes(&b, cmdline))),
         (acpi::BASE, Cow::Owned(tables.bytes)),
+        (RESET_VECTOR_GPA, Cow::Owned(reset_stub().to_vec())),
     ];
     if let Some((at, _)) = layout.initrd {
         writes.push((at, Cow::Borrowed(initrd)));

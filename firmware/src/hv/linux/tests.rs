@@ -179,9 +179,9 @@ fn a_prepared_guest_writes_kernel_params_cmdline_tables_and_initrd_without_overl
     let params = &boot.writes[1].1;
     assert_eq!(u64::from_le_bytes(params[0x70..0x78].try_into().unwrap()), super::acpi::BASE);
     assert!(boot.writes.iter().any(|(at, b)| *at == super::acpi::BASE && &b[..8] == b"RSD PTR "));
-    assert_eq!(boot.writes.len(), 5);
+    assert_eq!(boot.writes.len(), 6);
     let none = prepare(&img, &[], "", ram, ram, &d).unwrap();
-    assert_eq!(none.writes.len(), 4, "no initrd written");
+    assert_eq!(none.writes.len(), 5, "no initrd written");
     assert_eq!(
         prepare(&img, &[], "", ram, ram, &[]),
         Err(BootError::Acpi(super::acpi::AcpiError::Empty))
@@ -190,4 +190,34 @@ fn a_prepared_guest_writes_kernel_params_cmdline_tables_and_initrd_without_overl
         prepare(&[0u8; 10], &[], "", ram, ram, &d),
         Err(BootError::Linux(LinuxError::NotBzImage))
     );
+}
+
+/// The bug: Linux on our hardware-reduced FADT reboots through EFI, then the BIOS (a real-mode
+/// jump to F000:FFF0), which was zeroed RAM: the guest ran off the end of its code segment
+/// instead of resetting.
+#[test]
+fn the_reset_vector_holds_real_mode_code_that_writes_the_reset_register() {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let img = bzimage(27, 0x020f, 3 << 20);
+    let ram = 256 << 20;
+    let d = [super::acpi::Domain { first_vcpu: 0, vcpus: 1, ram_base: 0, ram_bytes: ram }];
+    let boot = prepare(&img, &[], "", ram, ram, &d).unwrap();
+    let stub = boot.writes.iter().find(|(at, _)| *at == RESET_VECTOR_GPA).expect("a stub");
+    // The vector's 16 bytes end at 1 MiB, in the legacy hole the e820 map reserves.
+    assert!(RESET_VECTOR_GPA + stub.1.len() as u64 <= HIGH);
+    assert!(e820(ram).iter().any(|e| e.kind == E820_RESERVED
+        && e.addr <= RESET_VECTOR_GPA
+        && RESET_VECTOR_GPA + 16 <= e.addr + e.size));
+    let mut dec = Decoder::with_ip(16, &stub.1, 0xFFF0, DecoderOptions::NONE);
+    let ins: Vec<_> = (0..5).map(|_| dec.decode()).collect();
+    let m: Vec<Mnemonic> = ins.iter().map(iced_x86::Instruction::mnemonic).collect();
+    assert_eq!(m, [Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Out, Mnemonic::Hlt, Mnemonic::Jmp]);
+    assert_eq!(ins[0].immediate8(), super::acpi::RESET_VALUE);
+    assert_eq!(ins[1].immediate16(), super::acpi::RESET_PORT);
+    assert_eq!(ins[4].near_branch16(), ins[3].ip16(), "spins on the hlt");
+    // The value resets through the devices' reset control.
+    let mut dev = crate::hv::devices::Devices::default();
+    let v = u32::from(ins[0].immediate8());
+    let effect = dev.access(ins[1].immediate16(), 1, crate::hv::IoDir::Out, v).1;
+    assert_eq!(effect, crate::hv::devices::PortEffect::Reset);
 }
