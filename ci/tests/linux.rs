@@ -37,7 +37,9 @@ fn run_init(tag: &str, cpus: u32, shell: bool) -> Result<(), HarnessError> {
     let mut spec = NodeSpec::new(tag, Emu::Bochs, Boot::Iso).cpus(cpus);
     spec.mem_mib = 320;
     let mut node = Node::start(&spec, &gestalt_ci::Artifacts::at(&img.dir))?;
-    node.wait_for("hv: Linux guest loaded", BOCHS_BOOT)?;
+    let loaded = node.wait_for("hv: Linux guest loaded", BOCHS_BOOT)?;
+    // Debian's kernel declares the 64-bit entry: it is entered at startup_64 in long mode.
+    assert!(loaded.contains("(64-bit entry: startup_64 in long mode)"), "{loaded}");
     check_boot(&mut node, cpus, 0)?;
     if shell {
         // Ctrl-] gives the console to the guest's UART (the Enter after it asks the shell

@@ -398,8 +398,13 @@ pub fn start(
             rsi: l.boot_params,
         });
         info!(
-            "hv: Linux guest loaded: kernel at {:#x}, initrd {}, {} MiB RAM, {} vCPUs, cmdline '{}'",
+            "hv: Linux guest loaded: kernel at {:#x} ({}), initrd {}, {} MiB RAM, {} vCPUs, cmdline '{}'",
             l.layout.kernel,
+            if l.long_mode {
+                "64-bit entry: startup_64 in long mode"
+            } else {
+                "32-bit entry"
+            },
             l.layout.initrd.map_or(alloc::string::String::from("none"), |(a, n)| {
                 alloc::format!("{n} bytes at {a:#x}")
             }),

@@ -2,14 +2,18 @@
 //! Boot Protocol", version 2.06 and later): recognises a bzImage by its setup header, lays out
 //! the kernel, boot_params (the "zero page"), the command line and an initrd in guest RAM, and
 //! builds boot_params with the setup header copied, an e820 map of the guest's RAM and the
-//! RSDP address. The kernel is entered through the 32-bit protocol (protected mode, paging
-//! off, ESI = boot_params at `code32_start`); its own startup code enables long mode.
+//! RSDP address, and puts a reset stub at the reset vector (a restart through the BIOS
+//! resets). A kernel that has the 64-bit entry (`XLF_KERNEL_64`) is entered at `startup_64` in
+//! long mode through [`long`]'s trampoline and identity page tables; any other through the
+//! 32-bit protocol (protected mode, paging off, ESI = boot_params at `code32_start`).
 
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use core::fmt;
 
 use super::acpi;
+
+pub mod long;
 
 /// Where the setup header starts in the image and in boot_params.
 const HDR: usize = 0x1f1;
@@ -19,6 +23,8 @@ const HDR_MAGIC: u32 = 0x5372_6448;
 pub const MIN_VERSION: u16 = 0x0206;
 /// loadflags bit 0: the protected-mode kernel loads at 0x100000 (a bzImage).
 const LOADED_HIGH: u8 = 1 << 0;
+/// xloadflags (0x236, protocol 2.12) bit 0: the kernel has the 64-bit entry at offset 0x200.
+const XLF_KERNEL_64: u16 = 1 << 0;
 /// e820 type: usable RAM.
 pub const E820_RAM: u32 = 1;
 /// e820 type: reserved.
@@ -115,6 +121,8 @@ pub struct BzImage {
     pub init_size: u32,
     /// The setup header, bytes 0x1f1 up to its end (0x202 + the byte at 0x201).
     pub header: Vec<u8>,
+    /// The kernel has the 64-bit entry (protocol 2.12+, `XLF_KERNEL_64`).
+    pub kernel_64: bool,
 }
 
 /// True when `image` starts like a bzImage (its setup header magic), whatever its version.
@@ -156,6 +164,9 @@ pub fn parse(image: &[u8]) -> Result<BzImage, LinuxError> {
         pref_address: if v210 { u64_at(image, 0x258).ok_or(t)? } else { HIGH },
         init_size: if v210 { u32_at(image, 0x260).ok_or(t)? } else { 0 },
         header: image[HDR..hdr_end].to_vec(),
+        kernel_64: version >= 0x020c
+            && hdr_end >= 0x238
+            && u16_at(image, 0x236).ok_or(t)? & XLF_KERNEL_64 != 0,
     })
 }
 
@@ -302,8 +313,12 @@ pub fn reset_stub() -> [u8; 9] {
 /// A Linux guest ready to copy into RAM and enter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot<'a> {
-    /// The 32-bit entry point (`code32_start`), entered with ESI = [`Boot::boot_params`].
+    /// Where the first vCPU starts in flat 32-bit protected mode with ESI =
+    /// [`Boot::boot_params`]: the 32-bit entry (`code32_start`), or the trampoline to the
+    /// 64-bit entry.
     pub entry: u32,
+    /// The kernel is entered at `startup_64` in long mode (through the trampoline).
+    pub long_mode: bool,
     /// boot_params' guest-physical address.
     pub boot_params: u64,
     /// Where everything went.
@@ -377,7 +392,17 @@ pub fn prepare<'a>(
     if let Some((at, _)) = layout.initrd {
         writes.push((at, Cow::Borrowed(initrd)));
     }
-    Ok(Boot { entry: layout.kernel as u32, boot_params: layout.boot_params, layout, writes })
+    let entry = if b.kernel_64 {
+        writes.push((long::TABLES_GPA, Cow::Owned(long::tables())));
+        writes.push((
+            long::TRAMPOLINE_GPA,
+            Cow::Owned(long::trampoline(layout.kernel, layout.boot_params)),
+        ));
+        (long::TRAMPOLINE_GPA + long::CODE_OFFSET) as u32
+    } else {
+        layout.kernel as u32
+    };
+    Ok(Boot { entry, long_mode: b.kernel_64, boot_params: layout.boot_params, layout, writes })
 }
 
 #[cfg(test)]
