@@ -177,6 +177,16 @@ pub struct LinuxImage {
 
 impl LinuxImage {
     pub fn new(tag: &str, vmlinuz: &Path, busybox: &Path) -> Result<LinuxImage, String> {
+        LinuxImage::with_cmdline(tag, vmlinuz, busybox, "mem=192M")
+    }
+
+    /// [`LinuxImage::new`] with the firmware's command line `cmdline`.
+    pub fn with_cmdline(
+        tag: &str,
+        vmlinuz: &Path,
+        busybox: &Path,
+        cmdline: &str,
+    ) -> Result<LinuxImage, String> {
         let dir = std::env::temp_dir().join(format!("gestalt-linux-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -187,7 +197,7 @@ impl LinuxImage {
         let bytes = std::fs::read(elf).map_err(|e| e.to_string())?;
         gestalt_image::iso::make_iso(
             &bytes,
-            "mem=192M",
+            cmdline,
             &[(vmlinuz, "vmlinuz"), (initrd.as_path(), "initrd.cpio")],
             &img.dir.join("gestalt.iso"),
         )?;
