@@ -320,7 +320,8 @@ impl<V: Vcpu> Runner<V> {
                 Step::Continue
             }
             Exit::Cpuid { leaf, sub } => {
-                let t = Topology { vcpus: m.vcpus(), tsc_hz: m.tsc_hz() };
+                let host = cpuid::Host::probe(|l, s| m.host_cpuid(l, s));
+                let t = Topology { vcpus: m.vcpus(), tsc_hz: m.tsc_hz(), host };
                 let a = cpuid::answer(leaf, sub, m.host_cpuid(leaf, sub), self.id as u32, &t);
                 let r = self.v.regs();
                 (r.rax, r.rbx, r.rcx, r.rdx) =

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
-use super::decode::{self, Insn, Paging, MAX_LEN};
+use super::decode::{self, Found, Insn, Paging, MAX_LEN};
 use super::vmcb::{self, code, event, misc1, misc2, off, Raw, Vmcb, EFER_SVME};
 use crate::arch::apic;
 use crate::arch::cpu::{cpuid, rdmsr, wrmsr, MSR_EFER};
@@ -284,6 +284,10 @@ unsafe extern "C" {
 
 /// Exits since boot on this node (all vCPUs), for rates.
 pub static EXITS: AtomicU64 = AtomicU64::new(0);
+/// #UD exits retried because the bytes at RIP were no longer mapped here (all vCPUs).
+pub static UNREADABLE: AtomicU64 = AtomicU64::new(0);
+/// Retries in a row before such a #UD goes to the guest after all.
+const UNREADABLE_RETRIES: u32 = 1000;
 
 /// Reads identity-mapped table frames (the nested tables, to fetch guest bytes).
 struct Identity;
@@ -319,6 +323,8 @@ pub struct SvmVcpu {
     nmi_blocked: bool,
     /// The last nested page fault (page, write, fetch), to flush when it repeats.
     last_npf: Option<(u64, bool, bool)>,
+    /// #UD exits in a row whose bytes could not be read (retried).
+    unreadable: u32,
     slice: u64,
 }
 
@@ -350,6 +356,7 @@ impl SvmVcpu {
             decoded_len: None,
             nmi_blocked: false,
             last_npf: None,
+            unreadable: 0,
             slice: 0,
         };
         let c = &mut *v.vmcb;
@@ -424,6 +431,14 @@ impl SvmVcpu {
     /// The length of `insn` at the guest's RIP, read through its paging and the nested
     /// tables; None when the bytes there are not that instruction or cannot be read.
     fn decode(&self, insn: Insn) -> Option<u64> {
+        match self.find(insn) {
+            Found::Len(n) => Some(n),
+            Found::Other | Found::Unreadable => None,
+        }
+    }
+
+    /// What the guest's RIP holds of `insn`, read through its paging and the nested tables.
+    fn find(&self, insn: Insn) -> Found {
         let p = self.paging();
         let (_, cs_base, _, cs_attr) = self.vmcb.segment(off::CS);
         let long64 = p.long64(cs_attr & (1 << 9) != 0);
@@ -452,7 +467,7 @@ impl SvmVcpu {
         };
         let mut bytes = [0; MAX_LEN];
         let n = decode::fetch(&p, lin, &mut read, &mut bytes);
-        decode::length(&bytes[..n], long64, insn)
+        decode::find(&bytes[..n], n == MAX_LEN, long64, insn)
     }
 
     /// The instruction the last exit intercepted, for its length.
@@ -530,11 +545,25 @@ impl SvmVcpu {
             code::UD => {
                 // VMCALL from a payload built for Intel is a hypercall; any other #UD is the
                 // guest's own.
-                if let Some(len) = self.decode(Insn::Vmcall) {
-                    self.decoded_len = Some(len);
-                    return Some(Exit::Hypercall { nr: self.regs.rax });
+                match self.find(Insn::Vmcall) {
+                    Found::Len(len) => {
+                        self.unreadable = 0;
+                        self.decoded_len = Some(len);
+                        return Some(Exit::Hypercall { nr: self.regs.rax });
+                    }
+                    // The CPU fetched the instruction, so its bytes were mapped; another
+                    // node took a page of them (or of the tables to them) since. Run it
+                    // again: its fetch faults them back (bounded, for a walk this decoder
+                    // cannot do).
+                    Found::Unreadable if self.unreadable < UNREADABLE_RETRIES => {
+                        self.unreadable += 1;
+                        UNREADABLE.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Found::Unreadable | Found::Other => {
+                        self.unreadable = 0;
+                        self.inject_exception(6, None);
+                    }
                 }
-                self.inject_exception(6, None);
                 None
             }
             _ => Some(self.invalid()),
