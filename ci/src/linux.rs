@@ -224,14 +224,16 @@ pub struct LinuxImage {
 }
 
 impl LinuxImage {
-    /// Builds the initramfs and the ISO in a directory named after `tag`, the firmware from
-    /// `art` booted with [`GUEST_MEM`].
+    /// Builds the initramfs and the ISO in a directory named after `tag`: the firmware from
+    /// `art` booted with `firmware_cmdline` (e.g. [`GUEST_MEM`]), the kernel with
+    /// `kernel_cmdline`.
     pub fn new(
         art: &Artifacts,
         tag: &str,
         vmlinuz: &Path,
         busybox: &Path,
-        cmdline: &str,
+        firmware_cmdline: &str,
+        kernel_cmdline: &str,
     ) -> Result<LinuxImage, String> {
         let dir = std::env::temp_dir().join(format!("gestalt-linux-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -241,10 +243,11 @@ impl LinuxImage {
         initramfs(busybox, &initrd)?;
         let elf = art.elf().map_err(|e| e.to_string())?;
         let bytes = std::fs::read(elf).map_err(|e| e.to_string())?;
-        let mods = modules(vmlinuz, &initrd, cmdline);
+        let mods = modules(vmlinuz, &initrd, kernel_cmdline);
         let mods: Vec<(&Path, &str)> =
             mods.iter().map(|(p, c)| (p.as_path(), c.as_str())).collect();
-        gestalt_image::iso::make_iso(&bytes, GUEST_MEM, &mods, &img.dir.join("gestalt.iso"))?;
+        let iso = img.dir.join("gestalt.iso");
+        gestalt_image::iso::make_iso(&bytes, firmware_cmdline, &mods, &iso)?;
         Ok(img)
     }
 }

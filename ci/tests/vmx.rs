@@ -196,6 +196,38 @@ fn console_input_reaches_the_guest_uart_after_ctrl_bracket() -> Result<(), Harne
     Ok(())
 }
 
+/// The guest's devices live on the primary: a vCPU on node 1 writes the UART's scratch
+/// register that vCPU 0 reads back on node 0, then reads a line typed on node 0's console and
+/// ends the guest through the debug-exit port, all through the primary's one UART.
+#[test]
+fn a_vcpu_on_another_node_uses_the_primarys_uart_and_debug_exit_port() -> Result<(), HarnessError> {
+    let (_sw, mut n0, mut n1, _images) = cluster_of("echo", "echo2n", "mem=32M", "log=info")?;
+    let ready = n0.wait_for("(vcpu 1 on node 1)", BOCHS_BOOT + GUEST_RUN);
+    let text = n0.console().text();
+    ready.inspect_err(|_| eprintln!("node 0:\n{text}\nnode 1:\n{}", n1.console().text()))?;
+    assert!(
+        text.contains(
+            "guest: echo: PASS the UART scratch register vcpu 1 wrote reads back on vcpu 0"
+        ),
+        "{text}"
+    );
+    n0.send_line("\u{1d}typed on node 0")?;
+    n0.wait_for("guest: echo: typed on node 0", GUEST_RUN)?;
+    cluster_verdict_passes(&mut n0, &n1)?;
+    let text1 = n1.console().text();
+    assert!(!text1.contains("guest: "), "node 1 prints no guest line itself:\n{text1}");
+    // Every byte the vCPU printed is two accesses (LSR poll, THR write): dozens of each.
+    let stats = n1.command("stats", ANSWER)?;
+    let line = stats.lines().find(|l| l.contains("stats: devices: on node 0; ")).unwrap_or("");
+    let count = |after: &str| -> u64 {
+        let rest = line.split(after).nth(1).unwrap_or("");
+        rest.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("node 0; ") >= 50 && count("answer), ") >= 50, "{stats}");
+    eprintln!("{stats}");
+    Ok(())
+}
+
 #[test]
 fn invalid_guest_state_is_decoded_and_dumped() -> Result<(), HarnessError> {
     let text = run_test("badstate", "badstate", "vmx-fault", 1)?;

@@ -185,18 +185,13 @@ fn run(o: &Options) -> Result<(), String> {
             if !cmdline.split_whitespace().any(|w| w.starts_with("mem=")) {
                 cmdline = format!("{cmdline} {}", linux::GUEST_MEM);
             }
-            if o.emu == Emu::Qemu {
-                eprintln!(
-                    "gestalt-cluster: note: QEMU nodes run the guest with SVM, which cannot boot Linux yet (--emu bochs can)"
-                );
-            }
             if o.nodes > 1 {
                 eprintln!(
                     "gestalt-cluster: note: Linux across nodes is not supported yet; --nodes 1 runs it on one node"
                 );
             }
             eprintln!(
-                "gestalt-cluster: the kernel boots for a few minutes under Bochs; at `init: shell on the console`, type Ctrl-] then Enter to give node 0's console to the guest"
+                "gestalt-cluster: the kernel boots in a few minutes under Bochs (under a minute on QEMU); at `init: shell on the console`, type Ctrl-] then Enter to give node 0's console to the guest"
             );
             m
         }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 #[allow(unused_imports)] // each test file uses some
-pub use gestalt_ci::linux::{guest_lines, Fetch, CMDLINE, SHELL_WORD};
+pub use gestalt_ci::linux::{guest_lines, Fetch, CMDLINE, GUEST_MEM, SHELL_WORD};
 
 use super::artifacts;
 
@@ -19,19 +19,30 @@ impl std::ops::Deref for LinuxImage {
 }
 
 impl LinuxImage {
-    /// With the kernel command line [`CMDLINE`].
+    /// The firmware with [`GUEST_MEM`], the kernel with [`CMDLINE`].
     pub fn new(tag: &str, vmlinuz: &Path, busybox: &Path) -> Result<LinuxImage, String> {
-        Self::with_cmdline(tag, vmlinuz, busybox, CMDLINE)
+        LinuxImage::with_cmdline(tag, vmlinuz, busybox, GUEST_MEM)
     }
 
-    /// With `cmdline` as the kernel's command line.
+    /// [`LinuxImage::new`] with the firmware's command line `cmdline`.
     pub fn with_cmdline(
         tag: &str,
         vmlinuz: &Path,
         busybox: &Path,
         cmdline: &str,
     ) -> Result<LinuxImage, String> {
-        gestalt_ci::linux::LinuxImage::new(&artifacts(), tag, vmlinuz, busybox, cmdline)
+        LinuxImage::with_cmdlines(tag, vmlinuz, busybox, cmdline, CMDLINE)
+    }
+
+    /// With the firmware's command line `firmware` and the kernel's `kernel`.
+    pub fn with_cmdlines(
+        tag: &str,
+        vmlinuz: &Path,
+        busybox: &Path,
+        firmware: &str,
+        kernel: &str,
+    ) -> Result<LinuxImage, String> {
+        gestalt_ci::linux::LinuxImage::new(&artifacts(), tag, vmlinuz, busybox, firmware, kernel)
             .map(LinuxImage)
     }
 }

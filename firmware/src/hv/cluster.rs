@@ -184,6 +184,9 @@ const LINE: u8 = 3;
 const STOP: u8 = 4;
 const TIME_PROBE: u8 = 5;
 const TIME_REPLY: u8 = 6;
+const PORT_WRITE: u8 = 7;
+const PORT_READ: u8 = 8;
+const PORT_REPLY: u8 = 9;
 
 /// How the guest ended, as it travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +234,35 @@ pub enum GuestMsg<'a> {
         t0: u64,
         /// The primary's guest TSC when it answered.
         primary: u64,
+    },
+    /// A port write by vCPU `vcpu` on another node, for the primary's devices: posted (the
+    /// writer goes on), applied there in the order it was made.
+    PortWrite {
+        /// The writer.
+        vcpu: u32,
+        /// The port.
+        port: u16,
+        /// Bytes (1, 2 or 4).
+        size: u8,
+        /// The value written.
+        value: u32,
+    },
+    /// A port read by vCPU `vcpu` on another node, parked until the primary's
+    /// [`GuestMsg::PortReply`].
+    PortRead {
+        /// The reader.
+        vcpu: u32,
+        /// The port.
+        port: u16,
+        /// Bytes (1, 2 or 4).
+        size: u8,
+    },
+    /// The primary's answer to a [`GuestMsg::PortRead`].
+    PortReply {
+        /// The reader.
+        vcpu: u32,
+        /// The value read.
+        value: u32,
     },
 }
 
@@ -281,6 +313,24 @@ impl GuestMsg<'_> {
                 b.extend_from_slice(&t0.to_le_bytes());
                 b.extend_from_slice(&primary.to_le_bytes());
                 TIME_REPLY
+            }
+            GuestMsg::PortWrite { vcpu, port, size, value } => {
+                b.extend_from_slice(&vcpu.to_le_bytes());
+                b.extend_from_slice(&port.to_le_bytes());
+                b.push(size);
+                b.extend_from_slice(&value.to_le_bytes());
+                PORT_WRITE
+            }
+            GuestMsg::PortRead { vcpu, port, size } => {
+                b.extend_from_slice(&vcpu.to_le_bytes());
+                b.extend_from_slice(&port.to_le_bytes());
+                b.push(size);
+                PORT_READ
+            }
+            GuestMsg::PortReply { vcpu, value } => {
+                b.extend_from_slice(&vcpu.to_le_bytes());
+                b.extend_from_slice(&value.to_le_bytes());
+                PORT_REPLY
             }
         };
         b
@@ -338,6 +388,18 @@ pub fn decode(b: &[u8]) -> Option<(u64, GuestMsg<'_>)> {
         }
         TIME_PROBE if body.len() == 8 => GuestMsg::TimeProbe { t0: quad(0)? },
         TIME_REPLY if body.len() == 16 => GuestMsg::TimeReply { t0: quad(0)?, primary: quad(8)? },
+        PORT_WRITE | PORT_READ => {
+            let port = u16::from_le_bytes(body.get(4..6)?.try_into().ok()?);
+            let size = *body.get(6).filter(|s| matches!(**s, 1 | 2 | 4))?;
+            match (kind, body.len()) {
+                (PORT_WRITE, 11) => {
+                    GuestMsg::PortWrite { vcpu: word(0)?, port, size, value: word(7)? }
+                }
+                (PORT_READ, 7) => GuestMsg::PortRead { vcpu: word(0)?, port, size },
+                _ => return None,
+            }
+        }
+        PORT_REPLY if body.len() == 8 => GuestMsg::PortReply { vcpu: word(0)?, value: word(4)? },
         _ => return None,
     };
     Some((stamp, msg))
@@ -417,6 +479,10 @@ mod tests {
             GuestMsg::Stop { vcpu: 2, end: End::Fatal(b"triple fault") },
             GuestMsg::TimeProbe { t0: u64::MAX - 3 },
             GuestMsg::TimeReply { t0: 12, primary: 1 << 63 },
+            GuestMsg::PortWrite { vcpu: 3, port: 0x3f8, size: 1, value: 0x41 },
+            GuestMsg::PortWrite { vcpu: 3, port: 0xb004, size: 2, value: 0x3c00 },
+            GuestMsg::PortRead { vcpu: 1, port: 0x3fd, size: 1 },
+            GuestMsg::PortReply { vcpu: 1, value: 0x60 },
         ];
         for (i, m) in msgs.into_iter().enumerate() {
             let mut b = m.encode();
@@ -443,9 +509,15 @@ mod tests {
         assert_eq!(decode(&with(STOP, &[0, 0, 0, 0, 0, 1])), None);
         assert_eq!(decode(&with(TIME_PROBE, &[0; 7])), None);
         assert_eq!(decode(&with(TIME_REPLY, &[0; 17])), None);
+        // Port accesses: a size other than 1, 2 or 4, or a wrong length.
+        assert_eq!(decode(&with(PORT_READ, &[0, 0, 0, 0, 0xf8, 3, 3])), None);
+        assert_eq!(decode(&with(PORT_READ, &[0, 0, 0, 0, 0xf8, 3, 1, 0])), None);
+        assert_eq!(decode(&with(PORT_WRITE, &[0, 0, 0, 0, 0xf8, 3, 1])), None);
+        assert_eq!(decode(&with(PORT_WRITE, &[0, 0, 0, 0, 0xf8, 3, 0, 0, 0, 0, 0])), None);
+        assert_eq!(decode(&with(PORT_REPLY, &[0; 7])), None);
         for len in 0..30 {
             for fill in [0u8, 0xff, TAG] {
-                let mut b = vec![TAG, (len % 7) as u8];
+                let mut b = vec![TAG, (len % 10) as u8];
                 b.resize(len + 2, fill);
                 let _ = decode(&b);
             }

@@ -3,7 +3,12 @@
 //! power management are hidden), a virtual topology (one core per vCPU, x2APIC id = vCPU
 //! index, SDM Vol. 2A CPUID leaves 01H, 04H, 0BH), ARAT and invariant TSC, TSC frequency
 //! leaves from the measured rate (Bochs reports the host's, docs/design.md §9), the Gestalt
-//! hypervisor leaves at 0x4000_0000 and an empty KVM-compatible range at 0x4000_0100.
+//! hypervisor leaves at 0x4000_0000 and an empty KVM-compatible range at 0x4000_0100. On an
+//! AMD host the same topology is told in AMD's own leaves too (AMD APM Vol. 3 Appendix E:
+//! Fn8000_0001_ECX CmpLegacy and TopologyExtensions, Fn8000_0008_ECX, Fn8000_001D/1E): one
+//! package, one node (the package's, not a Gestalt node: those are the SRAT's proximity
+//! domains), one thread per core, and the extended APIC id = x2APIC id = vCPU index, as the
+//! MADT says.
 
 /// One CPUID answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,6 +30,35 @@ pub struct Topology {
     pub vcpus: u32,
     /// TSC ticks per second the guest sees.
     pub tsc_hz: u64,
+    /// What the host CPU is (its vendor decides which topology leaves exist).
+    pub host: Host,
+}
+
+/// The host facts the answers depend on beyond the leaf asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// AMD (or Hygon, its licensee with the same leaves): the AMD topology leaves are shown.
+    pub amd: bool,
+    /// The host has Fn8000_001D (cache topology) to pass on: TopologyExtensions and the leaf
+    /// within its extended range. QEMU answers a leaf above its range with its highest one
+    /// (the SVM leaf for `qemu64`), so the range must be checked.
+    pub cache_leaves: bool,
+}
+
+impl Host {
+    /// Reads the vendor (leaf 0) and the extended range of the CPU `cpuid` asks.
+    pub fn probe(cpuid: impl Fn(u32, u32) -> Regs4) -> Host {
+        let v = cpuid(0, 0);
+        let mut vendor = [0u8; 12];
+        for (i, r) in [v.ebx, v.edx, v.ecx].into_iter().enumerate() {
+            vendor[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+        }
+        let amd = &vendor == b"AuthenticAMD" || &vendor == b"HygonGenuine";
+        let cache_leaves = amd
+            && cpuid(0x8000_0000, 0).eax >= 0x8000_001D
+            && cpuid(0x8000_0001, 0).ecx & TOPOLOGY_EXTENSIONS != 0;
+        Host { amd, cache_leaves }
+    }
 }
 
 /// Hypervisor vendor signature in leaf 0x4000_0000 EBX, ECX, EDX.
@@ -53,6 +87,13 @@ pub const KVM_BASE: u32 = 0x4000_0100;
 pub const MAX_BASIC: u32 = 0x16;
 /// Highest extended leaf the guest sees.
 pub const MAX_EXTENDED: u32 = 0x8000_0008;
+/// Highest extended leaf a guest on an AMD host sees: up to the topology leaf Fn8000_001E.
+pub const MAX_EXTENDED_AMD: u32 = 0x8000_001E;
+/// Fn8000_0001_ECX CmpLegacy (APM Vol. 3 Appendix E): the logical processors that leaf 1's
+/// HTT and LogicalProcessorCount announce are cores, not threads of one core (§E.5).
+const CMP_LEGACY: u32 = 1 << 1;
+/// Fn8000_0001_ECX TopologyExtensions: Fn8000_001D and Fn8000_001E are defined.
+const TOPOLOGY_EXTENSIONS: u32 = 1 << 22;
 
 const fn bits(list: &[u32]) -> u32 {
     let mut m = 0;
@@ -81,6 +122,10 @@ const L1_EDX_SET: u32 = bits(&[28]);
 /// SMEP, BMI2, ERMS, AVX-512 F/DQ/IFMA/CD/BW/VL, RDSEED, ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
 /// Gone: TSX, INVPCID, MPX, RDT, SGX, Intel PT.
 const L7_EBX: u32 = bits(&[0, 1, 3, 5, 7, 8, 9, 16, 17, 18, 19, 20, 21, 23, 24, 28, 29, 30, 31]);
+/// Leaf 7.0 EBX set: TSC_ADJUST, whatever the host says: the MSR is the hypervisor's own
+/// (`msr.rs`), and QEMU's `qemu64` lacks it, which would leave Linux on AMD watching its TSC
+/// with jiffies that a slow emulator loses.
+const L7_EBX_SET: u32 = bits(&[1]);
 /// Leaf 7.0 ECX kept: AVX512_VBMI, AVX512_VBMI2, GFNI, VAES, VPCLMULQDQ, AVX512_VNNI, BITALG,
 /// AVX512_VPOPCNTDQ, RDPID. Gone: UMIP, PKU, WAITPKG, LA57, SGX_LC and the rest.
 const L7_ECX: u32 = bits(&[1, 6, 8, 9, 10, 11, 12, 14, 22]);
@@ -121,7 +166,8 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
         // Thermal and power: only ARAT (EAX bit 2): the APIC timer runs in every C-state.
         0x6 => r = Regs4 { eax: 1 << 2, ..zero },
         0x7 if sub == 0 => {
-            r = Regs4 { eax: 0, ebx: r.ebx & L7_EBX, ecx: r.ecx & L7_ECX, edx: r.edx & L7_EDX }
+            let ebx = (r.ebx & L7_EBX) | L7_EBX_SET;
+            r = Regs4 { eax: 0, ebx, ecx: r.ecx & L7_ECX, edx: r.edx & L7_EDX }
         }
         0xb => {
             let (shift, count, kind) = match sub {
@@ -162,13 +208,47 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
                 |i: usize| u32::from_le_bytes(KVM_SIGNATURE[i..i + 4].try_into().unwrap_or([0; 4]));
             r = Regs4 { eax: KVM_BASE + 1, ebx: w(0), ecx: w(4), edx: w(8) };
         }
-        0x8000_0000 => r = Regs4 { eax: r.eax.clamp(0x8000_0000, MAX_EXTENDED), ..zero },
-        0x8000_0001 => r = Regs4 { ecx: r.ecx & LX1_ECX, edx: r.edx & LX1_EDX, ..zero },
+        0x8000_0000 => {
+            // On AMD the topology leaf is the guest's own, whatever the host's range (QEMU's
+            // `qemu64` ends at 0x8000_000A).
+            let max =
+                if t.host.amd { MAX_EXTENDED_AMD } else { r.eax.clamp(0x8000_0000, MAX_EXTENDED) };
+            r = Regs4 { eax: max, ..zero }
+        }
+        0x8000_0001 => {
+            let mut ecx = r.ecx & LX1_ECX;
+            if t.host.amd {
+                ecx |= TOPOLOGY_EXTENSIONS;
+                if t.vcpus > 1 {
+                    ecx |= CMP_LEGACY;
+                }
+            }
+            r = Regs4 { ecx, edx: r.edx & LX1_EDX, ..zero }
+        }
         // Brand string, L2 cache, address sizes.
         0x8000_0002..=0x8000_0004 | 0x8000_0006 => {}
         // Invariant TSC (EDX bit 8): the TSC offsets keep every vCPU's TSC on one clock.
         0x8000_0007 => r = Regs4 { edx: 1 << 8, ..zero },
-        0x8000_0008 => r = Regs4 { eax: r.eax & 0xffff, ..zero },
+        // ECX on AMD (Fn8000_0008_ECX): NC [7:0] = logical processors - 1, ApicIdSize
+        // [15:12] = the APIC id bits that number them in the package; reserved on Intel.
+        0x8000_0008 => {
+            let ecx = if t.host.amd {
+                (t.vcpus.clamp(1, 256) - 1) | (width(t.vcpus).min(15) << 12)
+            } else {
+                0
+            };
+            r = Regs4 { eax: r.eax & 0xffff, ecx, ..zero }
+        }
+        // Cache topology (Fn8000_001D), like leaf 4: NumSharingCache [25:14] = 0, each cache
+        // private to its core. None where the host has no such leaf (type 0: no caches told).
+        0x8000_001D if t.host.cache_leaves => {
+            if r.eax & 0x1f != 0 {
+                r.eax &= 0x3fff;
+            }
+        }
+        // Fn8000_001E: EAX ExtendedApicId; EBX CoreId [7:0] and ThreadsPerCore - 1 [15:8] (0:
+        // one thread); ECX NodeId [7:0] and NodesPerProcessor - 1 [10:8] (0: one node).
+        0x8000_001E if t.host.amd => r = Regs4 { eax: id, ebx: id & 0xff, ..zero },
         _ => r = zero,
     }
     r
@@ -178,7 +258,106 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
 mod tests {
     use super::*;
 
-    const T: Topology = Topology { vcpus: 3, tsc_hz: 4_000_000 };
+    const T: Topology =
+        Topology { vcpus: 3, tsc_hz: 4_000_000, host: Host { amd: false, cache_leaves: false } };
+    const AMD: Host = Host { amd: true, cache_leaves: false };
+    const ALL: Regs4 = Regs4 { eax: !0, ebx: !0, ecx: !0, edx: !0 };
+
+    fn amd(vcpus: u32) -> Topology {
+        Topology { vcpus, tsc_hz: 4_000_000, host: AMD }
+    }
+
+    /// A CPU answering `leaf 0` with `vendor` and the other leaves from `ext`.
+    fn cpu(vendor: &[u8; 12], max_ext: u32, ext1_ecx: u32) -> impl Fn(u32, u32) -> Regs4 + '_ {
+        move |leaf, _| {
+            let w = |i: usize| u32::from_le_bytes(vendor[i..i + 4].try_into().unwrap());
+            match leaf {
+                0 => Regs4 { eax: 0x10, ebx: w(0), edx: w(4), ecx: w(8) },
+                0x8000_0000 => Regs4 { eax: max_ext, ..Regs4::default() },
+                0x8000_0001 => Regs4 { ecx: ext1_ecx, ..Regs4::default() },
+                _ => Regs4::default(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_host_vendor_and_its_cache_topology_leaf_are_probed() {
+        let topoext = 1 << 22;
+        assert_eq!(Host::probe(cpu(b"GenuineIntel", 0x8000_0008, 0)), Host::default());
+        let qemu64 = Host::probe(cpu(b"AuthenticAMD", 0x8000_000A, 0));
+        assert_eq!(qemu64, AMD, "no Fn8000_001D above the range");
+        let zen = Host::probe(cpu(b"AuthenticAMD", 0x8000_0021, topoext));
+        assert_eq!(zen, Host { amd: true, cache_leaves: true });
+        let hygon = Host::probe(cpu(b"HygonGenuine", 0x8000_0021, 0));
+        assert_eq!(hygon, AMD, "in range but without TopologyExtensions");
+    }
+
+    #[test]
+    fn amd_leaves_tell_the_vcpu_count_and_apic_id_width() {
+        let r = answer(0x8000_0008, 0, Regs4 { eax: 0x3030, ..ALL }, 0, &amd(3));
+        assert_eq!(r, Regs4 { eax: 0x3030, ebx: 0, ecx: 2 | (2 << 12), edx: 0 });
+        assert_eq!(answer(0x8000_0008, 0, ALL, 0, &amd(1)).ecx, 0);
+        assert_eq!(answer(0x8000_0008, 0, ALL, 0, &amd(16)).ecx, 15 | (4 << 12));
+        assert_eq!(answer(0x8000_0008, 0, ALL, 0, &amd(17)).ecx, 16 | (5 << 12));
+        let r = answer(0x8000_001E, 0, ALL, 5, &amd(8));
+        assert_eq!(r, Regs4 { eax: 5, ebx: 5, ecx: 0, edx: 0 }, "one thread per core, one node");
+        let x1 = answer(0x8000_0001, 0, Regs4::default(), 0, &amd(2));
+        assert_eq!(x1.ecx, (1 << 1) | (1 << 22), "CmpLegacy, TopologyExtensions");
+        assert_eq!(answer(0x8000_0001, 0, Regs4::default(), 0, &amd(1)).ecx, 1 << 22);
+        assert_eq!(answer(0x8000_0000, 0, ALL, 0, &amd(2)).eax, MAX_EXTENDED_AMD);
+        let qemu64 = Regs4 { eax: 0x8000_000A, ..Regs4::default() };
+        assert_eq!(answer(0x8000_0000, 0, qemu64, 0, &amd(2)).eax, MAX_EXTENDED_AMD);
+        assert_eq!(answer(0x8000_000A, 0, ALL, 0, &amd(2)), Regs4::default(), "SVM hidden");
+    }
+
+    #[test]
+    fn amd_cache_topology_is_passed_on_with_each_cache_private_to_its_core() {
+        let l3 = Regs4 { eax: 0x0003_c163, ebx: 0x03c0_003f, ecx: 0x3fff, edx: 1 };
+        let zen = Topology { host: Host { amd: true, cache_leaves: true }, ..amd(4) };
+        assert_eq!(answer(0x8000_001D, 3, l3, 0, &zen), Regs4 { eax: 0x163, ..l3 });
+        let end = Regs4::default();
+        assert_eq!(answer(0x8000_001D, 4, end, 0, &zen), end);
+        assert_eq!(answer(0x8000_001D, 0, l3, 0, &amd(4)), Regs4::default(), "no host leaf");
+    }
+
+    #[test]
+    fn intel_hosts_get_none_of_the_amd_topology() {
+        assert_eq!(answer(0x8000_0008, 0, ALL, 0, &T).ecx, 0);
+        assert_eq!(answer(0x8000_001E, 0, ALL, 1, &T), Regs4::default());
+        assert_eq!(answer(0x8000_001D, 0, ALL, 1, &T), Regs4::default());
+        assert_eq!(answer(0x8000_0001, 0, Regs4::default(), 0, &T).ecx, 0);
+    }
+
+    /// Decodes each vCPU's place the way AMD's Appendix E.5 and Linux's AMD topology code do
+    /// (core bits = ApicIdSize, else from NC; package = APIC id above them; threads from
+    /// Fn8000_001E) and checks it against the Intel leaves and the MADT's x2APIC ids.
+    #[test]
+    fn amd_and_intel_leaves_describe_one_package_of_single_thread_cores() {
+        for n in 1..=40 {
+            let t = amd(n);
+            let nc = answer(0x8000_0008, 0, ALL, 0, &t).ecx;
+            let count = (nc & 0xff) + 1;
+            let bits = match (nc >> 12) & 0xf {
+                0 => width(count),
+                b => b,
+            };
+            assert_eq!(count, n, "NC");
+            assert_eq!((answer(1, 0, ALL, 0, &t).ebx >> 16) & 0xff, n.min(255), "leaf 1");
+            assert_eq!(answer(0xb, 1, ALL, 0, &t).eax, bits, "0BH core shift = ApicIdSize");
+            let mut cores = Vec::new();
+            for id in 0..n {
+                let e = answer(0x8000_001E, 0, ALL, id, &t);
+                assert_eq!(e.eax, id, "extended APIC id = x2APIC id");
+                assert_eq!(e.eax, answer(0xb, 0, ALL, id, &t).edx);
+                assert_eq!((e.ebx >> 8) & 0xff, 0, "one thread per core");
+                assert_eq!(e.ecx & 0x7ff, 0, "node 0 of one");
+                assert_eq!(e.eax >> bits, 0, "all in package 0");
+                cores.push(e.eax & ((1 << bits) - 1));
+            }
+            cores.dedup();
+            assert_eq!(cores.len(), n as usize, "a core each");
+        }
+    }
 
     #[test]
     fn leaf_1_names_the_vcpu_hides_vmx_and_shows_x2apic_and_hypervisor() {
@@ -239,6 +418,7 @@ mod tests {
         let l7 = answer(7, 0, all, 0, &T);
         assert_eq!(l7.ebx & ((1 << 4) | (1 << 10) | (1 << 11)), 0, "TSX, INVPCID");
         assert_ne!(l7.ebx & (1 << 1), 0, "TSC_ADJUST");
+        assert_eq!(answer(7, 0, Regs4::default(), 0, &T).ebx, 1 << 1, "TSC_ADJUST on any host");
         assert_eq!(l7.ecx & (1 << 16), 0, "LA57");
         assert_eq!(l7.edx & ((1 << 26) | (1 << 29)), 0, "SPEC_CTRL, ARCH_CAPABILITIES");
         assert_eq!(answer(7, 1, all, 0, &T), Regs4::default());

@@ -62,8 +62,14 @@ pub trait Machine {
     fn tsc_hz(&self) -> u64;
     /// The host CPU's CPUID answer.
     fn host_cpuid(&self, leaf: u32, sub: u32) -> Regs4;
-    /// A port access by `vcpu` (one element of `size` bytes): the value read for `In`.
-    fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32;
+    /// A port access by `vcpu` (one element of `size` bytes): the value read for `In`, or
+    /// None when another node's devices answer it: the vCPU parks until
+    /// [`Machine::take_port_reply`] has the value.
+    fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> Option<u32>;
+    /// Takes the answer to `vcpu`'s port read that went elsewhere, if it came.
+    fn take_port_reply(&self, _vcpu: usize) -> Option<u32> {
+        None
+    }
     /// A nested page fault at `gpa`.
     fn nested_fault(&self, vcpu: usize, gpa: u64, write: bool, exec: bool) -> Fault;
     /// `vcpu` is about to enter the guest: the nested-paging generation it must have flushed
@@ -138,6 +144,14 @@ pub enum Start {
     WaitForSipi,
 }
 
+fn port_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
 /// One vCPU with its local APIC and MSRs, on the core that runs it.
 pub struct Runner<V: Vcpu> {
     /// The backend.
@@ -150,6 +164,8 @@ pub struct Runner<V: Vcpu> {
     msrs: MsrFile,
     nested_gen: u64,
     tsc_offset: u64,
+    /// The size of the port read parked in [`State::WaitDevice`].
+    parked_in: u8,
 }
 
 impl<V: Vcpu> Runner<V> {
@@ -176,6 +192,7 @@ impl<V: Vcpu> Runner<V> {
             msrs: MsrFile::new(id == 0),
             nested_gen: 0,
             tsc_offset: 0,
+            parked_in: 0,
         }
     }
 
@@ -214,6 +231,13 @@ impl<V: Vcpu> Runner<V> {
             if !m.take_resume(self.id) {
                 return Step::Idle;
             }
+            self.set_state(m, State::Running);
+        }
+        if self.state == State::WaitDevice {
+            // The IN retires with the primary's value before anything is injected.
+            let Some(value) = m.take_port_reply(self.id) else { return Step::Idle };
+            self.complete_in(self.parked_in, value);
+            self.v.skip_instruction();
             self.set_state(m, State::Running);
         }
         let host_now = m.now();
@@ -296,7 +320,8 @@ impl<V: Vcpu> Runner<V> {
                 Step::Continue
             }
             Exit::Cpuid { leaf, sub } => {
-                let t = Topology { vcpus: m.vcpus(), tsc_hz: m.tsc_hz() };
+                let host = cpuid::Host::probe(|l, s| m.host_cpuid(l, s));
+                let t = Topology { vcpus: m.vcpus(), tsc_hz: m.tsc_hz(), host };
                 let a = cpuid::answer(leaf, sub, m.host_cpuid(leaf, sub), self.id as u32, &t);
                 let r = self.v.regs();
                 (r.rax, r.rbx, r.rcx, r.rdx) =
@@ -309,7 +334,12 @@ impl<V: Vcpu> Runner<V> {
                 if string {
                     return self.fatal(m, "string port I/O is not emulated", &exit);
                 }
-                self.io(m, port, size, dir);
+                if !self.io(m, port, size, dir) {
+                    // Another node's devices answer: park with the instruction not retired.
+                    self.parked_in = size;
+                    self.set_state(m, State::WaitDevice);
+                    return Step::Idle;
+                }
                 self.v.skip_instruction();
                 if m.stopped() {
                     self.set_state(m, State::Stopped);
@@ -447,18 +477,25 @@ impl<V: Vcpu> Runner<V> {
         Step::Continue
     }
 
-    fn io<M: Machine>(&mut self, m: &M, port: u16, size: u8, dir: IoDir) {
-        let mask: u64 = match size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => 0xffff_ffff,
-        };
-        let val = (self.v.regs().rax & mask) as u32;
-        let result = m.port(self.id, port, size, dir, val);
-        if dir == IoDir::In {
-            let r = self.v.regs();
-            r.rax = (r.rax & !mask) | (u64::from(result) & mask);
+    /// One port access; false if its answer comes later (the vCPU parks).
+    fn io<M: Machine>(&mut self, m: &M, port: u16, size: u8, dir: IoDir) -> bool {
+        let val = (self.v.regs().rax & port_mask(size)) as u32;
+        match m.port(self.id, port, size, dir, val) {
+            Some(result) => {
+                if dir == IoDir::In {
+                    self.complete_in(size, result);
+                }
+                true
+            }
+            None => false,
         }
+    }
+
+    /// An IN of `size` bytes replaces only those bytes of RAX.
+    fn complete_in(&mut self, size: u8, value: u32) {
+        let mask = port_mask(size);
+        let r = self.v.regs();
+        r.rax = (r.rax & !mask) | (u64::from(value) & mask);
     }
 
     fn msr<M: Machine>(&mut self, m: &M, msr: u32, write: Option<u64>) -> Step {

@@ -71,6 +71,8 @@ pub enum State {
     Stopped = 4,
     /// Parked on a nested page fault until the page (or the right) arrives.
     WaitPage = 5,
+    /// Parked on a port read that the primary's devices answer.
+    WaitDevice = 6,
 }
 
 impl State {
@@ -83,6 +85,7 @@ impl State {
             State::Halted => "halted",
             State::Stopped => "stopped",
             State::WaitPage => "wait-page",
+            State::WaitDevice => "wait-device",
         }
     }
 
@@ -93,6 +96,7 @@ impl State {
             3 => State::Halted,
             4 => State::Stopped,
             5 => State::WaitPage,
+            6 => State::WaitDevice,
             _ => State::Absent,
         }
     }

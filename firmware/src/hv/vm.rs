@@ -1,8 +1,8 @@
 //! The guest on this node: the [`Vm`] (this node's share of the cluster guest: its vCPUs,
 //! all of guest RAM behind the coherence engine, the port devices) implementing the
 //! dispatch's [`Machine`], and the messages it exchanges with the other nodes' hypervisors —
-//! coherence traffic, IPIs to vCPUs elsewhere, guest console lines for the primary, and the
-//! guest's end. Scheduling and start-up live in `sched`.
+//! coherence traffic, IPIs to vCPUs elsewhere, port accesses for the devices (which live on the
+//! primary: writes posted, reads parked until it answers), and the guest's end. Scheduling and start-up live in `sched`.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -42,6 +42,9 @@ pub use super::sched::{module_bytes, status, VmError};
 /// is ample for a resumed vCPU to retire one access and short against any remote fault.
 pub const DEFAULT_HOLD_US: u64 = 100;
 
+/// Marks a port reply as come (the value is the low 32 bits).
+const REPLY_PRESENT: u64 = 1 << 32;
+
 /// Bytes of guest messages held (in order) for a guest that does not exist here yet: they come
 /// from the network, so the heap they may take is bounded.
 const EARLY_LIMIT: usize = 1 << 20;
@@ -70,6 +73,12 @@ pub struct Vm {
     time_steps: AtomicU64,
     time_step_max: AtomicU64,
     bad_messages: AtomicU64,
+    /// Per local vCPU: the primary's answer to its parked port read ([`REPLY_PRESENT`] set).
+    port_reply: Vec<AtomicU64>,
+    /// Port reads and writes sent to the primary; those it served for other nodes.
+    port_reads: AtomicU64,
+    port_writes: AtomicU64,
+    ports_served: AtomicU64,
     pub(super) entry: u32,
     pub(super) msr_bitmap: u64,
     pub(super) frames: &'static Mutex<FrameAllocator>,
@@ -129,6 +138,10 @@ impl Vm {
             time_steps: AtomicU64::new(0),
             time_step_max: AtomicU64::new(0),
             bad_messages: AtomicU64::new(0),
+            port_reply: (0..share.vcpus).map(|_| AtomicU64::new(0)).collect(),
+            port_reads: AtomicU64::new(0),
+            port_writes: AtomicU64::new(0),
+            ports_served: AtomicU64::new(0),
             entry,
             msr_bitmap,
             frames,
@@ -241,6 +254,30 @@ impl Vm {
         }
     }
 
+    /// A port access on the primary's devices, by global vCPU `vcpu` of any node.
+    fn device_access(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
+        let (v, effect, irq) = {
+            let mut d = self.devices.lock();
+            let (v, effect) = d.access(port, size, dir, value);
+            let irq = if (COM1..COM1 + 8).contains(&port) { d.sync_irq() } else { None };
+            (v, effect, irq)
+        };
+        if let Some(irq) = irq {
+            self.raise_irq(vcpu, irq);
+        }
+        match effect {
+            PortEffect::None => {}
+            PortEffect::Line(line) => self.line(vcpu, &line),
+            PortEffect::Exit(code) => self.stop(vcpu, Verdict::Exit(code)),
+            PortEffect::PowerOff => {
+                info!("hv: vcpu {vcpu}: the guest powered off (ACPI S5)");
+                self.stop(vcpu, Verdict::Exit(0));
+            }
+            PortEffect::Reset => super::sched::reset(self, vcpu),
+        }
+        v
+    }
+
     /// A finished guest UART line: on the primary's console, from any node.
     fn line(&self, vcpu: usize, text: &[u8]) {
         if self.primary() {
@@ -339,7 +376,35 @@ impl Vm {
                     self.advance_offset(target);
                 }
             }
-            GuestMsg::TimeProbe { .. } | GuestMsg::TimeReply { .. } => {
+            // Only the vCPU's own node may speak for it.
+            GuestMsg::PortWrite { vcpu, port, size, value }
+                if self.primary() && self.shape.node_of_vcpu(vcpu) == Some(from) =>
+            {
+                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.device_access(vcpu as usize, port, size, IoDir::Out, value);
+            }
+            GuestMsg::PortRead { vcpu, port, size }
+                if self.primary() && self.shape.node_of_vcpu(vcpu) == Some(from) =>
+            {
+                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                let value = self.device_access(vcpu as usize, port, size, IoDir::In, 0);
+                self.post(from, &GuestMsg::PortReply { vcpu, value });
+            }
+            GuestMsg::PortReply { vcpu, value } if from == 0 => match self.local(vcpu as usize) {
+                Some(l) => {
+                    self.port_reply[l].store(REPLY_PRESENT | u64::from(value), Ordering::SeqCst);
+                    // The wake-up the sleeping core checks (sched) before it halts.
+                    self.vcpus.resume(l);
+                }
+                None => {
+                    self.bad_messages.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            GuestMsg::TimeProbe { .. }
+            | GuestMsg::TimeReply { .. }
+            | GuestMsg::PortWrite { .. }
+            | GuestMsg::PortRead { .. }
+            | GuestMsg::PortReply { .. } => {
                 self.bad_messages.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -409,29 +474,39 @@ impl Machine for Vm {
         vmx::host_cpuid(leaf, sub)
     }
 
-    fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
-        // Each node models the UART registers itself (so status polls cost no round trip);
-        // finished lines go to the primary's console, in the order the vCPU wrote them.
-        let (v, effect, irq) = {
-            let mut d = self.devices.lock();
-            let (v, effect) = d.access(port, size, dir, value);
-            let irq = if (COM1..COM1 + 8).contains(&port) { d.sync_irq() } else { None };
-            (v, effect, irq)
-        };
-        if let Some(irq) = irq {
-            self.raise_irq(vcpu, irq);
+    fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> Option<u32> {
+        if self.primary() {
+            return Some(self.device_access(vcpu, port, size, dir, value));
         }
-        match effect {
-            PortEffect::None => {}
-            PortEffect::Line(line) => self.line(vcpu, &line),
-            PortEffect::Exit(code) => self.stop(vcpu, Verdict::Exit(code)),
-            PortEffect::PowerOff => {
-                info!("hv: vcpu {vcpu}: the guest powered off (ACPI S5)");
-                self.stop(vcpu, Verdict::Exit(0));
+        // The devices live on the primary. Writes are posted (the outbox keeps their order
+        // with this vCPU's later accesses); a read parks the vCPU until the primary answers.
+        let v = vcpu as u32;
+        match dir {
+            IoDir::Out => {
+                self.port_writes.fetch_add(1, Ordering::Relaxed);
+                self.post(0, &GuestMsg::PortWrite { vcpu: v, port, size, value });
+                Some(0)
             }
-            PortEffect::Reset => super::sched::reset(self, vcpu),
+            IoDir::In => {
+                if let Some(l) = self.local(vcpu) {
+                    self.port_reply[l].store(0, Ordering::SeqCst);
+                }
+                self.port_reads.fetch_add(1, Ordering::Relaxed);
+                self.post(0, &GuestMsg::PortRead { vcpu: v, port, size });
+                None
+            }
         }
-        v
+    }
+
+    fn take_port_reply(&self, vcpu: usize) -> Option<u32> {
+        let l = self.local(vcpu)?;
+        let r = self.port_reply[l].swap(0, Ordering::SeqCst);
+        if r & REPLY_PRESENT == 0 {
+            return None;
+        }
+        // The reply's wake-up (see `receive`) is consumed with it.
+        self.vcpus.take_resume(l);
+        Some(r as u32)
     }
 
     fn is_mmio(&self, gpa: u64) -> bool {
@@ -794,6 +869,19 @@ pub fn print_stats(reset: bool) {
         vm.shape.share(vm.me).map_or(0, |x| x.ram_bytes >> 20),
         c.evictions
     );
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    if vm.primary() {
+        kprintln!(
+            "stats: devices: the guest's devices are here; {} port accesses served for vCPUs on other nodes",
+            n(&vm.ports_served)
+        );
+    } else {
+        kprintln!(
+            "stats: devices: on node 0; {} port reads sent there (each parks its vCPU for the answer), {} port writes posted",
+            n(&vm.port_reads),
+            n(&vm.port_writes)
+        );
+    }
     print_time(vm);
 }
 

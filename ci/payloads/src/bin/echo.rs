@@ -1,13 +1,24 @@
 //! Console-input payload: reads one line from its UART (the node console, after Ctrl-]) and
 //! prints it back, then exits with code 0.
+//!
+//! With more than one vCPU, vCPU 1 does it, wherever it runs: on a cluster that is a vCPU
+//! on another node than the primary, whose UART and debug-exit port are the primary's. First it
+//! writes the UART's scratch register, which vCPU 0 must then read back: one UART for the whole
+//! guest, not one per node.
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use gestalt_payloads::*;
 
-#[unsafe(no_mangle)]
-extern "C" fn payload_main(_mbi: u32) -> ! {
-    println!("echo: type a line (Ctrl-] gives the console to this guest)");
+/// The 16550's scratch register (no function but to hold what was written).
+const SCR: u16 = 0x3FF;
+/// 1: the reader wrote SCR; 2: vCPU 0 checked it and the reader may go on.
+static STEP: AtomicU32 = AtomicU32::new(0);
+
+fn echo(who: &str) -> ! {
+    println!("echo: type a line (Ctrl-] gives the console to this guest){who}");
     let mut buf = [0u8; 80];
     let mut n = 0;
     loop {
@@ -28,4 +39,74 @@ extern "C" fn payload_main(_mbi: u32) -> ! {
     }
     println!("echo: {}", core::str::from_utf8(&buf[..n]).unwrap_or("<not UTF-8>"));
     exit(0)
+}
+
+extern "C" fn reader(id: u64) -> ! {
+    ap_arrived(id);
+    x2apic_enable();
+    let node = vmcall(hc::NODE, 0, 0);
+    // A value the reset state (0) and a per-node model cannot show vCPU 0.
+    outb(SCR, 0xA5 ^ id as u8);
+    STEP.store(1, Ordering::SeqCst);
+    while STEP.load(Ordering::SeqCst) != 2 {
+        core::hint::spin_loop();
+    }
+    // The same port read back here goes through the same UART.
+    if inb(SCR) != 0xA5 ^ id as u8 {
+        println!("echo: FAIL vcpu {id} reads its own scratch write back wrong");
+        exit(1);
+    }
+    let mut who = Who { b: [0; 40], n: 0 };
+    let _ = core::fmt::write(&mut who, format_args!(" (vcpu {id} on node {node})"));
+    echo(who.as_str())
+}
+
+/// A short line without a heap.
+struct Who {
+    b: [u8; 40],
+    n: usize,
+}
+
+impl Who {
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.b[..self.n]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Write for Who {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = (self.n + s.len()).min(self.b.len());
+        self.b[self.n..end].copy_from_slice(&s.as_bytes()[..end - self.n]);
+        self.n = end;
+        Ok(())
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn payload_main(_mbi: u32) -> ! {
+    let n = vcpus();
+    if n < 2 {
+        echo("")
+    }
+    x2apic_enable();
+    // An AP on another node fetches its first pages across the network: wait long enough.
+    let up = start_aps_within(n.min(2), reader, 20_000_000);
+    if up != 1 {
+        println!("echo: FAIL vcpu 1 did not start");
+        exit(1);
+    }
+    while STEP.load(Ordering::SeqCst) != 1 {
+        core::hint::spin_loop();
+    }
+    let got = inb(SCR);
+    if got != 0xA5 ^ 1 {
+        println!("echo: FAIL the scratch register vcpu 1 wrote reads {got:#x} on vcpu 0");
+        exit(1);
+    }
+    println!("echo: PASS the UART scratch register vcpu 1 wrote reads back on vcpu 0");
+    STEP.store(2, Ordering::SeqCst);
+    loop {
+        // SAFETY: halts with interrupts off: the reader ends the guest; nothing is delivered.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
 }

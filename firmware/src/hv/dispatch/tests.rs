@@ -132,6 +132,9 @@ struct FakeMachine {
     in_guest: Cell<bool>,
     flushed_gen: Cell<u64>,
     resumed: Cell<bool>,
+    /// Port reads go elsewhere (None from `port`); the answer waits here.
+    ports_elsewhere: Cell<bool>,
+    port_reply: Cell<Option<u32>>,
     fatal: RefCell<Vec<String>>,
     /// Guest RAM bytes the MMIO path reads (page tables, instructions).
     guest: RefCell<std::collections::BTreeMap<u64, u8>>,
@@ -156,6 +159,8 @@ impl FakeMachine {
             in_guest: Cell::new(false),
             flushed_gen: Cell::new(0),
             resumed: Cell::new(false),
+            ports_elsewhere: Cell::new(false),
+            port_reply: Cell::new(None),
             fatal: RefCell::new(Vec::new()),
             guest: RefCell::new(std::collections::BTreeMap::new()),
         }
@@ -235,7 +240,10 @@ impl Machine for FakeMachine {
             _ => Regs4 { eax: 1, ebx: 2, ecx: 3, edx: 4 },
         }
     }
-    fn port(&self, _vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> u32 {
+    fn port(&self, _vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> Option<u32> {
+        if self.ports_elsewhere.get() && dir == IoDir::In {
+            return None;
+        }
         let (v, effect) = self.devices.borrow_mut().access(port, size, dir, value);
         match effect {
             PortEffect::None => {}
@@ -244,7 +252,10 @@ impl Machine for FakeMachine {
             PortEffect::PowerOff => self.stop(0, Verdict::Exit(0)),
             PortEffect::Reset => self.stop(0, Verdict::Fatal("reset")),
         }
-        v
+        Some(v)
+    }
+    fn take_port_reply(&self, _vcpu: usize) -> Option<u32> {
+        self.port_reply.take()
     }
     fn nested_fault(&self, _vcpu: usize, _gpa: u64, _write: bool, _exec: bool) -> Fault {
         self.fault.get()
@@ -384,6 +395,33 @@ fn a_port_read_replaces_only_the_bytes_of_its_size() {
     r.v.regs.rax = 0xdead_0000_1234_5678;
     run_all(&mut r, &m);
     assert_eq!(r.v.regs.rax, 0xdead_0000_1234_ffff);
+}
+
+#[test]
+fn a_port_read_answered_elsewhere_parks_the_vcpu_and_retires_with_the_answer() {
+    let m = FakeMachine::new(1);
+    m.ports_elsewhere.set(true);
+    let mut r = boot(
+        &m,
+        &[Exit::Io { port: 0x3fd, size: 1, dir: IoDir::In, string: false }, Exit::Preempted],
+    );
+    r.v.regs.rax = 0x1234_5678;
+    let rip = r.v.rip;
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(m.stats[0].state(), State::WaitDevice);
+    assert_eq!(r.v.rip, rip, "not retired while the answer is away");
+    // Parked: no entry until the answer comes, even with an interrupt pending.
+    r.apic.write(&m.shared[0], 0x80F, 0x1FF, 0).unwrap();
+    m.shared[0].raise(0x40);
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.v.exits.len(), 1);
+    assert!(r.v.injected.is_empty());
+    m.port_reply.set(Some(0x60));
+    assert_eq!(r.step(&m, u64::MAX), Step::Yield);
+    assert_eq!(r.v.regs.rax, 0x1234_5660, "only the low byte");
+    assert_eq!(r.v.rip, rip + 1, "retired before the interrupt is taken");
+    assert_eq!(r.v.injected, [0x40]);
+    assert_eq!(r.state(), State::Running);
 }
 
 #[test]
