@@ -13,6 +13,8 @@ use super::decode::{self, Found, Insn, Paging, MAX_LEN};
 use super::vmcb::{self, code, event, misc1, misc2, off, Raw, Vmcb, EFER_SVME};
 use crate::arch::apic;
 use crate::arch::cpu::{cpuid, rdmsr, wrmsr, MSR_EFER};
+use crate::hv::acpi;
+use crate::hv::devices::pmtimer;
 use crate::hv::nested::Tables;
 use crate::hv::npt::NPT;
 use crate::hv::slice::ApicSlice;
@@ -177,7 +179,10 @@ const PASS: [u32; 11] = [
     0xC000_0103,
 ];
 
-/// Builds the I/O and MSR permission maps once (contiguous frames from the reserve).
+/// Builds the I/O and MSR permission maps once (contiguous frames from the reserve). The
+/// guest reads the host's ACPI PM timer itself where it has one (`acpi::pm_timer`): a trapped
+/// read costs QEMU TCG ~40 µs, and Linux rejects a TSC reference that takes longer than its
+/// `tsc_read_refs` bound (3 reads in tsc_khz / 32 cycles, 31 µs) on AMD, where it has no other.
 pub fn maps(frames: &Mutex<FrameAllocator>) -> Result<(u64, u64), SvmError> {
     if let Some(m) = MAPS.get() {
         return Ok(*m);
@@ -187,10 +192,21 @@ pub fn maps(frames: &Mutex<FrameAllocator>) -> Result<(u64, u64), SvmError> {
     let msr = alloc_zeroed(&mut f, 2, 4096).ok_or(SvmError::NoMemory)?;
     // SAFETY: fresh, identity-mapped frames of exactly these sizes, owned by the maps.
     unsafe {
-        vmcb::fill_iopm(core::slice::from_raw_parts_mut(io as *mut u8, vmcb::IOPM_BYTES));
+        let iopm = core::slice::from_raw_parts_mut(io as *mut u8, vmcb::IOPM_BYTES);
+        vmcb::fill_iopm(iopm, &pm_timer_ports());
         vmcb::fill_msrpm(core::slice::from_raw_parts_mut(msr as *mut u8, vmcb::MSRPM_BYTES), &PASS);
     }
     Ok(*MAPS.call_once(|| (io, msr)))
+}
+
+/// The host's PM timer block to pass, if the guest's FADT names it.
+fn pm_timer_ports() -> Vec<(u16, u16)> {
+    let pm = acpi::pm_timer();
+    if pm.host {
+        alloc::vec![(pm.port, pmtimer::LEN)]
+    } else {
+        Vec::new()
+    }
 }
 
 global_asm!(
