@@ -335,7 +335,7 @@ fn a_vcpu_spinning_without_exits_on_an_ap_is_sliced_and_gets_its_timer() -> Resu
 }
 
 /// Ignored for its time: it passes, in 264 s of wall time (1026 evictions on node 1): the
-/// guest's page tables move between the nodes after every TLB flush (see the span test).
+/// guest's page tables move between the nodes after every exit (docs/design.md §9).
 #[test]
 #[ignore = "passes, but takes minutes on QEMU TCG"]
 fn a_guest_larger_than_any_qemu_node_sweeps_all_of_it_from_both_nodes() -> Result<(), HarnessError>
