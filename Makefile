@@ -21,8 +21,8 @@ payloads: setup
 	ci/payloads/build.sh
 
 # The cluster runs one guest across its nodes: the span test payload unless GUEST= names
-# another Multiboot kernel. QEMU nodes run it with SVM and nested paging (slowly across
-# nodes: QEMU 7.2 walks guest page tables as writes, docs/design.md §9); EMU=bochs with VMX.
+# another Multiboot kernel. QEMU nodes run it with SVM and nested paging (its page tables
+# per node: QEMU 7.2 walks guest page tables as writes, docs/design.md §9); EMU=bochs with VMX.
 GUEST ?= ci/payloads/target/x86_64-gestalt/release/payload-span
 CPUS ?= 2
 run: image payloads

@@ -122,6 +122,10 @@ const L1_EDX_SET: u32 = bits(&[28]);
 /// SMEP, BMI2, ERMS, AVX-512 F/DQ/IFMA/CD/BW/VL, RDSEED, ADX, SMAP, CLFLUSHOPT, CLWB, SHA.
 /// Gone: TSX, INVPCID, MPX, RDT, SGX, Intel PT.
 const L7_EBX: u32 = bits(&[0, 1, 3, 5, 7, 8, 9, 16, 17, 18, 19, 20, 21, 23, 24, 28, 29, 30, 31]);
+/// Leaf 7.0 EBX set: TSC_ADJUST, whatever the host says: the MSR is the hypervisor's own
+/// (`msr.rs`), and QEMU's `qemu64` lacks it, which would leave Linux on AMD watching its TSC
+/// with jiffies that a slow emulator loses.
+const L7_EBX_SET: u32 = bits(&[1]);
 /// Leaf 7.0 ECX kept: AVX512_VBMI, AVX512_VBMI2, GFNI, VAES, VPCLMULQDQ, AVX512_VNNI, BITALG,
 /// AVX512_VPOPCNTDQ, RDPID. Gone: UMIP, PKU, WAITPKG, LA57, SGX_LC and the rest.
 const L7_ECX: u32 = bits(&[1, 6, 8, 9, 10, 11, 12, 14, 22]);
@@ -162,7 +166,8 @@ pub fn answer(leaf: u32, sub: u32, host: Regs4, id: u32, t: &Topology) -> Regs4 
         // Thermal and power: only ARAT (EAX bit 2): the APIC timer runs in every C-state.
         0x6 => r = Regs4 { eax: 1 << 2, ..zero },
         0x7 if sub == 0 => {
-            r = Regs4 { eax: 0, ebx: r.ebx & L7_EBX, ecx: r.ecx & L7_ECX, edx: r.edx & L7_EDX }
+            let ebx = (r.ebx & L7_EBX) | L7_EBX_SET;
+            r = Regs4 { eax: 0, ebx, ecx: r.ecx & L7_ECX, edx: r.edx & L7_EDX }
         }
         0xb => {
             let (shift, count, kind) = match sub {
@@ -413,6 +418,7 @@ mod tests {
         let l7 = answer(7, 0, all, 0, &T);
         assert_eq!(l7.ebx & ((1 << 4) | (1 << 10) | (1 << 11)), 0, "TSX, INVPCID");
         assert_ne!(l7.ebx & (1 << 1), 0, "TSC_ADJUST");
+        assert_eq!(answer(7, 0, Regs4::default(), 0, &T).ebx, 1 << 1, "TSC_ADJUST on any host");
         assert_eq!(l7.ecx & (1 << 16), 0, "LA57");
         assert_eq!(l7.edx & ((1 << 26) | (1 << 29)), 0, "SPEC_CTRL, ARCH_CAPABILITIES");
         assert_eq!(answer(7, 1, all, 0, &T), Regs4::default());

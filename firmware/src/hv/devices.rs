@@ -1,13 +1,16 @@
 //! The guest's port-I/O devices: COM1 (the [`Uart`] model, its interrupt line wired to the
 //! [`IoApic`]'s pin 4), the debug-exit port, the ACPI hardware-reduced sleep registers (power
-//! off through `_S5`) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
+//! off through `_S5`), the ACPI PM timer ([`pmtimer`], the reference Linux calibrates the TSC
+//! against on AMD) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
 //! controller's 0xFE command). Every other port reads all-ones and ignores writes, as an
 //! empty ISA bus does, and is counted per port so an operator sees in `vcpu` what a guest
 //! pokes at.
 
+pub mod pmtimer;
+
 use heapless::Vec;
 
-use super::acpi::{RESET_PORT, S5_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+use super::acpi::{self, RESET_PORT, S5_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 use super::ioapic::{IoApic, Irq};
 use super::uart::{Uart, LINE};
 use super::IoDir;
@@ -57,25 +60,83 @@ impl Unclaimed {
     }
 }
 
+/// The time the devices see: TSC ticks now and the TSC's rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time {
+    /// TSC ticks.
+    pub ticks: u64,
+    /// TSC ticks per second (0: not measured).
+    pub hz: u64,
+}
+
+impl Time {
+    /// This core's TSC and the rate the firmware measured. On the primary, which runs the
+    /// devices, that is the guest's TSC less the primary's offset (0 on one node; it only
+    /// steps forward in a cluster); [`Devices::access_at`] takes another clock.
+    #[cfg(target_os = "none")]
+    pub fn now() -> Time {
+        Time { ticks: crate::arch::cpu::rdtsc(), hz: crate::arch::time::tsc_hz() }
+    }
+
+    /// Host builds have no guest clock: time stands still at 0.
+    #[cfg(not(target_os = "none"))]
+    pub fn now() -> Time {
+        Time { ticks: 0, hz: 0 }
+    }
+}
+
 /// The port devices of the guest.
-#[derive(Default)]
 pub struct Devices {
     /// COM1.
     pub uart: Uart,
     /// The I/O APIC.
     pub ioapic: IoApic,
+    /// The PM timer's port (the FADT's, [`acpi::pm_timer`]).
+    pub pm_timer: u16,
     /// Ports nothing answers.
     pub unclaimed: Unclaimed,
 }
 
+impl Default for Devices {
+    fn default() -> Devices {
+        Devices {
+            uart: Uart::default(),
+            ioapic: IoApic::default(),
+            pm_timer: acpi::pm_timer().port,
+            unclaimed: Unclaimed::default(),
+        }
+    }
+}
+
 impl Devices {
-    /// One access of `size` bytes; returns the value read (for `In`) and the effect (for `Out`).
+    /// One access of `size` bytes now ([`Time::now`]); returns the value read (for `In`) and
+    /// the effect (for `Out`).
     pub fn access(&mut self, port: u16, size: u8, dir: IoDir, val: u32) -> (u32, PortEffect) {
+        self.access_at(port, size, dir, val, Time::now())
+    }
+
+    /// One access at time `now`.
+    pub fn access_at(
+        &mut self,
+        port: u16,
+        size: u8,
+        dir: IoDir,
+        val: u32,
+        now: Time,
+    ) -> (u32, PortEffect) {
         let ones = match size {
             1 => 0xff,
             2 => 0xffff,
             _ => u32::MAX,
         };
+        if let Some(off) = self.pm_offset(port) {
+            // A read-only register: writes are ignored (ACPI 6.5 §4.8.3.3).
+            let v = match dir {
+                IoDir::In => pmtimer::read(off, size, now.ticks, now.hz).unwrap_or(ones),
+                IoDir::Out => 0,
+            };
+            return (v, PortEffect::None);
+        }
         match (port, dir) {
             (COM1..=0x3ff, IoDir::In) => (u32::from(self.uart.read(port - COM1)), PortEffect::None),
             (COM1..=0x3ff, IoDir::Out) => match self.uart.write(port - COM1, val as u8) {
@@ -106,6 +167,11 @@ impl Devices {
 }
 
 impl Devices {
+    /// `port`'s byte offset in the PM timer's block, if it is in it.
+    fn pm_offset(&self, port: u16) -> Option<u16> {
+        port.checked_sub(self.pm_timer).filter(|o| *o < pmtimer::LEN)
+    }
+
     /// Brings the I/O APIC's COM1 pin to the UART's interrupt line (call after every UART
     /// access or input): the interrupt to deliver, if the pin fired.
     pub fn sync_irq(&mut self) -> Option<Irq> {
@@ -176,6 +242,32 @@ mod tests {
         assert_eq!(d.access(RESET_PORT, 1, IoDir::Out, 2).1, PortEffect::None);
         assert_eq!(d.access(KBC_COMMAND, 1, IoDir::Out, 0xfe).1, PortEffect::Reset);
         assert_eq!(d.access(KBC_COMMAND, 1, IoDir::Out, 0xd1).1, PortEffect::None);
+    }
+
+    #[test]
+    fn the_pm_timer_counts_guest_time_in_its_dword_and_ignores_writes() {
+        let mut d = Devices::default();
+        let (pm, end) = (d.pm_timer, d.pm_timer + pmtimer::LEN);
+        let hz = 1_000_000_000;
+        let mut read = |size, port, ms: u64| {
+            let now = Time { ticks: ms * hz / 1000, hz };
+            d.access_at(port, size, IoDir::In, 0, now).0
+        };
+        let (a, b) = (read(4, pm, 1000), read(4, pm, 1010));
+        // 10 ms at 3.579545 MHz.
+        assert_eq!(b - a, 35_795);
+        assert_eq!(read(1, pm + 1, 1010), (b >> 8) & 0xff);
+        assert!(read(4, pm, 1020) > b);
+        let now = Time { ticks: 0, hz };
+        assert_eq!(d.access_at(pm, 4, IoDir::Out, 7, now), (0, PortEffect::None));
+        assert!(d.unclaimed.ports.is_empty(), "the block is claimed");
+        d.access_at(end, 1, IoDir::In, 0, now);
+        d.access_at(pm - 1, 1, IoDir::In, 0, now);
+        assert_eq!(&d.unclaimed.ports[..], &[(end, 1), (pm - 1, 1)], "and only the block");
+        // Where the host lends its timer, the devices answer at its port.
+        let mut d = Devices { pm_timer: 0xb008, ..Devices::default() };
+        assert_ne!(d.access_at(0xb008, 4, IoDir::In, 0, Time { ticks: hz, hz }).0, u32::MAX);
+        assert!(d.unclaimed.ports.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The guest's ACPI tables, built from the guest's shape (ACPI 6.5 §5.2): RSDP, XSDT, a
-//! hardware-reduced FADT with a reset register and sleep registers, a small DSDT (COM1 and
+//! hardware-reduced FADT with a reset register, sleep registers and the PM timer (the TSC's
+//! calibration reference for Linux on AMD, `devices::pmtimer`), a small DSDT (COM1 and
 //! `_S5`), the MADT (an x2APIC entry per vCPU, the I/O APIC, the ISA timer override, the NMI
 //! line), and SRAT/SLIT with one proximity domain per node. rust-vmm's `acpi_tables` builds
 //! the tables; its MADT and SRAT lack the x86 x2APIC structures, so those two are filled in
@@ -29,6 +30,8 @@ pub const LAPIC_GPA: u32 = 0xFEE0_0000;
 pub const SLEEP_CONTROL_PORT: u16 = 0x600;
 /// The sleep status register (reads 0x80, WAK_STS, after any sleep request).
 pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// The ACPI PM timer's DWORD port when the host has none to lend (`devices::pmtimer`).
+pub const PM_TIMER_PORT: u16 = 0x608;
 /// The reset register: port 0xCF9 (the PCI reset control), value 6 (hard reset).
 pub const RESET_PORT: u16 = 0xCF9;
 /// The value written to it.
@@ -185,7 +188,107 @@ fn io_gas(port: u16) -> GAS {
     GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
 }
 
-fn fadt(dsdt: u64) -> Vec<u8> {
+/// The guest's PM timer: its port, and whether that is the host's own timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmTimer {
+    /// The DWORD port the FADT names.
+    pub port: u16,
+    /// The host's timer (from its FADT): a backend may let the guest read it directly (SVM
+    /// does, `svm::hw::maps`); otherwise `devices::pmtimer` answers there from the TSC.
+    pub host: bool,
+}
+
+/// The PM timer without the host's: emulated at [`PM_TIMER_PORT`].
+pub const EMULATED_PM_TIMER: PmTimer = PmTimer { port: PM_TIMER_PORT, host: false };
+
+/// Ports the guest's own devices answer on (`hv/devices.rs`): a host timer there is not lent.
+const DEVICE_PORTS: [(u16, u16); 5] = [
+    (0x3f8, 0x400),
+    (SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT + 1),
+    (RESET_PORT, RESET_PORT + 1),
+    (0xf4, 0xf5),
+    (0x64, 0x65),
+];
+
+/// The host's PM timer port from its FADT (ACPI 6.5 §5.2.9: X_PM_TMR_BLK in system I/O space,
+/// else PM_TMR_BLK, with PM_TMR_LEN 4), if it has one: none in a hardware-reduced FADT, whose
+/// PM fields an OS ignores, nor where the guest's own devices answer.
+pub fn host_pm_timer(mem: &dyn crate::PhysRead, rsdp: u64) -> Option<u16> {
+    let fadt = find_table(mem, rsdp, b"FACP")?;
+    let len = mem.read_u32(fadt + 4).filter(|l| (116..=0x200).contains(l))?;
+    let mut b = alloc::vec![0u8; len as usize];
+    if !mem.read(fadt, &mut b) || b.iter().fold(0u8, |s, x| s.wrapping_add(*x)) != 0 {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if u32_at(112) & (1 << 20) != 0 || b[91] != 4 {
+        return None;
+    }
+    let x = (b.len() >= 220 && b[208] == 1)
+        .then(|| u64::from_le_bytes(b[212..220].try_into().unwrap_or([0; 8])))
+        .filter(|a| *a != 0);
+    let port = u16::try_from(x.unwrap_or(u64::from(u32_at(76)))).ok().filter(|p| *p != 0)?;
+    let end = port.checked_add(4)?;
+    DEVICE_PORTS.iter().all(|(a, b)| end <= *a || port >= *b).then_some(port)
+}
+
+/// The table with signature `sig` through the RSDP's XSDT (revision 2+) or RSDT.
+fn find_table(mem: &dyn crate::PhysRead, rsdp: u64, sig: &[u8; 4]) -> Option<u64> {
+    let mut rev = [0u8];
+    mem.read(rsdp + 15, &mut rev).then_some(())?;
+    let (root, entry) = match mem.read_u64(rsdp + 24) {
+        Some(x) if rev[0] >= 2 && x != 0 => (x, 8),
+        _ => (u64::from(mem.read_u32(rsdp + 16)?), 4),
+    };
+    let count = u64::from(mem.read_u32(root + 4)?).saturating_sub(36) / entry;
+    (0..count.min(256)).find_map(|i| {
+        let at = root + 36 + i * entry;
+        let t = if entry == 8 { mem.read_u64(at)? } else { u64::from(mem.read_u32(at)?) };
+        let mut s = [0u8; 4];
+        (mem.read(t, &mut s) && &s == sig).then_some(t)
+    })
+}
+
+/// This node's guest PM timer, chosen once: the host's when its FADT has one, else the
+/// emulated one.
+#[cfg(target_os = "none")]
+pub fn pm_timer() -> PmTimer {
+    static CHOSEN: spin::Once<PmTimer> = spin::Once::new();
+    *CHOSEN.call_once(|| {
+        let host = crate::acpi::find_rsdp(&HostMemory).and_then(|r| host_pm_timer(&HostMemory, r));
+        let t = host.map_or(EMULATED_PM_TIMER, |port| PmTimer { port, host: true });
+        let whose = if t.host { "the host's" } else { "emulated (the host's FADT names none)" };
+        crate::info!("hv: guest PM timer at port {:#x}: {whose}", t.port);
+        t
+    })
+}
+
+/// Host builds have no host tables: the emulated timer.
+#[cfg(not(target_os = "none"))]
+pub fn pm_timer() -> PmTimer {
+    EMULATED_PM_TIMER
+}
+
+/// The host's firmware tables, read through the identity map between 4 KiB and 4 GiB (page 0,
+/// with the EBDA pointer, is unmapped once the node runs: `find_rsdp` then scans the BIOS area).
+#[cfg(target_os = "none")]
+struct HostMemory;
+
+#[cfg(target_os = "none")]
+impl crate::PhysRead for HostMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(buf.len() as u64) else { return false };
+        if addr < 0x1000 || end > 1 << 32 {
+            return false;
+        }
+        // SAFETY: [addr, end) lies in the firmware's identity map (4 KiB to 4 GiB); the BIOS
+        // area and the ACPI tables there are RAM or ROM the firmware never reuses.
+        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+}
+
+fn fadt(dsdt: u64, pm: PmTimer) -> Vec<u8> {
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE, OEM_REV)
         .dsdt_64(dsdt)
         .flag(Flags::HwReducedAcpi)
@@ -198,13 +301,25 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     f.reset_value = RESET_VALUE;
     f.sleep_control_reg = io_gas(SLEEP_CONTROL_PORT);
     f.sleep_status_reg = io_gas(SLEEP_STATUS_PORT);
+    // The PM timer, 24 bits (TMR_VAL_EXT clear). The spec has an OS ignore the PM blocks of a
+    // hardware-reduced FADT (§5.2.9); Linux reads this one regardless, as its only TSC
+    // reference on AMD (`devices::pmtimer`), so both the 32-bit and the X field name it.
+    f.pm_tmr_blk = u32::from(pm.port).into();
+    f.pm_tmr_len = 4;
+    f.x_pm_tmr_blk =
+        GAS::new(AddressSpace::SystemIo, 32, 0, AccessSize::DwordAccess, u64::from(pm.port));
     f.hypervisor_vendor_identity = u64::from_le_bytes(*b"Gestalt\0").into();
     bytes_of(&f.finalize())
 }
 
 /// Builds the tables for a guest with these proximity domains (in node order; their vCPUs
-/// numbered consecutively from 0), to be placed at `base`.
+/// numbered consecutively from 0), to be placed at `base`, with this node's [`pm_timer`].
 pub fn build(domains: &[Domain], base: u64) -> Result<Tables, AcpiError> {
+    build_with(domains, base, pm_timer())
+}
+
+/// [`build`] with the PM timer at `pm`.
+pub fn build_with(domains: &[Domain], base: u64, pm: PmTimer) -> Result<Tables, AcpiError> {
     let vcpus: u32 = domains.iter().map(|d| d.vcpus).sum();
     if domains.is_empty() || vcpus == 0 {
         return Err(AcpiError::Empty);
@@ -218,7 +333,7 @@ pub fn build(domains: &[Domain], base: u64) -> Result<Tables, AcpiError> {
     };
     let dsdt_at = place(&mut out, &dsdt());
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, OEM_REV);
-    xsdt.add_entry(place(&mut out, &fadt(dsdt_at)));
+    xsdt.add_entry(place(&mut out, &fadt(dsdt_at, pm)));
     xsdt.add_entry(place(&mut out, &madt(vcpus)));
     xsdt.add_entry(place(&mut out, &srat(domains)));
     xsdt.add_entry(place(&mut out, &slit(domains.len())));

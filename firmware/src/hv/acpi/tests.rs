@@ -141,6 +141,106 @@ fn fadt_is_hardware_reduced_with_reset_and_sleep_registers() {
 }
 
 #[test]
+fn fadt_names_the_pm_timer_the_devices_answer_on_at_its_rate() {
+    use crate::hv::devices::{pmtimer, Devices, Time};
+    use crate::hv::IoDir;
+    let (_, all) = load(&two_nodes());
+    let f = &all[b"FACP"];
+    // PM_TMR_BLK at 76, PM_TMR_LEN at 91, X_PM_TMR_BLK (GAS) at 208: system I/O, 32 bits,
+    // DWORD access, the same port.
+    let port = u32_of(f, 76);
+    assert_eq!(f[91], 4);
+    assert_eq!((f[208], f[209], f[210], f[211]), (1, 32, 0, 3));
+    assert_eq!(u64_of(f, 212), u64::from(port));
+    assert_eq!(u32_of(f, 112) & (1 << 8), 0, "TMR_VAL_EXT clear: 24 bits");
+    // What Linux does with it: two reads one second of TSC apart.
+    let mut d = Devices::default();
+    let hz = 2_500_000_000;
+    let mut at = |ticks| d.access_at(port as u16, 4, IoDir::In, 0, Time { ticks, hz }).0;
+    let (a, b) = (at(7 * hz), at(8 * hz));
+    assert_eq!(b.wrapping_sub(a) & 0xff_ffff, pmtimer::HZ as u32);
+    assert!(d.unclaimed.ports.is_empty());
+}
+
+/// A host's tables: ours, with the FADT changed by `patch` (its checksum fixed after).
+fn host(patch: impl Fn(&mut [u8])) -> (FakeMem, u64) {
+    let mut t = build_with(&two_nodes(), BASE, EMULATED_PM_TIMER).unwrap();
+    let xsdt = u64_of(&t.bytes, 24) - BASE;
+    let fadt = (u64_of(&t.bytes, xsdt as usize + 36) - BASE) as usize;
+    let len = u32_of(&t.bytes, fadt + 4) as usize;
+    let f = &mut t.bytes[fadt..fadt + len];
+    patch(f);
+    f[9] = 0;
+    f[9] = 0u8.wrapping_sub(f.iter().fold(0u8, |s, x| s.wrapping_add(*x)));
+    let mut mem = FakeMem::default();
+    mem.put(BASE, &t.bytes);
+    (mem, BASE)
+}
+
+fn not_reduced(f: &mut [u8]) {
+    f[114] &= !(1 << 4); // flags bit 20
+}
+
+#[test]
+fn the_hosts_pm_timer_is_found_in_its_fadt_x_field_first() {
+    let (mem, rsdp) = host(not_reduced);
+    assert_eq!(host_pm_timer(&mem, rsdp), Some(PM_TIMER_PORT));
+    let (mem, rsdp) = host(|f| {
+        not_reduced(f);
+        f[212..220].copy_from_slice(&0xb008u64.to_le_bytes());
+    });
+    assert_eq!(host_pm_timer(&mem, rsdp), Some(0xb008), "X_PM_TMR_BLK over PM_TMR_BLK");
+    let (mem, rsdp) = host(|f| {
+        not_reduced(f);
+        f[208..220].fill(0);
+    });
+    assert_eq!(host_pm_timer(&mem, rsdp), Some(PM_TIMER_PORT), "PM_TMR_BLK without X field");
+}
+
+#[test]
+fn no_host_timer_is_lent_from_a_reduced_odd_corrupt_or_clashing_fadt() {
+    let (mem, rsdp) = host(|_| {});
+    assert_eq!(host_pm_timer(&mem, rsdp), None, "hardware-reduced: PM fields ignored");
+    let (mem, rsdp) = host(|f| {
+        not_reduced(f);
+        f[91] = 3;
+    });
+    assert_eq!(host_pm_timer(&mem, rsdp), None, "PM_TMR_LEN not 4");
+    let (mem, rsdp) = host(|f| {
+        not_reduced(f);
+        f[208..220].fill(0);
+        f[76..80].copy_from_slice(&0x3fcu32.to_le_bytes());
+    });
+    assert_eq!(host_pm_timer(&mem, rsdp), None, "where COM1 answers");
+    let (mem, rsdp) = host(|f| {
+        not_reduced(f);
+        f[76..80].fill(0);
+        f[208..220].fill(0);
+    });
+    assert_eq!(host_pm_timer(&mem, rsdp), None, "no port");
+    let (mut mem, rsdp) = host(not_reduced);
+    let fadt = mem.read_u64(fadt_entry(&mem, rsdp)).unwrap();
+    mem.put(fadt + 100, &[0x5a]);
+    assert_eq!(host_pm_timer(&mem, rsdp), None, "bad checksum");
+}
+
+/// Where the XSDT's first entry (the FADT's address) is.
+fn fadt_entry(mem: &FakeMem, rsdp: u64) -> u64 {
+    mem.read_u64(rsdp + 24).unwrap() + 36
+}
+
+#[test]
+fn the_fadt_names_the_hosts_timer_when_it_lends_one() {
+    let host = PmTimer { port: 0xb008, host: true };
+    let t = build_with(&two_nodes(), BASE, host).unwrap();
+    let mut mem = FakeMem::default();
+    mem.put(BASE, &t.bytes);
+    let fadt = mem.read_u64(fadt_entry(&mem, BASE)).unwrap();
+    assert_eq!(mem.read_u32(fadt + 76), Some(0xb008));
+    assert_eq!(mem.read_u64(fadt + 212), Some(0xb008));
+}
+
+#[test]
 fn dsdt_names_com1_with_irq_4_and_s5() {
     let (_, all) = load(&two_nodes());
     let d = &all[b"DSDT"];

@@ -32,6 +32,20 @@ impl Insn {
         }
     }
 
+    /// Whether `op`, opcode bytes cut short, may be the start of this instruction.
+    fn could_start(self, op: &[u8]) -> bool {
+        let full: &[&[u8]] = match self {
+            Insn::Hlt => &[&[0xF4]],
+            Insn::Cpuid => &[&[0x0F, 0xA2]],
+            Insn::Msr => &[&[0x0F, 0x30], &[0x0F, 0x32]],
+            Insn::Vmmcall => &[&[0x0F, 0x01, 0xD9]],
+            Insn::Vmcall => &[&[0x0F, 0x01, 0xC1]],
+            Insn::Xsetbv => &[&[0x0F, 0x01, 0xD1]],
+            Insn::Invd => &[&[0x0F, 0x08]],
+        };
+        full.iter().any(|f| f.starts_with(op))
+    }
+
     fn matches(self, op: &[u8]) -> bool {
         matches!(
             (self, op),
@@ -52,6 +66,14 @@ pub const MAX_LEN: usize = 15;
 /// The length of `insn` at the start of `bytes` (in 64-bit mode when `long64`), or None when
 /// the bytes are not that instruction.
 pub fn length(bytes: &[u8], long64: bool, insn: Insn) -> Option<u64> {
+    let i = prefixes(bytes, long64);
+    let op = bytes.get(i..)?;
+    let len = i as u64 + insn.min_len();
+    (insn.matches(op) && len as usize <= MAX_LEN).then_some(len)
+}
+
+/// The legacy prefixes and the REX prefix at the start of `bytes`.
+fn prefixes(bytes: &[u8], long64: bool) -> usize {
     let mut i = 0;
     while i < bytes.len().min(MAX_LEN) {
         match bytes[i] {
@@ -62,9 +84,34 @@ pub fn length(bytes: &[u8], long64: bool, insn: Insn) -> Option<u64> {
     if long64 && bytes.get(i).is_some_and(|b| b & 0xF0 == 0x40) {
         i += 1;
     }
-    let op = bytes.get(i..)?;
-    let len = i as u64 + insn.min_len();
-    (insn.matches(op) && len as usize <= MAX_LEN).then_some(len)
+    i
+}
+
+/// What the bytes read at the guest's RIP tell of an instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// It is there, this long.
+    Len(u64),
+    /// Something else is.
+    Other,
+    /// The read stopped before the opcode was whole: its page, or a guest page table on the
+    /// way to it, is not mapped here now (on a cluster node, taken by another since the CPU
+    /// fetched the instruction).
+    Unreadable,
+}
+
+/// [`length`] of `insn` in `bytes`, read from the guest's RIP by [`fetch`]; `whole` when
+/// the read got all [`MAX_LEN`] bytes.
+pub fn find(bytes: &[u8], whole: bool, long64: bool, insn: Insn) -> Found {
+    if let Some(n) = length(bytes, long64, insn) {
+        return Found::Len(n);
+    }
+    let op = &bytes[prefixes(bytes, long64)..];
+    if !whole && op.len() < insn.min_len() as usize && insn.could_start(op) {
+        Found::Unreadable
+    } else {
+        Found::Other
+    }
 }
 
 /// The guest's paging registers.
@@ -193,6 +240,21 @@ mod tests {
         assert_eq!(length(&[0x0F, 0x01, 0xC1], false, Insn::Vmcall), Some(3));
         assert_eq!(length(&[0x0F, 0x01, 0xD1], true, Insn::Xsetbv), Some(3));
         assert_eq!(length(&[0x0F, 0x08], true, Insn::Invd), Some(2));
+    }
+
+    #[test]
+    fn a_read_cut_short_before_the_opcode_is_whole_is_unreadable_not_another_instruction() {
+        let v = Insn::Vmcall;
+        assert_eq!(find(&[], false, true, v), Found::Unreadable);
+        assert_eq!(find(&[0x0F, 0x01], false, true, v), Found::Unreadable);
+        assert_eq!(find(&[0x66, 0x48], false, true, v), Found::Unreadable, "prefixes only");
+        assert_eq!(find(&[0x0F, 0x01, 0xC1], false, true, v), Found::Len(3));
+        assert_eq!(find(&[0x48, 0x0F, 0x01, 0xC1], false, true, v), Found::Len(4));
+        assert_eq!(find(&[0x0F, 0x0B], false, true, v), Found::Other, "UD2 at a page end");
+        assert_eq!(find(&[0x0F, 0x01, 0xD9], false, true, v), Found::Other);
+        assert_eq!(find(&[0x0F; MAX_LEN], true, true, v), Found::Other);
+        assert_eq!(find(&[0x0F], false, true, Insn::Msr), Found::Unreadable);
+        assert_eq!(find(&[0x0F, 0x32], false, true, Insn::Msr), Found::Len(2));
     }
 
     #[test]

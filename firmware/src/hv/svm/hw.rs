@@ -9,10 +9,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
-use super::decode::{self, Insn, Paging, MAX_LEN};
+use super::decode::{self, Found, Insn, Paging, MAX_LEN};
 use super::vmcb::{self, code, event, misc1, misc2, off, Raw, Vmcb, EFER_SVME};
 use crate::arch::apic;
 use crate::arch::cpu::{cpuid, rdmsr, wrmsr, MSR_EFER};
+use crate::hv::acpi;
+use crate::hv::devices::pmtimer;
 use crate::hv::nested::Tables;
 use crate::hv::npt::NPT;
 use crate::hv::slice::ApicSlice;
@@ -177,7 +179,10 @@ const PASS: [u32; 11] = [
     0xC000_0103,
 ];
 
-/// Builds the I/O and MSR permission maps once (contiguous frames from the reserve).
+/// Builds the I/O and MSR permission maps once (contiguous frames from the reserve). The
+/// guest reads the host's ACPI PM timer itself where it has one (`acpi::pm_timer`): a trapped
+/// read costs QEMU TCG ~40 µs, and Linux rejects a TSC reference that takes longer than its
+/// `tsc_read_refs` bound (3 reads in tsc_khz / 32 cycles, 31 µs) on AMD, where it has no other.
 pub fn maps(frames: &Mutex<FrameAllocator>) -> Result<(u64, u64), SvmError> {
     if let Some(m) = MAPS.get() {
         return Ok(*m);
@@ -187,10 +192,21 @@ pub fn maps(frames: &Mutex<FrameAllocator>) -> Result<(u64, u64), SvmError> {
     let msr = alloc_zeroed(&mut f, 2, 4096).ok_or(SvmError::NoMemory)?;
     // SAFETY: fresh, identity-mapped frames of exactly these sizes, owned by the maps.
     unsafe {
-        vmcb::fill_iopm(core::slice::from_raw_parts_mut(io as *mut u8, vmcb::IOPM_BYTES));
+        let iopm = core::slice::from_raw_parts_mut(io as *mut u8, vmcb::IOPM_BYTES);
+        vmcb::fill_iopm(iopm, &pm_timer_ports());
         vmcb::fill_msrpm(core::slice::from_raw_parts_mut(msr as *mut u8, vmcb::MSRPM_BYTES), &PASS);
     }
     Ok(*MAPS.call_once(|| (io, msr)))
+}
+
+/// The host's PM timer block to pass, if the guest's FADT names it.
+fn pm_timer_ports() -> Vec<(u16, u16)> {
+    let pm = acpi::pm_timer();
+    if pm.host {
+        alloc::vec![(pm.port, pmtimer::LEN)]
+    } else {
+        Vec::new()
+    }
 }
 
 global_asm!(
@@ -268,6 +284,10 @@ unsafe extern "C" {
 
 /// Exits since boot on this node (all vCPUs), for rates.
 pub static EXITS: AtomicU64 = AtomicU64::new(0);
+/// #UD exits retried because the bytes at RIP were no longer mapped here (all vCPUs).
+pub static UNREADABLE: AtomicU64 = AtomicU64::new(0);
+/// Retries in a row before such a #UD goes to the guest after all.
+const UNREADABLE_RETRIES: u32 = 1000;
 
 /// Reads identity-mapped table frames (the nested tables, to fetch guest bytes).
 struct Identity;
@@ -303,6 +323,8 @@ pub struct SvmVcpu {
     nmi_blocked: bool,
     /// The last nested page fault (page, write, fetch), to flush when it repeats.
     last_npf: Option<(u64, bool, bool)>,
+    /// #UD exits in a row whose bytes could not be read (retried).
+    unreadable: u32,
     slice: u64,
 }
 
@@ -334,6 +356,7 @@ impl SvmVcpu {
             decoded_len: None,
             nmi_blocked: false,
             last_npf: None,
+            unreadable: 0,
             slice: 0,
         };
         let c = &mut *v.vmcb;
@@ -408,6 +431,14 @@ impl SvmVcpu {
     /// The length of `insn` at the guest's RIP, read through its paging and the nested
     /// tables; None when the bytes there are not that instruction or cannot be read.
     fn decode(&self, insn: Insn) -> Option<u64> {
+        match self.find(insn) {
+            Found::Len(n) => Some(n),
+            Found::Other | Found::Unreadable => None,
+        }
+    }
+
+    /// What the guest's RIP holds of `insn`, read through its paging and the nested tables.
+    fn find(&self, insn: Insn) -> Found {
         let p = self.paging();
         let (_, cs_base, _, cs_attr) = self.vmcb.segment(off::CS);
         let long64 = p.long64(cs_attr & (1 << 9) != 0);
@@ -436,7 +467,7 @@ impl SvmVcpu {
         };
         let mut bytes = [0; MAX_LEN];
         let n = decode::fetch(&p, lin, &mut read, &mut bytes);
-        decode::length(&bytes[..n], long64, insn)
+        decode::find(&bytes[..n], n == MAX_LEN, long64, insn)
     }
 
     /// The instruction the last exit intercepted, for its length.
@@ -514,11 +545,25 @@ impl SvmVcpu {
             code::UD => {
                 // VMCALL from a payload built for Intel is a hypercall; any other #UD is the
                 // guest's own.
-                if let Some(len) = self.decode(Insn::Vmcall) {
-                    self.decoded_len = Some(len);
-                    return Some(Exit::Hypercall { nr: self.regs.rax });
+                match self.find(Insn::Vmcall) {
+                    Found::Len(len) => {
+                        self.unreadable = 0;
+                        self.decoded_len = Some(len);
+                        return Some(Exit::Hypercall { nr: self.regs.rax });
+                    }
+                    // The CPU fetched the instruction, so its bytes were mapped; another
+                    // node took a page of them (or of the tables to them) since. Run it
+                    // again: its fetch faults them back (bounded, for a walk this decoder
+                    // cannot do).
+                    Found::Unreadable if self.unreadable < UNREADABLE_RETRIES => {
+                        self.unreadable += 1;
+                        UNREADABLE.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Found::Unreadable | Found::Other => {
+                        self.unreadable = 0;
+                        self.inject_exception(6, None);
+                    }
                 }
-                self.inject_exception(6, None);
                 None
             }
             _ => Some(self.invalid()),

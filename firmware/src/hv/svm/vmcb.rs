@@ -261,9 +261,17 @@ pub const IOPM_BYTES: usize = 3 * 4096;
 /// Bytes of the MSR permission map (APM Vol. 2 §15.11): 8 KiB, 2 contiguous pages.
 pub const MSRPM_BYTES: usize = 2 * 4096;
 
-/// Fills the I/O permission map: every port intercepted (the hypervisor models every device).
-pub fn fill_iopm(map: &mut [u8]) {
+/// Fills the I/O permission map: every port intercepted (the hypervisor models every device)
+/// except the `pass` ranges `(first port, ports)`, which the guest reaches directly (APM Vol. 2
+/// §15.10.1: bit n for port n; an access is intercepted if any of its ports' bits is set).
+pub fn fill_iopm(map: &mut [u8], pass: &[(u16, u16)]) {
     map.fill(0xff);
+    for &(first, n) in pass {
+        let first = usize::from(first);
+        for port in first..(first + usize::from(n)).min(map.len() * 8) {
+            map[port / 8] &= !(1 << (port % 8));
+        }
+    }
 }
 
 /// Fills the MSR permission map: everything intercepted except `pass`, whose reads and writes
@@ -450,6 +458,19 @@ mod tests {
         assert_eq!(msrpm_bit(0x174), Some(0x5D * 8));
         assert_eq!(msrpm_bit(0xC000_0100), Some(0x800 * 8 + 0x200));
         assert_eq!(msrpm_bit(0x4000_0000), None);
+    }
+
+    #[test]
+    fn the_io_map_passes_only_the_listed_ports() {
+        let mut m = vec![0u8; IOPM_BYTES];
+        fill_iopm(&mut m, &[(0x608, 4), (0xfffe, 2)]);
+        let bit = |p: usize| (m[p / 8] >> (p % 8)) & 1;
+        assert_eq!([bit(0x607), bit(0x608), bit(0x60b), bit(0x60c)], [1, 0, 0, 1]);
+        // Port 0x608 is byte 0xC1, bit 0: the low nibble clear, the high one set.
+        assert_eq!(m[0xC1], 0xf0);
+        assert_eq!([bit(0xfffd), bit(0xfffe), bit(0xffff), bit(0x10000)], [1, 0, 0, 1]);
+        let passed = m.iter().map(|b| b.count_zeros()).sum::<u32>();
+        assert_eq!(passed, 6);
     }
 
     #[test]
