@@ -11,12 +11,13 @@
 //!
 //! Page tables: each vCPU runs the phases above on its own (an identity map of 4 GiB in 2 MiB
 //! pages, accessed and dirty bits preset), which only it touches, so they settle on its node,
-//! as a NUMA-aware kernel replicates its tables per node. That is a workaround for QEMU 7.2 TCG, whose nested walk
-//! accesses the guest's page tables as writes and whose every VMRUN and #VMEXIT flush its TLB
-//! (docs/design.md §9): on tables shared across nodes every vCPU needs them writable after
-//! every exit, so they move between the nodes all the time, correctly but too slowly for the
-//! timing checks. The last phase runs on the boot tables, shared and homed on node 0 as a
-//! kernel's shared tables are, and checks only the count (its time is printed).
+//! as a NUMA-aware kernel replicates its tables per node. That is a workaround for QEMU 7.2
+//! TCG, whose nested walk accesses the guest's page tables as writes and whose every VMRUN
+//! and #VMEXIT flush its TLB (docs/design.md §9): on tables shared across nodes every vCPU
+//! needs them writable after every exit, so they move between the nodes all the time,
+//! correctly but too slowly for the timing checks. The last phase runs on the boot tables,
+//! shared and homed on node 0 as a kernel's shared tables are, and checks only the count (its
+//! time is printed).
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
