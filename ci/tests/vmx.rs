@@ -197,7 +197,7 @@ fn console_input_reaches_the_guest_uart_after_ctrl_bracket() -> Result<(), Harne
 }
 
 /// The guest's devices live on the primary: a vCPU on node 1 writes the UART's scratch
-/// register that vCPU 0 reads back on node 0, then reads a line typed on node 0's console and
+/// register and an I/O APIC entry that vCPU 0 reads back on node 0, then reads a line typed on node 0's console and
 /// ends the guest through the debug-exit port, all through the primary's one UART.
 #[test]
 fn a_vcpu_on_another_node_uses_the_primarys_uart_and_debug_exit_port() -> Result<(), HarnessError> {
@@ -209,6 +209,10 @@ fn a_vcpu_on_another_node_uses_the_primarys_uart_and_debug_exit_port() -> Result
         text.contains(
             "guest: echo: PASS the UART scratch register vcpu 1 wrote reads back on vcpu 0"
         ),
+        "{text}"
+    );
+    assert!(
+        text.contains("guest: echo: PASS the I/O APIC entry vcpu 1 wrote reads back on vcpu 0"),
         "{text}"
     );
     n0.send_line("\u{1d}typed on node 0")?;

@@ -186,7 +186,9 @@ const TIME_PROBE: u8 = 5;
 const TIME_REPLY: u8 = 6;
 const PORT_WRITE: u8 = 7;
 const PORT_READ: u8 = 8;
-const PORT_REPLY: u8 = 9;
+const DEVICE_REPLY: u8 = 9;
+const MMIO_WRITE: u8 = 10;
+const MMIO_READ: u8 = 11;
 
 /// How the guest ended, as it travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,12 +259,32 @@ pub enum GuestMsg<'a> {
         /// Bytes (1, 2 or 4).
         size: u8,
     },
-    /// The primary's answer to a [`GuestMsg::PortRead`].
-    PortReply {
+    /// A device-memory write by vCPU `vcpu` on another node (posted, like a port write).
+    MmioWrite {
+        /// The writer.
+        vcpu: u32,
+        /// Guest-physical address.
+        gpa: u64,
+        /// Bytes (1, 2, 4 or 8).
+        size: u8,
+        /// The value written.
+        value: u64,
+    },
+    /// A device-memory read by vCPU `vcpu` on another node (parked, like a port read).
+    MmioRead {
+        /// The reader.
+        vcpu: u32,
+        /// Guest-physical address.
+        gpa: u64,
+        /// Bytes (1, 2, 4 or 8).
+        size: u8,
+    },
+    /// The primary's answer to a [`GuestMsg::PortRead`] or [`GuestMsg::MmioRead`].
+    DeviceReply {
         /// The reader.
         vcpu: u32,
         /// The value read.
-        value: u32,
+        value: u64,
     },
 }
 
@@ -327,10 +349,23 @@ impl GuestMsg<'_> {
                 b.push(size);
                 PORT_READ
             }
-            GuestMsg::PortReply { vcpu, value } => {
+            GuestMsg::MmioWrite { vcpu, gpa, size, value } => {
+                b.extend_from_slice(&vcpu.to_le_bytes());
+                b.extend_from_slice(&gpa.to_le_bytes());
+                b.push(size);
+                b.extend_from_slice(&value.to_le_bytes());
+                MMIO_WRITE
+            }
+            GuestMsg::MmioRead { vcpu, gpa, size } => {
+                b.extend_from_slice(&vcpu.to_le_bytes());
+                b.extend_from_slice(&gpa.to_le_bytes());
+                b.push(size);
+                MMIO_READ
+            }
+            GuestMsg::DeviceReply { vcpu, value } => {
                 b.extend_from_slice(&vcpu.to_le_bytes());
                 b.extend_from_slice(&value.to_le_bytes());
-                PORT_REPLY
+                DEVICE_REPLY
             }
         };
         b
@@ -399,7 +434,20 @@ pub fn decode(b: &[u8]) -> Option<(u64, GuestMsg<'_>)> {
                 _ => return None,
             }
         }
-        PORT_REPLY if body.len() == 8 => GuestMsg::PortReply { vcpu: word(0)?, value: word(4)? },
+        MMIO_WRITE | MMIO_READ => {
+            let gpa = quad(4)?;
+            let size = *body.get(12).filter(|s| matches!(**s, 1 | 2 | 4 | 8))?;
+            match (kind, body.len()) {
+                (MMIO_WRITE, 21) => {
+                    GuestMsg::MmioWrite { vcpu: word(0)?, gpa, size, value: quad(13)? }
+                }
+                (MMIO_READ, 13) => GuestMsg::MmioRead { vcpu: word(0)?, gpa, size },
+                _ => return None,
+            }
+        }
+        DEVICE_REPLY if body.len() == 12 => {
+            GuestMsg::DeviceReply { vcpu: word(0)?, value: quad(4)? }
+        }
         _ => return None,
     };
     Some((stamp, msg))
@@ -482,7 +530,10 @@ mod tests {
             GuestMsg::PortWrite { vcpu: 3, port: 0x3f8, size: 1, value: 0x41 },
             GuestMsg::PortWrite { vcpu: 3, port: 0xb004, size: 2, value: 0x3c00 },
             GuestMsg::PortRead { vcpu: 1, port: 0x3fd, size: 1 },
-            GuestMsg::PortReply { vcpu: 1, value: 0x60 },
+            GuestMsg::DeviceReply { vcpu: 1, value: 0x60 },
+            GuestMsg::DeviceReply { vcpu: 9, value: u64::MAX - 1 },
+            GuestMsg::MmioWrite { vcpu: 2, gpa: 0xfec0_0010, size: 4, value: 0x1_0000_0030 },
+            GuestMsg::MmioRead { vcpu: 2, gpa: 0xfec0_0010, size: 8 },
         ];
         for (i, m) in msgs.into_iter().enumerate() {
             let mut b = m.encode();
@@ -514,10 +565,13 @@ mod tests {
         assert_eq!(decode(&with(PORT_READ, &[0, 0, 0, 0, 0xf8, 3, 1, 0])), None);
         assert_eq!(decode(&with(PORT_WRITE, &[0, 0, 0, 0, 0xf8, 3, 1])), None);
         assert_eq!(decode(&with(PORT_WRITE, &[0, 0, 0, 0, 0xf8, 3, 0, 0, 0, 0, 0])), None);
-        assert_eq!(decode(&with(PORT_REPLY, &[0; 7])), None);
+        assert_eq!(decode(&with(DEVICE_REPLY, &[0; 8])), None);
+        assert_eq!(decode(&with(MMIO_READ, &[[0; 12].as_slice(), &[3]].concat())), None);
+        assert_eq!(decode(&with(MMIO_READ, &[[0; 12].as_slice(), &[4, 0]].concat())), None);
+        assert_eq!(decode(&with(MMIO_WRITE, &[[0; 12].as_slice(), &[4], &[0; 7]].concat())), None);
         for len in 0..30 {
             for fill in [0u8, 0xff, TAG] {
-                let mut b = vec![TAG, (len % 10) as u8];
+                let mut b = vec![TAG, (len % 13) as u8];
                 b.resize(len + 2, fill);
                 let _ = decode(&b);
             }

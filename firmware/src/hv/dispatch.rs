@@ -66,8 +66,9 @@ pub trait Machine {
     /// None when another node's devices answer it: the vCPU parks until
     /// [`Machine::take_port_reply`] has the value.
     fn port(&self, vcpu: usize, port: u16, size: u8, dir: IoDir, value: u32) -> Option<u32>;
-    /// Takes the answer to `vcpu`'s port read that went elsewhere, if it came.
-    fn take_port_reply(&self, _vcpu: usize) -> Option<u32> {
+    /// Takes the answer to `vcpu`'s device read (port or MMIO) that went elsewhere, if it
+    /// came.
+    fn take_device_reply(&self, _vcpu: usize) -> Option<u64> {
         None
     }
     /// A nested page fault at `gpa`.
@@ -99,9 +100,10 @@ pub trait Machine {
     fn is_mmio(&self, _gpa: u64) -> bool {
         false
     }
-    /// A device read of `size` bytes at `gpa` by `vcpu`.
-    fn mmio_read(&self, _vcpu: usize, _gpa: u64, _size: u8) -> u64 {
-        u64::MAX
+    /// A device read of `size` bytes at `gpa` by `vcpu`; None when another node's devices
+    /// answer it (the vCPU parks as for [`Machine::port`]).
+    fn mmio_read(&self, _vcpu: usize, _gpa: u64, _size: u8) -> Option<u64> {
+        Some(u64::MAX)
     }
     /// A device write of `size` bytes at `gpa` by `vcpu`.
     fn mmio_write(&self, _vcpu: usize, _gpa: u64, _size: u8, _value: u64) {}
@@ -144,6 +146,15 @@ pub enum Start {
     WaitForSipi,
 }
 
+/// A device read whose answer comes from another node: how to retire it.
+#[derive(Clone, Copy, Debug)]
+enum Parked {
+    /// An IN of this many bytes.
+    In(u8),
+    /// A decoded MMIO load.
+    Mmio(mmio::Access),
+}
+
 fn port_mask(size: u8) -> u64 {
     match size {
         1 => 0xff,
@@ -164,8 +175,8 @@ pub struct Runner<V: Vcpu> {
     msrs: MsrFile,
     nested_gen: u64,
     tsc_offset: u64,
-    /// The size of the port read parked in [`State::WaitDevice`].
-    parked_in: u8,
+    /// The device read parked in [`State::WaitDevice`].
+    parked: Parked,
 }
 
 impl<V: Vcpu> Runner<V> {
@@ -192,7 +203,7 @@ impl<V: Vcpu> Runner<V> {
             msrs: MsrFile::new(id == 0),
             nested_gen: 0,
             tsc_offset: 0,
-            parked_in: 0,
+            parked: Parked::In(1),
         }
     }
 
@@ -235,9 +246,17 @@ impl<V: Vcpu> Runner<V> {
         }
         if self.state == State::WaitDevice {
             // The IN retires with the primary's value before anything is injected.
-            let Some(value) = m.take_port_reply(self.id) else { return Step::Idle };
-            self.complete_in(self.parked_in, value);
-            self.v.skip_instruction();
+            let Some(value) = m.take_device_reply(self.id) else { return Step::Idle };
+            match self.parked {
+                Parked::In(size) => {
+                    self.complete_in(size, value as u32);
+                    self.v.skip_instruction();
+                }
+                Parked::Mmio(a) => {
+                    a.complete(self.v.regs(), value);
+                    self.v.advance_rip(u64::from(a.len));
+                }
+            }
             self.set_state(m, State::Running);
         }
         let host_now = m.now();
@@ -336,7 +355,7 @@ impl<V: Vcpu> Runner<V> {
                 }
                 if !self.io(m, port, size, dir) {
                     // Another node's devices answer: park with the instruction not retired.
-                    self.parked_in = size;
+                    self.parked = Parked::In(size);
                     self.set_state(m, State::WaitDevice);
                     return Step::Idle;
                 }
@@ -399,9 +418,15 @@ impl<V: Vcpu> Runner<V> {
     /// tables, decodes it, does the access and moves RIP past it.
     fn mmio<M: Machine>(&mut self, m: &M, gpa: u64, write: bool, exit: &Exit) -> Step {
         let s = self.v.snapshot();
+        // The first guest page the decode could not read here (held by another node).
+        let missing = core::cell::Cell::new(None);
         let read = |a: u64, n: usize| {
             let mut b = [0u8; 8];
-            m.read_guest(a, &mut b[..n]).then(|| u64::from_le_bytes(b))
+            let ok = m.read_guest(a, &mut b[..n]);
+            if !ok && missing.get().is_none() {
+                missing.set(Some(a));
+            }
+            ok.then(|| u64::from_le_bytes(b))
         };
         let cs_base = if s.efer & (1 << 10) != 0 { 0 } else { s.cs.1 };
         let la = cs_base.wrapping_add(s.rip);
@@ -415,29 +440,56 @@ impl<V: Vcpu> Runner<V> {
             }
             match mmio::translate(s.cr0, s.cr3, s.cr4, s.efer, at, read) {
                 Some(pa) if m.read_guest(pa, &mut bytes[got..got + n]) => got += n,
-                _ => break,
+                Some(pa) => {
+                    missing.set(missing.get().or(Some(pa)));
+                    break;
+                }
+                None => break,
             }
         }
-        if got == 0 {
-            return self.fatal(m, "MMIO: the faulting instruction cannot be read", exit);
-        }
-        let a = match mmio::decode(&bytes[..got], mmio::bitness(s.efer, s.cs.3)) {
-            Ok(a) if a.uses_rsp() => {
+        let decoded = match got {
+            0 => None,
+            _ => Some(mmio::decode(&bytes[..got], mmio::bitness(s.efer, s.cs.3))),
+        };
+        let a = match (decoded, missing.get()) {
+            (Some(Ok(a)), _) if a.uses_rsp() => {
                 return self.fatal(m, "MMIO through RSP is not emulated", exit);
             }
-            Ok(a) => a,
-            Err(e) => return self.fatal(m, e.what(), exit),
+            (Some(Ok(a)), _) => a,
+            // The code or a page table it runs on is on another node: fetch it as a fault
+            // would, then the instruction runs (and exits) again.
+            (_, Some(gpa)) => return self.fetch_for_decode(m, gpa, exit),
+            (Some(Err(e)), None) => return self.fatal(m, e.what(), exit),
+            (None, None) => {
+                return self.fatal(m, "MMIO: the faulting instruction cannot be read", exit)
+            }
         };
         match a.store_value(self.v.regs()) {
             Some(v) if write => m.mmio_write(self.id, gpa, a.size, v),
-            None if !write => {
-                let v = m.mmio_read(self.id, gpa, a.size);
-                a.complete(self.v.regs(), v);
-            }
+            None if !write => match m.mmio_read(self.id, gpa, a.size) {
+                Some(v) => a.complete(self.v.regs(), v),
+                None => {
+                    self.parked = Parked::Mmio(a);
+                    self.set_state(m, State::WaitDevice);
+                    return Step::Idle;
+                }
+            },
             _ => return self.fatal(m, "MMIO: the decoded access disagrees with the fault", exit),
         }
         self.v.advance_rip(u64::from(a.len));
         Step::Continue
+    }
+
+    /// Brings guest page `gpa` here (read-only will do) for the MMIO decode.
+    fn fetch_for_decode<M: Machine>(&mut self, m: &M, gpa: u64, exit: &Exit) -> Step {
+        match m.nested_fault(self.id, gpa & !0xfff, false, false) {
+            Fault::Mapped => Step::Continue,
+            Fault::Wait => {
+                self.set_state(m, State::WaitPage);
+                Step::Idle
+            }
+            Fault::Deny(what) => self.fatal(m, what, exit),
+        }
     }
 
     fn hypercall<M: Machine>(&mut self, m: &M, nr: u64) -> Step {

@@ -170,27 +170,25 @@ impl GuestMemory {
         true
     }
 
-    /// Copies guest RAM at `gpa` in this node's home range into `buf`; false (nothing read)
-    /// when the range is not all home here. (A home page another node holds exclusively may
-    /// be stale here; the one-node guest has no such pages.)
+    /// Copies guest RAM at `gpa` into `buf` from the pages this node maps now (its own
+    /// nested tables say so: a home page another node holds is not read, it may be stale);
+    /// false (`buf` partly filled) at the first page it does not map.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let end = gpa.checked_add(buf.len() as u64);
-        if !self.is_home(gpa) || end.is_none_or(|e| e > self.home.0 + self.home.1) {
-            return false;
-        }
         let mut done = 0;
         while done < buf.len() {
-            let g = gpa + done as u64;
+            let Some(g) = gpa.checked_add(done as u64) else { return false };
             let n = ((PAGE - g % PAGE) as usize).min(buf.len() - done);
-            // SAFETY: as in `write`: home chunks are this guest's identity-mapped pool frames
-            // and the range stays inside one page of the home range.
+            // Under the tables' lock: a page taken away is unmapped (under this lock) before
+            // its frame is freed, so the frame read here still holds the page.
+            let g2 = self.tables.lock();
+            let (t, tm) = &*g2;
+            let Some((hpa, _)) = t.translate(tm, g) else { return false };
+            // SAFETY: a frame this node's nested tables map for the guest (home or cache
+            // frame of the pool, identity-mapped); the range stays inside its page.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    self.home_hpa(g) as *const u8,
-                    buf[done..].as_mut_ptr(),
-                    n,
-                );
+                core::ptr::copy_nonoverlapping(hpa as *const u8, buf[done..].as_mut_ptr(), n);
             }
+            drop(g2);
             done += n;
         }
         true

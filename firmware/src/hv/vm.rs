@@ -42,9 +42,6 @@ pub use super::sched::{module_bytes, status, VmError};
 /// is ample for a resumed vCPU to retire one access and short against any remote fault.
 pub const DEFAULT_HOLD_US: u64 = 100;
 
-/// Marks a port reply as come (the value is the low 32 bits).
-const REPLY_PRESENT: u64 = 1 << 32;
-
 /// Bytes of guest messages held (in order) for a guest that does not exist here yet: they come
 /// from the network, so the heap they may take is bounded.
 const EARLY_LIMIT: usize = 1 << 20;
@@ -73,9 +70,9 @@ pub struct Vm {
     time_steps: AtomicU64,
     time_step_max: AtomicU64,
     bad_messages: AtomicU64,
-    /// Per local vCPU: the primary's answer to its parked port read ([`REPLY_PRESENT`] set).
-    port_reply: Vec<AtomicU64>,
-    /// Port reads and writes sent to the primary; those it served for other nodes.
+    /// Per local vCPU: the primary's answer to its parked device read.
+    device_reply: Vec<Mutex<Option<u64>>>,
+    /// Device reads and writes (ports, I/O APIC) sent to the primary; those it served.
     port_reads: AtomicU64,
     port_writes: AtomicU64,
     ports_served: AtomicU64,
@@ -138,7 +135,7 @@ impl Vm {
             time_steps: AtomicU64::new(0),
             time_step_max: AtomicU64::new(0),
             bad_messages: AtomicU64::new(0),
-            port_reply: (0..share.vcpus).map(|_| AtomicU64::new(0)).collect(),
+            device_reply: (0..share.vcpus).map(|_| Mutex::new(None)).collect(),
             port_reads: AtomicU64::new(0),
             port_writes: AtomicU64::new(0),
             ports_served: AtomicU64::new(0),
@@ -280,6 +277,27 @@ impl Vm {
         v
     }
 
+    /// The primary's device memory (the I/O APIC).
+    fn device_mmio_read(&self, gpa: u64) -> u64 {
+        u64::from(self.devices.lock().ioapic.read(gpa & 0xfff))
+    }
+
+    fn device_mmio_write(&self, vcpu: usize, gpa: u64, value: u64) {
+        let irq = self.devices.lock().ioapic.write(gpa & 0xfff, value as u32);
+        if let Some(irq) = irq {
+            self.raise_irq(vcpu, irq);
+        }
+    }
+
+    /// Sends a device read of local `vcpu` to the primary; the vCPU parks for the answer.
+    fn forward_read(&self, vcpu: usize, msg: &GuestMsg<'_>) {
+        if let Some(l) = self.local(vcpu) {
+            *self.device_reply[l].lock() = None;
+        }
+        self.port_reads.fetch_add(1, Ordering::Relaxed);
+        self.post(0, msg);
+    }
+
     /// A finished guest UART line: on the primary's console, from any node.
     fn line(&self, vcpu: usize, text: &[u8]) {
         if self.primary() {
@@ -390,11 +408,28 @@ impl Vm {
             {
                 self.ports_served.fetch_add(1, Ordering::Relaxed);
                 let value = self.device_access(vcpu as usize, port, size, IoDir::In, 0);
-                self.post(from, &GuestMsg::PortReply { vcpu, value });
+                self.post(from, &GuestMsg::DeviceReply { vcpu, value: value.into() });
             }
-            GuestMsg::PortReply { vcpu, value } if from == 0 => match self.local(vcpu as usize) {
+            GuestMsg::MmioWrite { vcpu, gpa, value, .. }
+                if self.primary()
+                    && self.shape.node_of_vcpu(vcpu) == Some(from)
+                    && Machine::is_mmio(self, gpa) =>
+            {
+                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.device_mmio_write(vcpu as usize, gpa, value);
+            }
+            GuestMsg::MmioRead { vcpu, gpa, .. }
+                if self.primary()
+                    && self.shape.node_of_vcpu(vcpu) == Some(from)
+                    && Machine::is_mmio(self, gpa) =>
+            {
+                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                let value = self.device_mmio_read(gpa);
+                self.post(from, &GuestMsg::DeviceReply { vcpu, value });
+            }
+            GuestMsg::DeviceReply { vcpu, value } if from == 0 => match self.local(vcpu as usize) {
                 Some(l) => {
-                    self.port_reply[l].store(REPLY_PRESENT | u64::from(value), Ordering::SeqCst);
+                    *self.device_reply[l].lock() = Some(value);
                     // The wake-up the sleeping core checks (sched) before it halts.
                     self.vcpus.resume(l);
                 }
@@ -406,7 +441,9 @@ impl Vm {
             | GuestMsg::TimeReply { .. }
             | GuestMsg::PortWrite { .. }
             | GuestMsg::PortRead { .. }
-            | GuestMsg::PortReply { .. } => {
+            | GuestMsg::MmioWrite { .. }
+            | GuestMsg::MmioRead { .. }
+            | GuestMsg::DeviceReply { .. } => {
                 self.bad_messages.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -490,25 +527,18 @@ impl Machine for Vm {
                 Some(0)
             }
             IoDir::In => {
-                if let Some(l) = self.local(vcpu) {
-                    self.port_reply[l].store(0, Ordering::SeqCst);
-                }
-                self.port_reads.fetch_add(1, Ordering::Relaxed);
-                self.post(0, &GuestMsg::PortRead { vcpu: v, port, size });
+                self.forward_read(vcpu, &GuestMsg::PortRead { vcpu: v, port, size });
                 None
             }
         }
     }
 
-    fn take_port_reply(&self, vcpu: usize) -> Option<u32> {
+    fn take_device_reply(&self, vcpu: usize) -> Option<u64> {
         let l = self.local(vcpu)?;
-        let r = self.port_reply[l].swap(0, Ordering::SeqCst);
-        if r & REPLY_PRESENT == 0 {
-            return None;
-        }
+        let r = self.device_reply[l].lock().take()?;
         // The reply's wake-up (see `receive`) is consumed with it.
         self.vcpus.take_resume(l);
-        Some(r as u32)
+        Some(r)
     }
 
     fn is_mmio(&self, gpa: u64) -> bool {
@@ -516,14 +546,20 @@ impl Machine for Vm {
         gpa & !0xfff == acpi::IOAPIC_GPA
     }
 
-    fn mmio_read(&self, _vcpu: usize, gpa: u64, _size: u8) -> u64 {
-        u64::from(self.devices.lock().ioapic.read(gpa & 0xfff))
+    fn mmio_read(&self, vcpu: usize, gpa: u64, size: u8) -> Option<u64> {
+        if self.primary() {
+            return Some(self.device_mmio_read(gpa));
+        }
+        self.forward_read(vcpu, &GuestMsg::MmioRead { vcpu: vcpu as u32, gpa, size });
+        None
     }
 
-    fn mmio_write(&self, vcpu: usize, gpa: u64, _size: u8, value: u64) {
-        let irq = self.devices.lock().ioapic.write(gpa & 0xfff, value as u32);
-        if let Some(irq) = irq {
-            self.raise_irq(vcpu, irq);
+    fn mmio_write(&self, vcpu: usize, gpa: u64, size: u8, value: u64) {
+        if self.primary() {
+            self.device_mmio_write(vcpu, gpa, value);
+        } else {
+            self.port_writes.fetch_add(1, Ordering::Relaxed);
+            self.post(0, &GuestMsg::MmioWrite { vcpu: vcpu as u32, gpa, size, value });
         }
     }
 
@@ -873,12 +909,12 @@ pub fn print_stats(reset: bool) {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     if vm.primary() {
         kprintln!(
-            "stats: devices: the guest's devices are here; {} port accesses served for vCPUs on other nodes",
+            "stats: devices: the guest's devices are here; {} accesses served for vCPUs on other nodes",
             n(&vm.ports_served)
         );
     } else {
         kprintln!(
-            "stats: devices: on node 0; {} port reads sent there (each parks its vCPU for the answer), {} port writes posted",
+            "stats: devices: on node 0; {} reads sent there (ports and I/O APIC; each parks its vCPU for the answer), {} writes posted",
             n(&vm.port_reads),
             n(&vm.port_writes)
         );

@@ -10,13 +10,14 @@
 //! all PASS.
 //!
 //! Page tables: each vCPU runs the phases above on its own (an identity map of 4 GiB in 2 MiB
-//! pages, accessed and dirty bits preset) in memory homed on its node, as a NUMA-aware kernel
-//! replicates its tables per node. That is a workaround for QEMU 7.2 TCG, whose nested walk
-//! accesses the guest's page tables as writes and whose every VMRUN and #VMEXIT flush its TLB
-//! (docs/design.md §9): on tables shared across nodes every vCPU needs them writable after
-//! every exit, so they move between the nodes all the time, correctly but too slowly for the
-//! timing checks. The last phase runs on the boot tables, shared and homed on node 0 as a
-//! kernel's shared tables are, and checks only the count (its time is printed).
+//! pages, accessed and dirty bits preset), which only it touches, so they settle on its node,
+//! as a NUMA-aware kernel replicates its tables per node. That is a workaround for QEMU 7.2
+//! TCG, whose nested walk accesses the guest's page tables as writes and whose every VMRUN
+//! and #VMEXIT flush its TLB (docs/design.md §9): on tables shared across nodes every vCPU
+//! needs them writable after every exit, so they move between the nodes all the time,
+//! correctly but too slowly for the timing checks. The last phase runs on the boot tables,
+//! shared and homed on node 0 as a kernel's shared tables are, and checks only the count (its
+//! time is printed).
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
@@ -54,19 +55,19 @@ static TSC_AHEAD: AtomicU32 = AtomicU32::new(0);
 static LAG_MIN: AtomicU64 = AtomicU64::new(u64::MAX);
 static LAG_MAX: AtomicU64 = AtomicU64::new(0);
 const PUBLISH: u32 = 30;
-/// Nodes, once every vCPU reported its own.
-static NODES: AtomicU32 = AtomicU32::new(0);
 /// The boot page tables (shared by every vCPU), and each vCPU's own.
 static BOOT_CR3: AtomicU64 = AtomicU64::new(0);
 static OWN_CR3: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
 /// The counter of the last phase, on the shared tables, and the phase's ticks (vCPU 0's).
 static SHARED: AtomicU64 = AtomicU64::new(0);
 static SHARED_TICKS: AtomicU64 = AtomicU64::new(0);
-const SHARED_ITER: u64 = 20;
+const SHARED_ITER: u64 = 10;
 /// vCPUs whose AMD topology leaves (Fn8000_0008, Fn8000_001E) disagree with their x2APIC id.
 static BAD_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
-/// Room for one vCPU's page tables: a PML4, a PDPT and four page directories.
-const TABLES: u64 = 8 * 4096;
+/// One vCPU's page tables: a PML4, a PDPT and four page directories.
+#[repr(C, align(4096))]
+struct Tables([u64; 6 * 512]);
+static mut TABLES: [Tables; MAX] = [const { Tables([0; 6 * 512]) }; MAX];
 
 fn set_cr3(v: u64) {
     // SAFETY: `v` is the boot tables or tables built by `own_tables`, both identity maps of
@@ -74,27 +75,20 @@ fn set_cr3(v: u64) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack)) };
 }
 
-/// Builds this vCPU's page tables at the top of its node's home range (guest RAM is every
-/// node's share in node order, equal shares: the harness gives every node the same `mem=`)
-/// and switches to them.
+/// Builds this vCPU's own page tables and switches to them. No other vCPU touches them, so
+/// their pages move to this vCPU's node once (the first writes) and stay there.
 fn own_tables(id: u32) {
-    let nodes = u64::from(NODES.load(Ordering::SeqCst).max(1));
-    let each = RAM.load(Ordering::SeqCst) / nodes;
-    let node = u64::from(NODE[id as usize].load(Ordering::SeqCst));
-    let base = (node + 1) * each - (u64::from(id) + 1) * TABLES;
-    let w = |a: u64, v: u64| {
-        // SAFETY: guest RAM in this vCPU's own slot at the top of its node's range, above
-        // everything else the payload uses there (its image, the integrity pages).
-        unsafe { core::ptr::write_volatile(a as *mut u64, v) }
-    };
+    // SAFETY: slot `id` is this vCPU's alone; `TABLES` is zeroed .bss.
+    let t = unsafe { &mut (*(&raw mut TABLES))[id as usize].0 };
+    let base = t.as_ptr() as u64;
     // Present, writable, accessed (bits 0, 1, 5); 2 MiB leaves also PS and dirty (7, 6).
     let (table, leaf) = (0x23, 0xe3);
-    for i in 0..512 {
-        w(base + i * 8, if i == 0 { (base + 4096) | table } else { 0 });
-        w(base + 4096 + i * 8, if i < 4 { (base + 8192 + i * 4096) | table } else { 0 });
+    t[0] = (base + 4096) | table;
+    for i in 0..4 {
+        t[512 + i] = (base + 8192 + i as u64 * 4096) | table;
     }
     for j in 0..2048 {
-        w(base + 8192 + j * 8, (j << 21) | leaf);
+        t[1024 + j] = ((j as u64) << 21) | leaf;
     }
     OWN_CR3[id as usize].store(base, Ordering::SeqCst);
     set_cr3(base);
@@ -257,6 +251,7 @@ fn work(id: u32) {
 
 extern "C" fn ap_main(id: u64) -> ! {
     ap_arrived(id);
+    own_tables(id as u32);
     x2apic_enable();
     load_idt();
     let id = id as u32;
@@ -269,7 +264,6 @@ extern "C" fn ap_main(id: u64) -> ! {
     while GO.load(Ordering::SeqCst) == 0 {
         core::hint::spin_loop();
     }
-    own_tables(id);
     work(id);
     loop {
         wait_for_interrupt();
@@ -298,7 +292,9 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         "span: {n} vCPUs, {} MiB RAM; vcpu 0 on node {node}",
         RAM.load(Ordering::SeqCst) >> 20
     );
+    // The APs start on the boot tables (the trampoline loads this CR3), then take their own.
     let up = start_aps_within(n, ap_main, 20_000_000);
+    own_tables(0);
     let mut ok = up + 1 == n;
     println!("span: {}/{n} vCPUs started with INIT/SIPI", up + 1);
     let t0 = rdtsc();
@@ -309,9 +305,7 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     }
     let nodes: u32 = (0..n as usize).map(|i| NODE[i].load(Ordering::SeqCst)).max().unwrap_or(0) + 1;
     println!("span: every vCPU reported its node: {nodes} nodes");
-    NODES.store(nodes, Ordering::SeqCst);
     GO.store(1, Ordering::SeqCst);
-    own_tables(0);
     work(0);
 
     let total = COUNTER.load(Ordering::SeqCst);

@@ -134,7 +134,7 @@ struct FakeMachine {
     resumed: Cell<bool>,
     /// Port reads go elsewhere (None from `port`); the answer waits here.
     ports_elsewhere: Cell<bool>,
-    port_reply: Cell<Option<u32>>,
+    port_reply: Cell<Option<u64>>,
     fatal: RefCell<Vec<String>>,
     /// Guest RAM bytes the MMIO path reads (page tables, instructions).
     guest: RefCell<std::collections::BTreeMap<u64, u8>>,
@@ -181,8 +181,11 @@ impl Machine for FakeMachine {
     fn is_mmio(&self, gpa: u64) -> bool {
         gpa & !0xfff == crate::hv::acpi::IOAPIC_GPA
     }
-    fn mmio_read(&self, _vcpu: usize, gpa: u64, _size: u8) -> u64 {
-        u64::from(self.devices.borrow().ioapic.read(gpa & 0xfff))
+    fn mmio_read(&self, _vcpu: usize, gpa: u64, _size: u8) -> Option<u64> {
+        if self.ports_elsewhere.get() {
+            return None;
+        }
+        Some(u64::from(self.devices.borrow().ioapic.read(gpa & 0xfff)))
     }
     fn mmio_write(&self, _vcpu: usize, gpa: u64, _size: u8, value: u64) {
         self.devices.borrow_mut().ioapic.write(gpa & 0xfff, value as u32);
@@ -254,7 +257,7 @@ impl Machine for FakeMachine {
         }
         Some(v)
     }
-    fn take_port_reply(&self, _vcpu: usize) -> Option<u32> {
+    fn take_device_reply(&self, _vcpu: usize) -> Option<u64> {
         self.port_reply.take()
     }
     fn nested_fault(&self, _vcpu: usize, _gpa: u64, _write: bool, _exec: bool) -> Fault {
@@ -781,6 +784,24 @@ fn ioapic_mmio_is_emulated_from_the_decoded_instruction_and_rip_moves_past_it() 
 }
 
 #[test]
+fn an_mmio_load_answered_elsewhere_parks_and_retires_into_its_register() {
+    let m = FakeMachine::new(1);
+    m.ports_elsewhere.set(true);
+    // mov r9d, [rdx+0x10]
+    let code = [0x44, 0x8b, 0x4a, 0x10];
+    let mut r = long_mode_guest(&m, &code, &[npf(IOAPIC + 0x10, false), Exit::Preempted]);
+    r.v.regs.r9 = u64::MAX;
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(m.stats[0].state(), State::WaitDevice);
+    assert_eq!((r.v.rip, r.v.regs.r9), (0x10_0000, u64::MAX), "not retired yet");
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    m.port_reply.set(Some(0x1234_5678));
+    assert_eq!(r.step(&m, u64::MAX), Step::Yield);
+    assert_eq!(r.v.regs.r9, 0x1234_5678, "zero-extended load");
+    assert_eq!(r.v.rip, 0x10_0000 + 4);
+}
+
+#[test]
 fn mmio_that_cannot_be_emulated_stops_the_guest_with_the_reason() {
     // An ADD to the device page: a read-modify-write this emulation refuses.
     let m = FakeMachine::new(1);
@@ -792,12 +813,34 @@ fn mmio_that_cannot_be_emulated_stops_the_guest_with_the_reason() {
     let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC, false)]);
     run_all(&mut r, &m);
     assert!(matches!(m.verdict(), Some(Verdict::Fatal(w)) if w.contains("disagrees")));
-    // Code that is not mapped in the guest's own tables.
+    // Code that is not mapped in the guest's own tables (the rest of its PD is here, empty).
     let m = FakeMachine::new(1);
     let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC, true)]);
+    m.put(0x3008, &[0; 4088]);
     r.v.rip = 0x40_0000;
     run_all(&mut r, &m);
     assert!(matches!(m.verdict(), Some(Verdict::Fatal(w)) if w.contains("cannot be read")));
+}
+
+#[test]
+fn mmio_code_held_by_another_node_is_fetched_like_a_fault_then_the_access_runs_again() {
+    let m = FakeMachine::new(1);
+    m.fault.set(Fault::Wait);
+    // The PD page's other entries are here (empty) but the code page at 2 MiB is not.
+    let mut r = long_mode_guest(&m, &[0x89, 0x02], &[npf(IOAPIC, true), npf(IOAPIC, true)]);
+    m.put(0x3008, &0x20_0083u64.to_le_bytes());
+    r.v.rip = 0x20_0000;
+    assert_eq!(r.step(&m, u64::MAX), Step::Idle);
+    assert_eq!(r.state(), State::WaitPage, "parked on the code page, not stopped");
+    assert_eq!(m.verdict(), None);
+    // The page came: the access runs again and is emulated.
+    m.put(0x20_0000, &[0x89, 0x02, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90]);
+    m.put(0x20_000a, &[0x90; 8]);
+    m.resumed.set(true);
+    r.v.regs.rax = 1;
+    assert_eq!(r.step(&m, u64::MAX), Step::Continue);
+    assert_eq!(r.v.rip, 0x20_0002);
+    assert_eq!(m.verdict(), None);
 }
 
 #[test]
