@@ -1,4 +1,11 @@
 # Gestalt: the two commands a new user needs are `make run` and `make test` (README).
+# GUEST=linux: Debian's cloud kernel with a shell on its console, on one Bochs node (VMX) with
+# one vCPU unless NODES, EMU and CPUS say otherwise (EMU=qemu: under SVM, much faster).
+ifeq ($(GUEST),linux)
+NODES ?= 1
+EMU ?= bochs
+CPUS ?= 1
+endif
 NODES ?= 2
 EMU ?= qemu
 OUT ?= out
@@ -21,8 +28,9 @@ payloads: setup
 	ci/payloads/build.sh
 
 # The cluster runs one guest across its nodes: the span test payload unless GUEST= names
-# another Multiboot kernel. QEMU nodes run it with SVM and nested paging (its page tables
-# per node: QEMU 7.2 walks guest page tables as writes, docs/design.md §9); EMU=bochs with VMX.
+# another Multiboot kernel (or `linux`, above: fetched and packed by gestalt-cluster). QEMU
+# nodes run it with SVM and nested paging (its page tables per node: QEMU 7.2 walks guest page
+# tables as writes, docs/design.md §9); EMU=bochs with VMX.
 GUEST ?= ci/payloads/target/x86_64-gestalt/release/payload-span
 CPUS ?= 2
 run: image payloads

@@ -51,6 +51,22 @@ impl Cluster {
         seed: u64,
         guest: Option<&std::path::Path>,
     ) -> Result<Cluster, HarnessError> {
+        Self::start_shaped(kinds, cpus, cmdline, art, seed, &|spec: NodeSpec| match guest {
+            Some(g) => spec.guest(g),
+            None => spec,
+        })
+    }
+
+    /// [`Cluster::start_mixed`] with each node's spec passed through `shape` (its guest, its
+    /// modules, its memory) before it boots.
+    pub fn start_shaped(
+        kinds: &[(Emu, Boot)],
+        cpus: u32,
+        cmdline: &str,
+        art: &Artifacts,
+        seed: u64,
+        shape: &dyn Fn(NodeSpec) -> NodeSpec,
+    ) -> Result<Cluster, HarnessError> {
         let n = kinds.len();
         let mut switch = Switch::new(seed)?;
         let mut nodes = Vec::with_capacity(n);
@@ -69,12 +85,9 @@ impl Cluster {
                 line += cmdline.trim();
             }
             let mac = [0x52, 0x54, 0x00, 0x47, 0x53, i as u8];
-            let mut spec =
+            let spec =
                 NodeSpec::new(&format!("n{i}"), emu, boot).cpus(cpus).cmdline(&line).nic(port, mac);
-            if let Some(g) = guest {
-                spec = spec.guest(g);
-            }
-            nodes.push(Node::start(&spec, art)?);
+            nodes.push(Node::start(&shape(spec), art)?);
         }
         Ok(Cluster { nodes, switch })
     }

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod cluster;
 pub mod console;
 pub mod error;
+pub mod linux;
 pub mod node;
 pub mod switch;
 mod util;

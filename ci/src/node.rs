@@ -73,6 +73,9 @@ pub struct NodeSpec {
     pub nic_model: String,
     /// The guest module, if any.
     pub guest: Option<PathBuf>,
+    /// Modules with their command lines (file, `name args…`), instead of [`NodeSpec::guest`]
+    /// when not empty: a Linux guest's kernel and initrd.
+    pub modules: Vec<(PathBuf, String)>,
     /// QEMU's `-cpu` (TCG): [`QEMU_CPU`] unless a test asks for another model.
     pub qemu_cpu: String,
 }
@@ -131,6 +134,7 @@ impl NodeSpec {
             nic: None,
             nic_model: "e1000".to_string(),
             guest: None,
+            modules: Vec::new(),
             qemu_cpu: QEMU_CPU.to_string(),
         }
     }
@@ -146,6 +150,28 @@ impl NodeSpec {
     pub fn guest(mut self, path: &Path) -> NodeSpec {
         self.guest = Some(path.to_path_buf());
         self
+    }
+
+    /// Boot with these modules, each (file, module command line): the first is the guest,
+    /// the second a Linux guest's initrd.
+    pub fn modules(mut self, modules: &[(PathBuf, String)]) -> NodeSpec {
+        self.modules = modules.to_vec();
+        self
+    }
+
+    /// Set the memory (MiB).
+    pub fn mem_mib(mut self, mib: u32) -> NodeSpec {
+        self.mem_mib = mib;
+        self
+    }
+
+    /// The modules to boot with: (file, module command line).
+    fn module_list(&self) -> Vec<(&Path, &str)> {
+        if self.modules.is_empty() {
+            self.guest.as_deref().map(|g| (g, "guest")).into_iter().collect()
+        } else {
+            self.modules.iter().map(|(p, c)| (p.as_path(), c.as_str())).collect()
+        }
     }
 
     /// Set the CPU count.
@@ -207,18 +233,33 @@ fn write_file(path: &Path, text: &str) -> Result<(), HarnessError> {
 
 /// The ISO for this node: the built one, or one made in `dir` for a custom command line.
 fn node_iso(spec: &NodeSpec, art: &Artifacts, dir: &Path) -> Result<PathBuf, HarnessError> {
-    if spec.cmdline.is_empty() && spec.guest.is_none() {
+    if spec.cmdline.is_empty() && spec.module_list().is_empty() {
         return art.iso();
     }
     let elf = art.elf()?;
     let bytes = std::fs::read(&elf)
         .map_err(|e| HarnessError::io(format!("reading {}", elf.display()), e))?;
     let iso = dir.join("node.iso");
-    let modules: Vec<(&Path, &str)> =
-        spec.guest.as_deref().map(|g| (g, "guest")).into_iter().collect();
-    gestalt_image::iso::make_iso(&bytes, &spec.cmdline, &modules, &iso)
+    gestalt_image::iso::make_iso(&bytes, &spec.cmdline, &spec.module_list(), &iso)
         .map_err(|e| HarnessError::io("making the node's ISO", std::io::Error::other(e)))?;
     Ok(iso)
+}
+
+/// QEMU's `-initrd` for Multiboot modules: `file args` per module, comma-separated, a comma
+/// inside doubled. The module's name (the first word of its command line) is the file.
+fn qemu_modules(modules: &[(&Path, &str)]) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::new();
+    for (i, (path, cmdline)) in modules.iter().enumerate() {
+        if i > 0 {
+            s.push(",");
+        }
+        s.push(path.as_os_str().to_string_lossy().replace(',', ",,"));
+        if let Some((_, args)) = cmdline.split_once(' ') {
+            s.push(" ");
+            s.push(args.replace(',', ",,"));
+        }
+    }
+    s
 }
 
 impl Node {
@@ -254,9 +295,9 @@ impl Node {
                 if !spec.cmdline.is_empty() {
                     cmd.arg("-append").arg(&spec.cmdline);
                 }
-                if let Some(g) = &spec.guest {
-                    // QEMU's Multiboot loader takes modules as -initrd, comma-separated.
-                    cmd.arg("-initrd").arg(g);
+                let modules = spec.module_list();
+                if !modules.is_empty() {
+                    cmd.arg("-initrd").arg(qemu_modules(&modules));
                 }
             }
             Boot::Iso => {
@@ -538,6 +579,15 @@ impl Drop for Node {
 #[cfg(test)]
 mod accel_tests {
     use super::*;
+
+    #[test]
+    fn qemu_gets_each_module_with_its_arguments_and_commas_doubled() {
+        let m =
+            [(Path::new("/o/vmlinuz"), "vmlinuz console=ttyS0 a=1,2"), (Path::new("/o/i"), "i")];
+        assert_eq!(qemu_modules(&m), "/o/vmlinuz console=ttyS0 a=1,,2,/o/i");
+        let spec = NodeSpec::new("n", Emu::Qemu, Boot::Kernel).guest(Path::new("/g"));
+        assert_eq!(spec.module_list(), [(Path::new("/g"), "guest")]);
+    }
 
     #[test]
     fn kvm_only_with_the_device_and_vmx_or_svm_in_the_cpu_flags() {

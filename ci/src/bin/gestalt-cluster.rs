@@ -9,15 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gestalt_ci::{Artifacts, Boot, Cluster, Emu};
+use gestalt_ci::{linux, Artifacts, Boot, Cluster, Emu, NodeSpec};
 
 const USAGE: &str = "\
 usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe|disk] [--cpus C]
-                           [--out DIR] [--cmdline \"k=v ...\"] [--seed S] [--guest FILE]
+                           [--out DIR] [--cmdline \"k=v ...\"] [--seed S] [--guest FILE|linux]
   Boots N nodes (default 2; QEMU boots with -kernel, Bochs from the ISO) joined by a virtual
   switch on 127.0.0.1 and shows their consoles prefixed by node. With --guest, every node
   boots FILE as its first module and the cluster runs it as one guest (VMX on Bochs, SVM with
-  nested paging on QEMU). Type a line to send it to node 0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
+  nested paging on QEMU). --guest linux fetches Debian's cloud kernel and busybox (apt-get
+  download, cached in DIR/linux/), packs the initramfs with ci/linux/init and boots it with
+  a shell on the guest's console (Ctrl-] then Enter gives node 0's console to it). Type a
+  line to send it to node 0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -33,7 +36,15 @@ struct Options {
     out: Option<PathBuf>,
     cmdline: String,
     seed: u64,
-    guest: Option<PathBuf>,
+    guest: Option<Guest>,
+}
+
+/// What the cluster runs as its guest.
+enum Guest {
+    /// A Multiboot kernel.
+    File(PathBuf),
+    /// Debian's kernel with our initramfs and its shell.
+    Linux,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -74,14 +85,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--cmdline" => o.cmdline = val()?,
             "--seed" => o.seed = val()?.parse().map_err(|_| "--seed takes a number")?,
             "--guest" => {
-                let g = PathBuf::from(val()?);
+                let g = val()?;
+                if g == "linux" {
+                    o.guest = Some(Guest::Linux);
+                    continue;
+                }
+                let g = PathBuf::from(g);
                 if !g.is_file() {
                     return Err(format!(
-                        "--guest {}: no such file (make payloads builds the test guests)",
+                        "--guest {}: no such file (make payloads builds the test guests; `linux` boots Debian's kernel)",
                         g.display()
                     ));
                 }
-                o.guest = Some(g);
+                o.guest = Some(Guest::File(g));
             }
             other => return Err(format!("unknown option '{other}'\n{USAGE}")),
         }
@@ -161,9 +177,37 @@ fn run(o: &Options) -> Result<(), String> {
         art.dir().display()
     );
     let kinds = vec![(o.emu, boot); o.nodes];
-    let mut cluster =
-        Cluster::start_with_guest(&kinds, o.cpus, &o.cmdline, &art, o.seed, o.guest.as_deref())
-            .map_err(|e| e.to_string())?;
+    let mut cmdline = o.cmdline.clone();
+    let modules = match &o.guest {
+        Some(Guest::File(g)) => vec![(g.clone(), "guest".to_string())],
+        Some(Guest::Linux) => {
+            let m = linux_modules(&art)?;
+            if !cmdline.split_whitespace().any(|w| w.starts_with("mem=")) {
+                cmdline = format!("{cmdline} {}", linux::GUEST_MEM);
+            }
+            if o.nodes > 1 {
+                eprintln!(
+                    "gestalt-cluster: note: Linux across nodes is not supported yet; --nodes 1 runs it on one node"
+                );
+            }
+            eprintln!(
+                "gestalt-cluster: the kernel boots in a few minutes under Bochs (under a minute on QEMU); at `init: shell on the console`, type Ctrl-] then Enter to give node 0's console to the guest"
+            );
+            m
+        }
+        None => Vec::new(),
+    };
+    let linux = matches!(o.guest, Some(Guest::Linux));
+    let shape = |spec: NodeSpec| {
+        let spec = spec.modules(&modules);
+        if linux {
+            spec.mem_mib(linux::NODE_MIB)
+        } else {
+            spec
+        }
+    };
+    let mut cluster = Cluster::start_shaped(&kinds, o.cpus, &cmdline, &art, o.seed, &shape)
+        .map_err(|e| e.to_string())?;
     for n in &cluster.nodes {
         eprintln!(
             "gestalt-cluster: {} is pid {}, console log {}",
@@ -237,6 +281,16 @@ fn run(o: &Options) -> Result<(), String> {
     eprintln!("gestalt-cluster: stopping {} node(s)", cluster.nodes.len());
     cluster.nodes.clear();
     result
+}
+
+/// The Linux guest's modules: the kernel (with the shell word on its command line) and an
+/// initramfs packed now in `art`'s `linux/`.
+fn linux_modules(art: &Artifacts) -> Result<Vec<(PathBuf, String)>, String> {
+    let (vmlinuz, busybox) = linux::kernel_and_busybox(art).map_err(|e| e.to_string())?;
+    let initrd = art.dir().join("linux").join("initrd-shell.cpio");
+    linux::initramfs(&busybox, &initrd)?;
+    let cmdline = format!("{} {}", linux::CMDLINE, linux::SHELL_WORD);
+    Ok(linux::modules(&vmlinuz, &initrd, &cmdline))
 }
 
 /// `N: text` goes to node N (when N names a node), anything else to node 0.

@@ -4,6 +4,7 @@
 //! mailbox, unless the node has a single core. The backend (VMX or SVM) is chosen once, by
 //! what the boot CPU has.
 
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -13,7 +14,7 @@ use gestalt_coherence::{Config, NodeId};
 
 use super::cluster::Shape;
 use super::coherent::Coherent;
-use super::dispatch::{Runner, Start, Step};
+use super::dispatch::{Machine, Runner, Start, Step, Verdict};
 use super::memory::GuestMemory;
 use super::stats::State;
 use super::svm::hw::{self as svm, SvmVcpu};
@@ -36,6 +37,9 @@ const SLICE_US: u64 = 2000;
 const STALL_US: u64 = 2_000_000;
 /// How long `start` waits for every online AP to report for work.
 const AP_REGISTER_US: u64 = 2_000_000;
+/// Guest output without a newline (a shell's prompt) this old is shown while the console
+/// input goes to the guest.
+const PROMPT_QUIET_US: u64 = 100_000;
 
 static STATUS: Once<&'static str> = Once::new();
 /// How the guest's first vCPU starts (Multiboot or Linux entry), set by the primary.
@@ -46,6 +50,26 @@ static BSP_RUNNER: Mutex<Option<Runner<AnyVcpu>>> = Mutex::new(None);
 static AP_CPUS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
 /// Per AP (by CPU index): the global vCPU id + 1 it is to run, 0 for none.
 static MAILBOX: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+
+/// What the primary wrote into guest RAM before the first entry, written again at a reset:
+/// (gpa, bytes) pieces and (gpa, bytes) ranges to zero (a Multiboot kernel's bss).
+struct Load {
+    writes: Vec<(u64, Cow<'static, [u8]>)>,
+    zero: Vec<(u64, u64)>,
+}
+
+static LOAD: Once<Load> = Once::new();
+/// Guest resets: the number asked for and the number carried out. A vCPU whose runner was
+/// built before the last one asked parks until it is carried out (see [`reset`]).
+static RESET_ASKED: AtomicU32 = AtomicU32::new(0);
+static RESET_DONE: AtomicU32 = AtomicU32::new(0);
+/// APs running a vCPU, and how many of them are parked for the reset asked.
+static SEATED: AtomicU32 = AtomicU32::new(0);
+static PARKED: AtomicU32 = AtomicU32::new(0);
+/// The reset the boot CPU's runner was built after.
+static BSP_EPOCH: AtomicU32 = AtomicU32::new(0);
+/// The UART's sent count when last looked at, and since when (µs) it has not moved.
+static PROMPT: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
 /// Why no guest runs.
 pub fn status() -> &'static str {
@@ -266,9 +290,9 @@ pub fn registered_aps() -> Vec<(usize, u32)> {
 pub fn start(
     frames: &'static Mutex<FrameAllocator>,
     pool: &[Region],
-    image: &[u8],
-    initrd: &[u8],
-    cmdline: &str,
+    image: &'static [u8],
+    initrd: &'static [u8],
+    cmdline: &'static str,
     test: Option<&'static str>,
     shape: Shape,
     me: u16,
@@ -336,11 +360,19 @@ pub fn start(
     let vm = VM.call_once(|| Vm::new(me, shape, mem, coherent, entry, bitmap, frames, test));
 
     if let Some(k) = &kernel {
-        for s in &k.segments {
-            // The loader checked every segment against `kernel.end()`, inside the share.
-            vm.mem.write(s.gpa, &image[s.offset..s.offset + s.filesz]);
-        }
-        vm.mem.write(loader::MBI_GPA, &loader::boot_info(ram, cmdline));
+        // The loader checked every segment against `kernel.end()`, inside the share.
+        let mut writes: Vec<(u64, Cow<'static, [u8]>)> = k
+            .segments
+            .iter()
+            .map(|s| (s.gpa, Cow::Borrowed(&image[s.offset..s.offset + s.filesz])))
+            .collect();
+        writes.push((loader::MBI_GPA, Cow::Owned(loader::boot_info(ram, cmdline))));
+        let zero = k
+            .segments
+            .iter()
+            .map(|s| (s.gpa + s.filesz as u64, s.memsz.saturating_sub(s.filesz as u64)))
+            .collect();
+        load(vm, LOAD.call_once(|| Load { writes, zero }));
         BOOT.call_once(|| Start::ProtectedMode {
             eip: k.entry,
             rax: u64::from(loader::BOOT_MAGIC),
@@ -357,10 +389,8 @@ pub fn start(
         );
     }
     if let Some(l) = &linux {
-        for (gpa, bytes) in &l.writes {
-            // `prepare` placed every piece inside the primary's share (checked there).
-            vm.mem.write(*gpa, bytes);
-        }
+        // `prepare` placed every piece inside the primary's share (checked there).
+        load(vm, LOAD.call_once(|| Load { writes: l.writes.clone(), zero: Vec::new() }));
         BOOT.call_once(|| Start::ProtectedMode {
             eip: l.entry,
             rax: 0,
@@ -368,8 +398,13 @@ pub fn start(
             rsi: l.boot_params,
         });
         info!(
-            "hv: Linux guest loaded: kernel at {:#x}, initrd {}, {} MiB RAM, {} vCPUs, cmdline '{}'",
+            "hv: Linux guest loaded: kernel at {:#x} ({}), initrd {}, {} MiB RAM, {} vCPUs, cmdline '{}'",
             l.layout.kernel,
+            if l.long_mode {
+                "64-bit entry: startup_64 in long mode"
+            } else {
+                "32-bit entry"
+            },
             l.layout.initrd.map_or(alloc::string::String::from("none"), |(a, n)| {
                 alloc::format!("{n} bytes at {a:#x}")
             }),
@@ -467,11 +502,27 @@ fn slice_ticks() -> u64 {
 /// or halted or waiting without a timer armed): then the loop may sleep.
 pub fn bsp_slice() -> bool {
     let Some(vm) = VM.get() else { return false };
+    show_prompt(vm);
     let mut g = BSP_RUNNER.lock();
     let Some(r) = g.as_mut() else { return false };
     // The slice is absolute: a guest exiting often (polling a port) still hands the CPU back.
     let end = rdtsc() + slice_ticks();
     loop {
+        let asked = RESET_ASKED.load(Ordering::SeqCst);
+        if asked != BSP_EPOCH.load(Ordering::SeqCst) {
+            // The boot CPU carries the reset out once every AP with a vCPU has parked.
+            if PARKED.load(Ordering::SeqCst) < SEATED.load(Ordering::SeqCst) {
+                vm.vcpus.kick_others(0);
+                return true;
+            }
+            let Some(old) = g.take() else { return false };
+            reload(vm);
+            *g = Some(restart(vm, old, 0));
+            BSP_EPOCH.store(asked, Ordering::SeqCst);
+            PARKED.store(0, Ordering::SeqCst);
+            RESET_DONE.store(asked, Ordering::SeqCst);
+            return true;
+        }
         match r.step(vm, end) {
             Step::Continue if rdtsc() < end => {}
             Step::Continue | Step::Yield => return true,
@@ -482,6 +533,88 @@ pub fn bsp_slice() -> bool {
             }
         }
     }
+}
+
+/// Copies the boot pieces into guest RAM (at the start and at every reset).
+fn load(vm: &Vm, l: &Load) {
+    for (gpa, bytes) in &l.writes {
+        vm.mem.write(*gpa, bytes);
+    }
+    let zeros = [0u8; 4096];
+    for &(gpa, len) in &l.zero {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            vm.mem.write(gpa + done, &zeros[..n as usize]);
+            done += n;
+        }
+    }
+}
+
+/// The guest asked for a reset (port 0xCF9, the keyboard controller, the FADT's reset
+/// register), on `vcpu`. Alone, the node restarts the guest: every vCPU parks at its next
+/// step, the boot CPU reloads guest memory and the devices and restarts vCPU 0 at the entry;
+/// the others wait for a start-up IPI again. Across nodes the guest is stopped instead.
+pub(super) fn reset(vm: &Vm, vcpu: usize) {
+    if vm.shape.nodes() > 1 {
+        Machine::stop(
+            vm,
+            vcpu,
+            Verdict::Fatal("the guest asked for a reset: reboot across nodes is not supported yet"),
+        );
+        return;
+    }
+    let done = RESET_DONE.load(Ordering::SeqCst);
+    // One reset at a time: a second request before the first is carried out is the same.
+    let asked = done.wrapping_add(1);
+    let fresh =
+        RESET_ASKED.compare_exchange(done, asked, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+    if fresh {
+        info!("hv: vcpu {vcpu}: the guest asked for a reset");
+        vm.vcpus.kick_others(vm.local(vcpu).unwrap_or(usize::MAX));
+    }
+}
+
+/// Resets carried out so far (for `vcpu`).
+pub fn resets() -> u32 {
+    RESET_DONE.load(Ordering::SeqCst)
+}
+
+/// The reset's work on the boot CPU, every other vCPU parked: guest memory as it was loaded,
+/// the devices and every vCPU's APIC inbox as at power-on.
+fn reload(vm: &Vm) {
+    if let Some(l) = LOAD.get() {
+        load(vm, l);
+    }
+    {
+        let mut d = vm.devices.lock();
+        if let Some(line) = d.uart.take_partial() {
+            info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
+        }
+        d.uart = super::uart::Uart::default();
+        d.ioapic = super::ioapic::IoApic::default();
+    }
+    for (l, sh) in vm.vcpus.shared.iter().enumerate() {
+        sh.reset();
+        let _ = sh.take_startup();
+        let _ = sh.take_nmi();
+        let _ = vm.vcpus.take_resume(l);
+    }
+    info!(
+        "hv: guest reset {}: kernel, modules and tables reloaded, vcpu {} at the entry, the others wait for SIPI",
+        RESET_DONE.load(Ordering::SeqCst).wrapping_add(1),
+        vm.base
+    );
+}
+
+/// `old`'s vCPU as at power-on: the same backend vCPU (its VMCS or VMCB), state set afresh
+/// by the runner's start (the boot vCPU at the entry, the others waiting for SIPI), a new
+/// local APIC and MSR file.
+fn restart(vm: &Vm, old: Runner<AnyVcpu>, cpu: usize) -> Runner<AnyVcpu> {
+    let id = old.id;
+    let mut v = old.v;
+    v.set_interrupt_window(false);
+    Runner::new(vm, v, id, cpu, start_of(vm, id))
 }
 
 /// An AP reports for work (from its idle loop).
@@ -518,14 +651,32 @@ pub fn ap_poll(index: usize) {
     let Some(vm) = VM.get() else { return };
     let id = job as usize - 1;
     let Some(local) = vm.local(id) else { return };
-    let mut r = match runner(vm, id, index, start_of(vm, id)) {
+    let epoch = RESET_DONE.load(Ordering::SeqCst);
+    let r = match runner(vm, id, index, start_of(vm, id)) {
         Ok(r) => r,
         Err(e) => {
             error!("hv: vcpu {id} cannot start on cpu {index}: {e}");
             return;
         }
     };
+    SEATED.fetch_add(1, Ordering::SeqCst);
+    run_ap(vm, r, index, local, epoch);
+    SEATED.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn run_ap(vm: &Vm, mut r: Runner<AnyVcpu>, index: usize, local: usize, mut epoch: u32) {
     loop {
+        let asked = RESET_ASKED.load(Ordering::SeqCst);
+        if asked != epoch {
+            // Parked until the boot CPU has reloaded the guest, then back to wait-for-SIPI.
+            PARKED.fetch_add(1, Ordering::SeqCst);
+            while RESET_DONE.load(Ordering::SeqCst) != asked {
+                core::hint::spin_loop();
+            }
+            r = restart(vm, r, index);
+            epoch = asked;
+            continue;
+        }
         match r.step(vm, rdtsc() + slice_ticks()) {
             Step::Continue | Step::Yield => {}
             Step::Idle => {
@@ -537,6 +688,7 @@ pub fn ap_poll(index: usize) {
                     && !sh.startup_pending()
                     && !vm.vcpus.resume_pending(local)
                     && !crate::hv::dispatch::Machine::stopped(vm)
+                    && RESET_ASKED.load(Ordering::SeqCst) == epoch
                 {
                     x86_64::instructions::interrupts::enable_and_hlt();
                     x86_64::instructions::interrupts::disable();
@@ -547,9 +699,36 @@ pub fn ap_poll(index: usize) {
     }
 }
 
+/// While the console input goes to the guest, shows output the guest left without a newline
+/// (a prompt) once it has been quiet [`PROMPT_QUIET_US`].
+fn show_prompt(vm: &Vm) {
+    if !FOCUS.load(Ordering::Relaxed) || !vm.primary() {
+        return;
+    }
+    let now = time::uptime_us();
+    let mut d = vm.devices.lock();
+    let sent = d.uart.sent();
+    let mut p = PROMPT.lock();
+    if p.0 != sent {
+        *p = (sent, now);
+    } else if now.saturating_sub(p.1) >= PROMPT_QUIET_US {
+        if let Some(line) = d.uart.take_partial() {
+            drop(d);
+            info!("guest: {}", core::str::from_utf8(&line).unwrap_or("<binary>"));
+        }
+    }
+}
+
 /// Console byte for the guest when it has the focus (Ctrl-] switches); true when consumed.
+/// Once the guest has stopped, input goes back to the shell.
 pub fn console_input(b: u8) -> bool {
     let Some(vm) = VM.get() else { return false };
+    if Machine::stopped(vm) {
+        if FOCUS.swap(false, Ordering::SeqCst) {
+            kprintln!("\r\nhv: the guest has stopped: console input goes to the shell");
+        }
+        return false;
+    }
     if b == 0x1d {
         let now = !FOCUS.fetch_xor(true, Ordering::SeqCst);
         kprintln!(

@@ -31,6 +31,9 @@ pub struct Uart {
     msr_delta: u8,
     rx: Deque<u8, FIFO>,
     line: Vec<u8, LINE>,
+    /// Bytes the guest has sent: a console that shows a prompt (output without a newline)
+    /// once the guest has been quiet a moment watches it move.
+    sent: u64,
 }
 
 /// LSR: data ready.
@@ -145,6 +148,7 @@ impl Uart {
     }
 
     fn out(&mut self, b: u8) -> Option<Vec<u8, LINE>> {
+        self.sent = self.sent.wrapping_add(1);
         match b {
             b'\n' => Some(core::mem::take(&mut self.line)),
             b'\r' => None,
@@ -164,9 +168,14 @@ impl Uart {
         self.rx.push_back(b).is_ok()
     }
 
-    /// Output not yet ended by a newline (printed when the guest stops).
+    /// Output not yet ended by a newline (printed when the guest stops, or as a prompt).
     pub fn take_partial(&mut self) -> Option<Vec<u8, LINE>> {
         (!self.line.is_empty()).then(|| core::mem::take(&mut self.line))
+    }
+
+    /// Bytes sent so far (wrapping).
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 }
 
@@ -182,6 +191,20 @@ mod tests {
         }
         assert_eq!(u.write(0, b'\n').unwrap().as_slice(), b"hi");
         assert_eq!(u.read(5) & 0x20, 0x20);
+    }
+
+    #[test]
+    fn sent_counts_every_byte_sent_and_a_prompt_stays_partial_until_taken() {
+        let mut u = Uart::default();
+        for b in b"ok\n# " {
+            u.write(0, *b);
+        }
+        assert_eq!(u.sent(), 5);
+        u.write(3, 0x80);
+        u.write(0, 9);
+        assert_eq!(u.sent(), 5, "a divisor write sends nothing");
+        assert_eq!(u.take_partial().unwrap().as_slice(), b"# ");
+        assert!(u.take_partial().is_none());
     }
 
     #[test]

@@ -270,9 +270,7 @@ impl Vm {
                 info!("hv: vcpu {vcpu}: the guest powered off (ACPI S5)");
                 self.stop(vcpu, Verdict::Exit(0));
             }
-            PortEffect::Reset => {
-                self.stop(vcpu, Verdict::Fatal("the guest asked for a reset (not emulated)"));
-            }
+            PortEffect::Reset => super::sched::reset(self, vcpu),
         }
         v
     }
@@ -765,11 +763,12 @@ pub fn print_vcpus() {
     kprintln!("{}", super::sched::backend_line());
     let verdict = *vm.verdict.lock();
     kprintln!(
-        "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {}",
+        "guest: {} vCPUs, {} MiB RAM on {} node(s), {} nested page faults served here, {} resets, {}",
         vm.shape.vcpus(),
         vm.mem.ram >> 20,
         vm.shape.nodes(),
         vm.mem.faults(),
+        super::sched::resets(),
         match verdict {
             None => "running".into(),
             Some(Verdict::Exit(c)) => alloc::format!("exited with code {c:#x}"),

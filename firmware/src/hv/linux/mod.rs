@@ -2,14 +2,18 @@
 //! Boot Protocol", version 2.06 and later): recognises a bzImage by its setup header, lays out
 //! the kernel, boot_params (the "zero page"), the command line and an initrd in guest RAM, and
 //! builds boot_params with the setup header copied, an e820 map of the guest's RAM and the
-//! RSDP address. The kernel is entered through the 32-bit protocol (protected mode, paging
-//! off, ESI = boot_params at `code32_start`); its own startup code enables long mode.
+//! RSDP address, and puts a reset stub at the reset vector (a restart through the BIOS
+//! resets). A kernel that has the 64-bit entry (`XLF_KERNEL_64`) is entered at `startup_64` in
+//! long mode through [`long`]'s trampoline and identity page tables; any other through the
+//! 32-bit protocol (protected mode, paging off, ESI = boot_params at `code32_start`).
 
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use core::fmt;
 
 use super::acpi;
+
+pub mod long;
 
 /// Where the setup header starts in the image and in boot_params.
 const HDR: usize = 0x1f1;
@@ -19,6 +23,8 @@ const HDR_MAGIC: u32 = 0x5372_6448;
 pub const MIN_VERSION: u16 = 0x0206;
 /// loadflags bit 0: the protected-mode kernel loads at 0x100000 (a bzImage).
 const LOADED_HIGH: u8 = 1 << 0;
+/// xloadflags (0x236, protocol 2.12) bit 0: the kernel has the 64-bit entry at offset 0x200.
+const XLF_KERNEL_64: u16 = 1 << 0;
 /// e820 type: usable RAM.
 pub const E820_RAM: u32 = 1;
 /// e820 type: reserved.
@@ -39,6 +45,9 @@ pub const CMDLINE_ROOM: usize = 0x1000;
 pub const LOW_RAM_END: u64 = 0x9f000;
 /// The protected-mode kernel's classic load address.
 pub const HIGH: u64 = 0x10_0000;
+/// The reset vector, F000:FFF0 (SDM Vol. 3A §9.1.4): where a guest that restarts "through the
+/// BIOS" jumps in real mode.
+pub const RESET_VECTOR_GPA: u64 = 0xF_FFF0;
 
 /// Why an image is not a bootable bzImage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +121,8 @@ pub struct BzImage {
     pub init_size: u32,
     /// The setup header, bytes 0x1f1 up to its end (0x202 + the byte at 0x201).
     pub header: Vec<u8>,
+    /// The kernel has the 64-bit entry (protocol 2.12+, `XLF_KERNEL_64`).
+    pub kernel_64: bool,
 }
 
 /// True when `image` starts like a bzImage (its setup header magic), whatever its version.
@@ -153,6 +164,9 @@ pub fn parse(image: &[u8]) -> Result<BzImage, LinuxError> {
         pref_address: if v210 { u64_at(image, 0x258).ok_or(t)? } else { HIGH },
         init_size: if v210 { u32_at(image, 0x260).ok_or(t)? } else { 0 },
         header: image[HDR..hdr_end].to_vec(),
+        kernel_64: version >= 0x020c
+            && hdr_end >= 0x238
+            && u16_at(image, 0x236).ok_or(t)? & XLF_KERNEL_64 != 0,
     })
 }
 
@@ -277,11 +291,34 @@ pub fn boot_params(b: &BzImage, l: &Layout, ram: u64, rsdp: u64) -> Vec<u8> {
     p
 }
 
+/// What the guest finds at the reset vector: real-mode code that writes the FADT's reset
+/// value to its reset register, as a PC's BIOS would reset the machine. Linux on a
+/// hardware-reduced ACPI machine restarts through EFI, and without EFI through the BIOS
+/// (`machine_real_restart`, arch/x86/kernel/reboot.c) rather than the reset register.
+pub fn reset_stub() -> [u8; 9] {
+    let [lo, hi] = acpi::RESET_PORT.to_le_bytes();
+    [
+        0xB0,
+        acpi::RESET_VALUE, // mov al, RESET_VALUE
+        0xBA,
+        lo,
+        hi,   // mov dx, RESET_PORT
+        0xEE, // out dx, al
+        0xF4, // hlt
+        0xEB,
+        0xFD, // jmp back to the hlt
+    ]
+}
+
 /// A Linux guest ready to copy into RAM and enter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot<'a> {
-    /// The 32-bit entry point (`code32_start`), entered with ESI = [`Boot::boot_params`].
+    /// Where the first vCPU starts in flat 32-bit protected mode with ESI =
+    /// [`Boot::boot_params`]: the 32-bit entry (`code32_start`), or the trampoline to the
+    /// 64-bit entry.
     pub entry: u32,
+    /// The kernel is entered at `startup_64` in long mode (through the trampoline).
+    pub long_mode: bool,
     /// boot_params' guest-physical address.
     pub boot_params: u64,
     /// Where everything went.
@@ -350,11 +387,22 @@ pub fn prepare<'a>(
         (layout.boot_params, Cow::Owned(params)),
         (layout.cmdline, Cow::Owned(cmdline_bytes(&b, cmdline))),
         (acpi::BASE, Cow::Owned(tables.bytes)),
+        (RESET_VECTOR_GPA, Cow::Owned(reset_stub().to_vec())),
     ];
     if let Some((at, _)) = layout.initrd {
         writes.push((at, Cow::Borrowed(initrd)));
     }
-    Ok(Boot { entry: layout.kernel as u32, boot_params: layout.boot_params, layout, writes })
+    let entry = if b.kernel_64 {
+        writes.push((long::TABLES_GPA, Cow::Owned(long::tables())));
+        writes.push((
+            long::TRAMPOLINE_GPA,
+            Cow::Owned(long::trampoline(layout.kernel, layout.boot_params)),
+        ));
+        (long::TRAMPOLINE_GPA + long::CODE_OFFSET) as u32
+    } else {
+        layout.kernel as u32
+    };
+    Ok(Boot { entry, long_mode: b.kernel_64, boot_params: layout.boot_params, layout, writes })
 }
 
 #[cfg(test)]
