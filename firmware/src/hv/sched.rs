@@ -601,7 +601,7 @@ fn reload(vm: &Vm) {
         let _ = vm.vcpus.take_resume(l);
     }
     info!(
-        "hv: guest reset {}: kernel, modules and tables reloaded, vcpu {} at the entry, the others wait for SIPI",
+        "hv: guest reset {}: its boot image reloaded, vcpu {} at the entry, the others wait for SIPI",
         RESET_DONE.load(Ordering::SeqCst).wrapping_add(1),
         vm.base
     );
