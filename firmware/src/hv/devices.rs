@@ -1,11 +1,12 @@
 //! The guest's port-I/O devices: COM1 (the [`Uart`] model, its interrupt line wired to the
 //! [`IoApic`]'s pin 4), the debug-exit port, the ACPI hardware-reduced sleep registers (power
 //! off through `_S5`), the ACPI PM timer ([`pmtimer`], the reference Linux calibrates the TSC
-//! against on AMD) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
+//! against on AMD), the PIT's counter 2 with port 0x61 ([`pit`]) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
 //! controller's 0xFE command). Every other port reads all-ones and ignores writes, as an
 //! empty ISA bus does, and is counted per port so an operator sees in `vcpu` what a guest
 //! pokes at.
 
+pub mod pit;
 pub mod pmtimer;
 
 use heapless::Vec;
@@ -14,6 +15,7 @@ use super::acpi::{self, RESET_PORT, S5_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PO
 use super::ioapic::{IoApic, Irq};
 use super::uart::{Uart, LINE};
 use super::IoDir;
+use pit::Pit;
 
 /// Guest debug-exit port: a write ends the guest with that exit code (0 = success).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -93,6 +95,8 @@ pub struct Devices {
     pub ioapic: IoApic,
     /// The PM timer's port (the FADT's, [`acpi::pm_timer`]).
     pub pm_timer: u16,
+    /// The PIT's counter 2 and port 0x61.
+    pub pit: Pit,
     /// Ports nothing answers.
     pub unclaimed: Unclaimed,
 }
@@ -103,6 +107,7 @@ impl Default for Devices {
             uart: Uart::default(),
             ioapic: IoApic::default(),
             pm_timer: acpi::pm_timer().port,
+            pit: Pit::default(),
             unclaimed: Unclaimed::default(),
         }
     }
@@ -158,6 +163,13 @@ impl Devices {
                 (0, if val & 4 != 0 { PortEffect::Reset } else { PortEffect::None })
             }
             (KBC_COMMAND, IoDir::Out) if val & 0xff == 0xfe => (0, PortEffect::Reset),
+            (pit::COUNTER2 | pit::CONTROL | pit::PORT_B, IoDir::In) => {
+                (u32::from(self.pit.read(port, now.ticks, now.hz)), PortEffect::None)
+            }
+            (pit::COUNTER2 | pit::CONTROL | pit::PORT_B, IoDir::Out) => {
+                self.pit.write(port, val as u8, now.ticks, now.hz);
+                (0, PortEffect::None)
+            }
             (_, dir) => {
                 self.unclaimed.count(port);
                 (if dir == IoDir::In { ones } else { 0 }, PortEffect::None)
@@ -204,10 +216,10 @@ mod tests {
     #[test]
     fn unclaimed_ports_read_all_ones_and_are_counted_per_port() {
         let mut d = Devices::default();
-        assert_eq!(d.access(0x61, 1, IoDir::In, 0).0, 0xff);
-        assert_eq!(d.access(0x61, 2, IoDir::In, 0).0, 0xffff);
+        assert_eq!(d.access(0x40, 1, IoDir::In, 0).0, 0xff);
+        assert_eq!(d.access(0x40, 2, IoDir::In, 0).0, 0xffff);
         assert_eq!(d.access(0x70, 1, IoDir::Out, 5), (0, PortEffect::None));
-        assert_eq!(&d.unclaimed.ports[..], &[(0x61, 2), (0x70, 1)]);
+        assert_eq!(&d.unclaimed.ports[..], &[(0x40, 2), (0x70, 1)]);
     }
 
     #[test]
@@ -218,7 +230,7 @@ mod tests {
         }
         assert_eq!(d.unclaimed.ports.len(), COUNTED_PORTS);
         let counted: u64 = d.unclaimed.ports.iter().map(|e| e.1).sum();
-        assert_eq!(counted + d.unclaimed.other, 0x100);
+        assert_eq!(counted + d.unclaimed.other, 0x100 - 3, "all but the PIT's 0x42, 0x43, 0x61");
     }
 
     #[test]
@@ -268,6 +280,24 @@ mod tests {
         let mut d = Devices { pm_timer: 0xb008, ..Devices::default() };
         assert_ne!(d.access_at(0xb008, 4, IoDir::In, 0, Time { ticks: hz, hz }).0, u32::MAX);
         assert!(d.unclaimed.ports.is_empty());
+    }
+
+    #[test]
+    fn pit_counter_2_and_port_0x61_answer_from_guest_time_and_counters_0_1_do_not() {
+        let mut d = Devices::default();
+        let hz = pit::HZ * 1000;
+        let at = |ticks: u64| Time { ticks: ticks * 1000, hz };
+        d.access_at(pit::PORT_B, 1, IoDir::Out, 1, at(0));
+        d.access_at(pit::CONTROL, 1, IoDir::Out, 0xb0, at(0));
+        d.access_at(pit::COUNTER2, 1, IoDir::Out, 0x00, at(0));
+        d.access_at(pit::COUNTER2, 1, IoDir::Out, 0x01, at(0));
+        let b = |d: &mut Devices, t| d.access_at(pit::PORT_B, 1, IoDir::In, 0, at(t)).0;
+        assert_eq!(b(&mut d, 255) & 0x21, 0x01, "gate on, OUT2 low");
+        assert_eq!(b(&mut d, 256) & 0x20, 0x20, "256 ticks later: terminal count");
+        assert!(d.unclaimed.ports.is_empty());
+        d.access_at(0x40, 1, IoDir::In, 0, at(0));
+        d.access_at(0x41, 1, IoDir::In, 0, at(0));
+        assert_eq!(&d.unclaimed.ports[..], &[(0x40, 1), (0x41, 1)]);
     }
 
     #[test]

@@ -394,7 +394,7 @@ fn a_write_to_the_debug_port_ends_the_guest_with_its_code() {
 #[test]
 fn a_port_read_replaces_only_the_bytes_of_its_size() {
     let m = FakeMachine::new(1);
-    let mut r = boot(&m, &[Exit::Io { port: 0x61, size: 2, dir: IoDir::In, string: false }]);
+    let mut r = boot(&m, &[Exit::Io { port: 0x40, size: 2, dir: IoDir::In, string: false }]);
     r.v.regs.rax = 0xdead_0000_1234_5678;
     run_all(&mut r, &m);
     assert_eq!(r.v.regs.rax, 0xdead_0000_1234_ffff);
