@@ -310,6 +310,40 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
+/// One vCPU's page tables: a PML4, a PDPT and four page directories.
+#[repr(C, align(4096))]
+struct Tables([u64; 6 * 512]);
+static mut TABLES: [Tables; MAX_APS + 1] = [const { Tables([0; 6 * 512]) }; MAX_APS + 1];
+
+/// Loads CR3 with `v`: the boot tables or tables from [`own_page_tables`].
+pub fn set_cr3(v: u64) {
+    // SAFETY: `v` is the boot tables or tables built by `own_page_tables`, both identity maps
+    // of the same 4 GiB: the code and data this vCPU uses stay where they are.
+    unsafe { asm!("mov cr3, {}", in(reg) v, options(nostack)) };
+}
+
+/// Builds vCPU `id`'s own identity map of 4 GiB (2 MiB pages, accessed and dirty preset),
+/// switches to it and returns its CR3. No other vCPU touches it, so on a cluster its pages
+/// move to this vCPU's node once (the first writes) and stay: QEMU 7.2 TCG walks page tables
+/// as writes, so tables every node walks would move with every walk.
+pub fn own_page_tables(id: u32) -> u64 {
+    // SAFETY: slot `id` is this vCPU's alone (ids are below MAX_APS + 1); `TABLES` is
+    // zeroed .bss.
+    let t = unsafe { &mut (*(&raw mut TABLES))[id as usize].0 };
+    let base = t.as_ptr() as u64;
+    // Present, writable, accessed (bits 0, 1, 5); 2 MiB leaves also PS and dirty (7, 6).
+    let (table, leaf) = (0x23, 0xe3);
+    t[0] = (base + 4096) | table;
+    for i in 0..4 {
+        t[512 + i] = (base + 8192 + i as u64 * 4096) | table;
+    }
+    for j in 0..2048 {
+        t[1024 + j] = ((j as u64) << 21) | leaf;
+    }
+    set_cr3(base);
+    base
+}
+
 const AP_STACK: usize = 16 * 1024;
 const MAX_APS: usize = 16;
 #[repr(align(16))]

@@ -67,6 +67,7 @@ static SPLIT: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn ap_main(id: u64) -> ! {
     ap_arrived(id);
+    own_page_tables(id as u32);
     NODE[1].store(vmcall(hc::NODE, 0, 0) as u32, Ordering::SeqCst);
     work(id as u32, SPLIT.load(Ordering::SeqCst));
     loop {
@@ -88,6 +89,7 @@ extern "C" fn payload_main(mbi: u32) -> ! {
         println!("beyond: FAIL vcpu 1 did not start");
         exit(1)
     }
+    own_page_tables(0);
     work(0, ram / 2);
     let (p0, p1) = (PAGES[0].load(Ordering::SeqCst), PAGES[1].load(Ordering::SeqCst));
     let bad = BAD.load(Ordering::SeqCst);

@@ -64,34 +64,10 @@ static SHARED_TICKS: AtomicU64 = AtomicU64::new(0);
 const SHARED_ITER: u64 = 10;
 /// vCPUs whose AMD topology leaves (Fn8000_0008, Fn8000_001E) disagree with their x2APIC id.
 static BAD_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
-/// One vCPU's page tables: a PML4, a PDPT and four page directories.
-#[repr(C, align(4096))]
-struct Tables([u64; 6 * 512]);
-static mut TABLES: [Tables; MAX] = [const { Tables([0; 6 * 512]) }; MAX];
-
-fn set_cr3(v: u64) {
-    // SAFETY: `v` is the boot tables or tables built by `own_tables`, both identity maps of
-    // the same 4 GiB: the code and data this vCPU uses stay where they are.
-    unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack)) };
-}
-
-/// Builds this vCPU's own page tables and switches to them. No other vCPU touches them, so
-/// their pages move to this vCPU's node once (the first writes) and stay there.
+/// Builds this vCPU's own page tables (`own_page_tables`) and switches to them.
 fn own_tables(id: u32) {
-    // SAFETY: slot `id` is this vCPU's alone; `TABLES` is zeroed .bss.
-    let t = unsafe { &mut (*(&raw mut TABLES))[id as usize].0 };
-    let base = t.as_ptr() as u64;
-    // Present, writable, accessed (bits 0, 1, 5); 2 MiB leaves also PS and dirty (7, 6).
-    let (table, leaf) = (0x23, 0xe3);
-    t[0] = (base + 4096) | table;
-    for i in 0..4 {
-        t[512 + i] = (base + 8192 + i as u64 * 4096) | table;
-    }
-    for j in 0..2048 {
-        t[1024 + j] = ((j as u64) << 21) | leaf;
-    }
+    let base = own_page_tables(id);
     OWN_CR3[id as usize].store(base, Ordering::SeqCst);
-    set_cr3(base);
 }
 
 /// On an AMD CPU each vCPU's extended APIC id (Fn8000_001E EAX) is its x2APIC id and NC + 1
@@ -423,7 +399,10 @@ extern "C" fn payload_main(mbi: u32) -> ! {
     if shared == SHARED_ITER * u64::from(n) {
         println!("span: PASS atomic counter {shared} on page tables shared by {nodes} nodes (the phase took {ms} ms)");
     } else {
-        println!("span: FAIL atomic counter {shared} of {} on shared page tables", SHARED_ITER * u64::from(n));
+        println!(
+            "span: FAIL atomic counter {shared} of {} on shared page tables",
+            SHARED_ITER * u64::from(n)
+        );
         ok = false;
     }
     let bad = BAD_TOPOLOGY.load(Ordering::SeqCst);
