@@ -74,3 +74,43 @@ pub fn calibrate() -> Result<u64, &'static str> {
     TSC_HZ.store(hz, Ordering::Relaxed);
     Ok(hz)
 }
+
+/// The host's CMOS clock (MC146818 registers at ports 0x70/0x71) as seconds since 1970-01-01
+/// 00:00, waiting out an update in progress; None when it does not read as a clock (no chip:
+/// all-ones). PC firmware keeps it in UTC or local time; it is passed on as it is.
+pub fn host_rtc_seconds() -> Option<u64> {
+    use crate::hv::devices::rtc::{from_bcd, unix_seconds, CENTURY};
+    let mut index = Port::<u8>::new(0x70);
+    let mut data = Port::<u8>::new(0x71);
+    let mut reg = |r: u8| {
+        // SAFETY: 0x70/0x71 are the PC's CMOS index/data ports; selecting a register with
+        // bit 7 clear leaves NMIs enabled, and reading it changes nothing.
+        unsafe {
+            index.write(r);
+            data.read()
+        }
+    };
+    // Status A's UIP bit: the registers change within 244 µs of it being seen clear
+    // (MC146818 datasheet, "Update cycle"); an update lasts under 2 ms.
+    let mut waited = 0;
+    while reg(0x0A) & 0x80 != 0 {
+        if waited > 10_000 {
+            return None;
+        }
+        delay_us(10);
+        waited += 10;
+    }
+    let b = reg(0x0B);
+    let raw = [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, CENTURY].map(&mut reg);
+    let binary = b & 0x04 != 0;
+    let value = |v: u8| if binary { Some(u64::from(v)) } else { from_bcd(v) };
+    // In 12-hour mode bit 7 of the hour says PM.
+    let pm = b & 0x02 == 0 && raw[2] & 0x80 != 0;
+    let mut hour = value(raw[2] & 0x7f)?;
+    if b & 0x02 == 0 {
+        hour = hour % 12 + if pm { 12 } else { 0 };
+    }
+    let century = value(raw[6]).filter(|c| (19..=99).contains(c)).unwrap_or(20);
+    let year = century * 100 + value(raw[5])?;
+    unix_seconds(year, value(raw[4])?, value(raw[3])?, hour, value(raw[1])?, value(raw[0])?)
+}

@@ -1,13 +1,14 @@
 //! The guest's port-I/O devices: COM1 (the [`Uart`] model, its interrupt line wired to the
 //! [`IoApic`]'s pin 4), the debug-exit port, the ACPI hardware-reduced sleep registers (power
 //! off through `_S5`), the ACPI PM timer ([`pmtimer`], the reference Linux calibrates the TSC
-//! against on AMD), the PIT's counter 2 with port 0x61 ([`pit`]) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
+//! against on AMD), the PIT's counter 2 with port 0x61 ([`pit`]), the CMOS clock ([`rtc`]) and the reset controls (the FADT's reset register at 0xCF9, the keyboard
 //! controller's 0xFE command). Every other port reads all-ones and ignores writes, as an
 //! empty ISA bus does, and is counted per port so an operator sees in `vcpu` what a guest
 //! pokes at.
 
 pub mod pit;
 pub mod pmtimer;
+pub mod rtc;
 
 use heapless::Vec;
 
@@ -16,6 +17,7 @@ use super::ioapic::{IoApic, Irq};
 use super::uart::{Uart, LINE};
 use super::IoDir;
 use pit::Pit;
+use rtc::Rtc;
 
 /// Guest debug-exit port: a write ends the guest with that exit code (0 = success).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -97,6 +99,8 @@ pub struct Devices {
     pub pm_timer: u16,
     /// The PIT's counter 2 and port 0x61.
     pub pit: Pit,
+    /// The CMOS clock and RAM.
+    pub rtc: Rtc,
     /// Ports nothing answers.
     pub unclaimed: Unclaimed,
 }
@@ -108,6 +112,7 @@ impl Default for Devices {
             ioapic: IoApic::default(),
             pm_timer: acpi::pm_timer().port,
             pit: Pit::default(),
+            rtc: Rtc::default(),
             unclaimed: Unclaimed::default(),
         }
     }
@@ -170,6 +175,13 @@ impl Devices {
                 self.pit.write(port, val as u8, now.ticks, now.hz);
                 (0, PortEffect::None)
             }
+            (rtc::INDEX | rtc::DATA, IoDir::In) => {
+                (u32::from(self.rtc.read(port, now.ticks, now.hz)), PortEffect::None)
+            }
+            (rtc::INDEX | rtc::DATA, IoDir::Out) => {
+                self.rtc.write(port, val as u8);
+                (0, PortEffect::None)
+            }
             (_, dir) => {
                 self.unclaimed.count(port);
                 (if dir == IoDir::In { ones } else { 0 }, PortEffect::None)
@@ -218,8 +230,18 @@ mod tests {
         let mut d = Devices::default();
         assert_eq!(d.access(0x40, 1, IoDir::In, 0).0, 0xff);
         assert_eq!(d.access(0x40, 2, IoDir::In, 0).0, 0xffff);
-        assert_eq!(d.access(0x70, 1, IoDir::Out, 5), (0, PortEffect::None));
-        assert_eq!(&d.unclaimed.ports[..], &[(0x40, 2), (0x70, 1)]);
+        assert_eq!(d.access(0x80, 1, IoDir::Out, 5), (0, PortEffect::None));
+        assert_eq!(&d.unclaimed.ports[..], &[(0x40, 2), (0x80, 1)]);
+    }
+
+    #[test]
+    fn the_cmos_clock_answers_at_0x70_and_0x71() {
+        let start = rtc::unix_seconds(2026, 12, 2, 7, 30, 0).unwrap();
+        let mut d = Devices { rtc: Rtc::new(start, 0), ..Devices::default() };
+        let at = |s: u64| Time { ticks: s * 100, hz: 100 };
+        d.access_at(rtc::INDEX, 1, IoDir::Out, 0x02, at(0));
+        assert_eq!(d.access_at(rtc::DATA, 1, IoDir::In, 0, at(61)).0, 0x31, "minutes, BCD");
+        assert!(d.unclaimed.ports.is_empty());
     }
 
     #[test]
@@ -230,7 +252,11 @@ mod tests {
         }
         assert_eq!(d.unclaimed.ports.len(), COUNTED_PORTS);
         let counted: u64 = d.unclaimed.ports.iter().map(|e| e.1).sum();
-        assert_eq!(counted + d.unclaimed.other, 0x100 - 3, "all but the PIT's 0x42, 0x43, 0x61");
+        assert_eq!(
+            counted + d.unclaimed.other,
+            0x100 - 5,
+            "all but the PIT's 0x42, 0x43, 0x61 and the RTC's 0x70, 0x71"
+        );
     }
 
     #[test]

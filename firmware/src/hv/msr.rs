@@ -26,6 +26,10 @@ pub const PAT: u32 = 0x277;
 pub const MTRR_DEF_TYPE: u32 = 0x2FF;
 /// IA32_EFER.
 pub const EFER: u32 = 0xC000_0080;
+/// AMD family 0Fh's Interrupt Pending Message register (BKDG for AMD Family 0Fh, MSR
+/// C001_0055): Linux reads it on such CPUs (QEMU's `qemu64` is one) to see whether C1E is
+/// active (bits 28:27); reading 0 says it is not, so the guest needs no C1E workaround.
+pub const K8_INT_PENDING_MSG: u32 = 0xC001_0055;
 
 /// One vCPU's MSRs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +78,7 @@ impl MsrFile {
             PAT => Some(self.pat),
             MTRR_DEF_TYPE => Some(self.mtrr_def),
             EFER => Some(self.efer),
+            K8_INT_PENDING_MSG => Some(0),
             _ => None,
         }
     }
@@ -127,6 +132,13 @@ mod tests {
         assert_eq!(m.write(MTRR_CAP, 0), Err(Gp), "read-only");
         assert_eq!(m.write(FEATURE_CONTROL, 5), Err(Gp), "locked");
         assert_eq!(m, MsrFile::new(false));
+    }
+
+    #[test]
+    fn a_k8s_interrupt_pending_register_reads_as_c1e_inactive_and_is_read_only() {
+        let mut m = MsrFile::new(false);
+        assert_eq!(m.read(K8_INT_PENDING_MSG, 0), Some(0));
+        assert_eq!(m.write(K8_INT_PENDING_MSG, 1 << 27), Err(Gp));
     }
 
     #[test]

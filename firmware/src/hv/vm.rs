@@ -16,6 +16,7 @@ use super::acpi;
 use super::cluster::{self, End, GuestMsg, Shape};
 use super::coherent::Coherent;
 use super::cpuid::Regs4;
+use super::devices::rtc::Rtc;
 use super::devices::{Devices, PortEffect, COM1};
 use super::dispatch::{deliver_ipi, Fault, Machine, Verdict};
 use super::faultstats;
@@ -126,7 +127,11 @@ impl Vm {
             coherent: Mutex::new(coherent),
             outbox: Mutex::new(VecDeque::new()),
             retry: Mutex::new(None),
-            devices: Mutex::new(Devices::default()),
+            devices: Mutex::new(Devices {
+                // The guest's clock starts at the host's (node 0 answers every node's reads).
+                rtc: Rtc::new(time::host_rtc_seconds().unwrap_or(0), rdtsc()),
+                ..Devices::default()
+            }),
             stopped: AtomicBool::new(false),
             verdict: Mutex::new(None),
             start_tsc: AtomicU64::new(rdtsc()),
