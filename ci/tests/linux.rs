@@ -19,7 +19,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::linux::{guest_lines, kernel_and_busybox, LinuxImage, CMDLINE, GUEST_MEM, SHELL_WORD};
+use common::linux::{
+    assert_platform_taken, guest_lines, kernel_and_busybox, LinuxImage, CMDLINE, GUEST_MEM,
+    SHELL_WORD,
+};
 use common::{ANSWER, BOCHS_BOOT, QEMU_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
 
@@ -96,16 +99,7 @@ fn check_boot(node: &mut Node, cpus: u32, from: usize) -> Result<(), HarnessErro
     }
     let end = end?;
     assert!(end.contains("PASS"), "{text}");
-    let has = |s: &str| lines.iter().any(|l| l.contains(s));
-    // The firmware's e820, ACPI tables, x2APIC, I/O APIC and UART were taken as they are.
-    assert!(has("BIOS-e820: [mem 0x0000000000000000-0x000000000009efff] usable"), "{text}");
-    assert!(has("ACPI: RSDP 0x00000000000E0000"), "{text}");
-    assert!(has("x2apic: enabled by BIOS"), "{text}");
-    assert!(has("IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23"), "{text}");
-    assert!(has("ttyS0 at I/O 0x3f8") && has("is a 16550A"), "{text}");
-    assert!(has("ACPI: PM: (supports S0 S5)"), "{text}");
-    // No WARN() splat: every one is a hypervisor bug until shown otherwise.
-    assert!(!has("WARNING: CPU:"), "{text}");
+    assert_platform_taken(&lines, text);
     assert!(lines.contains(&format!("init: nproc {cpus}").as_str()), "{text}");
     assert!(lines.contains(&"init: clocksource tsc"), "{text}");
     assert!(lines.contains(&"init: numa nodes 0"), "{text}");

@@ -59,3 +59,17 @@ pub fn kernel_and_busybox() -> Option<(PathBuf, PathBuf)> {
         Err(e @ Fetch::Broken(_)) => panic!("{e}"),
     }
 }
+
+/// What every Linux boot must show, on any backend: the firmware's e820 map, ACPI tables,
+/// x2APIC, I/O APIC, UART and S5 taken as they are, and no WARN() splat (each one is a
+/// hypervisor bug until shown otherwise). `lines` are the guest's, `text` the console.
+pub fn assert_platform_taken(lines: &[&str], text: &str) {
+    let has = |s: &str| lines.iter().any(|l| l.contains(s));
+    assert!(has("BIOS-e820: [mem 0x0000000000000000-0x000000000009efff] usable"), "{text}");
+    assert!(has("ACPI: RSDP 0x00000000000E0000"), "{text}");
+    assert!(has("x2apic: enabled by BIOS"), "{text}");
+    assert!(has("IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23"), "{text}");
+    assert!(has("ttyS0 at I/O 0x3f8") && has("is a 16550A"), "{text}");
+    assert!(has("ACPI: PM: (supports S0 S5)"), "{text}");
+    assert!(!has("WARNING: CPU:"), "{text}");
+}
