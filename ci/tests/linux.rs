@@ -20,8 +20,8 @@ mod common;
 use std::time::Duration;
 
 use common::linux::{
-    assert_platform_taken, guest_lines, kernel_and_busybox, LinuxImage, CMDLINE, GUEST_MEM,
-    SHELL_WORD,
+    assert_platform_taken, guest_lines, kernel_and_busybox, print_report, LinuxImage, CMDLINE,
+    GUEST_MEM, SHELL_WORD,
 };
 use common::{ANSWER, BOCHS_BOOT, QEMU_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
@@ -88,15 +88,7 @@ fn check_boot(node: &mut Node, cpus: u32, from: usize) -> Result<(), HarnessErro
     let text = node.console().text();
     let text = text.get(from..).unwrap_or("");
     let lines = guest_lines(text);
-    for l in lines.iter().filter(|l| l.starts_with("init:")) {
-        eprintln!("{l}");
-    }
-    for l in lines.iter().filter(|l| {
-        let u = l.to_ascii_uppercase();
-        u.contains("WARN") || u.contains("ERROR") || u.contains("FAIL") || u.contains("UNABLE")
-    }) {
-        eprintln!("linux complains: {l}");
-    }
+    print_report(&lines);
     let end = end?;
     assert!(end.contains("PASS"), "{text}");
     assert_platform_taken(&lines, text);

@@ -16,7 +16,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::linux::{assert_platform_taken, guest_lines, kernel_and_busybox, LinuxImage};
+use common::linux::{
+    assert_platform_taken, guest_lines, kernel_and_busybox, print_report, LinuxImage,
+};
 use common::{ANSWER, QEMU_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
 
@@ -41,15 +43,7 @@ fn run_init(tag: &str, cpus: u32) -> Result<(), HarnessError> {
     let end = init.and_then(|_| node.wait_for("init: workload", LINUX_BOOT));
     let text = node.console().text();
     let lines = guest_lines(&text);
-    for l in lines.iter().filter(|l| l.starts_with("init:")) {
-        eprintln!("{l}");
-    }
-    for l in lines.iter().filter(|l| {
-        let u = l.to_ascii_uppercase();
-        u.contains("WARN") || u.contains("ERROR") || u.contains("FAIL") || u.contains("UNABLE")
-    }) {
-        eprintln!("linux complains: {l}");
-    }
+    print_report(&lines);
     for l in lines.iter().filter(|l| l.contains("tsc: ") || l.contains("PM-Timer")) {
         eprintln!("{l}");
     }

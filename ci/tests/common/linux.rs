@@ -73,3 +73,17 @@ pub fn assert_platform_taken(lines: &[&str], text: &str) {
     assert!(has("ACPI: PM: (supports S0 S5)"), "{text}");
     assert!(!has("WARNING: CPU:"), "{text}");
 }
+
+/// Prints what /init reported and every line where Linux complains (WARN, ERROR, FAIL,
+/// UNABLE), for the record and the closing notes.
+pub fn print_report(lines: &[&str]) {
+    for l in lines.iter().filter(|l| l.starts_with("init:")) {
+        eprintln!("{l}");
+    }
+    for l in lines.iter().filter(|l| {
+        let u = l.to_ascii_uppercase();
+        u.contains("WARN") || u.contains("ERROR") || u.contains("FAIL") || u.contains("UNABLE")
+    }) {
+        eprintln!("linux complains: {l}");
+    }
+}
