@@ -39,7 +39,10 @@ fn debians_kernel_boots_across_two_nodes_and_runs_the_workload_on_both() -> Resu
         // reach node 1's range.
         let (role, mem) = if i == 0 { ("nodes=2 primary", 192) } else { ("nodes=2", 64) };
         let tag = format!("linuxspan{i}");
-        let img = LinuxImage::with_cmdline(&tag, &vmlinuz, &busybox, &format!("{role} mem={mem}M"))
+        // `GESTALT_LINUX_SPAN_CMDLINE` adds words to both command lines (e.g. `hold=`).
+        let extra = std::env::var("GESTALT_LINUX_SPAN_CMDLINE").unwrap_or_default();
+        let cmdline = format!("{role} mem={mem}M {extra}");
+        let img = LinuxImage::with_cmdline(&tag, &vmlinuz, &busybox, &cmdline)
             .expect("the Linux guest ISO");
         let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
         let mut spec = NodeSpec::new(&tag, Emu::Bochs, Boot::Iso)
