@@ -2,59 +2,20 @@
 //! of the message table, run the way the firmware's glue runs it (every message encoded into
 //! a reused buffer with the page copied straight from the frame, decoded with the page
 //! borrowed from the bytes and installed from them), costs no allocation per fault in steady
-//! state. A counting global allocator (this test binary's own) counts this thread's
+//! state. A counting global allocator (`support/counting.rs`) counts this thread's
 //! allocations.
 //!
 //! `cargo test -p gestalt-coherence --test alloc -- --nocapture` prints the figures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::VecDeque;
 
 use gestalt_coherence::{
     Access, Action, Config, Engine, Event, Gfn, Message, NodeId, PageStore, VcpuId, PAGE_SIZE,
 };
 
-std::thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-fn count() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; counting touches only a
-// const-initialised thread-local cell, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`; `ptr` came from this allocator, i.e. from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `realloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCS.with(Cell::get)
-}
+#[path = "support/counting.rs"]
+mod counting;
+use counting::allocations;
 
 /// Frames allocated once, page copies counted.
 struct Frames {

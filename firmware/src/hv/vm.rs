@@ -74,9 +74,9 @@ pub struct Vm {
     /// Per local vCPU: the primary's answer to its parked device read.
     device_reply: Vec<Mutex<Option<u64>>>,
     /// Device reads and writes (ports, I/O APIC) sent to the primary; those it served.
-    port_reads: AtomicU64,
-    port_writes: AtomicU64,
-    ports_served: AtomicU64,
+    device_reads: AtomicU64,
+    device_writes: AtomicU64,
+    devices_served: AtomicU64,
     pub(super) entry: u32,
     pub(super) msr_bitmap: u64,
     pub(super) frames: &'static Mutex<FrameAllocator>,
@@ -141,9 +141,9 @@ impl Vm {
             time_step_max: AtomicU64::new(0),
             bad_messages: AtomicU64::new(0),
             device_reply: (0..share.vcpus).map(|_| Mutex::new(None)).collect(),
-            port_reads: AtomicU64::new(0),
-            port_writes: AtomicU64::new(0),
-            ports_served: AtomicU64::new(0),
+            device_reads: AtomicU64::new(0),
+            device_writes: AtomicU64::new(0),
+            devices_served: AtomicU64::new(0),
             entry,
             msr_bitmap,
             frames,
@@ -297,7 +297,7 @@ impl Vm {
         if let Some(l) = self.local(vcpu) {
             *self.device_reply[l].lock() = None;
         }
-        self.port_reads.fetch_add(1, Ordering::Relaxed);
+        self.device_reads.fetch_add(1, Ordering::Relaxed);
         self.post(0, msg);
     }
 
@@ -403,13 +403,13 @@ impl Vm {
             GuestMsg::PortWrite { vcpu, port, size, value }
                 if self.primary() && self.shape.node_of_vcpu(vcpu) == Some(from) =>
             {
-                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.devices_served.fetch_add(1, Ordering::Relaxed);
                 self.device_access(vcpu as usize, port, size, IoDir::Out, value);
             }
             GuestMsg::PortRead { vcpu, port, size }
                 if self.primary() && self.shape.node_of_vcpu(vcpu) == Some(from) =>
             {
-                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.devices_served.fetch_add(1, Ordering::Relaxed);
                 let value = self.device_access(vcpu as usize, port, size, IoDir::In, 0);
                 self.post(from, &GuestMsg::DeviceReply { vcpu, value: value.into() });
             }
@@ -418,7 +418,7 @@ impl Vm {
                     && self.shape.node_of_vcpu(vcpu) == Some(from)
                     && Machine::is_mmio(self, gpa) =>
             {
-                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.devices_served.fetch_add(1, Ordering::Relaxed);
                 self.device_mmio_write(vcpu as usize, gpa, value);
             }
             GuestMsg::MmioRead { vcpu, gpa, .. }
@@ -426,7 +426,7 @@ impl Vm {
                     && self.shape.node_of_vcpu(vcpu) == Some(from)
                     && Machine::is_mmio(self, gpa) =>
             {
-                self.ports_served.fetch_add(1, Ordering::Relaxed);
+                self.devices_served.fetch_add(1, Ordering::Relaxed);
                 let value = self.device_mmio_read(gpa);
                 self.post(from, &GuestMsg::DeviceReply { vcpu, value });
             }
@@ -525,7 +525,7 @@ impl Machine for Vm {
         let v = vcpu as u32;
         match dir {
             IoDir::Out => {
-                self.port_writes.fetch_add(1, Ordering::Relaxed);
+                self.device_writes.fetch_add(1, Ordering::Relaxed);
                 self.post(0, &GuestMsg::PortWrite { vcpu: v, port, size, value });
                 Some(0)
             }
@@ -561,7 +561,7 @@ impl Machine for Vm {
         if self.primary() {
             self.device_mmio_write(vcpu, gpa, value);
         } else {
-            self.port_writes.fetch_add(1, Ordering::Relaxed);
+            self.device_writes.fetch_add(1, Ordering::Relaxed);
             self.post(0, &GuestMsg::MmioWrite { vcpu: vcpu as u32, gpa, size, value });
         }
     }
@@ -914,13 +914,13 @@ pub fn print_stats(reset: bool) {
     if vm.primary() {
         kprintln!(
             "stats: devices: the guest's devices are here; {} accesses served for vCPUs on other nodes",
-            n(&vm.ports_served)
+            n(&vm.devices_served)
         );
     } else {
         kprintln!(
             "stats: devices: on node 0; {} reads sent there (ports and I/O APIC; each parks its vCPU for the answer), {} writes posted",
-            n(&vm.port_reads),
-            n(&vm.port_writes)
+            n(&vm.device_reads),
+            n(&vm.device_writes)
         );
     }
     print_time(vm);

@@ -231,53 +231,10 @@ fn an_evicted_modified_copy_keeps_its_frame_until_the_home_has_the_page() {
     assert_eq!(n[0].1.frames[&0], vec![9; PAGE_SIZE], "the write came home");
 }
 
-/// Heap allocations made by this thread (the counting allocator below), for the steady-state
-/// measurements: other tests run on other threads and are not counted.
-mod counting {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    std::thread_local! {
-        static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    pub struct Counting;
-
-    fn count() {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-    }
-
-    // SAFETY: every call is passed to the system allocator unchanged; counting touches only a
-    // const-initialised thread-local cell, which never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: as for `alloc`.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            count();
-            // SAFETY: as for `alloc`; `ptr` came from this allocator, i.e. from `System`.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: as for `realloc`.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
-    #[global_allocator]
-    static A: Counting = Counting;
-
-    pub fn allocations() -> u64 {
-        ALLOCS.with(Cell::get)
-    }
-}
+/// Heap allocations made by this thread, for the steady-state measurements (the engine's
+/// allocation test uses the same counting allocator).
+#[path = "../../../../coherence/tests/support/counting.rs"]
+mod counting;
 
 /// A node whose frames, tables and vCPUs cost no heap after it is built, counting page copies.
 struct QuietNode {
