@@ -9,7 +9,7 @@ use core::sync::atomic::Ordering;
 use super::cpuid::{self, Regs4, Topology};
 use super::hypercall;
 use super::mmio;
-use super::msr::MsrFile;
+use super::msr::{Load, MsrFile};
 use super::stats::{State, VcpuStats};
 use super::vlapic::{self, Dest, Effect, IpiKind, Shared};
 use super::{Breakage, Exit, IoDir, Regs, Snapshot, Vcpu};
@@ -233,6 +233,8 @@ impl<V: Vcpu> Runner<V> {
         if let Some(vector) = sipi.filter(|_| self.state == State::WaitForSipi) {
             self.v.enter_sipi(vector);
             self.msrs.efer = 0;
+            // The backend's reset loads the power-on PAT; an INIT leaves the guest's.
+            self.v.set_pat(self.msrs.pat);
             self.set_state(m, State::Running);
         }
         if self.state == State::WaitForSipi {
@@ -580,9 +582,11 @@ impl<V: Vcpu> Runner<V> {
                 Err(vlapic::Gp) => false,
             },
             Some(v) => match self.msrs.write(msr, v) {
-                Ok(efer) => {
-                    if let Some(e) = efer {
-                        self.v.set_efer(e);
+                Ok(load) => {
+                    match load {
+                        Some(Load::Efer(e)) => self.v.set_efer(e),
+                        Some(Load::Pat(p)) => self.v.set_pat(p),
+                        None => {}
                     }
                     true
                 }

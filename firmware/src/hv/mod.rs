@@ -284,6 +284,8 @@ pub trait Vcpu {
     fn set_time_slice(&mut self, tsc_ticks: u64);
     /// Sets EFER (the backend keeps its long-mode entry state consistent).
     fn set_efer(&mut self, efer: u64);
+    /// Sets the guest's IA32_PAT, the memory types its page walks use (already checked).
+    fn set_pat(&mut self, pat: u64);
     /// Writes CR0 or CR4 as the guest asked (the backend keeps its fixed bits).
     fn set_cr(&mut self, cr: u8, val: u64);
     /// Starts in 32-bit protected mode, flat segments, paging off, at `eip` (Multiboot §3.2).

@@ -22,6 +22,9 @@ pub const MTRR_CAP: u32 = 0xFE;
 pub const MISC_ENABLE: u32 = 0x1A0;
 /// IA32_PAT.
 pub const PAT: u32 = 0x277;
+/// IA32_PAT's power-on and reset value: WB, WT, UC-, UC twice (SDM Vol. 3A §13.12.4);
+/// an INIT leaves it unchanged (SDM Vol. 3A Table 10-1).
+pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
 /// IA32_MTRR_DEF_TYPE.
 pub const MTRR_DEF_TYPE: u32 = 0x2FF;
 /// IA32_EFER.
@@ -30,6 +33,18 @@ pub const EFER: u32 = 0xC000_0080;
 /// C001_0055): Linux reads it on such CPUs (QEMU's `qemu64` is one) to see whether C1E is
 /// active (bits 28:27); reading 0 says it is not, so the guest needs no C1E workaround.
 pub const K8_INT_PENDING_MSG: u32 = 0xC001_0055;
+
+/// An MSR write the backend must carry into the guest's state (VMCS or VMCB), because the
+/// CPU uses the value while the guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// IA32_EFER as written (the backend keeps LMA as the CPU set it).
+    Efer(u64),
+    /// IA32_PAT, which the CPU's page walks use for memory types (the VMCS's guest IA32_PAT
+    /// with "load IA32_PAT" on entry, SDM Vol. 3C §26.3.2.1; the VMCB's G_PAT with nested
+    /// paging, APM Vol. 2 §15.25.8).
+    Pat(u64),
+}
 
 /// One vCPU's MSRs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +70,7 @@ impl MsrFile {
     /// Power-on values; `bsp` sets the boot-processor flag.
     pub fn new(bsp: bool) -> MsrFile {
         MsrFile {
-            pat: 0x0007_0406_0007_0406,
+            pat: PAT_POWER_ON,
             mtrr_def: 0,
             efer: 0,
             apic_base: 0xFEE0_0000 | (1 << 11) | (1 << 10) | if bsp { 1 << 8 } else { 0 },
@@ -83,9 +98,9 @@ impl MsrFile {
         }
     }
 
-    /// WRMSR: `Ok(Some(efer))` when EFER changed and the backend must load it; `Err(Gp)` for
-    /// an MSR not modelled or a value the architecture refuses.
-    pub fn write(&mut self, msr: u32, v: u64) -> Result<Option<u64>, Gp> {
+    /// WRMSR: `Ok(Some(load))` when the backend must load the value; `Err(Gp)` for an MSR
+    /// not modelled or a value the architecture refuses.
+    pub fn write(&mut self, msr: u32, v: u64) -> Result<Option<Load>, Gp> {
         match msr {
             // The TSC is the host's plus the offset the node keeps: a guest write is dropped
             // (no guest sets it at boot; a moved TSC would break the cluster's one clock).
@@ -98,11 +113,14 @@ impl MsrFile {
             APIC_BASE => self.apic_base = (self.apic_base & !0xc00) | (v & 0xc00),
             // Each byte a memory type: 0, 1, 4, 5, 6 or 7 (SDM Vol. 3A §13.12.2).
             PAT if v.to_le_bytes().iter().any(|t| matches!(t, 2 | 3) || *t > 7) => return Err(Gp),
-            PAT => self.pat = v,
+            PAT => {
+                self.pat = v;
+                return Ok(Some(Load::Pat(v)));
+            }
             MTRR_DEF_TYPE => self.mtrr_def = v,
             EFER => {
                 self.efer = v;
-                return Ok(Some(v));
+                return Ok(Some(Load::Efer(v)));
             }
             // Everything else, MTRR_CAP (read-only) included.
             _ => return Err(Gp),
@@ -152,7 +170,7 @@ mod tests {
         assert_eq!(m.read(MISC_ENABLE, 0), Some(1 | (1 << 34)));
         // Linux's PAT: WB, WC, UC-, UC, WB, WP, UC-, WT.
         let pat = 0x0407_0506_0007_0106;
-        assert_eq!(m.write(PAT, pat), Ok(None));
+        assert_eq!(m.write(PAT, pat), Ok(Some(Load::Pat(pat))), "the CPU must use it");
         assert_eq!(m.read(PAT, 0), Some(pat));
         assert_eq!(m.write(PAT, 0x02), Err(Gp), "type 2 is reserved");
         assert_eq!(m.read(PAT, 0), Some(pat));
@@ -165,7 +183,7 @@ mod tests {
     #[test]
     fn efer_writes_are_kept_and_handed_to_the_backend() {
         let mut m = MsrFile::new(false);
-        assert_eq!(m.write(EFER, 0x901), Ok(Some(0x901)));
+        assert_eq!(m.write(EFER, 0x901), Ok(Some(Load::Efer(0x901))));
         assert_eq!(m.read(EFER, 0), Some(0x901));
     }
 

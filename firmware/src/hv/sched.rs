@@ -234,6 +234,9 @@ impl Vcpu for AnyVcpu {
     fn set_efer(&mut self, efer: u64) {
         each!(self, v => v.set_efer(efer));
     }
+    fn set_pat(&mut self, pat: u64) {
+        each!(self, v => v.set_pat(pat));
+    }
     fn set_cr(&mut self, cr: u8, val: u64) {
         each!(self, v => v.set_cr(cr, val));
     }

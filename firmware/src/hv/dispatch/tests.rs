@@ -21,6 +21,7 @@ struct FakeVcpu {
     window: bool,
     flushes: u32,
     efer: Option<u64>,
+    pat: Option<u64>,
     sipi: Option<u8>,
     protected: Option<u32>,
     broken: Option<Breakage>,
@@ -88,6 +89,9 @@ impl Vcpu for FakeVcpu {
     }
     fn set_efer(&mut self, efer: u64) {
         self.efer = Some(efer);
+    }
+    fn set_pat(&mut self, pat: u64) {
+        self.pat = Some(pat);
     }
     fn set_cr(&mut self, _cr: u8, _val: u64) {}
     fn enter_protected_mode(&mut self, eip: u32) {
@@ -350,6 +354,26 @@ fn an_efer_write_reaches_the_backend_and_reads_back() {
     assert_eq!(r.v.efer, Some(0x100));
     assert_eq!(r.v.regs.rax, 0x100);
     assert_eq!(r.v.rip, 2);
+}
+
+#[test]
+fn a_pat_write_reaches_the_backend_and_a_reserved_memory_type_does_not() {
+    // Linux's PAT (WB, WC, UC-, UC, WB, WP, UC-, WT), then one with reserved type 2.
+    let linux = 0x0407_0506_0007_0106;
+    let m = FakeMachine::new(1);
+    let mut r = boot(
+        &m,
+        &[
+            Exit::Msr { msr: 0x277, write: Some(linux) },
+            Exit::Msr { msr: 0x277, write: Some(0x0407_0506_0007_0102) },
+            Exit::Msr { msr: 0x277, write: None },
+        ],
+    );
+    run_all(&mut r, &m);
+    assert_eq!(r.v.pat, Some(linux), "the CPU's page walks must use the guest's PAT");
+    assert_eq!(r.v.exceptions, [(13, Some(0))], "type 2 is reserved: #GP");
+    assert_eq!(r.v.regs.rax, linux & 0xffff_ffff);
+    assert_eq!(r.v.regs.rdx, linux >> 32);
 }
 
 #[test]

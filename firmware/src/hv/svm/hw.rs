@@ -397,7 +397,7 @@ impl SvmVcpu {
         c.set(off::RFLAGS, 2);
         c.set(off::RSP, 0);
         c.set(off::RAX, 0);
-        c.set(off::G_PAT, 0x0007_0406_0007_0406);
+        c.set(off::G_PAT, crate::hv::msr::PAT_POWER_ON);
         c.set_segment(off::LDTR, 0, 0, 0xffff, 0x82);
         c.set_segment(off::TR, 0, 0, 0xffff, 0x8b);
         c.set_segment(off::GDTR, 0, 0, 0xffff, 0);
@@ -706,6 +706,11 @@ impl Vcpu for SvmVcpu {
         // LMA is the CPU's to set; SVME must stay set for VMRUN (APM Vol. 2 §15.5.1).
         let lma = self.vmcb.get(off::EFER) & EFER_LMA;
         self.vmcb.set(off::EFER, (efer & !EFER_LMA) | lma | EFER_SVME);
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        // With nested paging the guest's walks use G_PAT (APM Vol. 2 §15.25.8).
+        self.vmcb.set(off::G_PAT, pat);
     }
 
     fn set_cr(&mut self, cr: u8, val: u64) {

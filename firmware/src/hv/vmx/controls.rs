@@ -55,6 +55,8 @@ pub mod proc2 {
 pub mod exit {
     /// Host address-space size (64-bit host).
     pub const HOST_64: u32 = 1 << 9;
+    /// Load IA32_PAT.
+    pub const LOAD_PAT: u32 = 1 << 19;
     /// Save IA32_EFER.
     pub const SAVE_EFER: u32 = 1 << 20;
     /// Load IA32_EFER.
@@ -65,6 +67,8 @@ pub mod exit {
 pub mod entry {
     /// IA-32e mode guest.
     pub const IA32E: u32 = 1 << 9;
+    /// Load IA32_PAT.
+    pub const LOAD_PAT: u32 = 1 << 14;
     /// Load IA32_EFER.
     pub const LOAD_EFER: u32 = 1 << 15;
 }
@@ -178,7 +182,8 @@ pub fn adjust(
 }
 
 /// The controls for our guests: EPT + unrestricted guest + VPID, HLT/I/O/MSR-bitmap exiting,
-/// external-interrupt exiting, EFER load/save, 64-bit host; the preemption timer when present.
+/// external-interrupt exiting, EFER load/save, PAT load both ways (the guest's memory types
+/// take effect, the host's come back), 64-bit host; the preemption timer when present.
 /// Unwanted default-1 controls (CR3 load/store exiting…) stay 0 where the TRUE MSRs allow it.
 pub fn compute(c: &Caps) -> Result<Controls, CapError> {
     let pin = adjust(
@@ -208,11 +213,17 @@ pub fn compute(c: &Caps) -> Result<Controls, CapError> {
     let exit = adjust(
         "VM-exit",
         c.exit,
-        exit::HOST_64 | exit::SAVE_EFER | exit::LOAD_EFER,
+        exit::HOST_64 | exit::SAVE_EFER | exit::LOAD_EFER | exit::LOAD_PAT,
         0,
-        "64-bit host or EFER save/load on exit",
+        "64-bit host or EFER save/load or PAT load on exit",
     )?;
-    let entry = adjust("VM-entry", c.entry, entry::LOAD_EFER, 0, "EFER load on entry")?;
+    let entry = adjust(
+        "VM-entry",
+        c.entry,
+        entry::LOAD_EFER | entry::LOAD_PAT,
+        0,
+        "EFER or PAT load on entry",
+    )?;
     let e = c.ept_vpid;
     for (bit, what) in [
         (ept_cap::WALK4, "4-level walks"),
@@ -335,6 +346,8 @@ mod tests {
         assert_eq!(c.proc & (proc::CR3_LOAD | proc::CR3_STORE), 0);
         assert_eq!(c.entry & entry::IA32E, 0);
         assert_ne!(c.exit & exit::HOST_64, 0);
+        assert_ne!(c.entry & entry::LOAD_PAT, 0, "the guest's PAT is the CPU's");
+        assert_ne!(c.exit & exit::LOAD_PAT, 0, "the host's PAT comes back");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const VMCS_LINK_POINTER: u32 = 0x2800;
 pub const GUEST_DEBUGCTL: u32 = 0x2802;
 pub const GUEST_PAT: u32 = 0x2804;
 pub const GUEST_EFER: u32 = 0x2806;
+pub const HOST_PAT: u32 = 0x2C00;
 pub const HOST_EFER: u32 = 0x2C02;
 
 // 32-bit.

@@ -429,8 +429,12 @@ impl VmxVcpu {
         w(f::HOST_FS_SEL, u64::from(fs & !7));
         w(f::HOST_GS_SEL, u64::from(gs & !7));
         w(f::HOST_TR_SEL, u64::from(tr & !7));
-        // SAFETY: FS/GS base and EFER MSRs exist on every x86-64 CPU.
-        let (fsb, gsb, efer) = unsafe { (rdmsr(0xC000_0100), rdmsr(0xC000_0101), rdmsr(MSR_EFER)) };
+        // SAFETY: FS/GS base, EFER and PAT exist on every x86-64 CPU.
+        let (fsb, gsb, efer, pat) = unsafe {
+            (rdmsr(0xC000_0100), rdmsr(0xC000_0101), rdmsr(MSR_EFER), rdmsr(crate::hv::msr::PAT))
+        };
+        // The exit loads it back after the guest's ran (SDM Vol. 3C §28.5.1).
+        w(f::HOST_PAT, pat);
         w(f::HOST_FS_BASE, fsb);
         w(f::HOST_GS_BASE, gsb);
         w(f::HOST_TR_BASE, sel_base(gdt_base, gdt.limit, tr));
@@ -493,6 +497,7 @@ impl VmxVcpu {
         w(f::GUEST_CR4, (p.cr4.0 | CR4_VMXE) & p.cr4.1);
         w(f::CR4_READ_SHADOW, 0);
         w(f::GUEST_EFER, 0);
+        w(f::GUEST_PAT, crate::hv::msr::PAT_POWER_ON);
         self.entry &= !entry::IA32E;
         w(f::ENTRY_CONTROLS, u64::from(self.entry));
         Self::set_seg(
@@ -779,6 +784,11 @@ impl Vcpu for VmxVcpu {
         // LMA is the CPU's to set; keep the current value (SDM Vol. 3A §10.8.5).
         let lma = vmread(f::GUEST_EFER) & (1 << 10);
         w(f::GUEST_EFER, (efer & !(1 << 10)) | lma);
+    }
+
+    fn set_pat(&mut self, pat: u64) {
+        // Loaded on every entry ("load IA32_PAT", SDM Vol. 3C §26.3.2.1).
+        w(f::GUEST_PAT, pat);
     }
 
     fn set_cr(&mut self, cr: u8, val: u64) {
