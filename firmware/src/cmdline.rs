@@ -57,6 +57,10 @@ pub struct Config {
     /// How long a page that just arrived stays before a waiting request takes it away
     /// (`hold=`, µs), if not the default.
     pub hold_us: Option<u64>,
+    /// Guest time dilation (`dilation=N`, 1 to 100, default 1): one second of the guest's
+    /// clock lasts N seconds of the node's. For emulated clusters, whose network is a thousand
+    /// times slower next to their CPUs than a real one: the guest sees it N times faster.
+    pub dilation: u64,
     /// Test hook, only on the primary under `test=` (`tscskew=TICKS`): its guest clock starts
     /// TICKS ahead of its host TSC, so the other nodes' clocks must be brought up to it.
     pub tsc_skew: Option<u64>,
@@ -77,6 +81,7 @@ impl Default for Config {
             jumbo: false,
             mem: None,
             hold_us: None,
+            dilation: 1,
             tsc_skew: None,
         }
     }
@@ -105,7 +110,7 @@ impl fmt::Display for CmdlineError {
         match self {
             CmdlineError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem, hold, tscskew); ignored"
+                "unknown key '{k}' (known: nodes, ip, cluster, key, log, test, primary, port, guest, mtu, mem, hold, dilation, tscskew); ignored"
             ),
             CmdlineError::MissingValue(k) => write!(f, "'{k}' needs a value ({k}=...); ignored"),
             CmdlineError::BadValue { key, value, expected } => {
@@ -227,6 +232,14 @@ fn apply(cfg: &mut Config, word: &str) -> Result<(), CmdlineError> {
                     .ok_or_else(|| bad("hold", v, "microseconds from 0 to 1000000"))?,
             );
         }
+        "dilation" => {
+            let v = need("dilation")?;
+            cfg.dilation = v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| bad("dilation", v, "a whole factor from 1 to 100"))?;
+        }
         "tscskew" => {
             let v = need("tscskew")?;
             cfg.tsc_skew = Some(
@@ -330,6 +343,17 @@ mod tests {
             let (cfg, errs) = parse(bad);
             assert_eq!((cfg.tsc_skew, errs.len()), (None, 1), "{bad}");
         }
+    }
+
+    #[test]
+    fn dilation_takes_a_factor_from_1_to_100() {
+        assert_eq!(parse("").0.dilation, 1);
+        assert_eq!(parse("dilation=10").0.dilation, 10);
+        for bad in ["dilation=0", "dilation=101", "dilation=1.5", "dilation=-2"] {
+            let (cfg, errs) = parse(bad);
+            assert_eq!((cfg.dilation, errs.len()), (1, 1), "{bad}");
+        }
+        assert_eq!(parse("x dilation").1, vec![CmdlineError::MissingValue("dilation")]);
     }
 
     #[test]

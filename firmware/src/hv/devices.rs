@@ -74,12 +74,13 @@ pub struct Time {
 }
 
 impl Time {
-    /// This core's TSC and the rate the firmware measured. On the primary, which runs the
-    /// devices, that is the guest's TSC less the primary's offset (0 on one node; it only
-    /// steps forward in a cluster); [`Devices::access_at`] takes another clock.
+    /// This core's TSC and the rate the guest is told (the firmware's measure times the
+    /// dilation). On the primary, which runs the devices, that is the guest's TSC less the
+    /// primary's offset (0 on one node; it only steps forward in a cluster);
+    /// [`Devices::access_at`] takes another clock.
     #[cfg(target_os = "none")]
     pub fn now() -> Time {
-        Time { ticks: crate::arch::cpu::rdtsc(), hz: crate::arch::time::tsc_hz() }
+        Time { ticks: crate::arch::cpu::rdtsc(), hz: super::vm::guest_tsc_hz() }
     }
 
     /// Host builds have no guest clock: time stands still at 0.
@@ -87,6 +88,12 @@ impl Time {
     pub fn now() -> Time {
         Time { ticks: 0, hz: 0 }
     }
+}
+
+/// `factor`, lowered so that the TSC rate it declares (`hz` times it) fits CPUID 15H's 32-bit
+/// crystal field; at least 1 (`dilation=`, hv::vm::set_dilation).
+pub fn fitting_dilation(factor: u64, hz: u64) -> u64 {
+    factor.clamp(1, (u64::from(u32::MAX) / hz.max(1)).max(1))
 }
 
 /// The port devices of the guest.
@@ -343,5 +350,18 @@ mod tests {
         assert_eq!(d.sync_irq(), None, "line fell");
         d.uart.push_input(b'l');
         assert!(d.sync_irq().is_some(), "next byte: next edge");
+    }
+
+    #[test]
+    fn a_dilation_is_lowered_only_where_the_declared_tsc_rate_would_not_fit_32_bits() {
+        // Bochs at ips=20M: a 20 MHz TSC takes the largest factor the command line allows.
+        assert_eq!(fitting_dilation(100, 20_000_000), 100);
+        // A 2 GHz TSC declared 3x would be 6 GHz: twice is the most that fits.
+        assert_eq!(fitting_dilation(3, 2_000_000_000), 2);
+        // A rate above 4.29 GHz cannot be dilated at all, and 0 is never a factor.
+        assert_eq!(fitting_dilation(10, 5_000_000_000), 1);
+        assert_eq!(fitting_dilation(0, 20_000_000), 1);
+        // Not measured (host builds): the factor stands.
+        assert_eq!(fitting_dilation(7, 0), 7);
     }
 }

@@ -509,7 +509,7 @@ impl Machine for Vm {
     }
 
     fn tsc_hz(&self) -> u64 {
-        time::tsc_hz()
+        guest_tsc_hz()
     }
 
     fn host_cpuid(&self, leaf: u32, sub: u32) -> Regs4 {
@@ -953,6 +953,38 @@ fn print_time(vm: &Vm) {
             }
         }
     }
+}
+
+/// Guest time dilation (`dilation=`): one second of the guest's clock lasts this many of the
+/// node's. The guest's TSC ticks at the node's rate but is declared this many times faster
+/// (CPUID 15H/16H and 4000_0001H), and every clock device counts from it, so the guest's
+/// clocks agree with each other and run this many times slower than the node's. Its network
+/// then looks this many times faster: time dilation, for emulated nodes whose network is
+/// ~1000 times slower next to their CPUs than a real one (docs/design.md §6).
+static DILATION: AtomicU64 = AtomicU64::new(1);
+
+/// Sets the guest time dilation before the guest starts; a factor whose declared TSC rate
+/// would not fit CPUID 15H's 32 bits is lowered to the largest that does, and said.
+pub fn set_dilation(factor: u64) {
+    let d = super::devices::fitting_dilation(factor, time::tsc_hz());
+    if d != factor {
+        error!("hv: dilation={factor} would declare a TSC above 4.29 GHz: dilation={d} instead");
+    }
+    if d > 1 {
+        info!("hv: guest time dilated {d}x: one second of the guest's clock lasts {d} s here");
+    }
+    DILATION.store(d, Ordering::SeqCst);
+}
+
+/// The guest time dilation ([`set_dilation`]).
+pub fn dilation() -> u64 {
+    DILATION.load(Ordering::Relaxed)
+}
+
+/// The TSC rate the guest is told and its clock devices count by: the node's, times the
+/// dilation.
+pub fn guest_tsc_hz() -> u64 {
+    time::tsc_hz().saturating_mul(dilation())
 }
 
 /// Sets the residency hold of pages that just arrived (`hold=`).

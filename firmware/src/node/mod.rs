@@ -298,6 +298,7 @@ fn start_guest(
         return;
     }
     let (frames, pool) = (&node.frames, &node.pool);
+    crate::hv::vm::set_dilation(node.cfg.dilation);
     let r =
         crate::hv::vm::start(frames, pool, g.image, g.initrd, g.cmdline, g.test, shape, me, aps);
     match r {

@@ -255,9 +255,17 @@ fn find_table(mem: &dyn crate::PhysRead, rsdp: u64, sig: &[u8; 4]) -> Option<u64
 pub fn pm_timer() -> PmTimer {
     static CHOSEN: spin::Once<PmTimer> = spin::Once::new();
     *CHOSEN.call_once(|| {
-        let host = crate::acpi::find_rsdp(&HostMemory).and_then(|r| host_pm_timer(&HostMemory, r));
+        // A dilated guest clock needs the emulated timer: the host's runs at the node's rate.
+        let dilated = crate::hv::vm::dilation() > 1;
+        let host = crate::acpi::find_rsdp(&HostMemory)
+            .and_then(|r| host_pm_timer(&HostMemory, r))
+            .filter(|_| !dilated);
         let t = host.map_or(EMULATED_PM_TIMER, |port| PmTimer { port, host: true });
-        let whose = if t.host { "the host's" } else { "emulated (the host's FADT names none)" };
+        let whose = match (t.host, dilated) {
+            (true, _) => "the host's",
+            (false, true) => "emulated (the guest's clock is dilated)",
+            (false, false) => "emulated (the host's FADT names none)",
+        };
         crate::info!("hv: guest PM timer at port {:#x}: {whose}", t.port);
         t
     })
