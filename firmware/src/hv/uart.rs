@@ -30,6 +30,10 @@ pub struct Uart {
     /// Delta bits of MSR (3:0), cleared by reading MSR.
     msr_delta: u8,
     rx: Deque<u8, FIFO>,
+    /// A byte arrived while the receive FIFO was full (LSR.OE, cleared by reading LSR).
+    overrun: bool,
+    /// Input bytes lost that way since the UART was made.
+    lost: u64,
     line: Vec<u8, LINE>,
     /// Bytes the guest has sent: a console that shows a prompt (output without a newline)
     /// once the guest has been quiet a moment watches it move.
@@ -38,6 +42,8 @@ pub struct Uart {
 
 /// LSR: data ready.
 const LSR_DR: u8 = 1 << 0;
+/// LSR: overrun error, a received byte lost to a full FIFO (datasheet §8.4).
+const LSR_OE: u8 = 1 << 1;
 /// LSR: transmit holding register empty, transmitter empty.
 const LSR_THRE_TEMT: u8 = (1 << 5) | (1 << 6);
 const IER_RDA: u8 = 1 << 0;
@@ -98,7 +104,10 @@ impl Uart {
             }
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THRE_TEMT | if self.rx.is_empty() { 0 } else { LSR_DR },
+            5 => {
+                let oe = if core::mem::take(&mut self.overrun) { LSR_OE } else { 0 };
+                LSR_THRE_TEMT | oe | if self.rx.is_empty() { 0 } else { LSR_DR }
+            }
             6 => self.status_lines() | core::mem::take(&mut self.msr_delta),
             7 => self.scr,
             _ => 0xFF,
@@ -113,7 +122,7 @@ impl Uart {
                 // Written and at once sent: the THR is empty again.
                 self.thre = true;
                 if self.mcr & MCR_LOOP != 0 {
-                    let _ = self.rx.push_back(val);
+                    self.receive(val);
                     return None;
                 }
                 return self.out(val);
@@ -163,9 +172,24 @@ impl Uart {
         }
     }
 
-    /// Queues console input for the guest; false when the FIFO is full.
+    /// Queues console input for the guest; false when the FIFO was full and the byte is lost
+    /// (counted, and LSR.OE tells the guest).
     pub fn push_input(&mut self, b: u8) -> bool {
-        self.rx.push_back(b).is_ok()
+        self.receive(b)
+    }
+
+    fn receive(&mut self, b: u8) -> bool {
+        let ok = self.rx.push_back(b).is_ok();
+        if !ok {
+            self.overrun = true;
+            self.lost += 1;
+        }
+        ok
+    }
+
+    /// Input bytes lost to a full receive FIFO.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Output not yet ended by a newline (printed when the guest stops, or as a prompt).
@@ -217,6 +241,24 @@ mod tests {
         u.write(3, 0x03);
         u.write(0, b'x');
         assert_eq!(u.take_partial().unwrap().as_slice(), b"x");
+    }
+
+    #[test]
+    fn input_into_a_full_fifo_is_lost_counted_and_flagged_once_as_an_overrun() {
+        let mut u = Uart::default();
+        for i in 0..FIFO {
+            assert!(u.push_input(i as u8));
+        }
+        assert!(!u.push_input(0xAA), "the FIFO is full");
+        assert_eq!(u.lost(), 1);
+        assert_eq!(u.read(5) & 0b11, 0b11, "data ready and overrun");
+        assert_eq!(u.read(5) & 0b11, 0b01, "reading LSR cleared the overrun");
+        for i in 0..FIFO {
+            assert_eq!(u.read(0), i as u8, "what fitted comes out in order");
+        }
+        assert_eq!(u.read(5) & 0b11, 0, "empty, no error");
+        assert!(u.push_input(b'x'), "room again");
+        assert_eq!(u.lost(), 1);
     }
 
     #[test]

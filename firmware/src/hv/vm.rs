@@ -912,8 +912,9 @@ pub fn print_stats(reset: bool) {
     );
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     if vm.primary() {
+        let lost = vm.devices.lock().uart.lost();
         kprintln!(
-            "stats: devices: the guest's devices are here; {} accesses served for vCPUs on other nodes",
+            "stats: devices: the guest's devices are here; {} accesses served for vCPUs on other nodes; {lost} console bytes lost to a full UART receive FIFO",
             n(&vm.devices_served)
         );
     } else {
