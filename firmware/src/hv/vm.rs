@@ -924,6 +924,12 @@ pub fn print_stats(reset: bool) {
             n(&vm.device_writes)
         );
     }
+    let retried = super::svm::hw::UNREADABLE.load(Ordering::Relaxed);
+    if retried > 0 {
+        kprintln!(
+            "stats: svm: {retried} #UD exits run again because another node took the instruction's bytes before they were decoded"
+        );
+    }
     print_time(vm);
 }
 
