@@ -1,6 +1,7 @@
 # Gestalt: the two commands a new user needs are `make run` and `make test` (README).
 # GUEST=linux: Debian's cloud kernel with a shell on its console, on one Bochs node (VMX) with
-# one vCPU unless NODES, EMU and CPUS say otherwise (EMU=qemu: under SVM, much faster).
+# one vCPU unless NODES, EMU and CPUS say otherwise (EMU=qemu: under SVM, much faster;
+# NODES=2 CPUS=2: across two Bochs nodes, the guest clock dilated 20x).
 ifeq ($(GUEST),linux)
 NODES ?= 1
 EMU ?= bochs

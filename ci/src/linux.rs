@@ -17,6 +17,9 @@ pub const SHELL_WORD: &str = "gestalt.shell";
 /// Guest RAM the Linux guest gets (the node's `mem=`), and the emulated node's memory: the
 /// firmware and its reserve take the difference.
 pub const GUEST_MEM: &str = "mem=192M";
+/// The guest time dilation a Linux guest across Bochs nodes runs with (docs/design.md §6):
+/// a page round trip there (~5 ms of emulated time) outlasts Linux's 4 ms tick.
+pub const SPAN_DILATION: &str = "dilation=20";
 /// The emulated node's memory for [`GUEST_MEM`] (MiB).
 pub const NODE_MIB: u32 = 320;
 

@@ -19,7 +19,8 @@ usage: gestalt-cluster run [--nodes N] [--emu qemu|bochs] [--boot kernel|iso|pxe
   boots FILE as its first module and the cluster runs it as one guest (VMX on Bochs, SVM with
   nested paging on QEMU). --guest linux fetches Debian's cloud kernel and busybox (apt-get
   download, cached in DIR/linux/), packs the initramfs with ci/linux/init and boots it with
-  a shell on the guest's console (Ctrl-] then Enter gives node 0's console to it). Type a
+  a shell on the guest's console (Ctrl-] then Enter gives node 0's console to it); across
+  Bochs nodes with dilation=20 unless --cmdline sets dilation=. Type a
   line to send it to node 0, or `N: line` for node N. Ctrl-C or end of input stops everything.";
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -185,9 +186,13 @@ fn run(o: &Options) -> Result<(), String> {
             if !cmdline.split_whitespace().any(|w| w.starts_with("mem=")) {
                 cmdline = format!("{cmdline} {}", linux::GUEST_MEM);
             }
-            if o.nodes > 1 {
+            // Across Bochs nodes a page round trip outlasts Linux's tick: dilate the guest's
+            // clock as ci/tests/linux_span.rs does (docs/design.md §6).
+            if o.nodes > 1 && o.emu == Emu::Bochs && !cmdline.contains("dilation=") {
+                cmdline = format!("{cmdline} {}", linux::SPAN_DILATION);
                 eprintln!(
-                    "gestalt-cluster: note: Linux across nodes is not supported yet; --nodes 1 runs it on one node"
+                    "gestalt-cluster: Linux across Bochs nodes runs with {}: its clock runs that many times slower than the emulated one",
+                    linux::SPAN_DILATION
                 );
             }
             eprintln!(

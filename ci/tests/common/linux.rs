@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 #[allow(unused_imports)] // each test file uses some
-pub use gestalt_ci::linux::{guest_lines, Fetch, CMDLINE, GUEST_MEM, SHELL_WORD};
+pub use gestalt_ci::linux::{guest_lines, Fetch, CMDLINE, GUEST_MEM, SHELL_WORD, SPAN_DILATION};
 
 use super::artifacts;
 
@@ -72,6 +72,15 @@ pub fn assert_platform_taken(lines: &[&str], text: &str) {
     assert!(has("ttyS0 at I/O 0x3f8") && has("is a 16550A"), "{text}");
     assert!(has("ACPI: PM: (supports S0 S5)"), "{text}");
     assert!(!has("WARNING: CPU:"), "{text}");
+}
+
+/// /init's workload ran one slice on each of the guest's `cpus` CPUs: each slice says which
+/// CPU it ran on, and `taskset` pinned slice i to CPU i.
+#[allow(dead_code)] // not every test file checks the workload
+pub fn assert_slices_on_every_cpu(lines: &[&str], cpus: u32, text: &str) {
+    let want: Vec<String> = (0..cpus).map(|c| c.to_string()).collect();
+    let line = format!("init: slices ran on cpus {}", want.join(" "));
+    assert!(lines.contains(&line.as_str()), "{line}: {text}");
 }
 
 /// Prints what /init reported and every line where Linux complains (WARN, ERROR, FAIL,
