@@ -48,6 +48,19 @@ fn numa_node(lines: &[&str], node: usize) -> Option<(String, u64)> {
 #[test]
 fn debians_kernel_boots_across_two_nodes_and_runs_the_workload_on_both() -> Result<(), HarnessError>
 {
+    across_two_nodes(Emu::Bochs, "linuxspan", common::linux::SPAN_DILATION)
+}
+
+#[test]
+#[ignore = "experiment"]
+fn debians_kernel_boots_across_two_qemu_nodes() -> Result<(), HarnessError> {
+    let d = std::env::var("GESTALT_LINUX_SPAN_DILATION").unwrap_or_default();
+    across_two_nodes(Emu::Qemu, "linuxspanq", &d)
+}
+
+/// Boots the kernel across two `emu` nodes whose firmware command lines carry `dilation`
+/// and checks what /init and `stats` report.
+fn across_two_nodes(emu: Emu, name: &str, dilation: &str) -> Result<(), HarnessError> {
     let Some((vmlinuz, busybox)) = kernel_and_busybox() else {
         return Ok(());
     };
@@ -59,23 +72,27 @@ fn debians_kernel_boots_across_two_nodes_and_runs_the_workload_on_both() -> Resu
         // into the 16 MiB after its load address plus its init_size): only later allocations
         // reach node 1's range.
         let (role, mem) = if i == 0 { ("nodes=2 primary", 192) } else { ("nodes=2", 64) };
-        let tag = format!("linuxspan{i}");
+        let tag = format!("{name}{i}");
         // `GESTALT_LINUX_SPAN_CMDLINE` adds words to both command lines (e.g. `hold=`).
         let extra = std::env::var("GESTALT_LINUX_SPAN_CMDLINE").unwrap_or_default();
-        let cmdline = format!("{role} mem={mem}M {} {extra}", common::linux::SPAN_DILATION);
+        let cmdline = format!("{role} mem={mem}M {dilation} {extra}");
         // nokaslr: the kernel at its link address, so guest addresses in `stats` name symbols.
         let kernel = format!("{} nokaslr", common::linux::CMDLINE);
         let img = LinuxImage::with_cmdlines(&tag, &vmlinuz, &busybox, &cmdline, &kernel)
             .expect("the Linux guest ISO");
-        let port = sw.add_port(gestalt_ci::PortKind::Bochs)?;
-        let mut spec = NodeSpec::new(&tag, Emu::Bochs, Boot::Iso)
+        let kind = match emu {
+            Emu::Bochs => gestalt_ci::PortKind::Bochs,
+            Emu::Qemu => gestalt_ci::PortKind::Qemu,
+        };
+        let port = sw.add_port(kind)?;
+        let mut spec = NodeSpec::new(&tag, emu, Boot::Iso)
             .cpus(2)
             .nic(port, [0x52, 0x54, 0x00, 0x4c, 0x53, i]);
         spec.mem_mib = mem + 64;
         nodes.push(Node::start(&spec, &gestalt_ci::Artifacts::at(&img.dir))?);
         images.push(img);
     }
-    nodes[0].wait_for("hv: Linux guest loaded", BOCHS_BOOT)?;
+    nodes[0].wait_for("hv: Linux guest loaded", BOCHS_BOOT)?; // QEMU boots sooner
     let started = Instant::now();
     // Progress on this long wait: every PROGRESS, the guest's last line, node 1's faults and
     // hottest pages, and where each vCPU last exited.
