@@ -971,9 +971,12 @@ fn print_time(vm: &Vm) {
 static DILATION: AtomicU64 = AtomicU64::new(1);
 
 /// Sets the guest time dilation before the guest starts; a factor whose declared TSC rate
-/// would not fit CPUID 15H's 32 bits is lowered to the largest that does, and said.
+/// would not fit CPUID 15H's 32 bits (where the guest sees that leaf) is lowered to the
+/// largest that does, and said.
 pub fn set_dilation(factor: u64) {
-    let d = super::devices::fitting_dilation(factor, time::tsc_hz());
+    let max_basic = crate::arch::cpu::cpuid(0, 0).eax;
+    let leaf_15h = max_basic.min(super::cpuid::MAX_BASIC) >= 0x15;
+    let d = super::devices::fitting_dilation(factor, time::tsc_hz(), leaf_15h);
     if d != factor {
         error!("hv: dilation={factor} would declare a TSC above 4.29 GHz: dilation={d} instead");
     }
