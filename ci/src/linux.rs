@@ -17,6 +17,8 @@ pub const SHELL_WORD: &str = "gestalt.shell";
 /// Guest RAM the Linux guest gets (the node's `mem=`), and the emulated node's memory: the
 /// firmware and its reserve take the difference.
 pub const GUEST_MEM: &str = "mem=192M";
+/// [`GUEST_MEM`] in MiB.
+pub const GUEST_MIB: u64 = 192;
 /// The guest time dilation a Linux guest across Bochs nodes runs with (docs/design.md §6):
 /// a page round trip there (~5 ms of emulated time) outlasts Linux's 4 ms tick.
 pub const SPAN_DILATION: &str = "dilation=20";
@@ -263,6 +265,12 @@ impl Drop for LinuxImage {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_guest_memory_word_says_guest_mib() {
+        assert_eq!(GUEST_MEM, format!("mem={GUEST_MIB}M"));
+    }
+
     use super::*;
 
     #[test]

@@ -20,8 +20,8 @@ mod common;
 use std::time::Duration;
 
 use common::linux::{
-    assert_platform_taken, assert_slices_on_every_cpu, guest_lines, kernel_and_busybox,
-    print_report, LinuxImage, CMDLINE, GUEST_MEM, SHELL_WORD,
+    assert_memory_taken, assert_platform_taken, assert_slices_on_every_cpu, guest_lines,
+    kernel_and_busybox, print_report, LinuxImage, CMDLINE, GUEST_MEM, GUEST_MIB, SHELL_WORD,
 };
 use common::{ANSWER, BOCHS_BOOT, QEMU_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
@@ -94,6 +94,7 @@ fn check_boot(node: &mut Node, cpus: u32, from: usize) -> Result<(), HarnessErro
     assert_platform_taken(&lines, text);
     assert!(lines.contains(&format!("init: nproc {cpus}").as_str()), "{text}");
     assert_slices_on_every_cpu(&lines, cpus, text);
+    assert_memory_taken(&lines, GUEST_MIB, text);
     assert!(lines.contains(&"init: clocksource tsc"), "{text}");
     assert!(lines.contains(&"init: numa nodes 0"), "{text}");
     Ok(())

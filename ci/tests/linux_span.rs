@@ -17,7 +17,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::linux::{
-    assert_slices_on_every_cpu, guest_lines, kernel_and_busybox, print_report, LinuxImage,
+    assert_memory_taken, assert_slices_on_every_cpu, guest_lines, kernel_and_busybox, print_report,
+    LinuxImage,
 };
 use common::{ANSWER, BOCHS_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
@@ -142,6 +143,9 @@ fn across_two_nodes(emu: Emu, name: &str, dilation: &str) -> Result<(), HarnessE
     assert!(lines.contains(&"init: numa nodes 0-1"), "{text}");
     assert!(lines.contains(&"init: clocksource tsc"), "{text}");
     assert_slices_on_every_cpu(&lines, 2, &text);
+    // The guest's RAM is the two nodes' home ranges.
+    let homes: u64 = nodes.iter().filter_map(|n| home_bytes(&n.console().text())).sum();
+    assert_memory_taken(&lines, homes >> 20, &text);
     // Each NUMA node has its Gestalt node's vCPU and at most that node's home range; node 1
     // holds no kernel image, so Linux has nearly all of its range there.
     for (i, n) in nodes.iter().enumerate() {

@@ -17,8 +17,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::linux::{
-    assert_platform_taken, assert_slices_on_every_cpu, guest_lines, kernel_and_busybox,
-    print_report, LinuxImage,
+    assert_memory_taken, assert_platform_taken, assert_slices_on_every_cpu, guest_lines,
+    kernel_and_busybox, print_report, LinuxImage,
 };
 use common::{ANSWER, QEMU_BOOT};
 use gestalt_ci::{Boot, Emu, HarnessError, Node, NodeSpec};
@@ -62,6 +62,7 @@ fn run_init(tag: &str, cpus: u32) -> Result<(), HarnessError> {
     assert!(!has("Marking TSC unstable"), "{text}");
     assert!(lines.contains(&format!("init: nproc {cpus}").as_str()), "{text}");
     assert_slices_on_every_cpu(&lines, cpus, &text);
+    assert_memory_taken(&lines, common::linux::GUEST_MIB, &text);
     assert!(lines.contains(&"init: clocksource tsc"), "{text}");
     assert!(lines.contains(&"init: numa nodes 0"), "{text}");
     let off = node.wait_for("the guest powered off", Duration::from_secs(120))?;

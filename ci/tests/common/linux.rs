@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 #[allow(unused_imports)] // each test file uses some
-pub use gestalt_ci::linux::{guest_lines, Fetch, CMDLINE, GUEST_MEM, SHELL_WORD, SPAN_DILATION};
+pub use gestalt_ci::linux::{
+    guest_lines, Fetch, CMDLINE, GUEST_MEM, GUEST_MIB, SHELL_WORD, SPAN_DILATION,
+};
 
 use super::artifacts;
 
@@ -72,6 +74,28 @@ pub fn assert_platform_taken(lines: &[&str], text: &str) {
     assert!(has("ttyS0 at I/O 0x3f8") && has("is a 16550A"), "{text}");
     assert!(has("ACPI: PM: (supports S0 S5)"), "{text}");
     assert!(!has("WARNING: CPU:"), "{text}");
+}
+
+/// Linux took the guest RAM it was given: its boot line `Memory: A/BK available` counts B
+/// within 1 MiB of `mib` (the legacy hole below 1 MiB is the difference), and /init's
+/// MemTotal is what is left after the kernel's own reservations (its image, the page
+/// structures: ~48 MiB for Debian's kernel), at most B and more than B less 64 MiB.
+#[allow(dead_code)] // not every test file boots Linux to /init
+pub fn assert_memory_taken(lines: &[&str], mib: u64, text: &str) {
+    let kib = |s: &str| s.trim().strip_suffix('K').and_then(|n| n.parse::<u64>().ok());
+    let seen = lines
+        .iter()
+        .find_map(|l| l.split_once("Memory: ")?.1.split_once(" available")?.0.split_once('/'))
+        .and_then(|(_, total)| kib(total))
+        .unwrap_or_else(|| panic!("no `Memory: …K available` line: {text}"));
+    let given = mib * 1024;
+    assert!(seen <= given && seen + 1024 > given, "Linux saw {seen} KiB of {given}: {text}");
+    let total = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("init: MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no MemTotal from /init: {text}"));
+    assert!(total <= seen && total + 64 * 1024 > seen, "MemTotal {total} of {seen} KiB: {text}");
 }
 
 /// /init's workload ran one slice on each of the guest's `cpus` CPUs: each slice says which
