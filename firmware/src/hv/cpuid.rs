@@ -23,6 +23,16 @@ pub struct Regs4 {
     pub edx: u32,
 }
 
+/// The largest guest time dilation (`dilation=`, hv::vm::set_dilation) up to `factor` whose
+/// declared TSC rate (`hz` times it) fits leaf 15H's 32-bit crystal field, where the guest
+/// sees that leaf (the host's highest basic leaf, `host_max_basic`, reaches it); at least 1.
+pub fn fitting_dilation(factor: u64, hz: u64, host_max_basic: u32) -> u64 {
+    if host_max_basic.min(MAX_BASIC) < 0x15 {
+        return factor.max(1);
+    }
+    factor.clamp(1, (u64::from(u32::MAX) / hz.max(1)).max(1))
+}
+
 /// The guest's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Topology {
@@ -457,5 +467,22 @@ mod tests {
         let all = Regs4 { eax: !0, ebx: !0, ecx: !0, edx: !0 };
         assert_eq!(answer(KVM_BASE + 1, 0, all, 0, &T), Regs4::default(), "no KVM features");
         assert_eq!(answer(0x4000_0000, 0, all, 0, &T).ebx, u32::from_le_bytes(*b"Gest"));
+    }
+
+    #[test]
+    fn a_dilation_is_lowered_only_where_the_declared_tsc_rate_would_not_fit_32_bits() {
+        // Bochs at ips=20M (its Skylake has leaf 16H): a 20 MHz TSC takes the largest factor
+        // the command line allows.
+        assert_eq!(fitting_dilation(100, 20_000_000, 0x16), 100);
+        // A 2 GHz TSC declared 3x would be 6 GHz: twice is the most that fits.
+        assert_eq!(fitting_dilation(3, 2_000_000_000, 0x20), 2);
+        // A rate above 4.29 GHz cannot be dilated at all, and 0 is never a factor.
+        assert_eq!(fitting_dilation(10, 5_000_000_000, 0x16), 1);
+        assert_eq!(fitting_dilation(0, 20_000_000, 0x16), 1);
+        // Not measured (host builds): the factor stands.
+        assert_eq!(fitting_dilation(7, 0, 0x16), 7);
+        // No leaf 15H for the guest (QEMU's qemu64 stops at 0DH): nothing to fit.
+        assert_eq!(fitting_dilation(20, 2_600_000_000, 0xd), 20);
+        assert_eq!(fitting_dilation(0, 2_600_000_000, 0xd), 1);
     }
 }

@@ -90,16 +90,6 @@ impl Time {
     }
 }
 
-/// `factor`, lowered so that the TSC rate it declares (`hz` times it) fits CPUID 15H's 32-bit
-/// crystal field when the guest sees that leaf (`leaf_15h`: the host has it); at least 1
-/// (`dilation=`, hv::vm::set_dilation).
-pub fn fitting_dilation(factor: u64, hz: u64, leaf_15h: bool) -> u64 {
-    if !leaf_15h {
-        return factor.max(1);
-    }
-    factor.clamp(1, (u64::from(u32::MAX) / hz.max(1)).max(1))
-}
-
 /// The port devices of the guest.
 pub struct Devices {
     /// COM1.
@@ -354,21 +344,5 @@ mod tests {
         assert_eq!(d.sync_irq(), None, "line fell");
         d.uart.push_input(b'l');
         assert!(d.sync_irq().is_some(), "next byte: next edge");
-    }
-
-    #[test]
-    fn a_dilation_is_lowered_only_where_the_declared_tsc_rate_would_not_fit_32_bits() {
-        // Bochs at ips=20M: a 20 MHz TSC takes the largest factor the command line allows.
-        assert_eq!(fitting_dilation(100, 20_000_000, true), 100);
-        // A 2 GHz TSC declared 3x would be 6 GHz: twice is the most that fits.
-        assert_eq!(fitting_dilation(3, 2_000_000_000, true), 2);
-        // A rate above 4.29 GHz cannot be dilated at all, and 0 is never a factor.
-        assert_eq!(fitting_dilation(10, 5_000_000_000, true), 1);
-        assert_eq!(fitting_dilation(0, 20_000_000, true), 1);
-        // Not measured (host builds): the factor stands.
-        assert_eq!(fitting_dilation(7, 0, true), 7);
-        // No leaf 15H for the guest (QEMU's qemu64 stops at 0DH): nothing to fit.
-        assert_eq!(fitting_dilation(20, 2_600_000_000, false), 20);
-        assert_eq!(fitting_dilation(0, 2_600_000_000, false), 1);
     }
 }

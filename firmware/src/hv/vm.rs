@@ -975,8 +975,7 @@ static DILATION: AtomicU64 = AtomicU64::new(1);
 /// largest that does, and said.
 pub fn set_dilation(factor: u64) {
     let max_basic = crate::arch::cpu::cpuid(0, 0).eax;
-    let leaf_15h = max_basic.min(super::cpuid::MAX_BASIC) >= 0x15;
-    let d = super::devices::fitting_dilation(factor, time::tsc_hz(), leaf_15h);
+    let d = super::cpuid::fitting_dilation(factor, time::tsc_hz(), max_basic);
     if d != factor {
         error!("hv: dilation={factor} would declare a TSC above 4.29 GHz: dilation={d} instead");
     }
