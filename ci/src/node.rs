@@ -71,10 +71,8 @@ pub struct NodeSpec {
     /// QEMU's device model for that NIC (`e1000`, `e1000e`, `virtio-net-pci`); Bochs has
     /// only the e1000.
     pub nic_model: String,
-    /// The guest module, if any.
-    pub guest: Option<PathBuf>,
-    /// Modules with their command lines (file, `name args…`), instead of [`NodeSpec::guest`]
-    /// when not empty: a Linux guest's kernel and initrd.
+    /// The Multiboot modules with their command lines (file, `name args…`): the guest
+    /// ([`NodeSpec::guest`]), or a Linux guest's kernel and initrd.
     pub modules: Vec<(PathBuf, String)>,
     /// QEMU's `-cpu` (TCG): [`QEMU_CPU`] unless a test asks for another model.
     pub qemu_cpu: String,
@@ -133,7 +131,6 @@ impl NodeSpec {
             cmdline: String::new(),
             nic: None,
             nic_model: "e1000".to_string(),
-            guest: None,
             modules: Vec::new(),
             qemu_cpu: QEMU_CPU.to_string(),
         }
@@ -148,12 +145,12 @@ impl NodeSpec {
     /// Boot with `path` as the first Multiboot module: the guest (QEMU `-initrd`, or in the
     /// node's ISO).
     pub fn guest(mut self, path: &Path) -> NodeSpec {
-        self.guest = Some(path.to_path_buf());
+        self.modules = vec![(path.to_path_buf(), "guest".to_string())];
         self
     }
 
-    /// Boot with these modules, each (file, module command line): the first is the guest,
-    /// the second a Linux guest's initrd.
+    /// Boot with these modules instead, each (file, module command line): the first is the
+    /// guest, the second a Linux guest's initrd.
     pub fn modules(mut self, modules: &[(PathBuf, String)]) -> NodeSpec {
         self.modules = modules.to_vec();
         self
@@ -167,11 +164,7 @@ impl NodeSpec {
 
     /// The modules to boot with: (file, module command line).
     fn module_list(&self) -> Vec<(&Path, &str)> {
-        if self.modules.is_empty() {
-            self.guest.as_deref().map(|g| (g, "guest")).into_iter().collect()
-        } else {
-            self.modules.iter().map(|(p, c)| (p.as_path(), c.as_str())).collect()
-        }
+        self.modules.iter().map(|(p, c)| (p.as_path(), c.as_str())).collect()
     }
 
     /// Set the CPU count.

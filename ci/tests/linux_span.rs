@@ -53,7 +53,7 @@ fn debians_kernel_boots_across_two_nodes_and_runs_the_workload_on_both() -> Resu
 }
 
 #[test]
-#[ignore = "experiment"]
+#[ignore = "experiment: does not finish; QEMU 7.2 walks the shared kernel page tables as writes (docs/design.md §9)"]
 fn debians_kernel_boots_across_two_qemu_nodes() -> Result<(), HarnessError> {
     let d = std::env::var("GESTALT_LINUX_SPAN_DILATION").unwrap_or_default();
     across_two_nodes(Emu::Qemu, "linuxspanq", &d)

@@ -183,12 +183,13 @@ fn run(o: &Options) -> Result<(), String> {
         Some(Guest::File(g)) => vec![(g.clone(), "guest".to_string())],
         Some(Guest::Linux) => {
             let m = linux_modules(&art)?;
-            if !cmdline.split_whitespace().any(|w| w.starts_with("mem=")) {
+            let has = |key: &str, c: &str| c.split_whitespace().any(|w| w.starts_with(key));
+            if !has("mem=", &cmdline) {
                 cmdline = format!("{cmdline} {}", linux::GUEST_MEM);
             }
             // Across Bochs nodes a page round trip outlasts Linux's tick: dilate the guest's
             // clock as ci/tests/linux_span.rs does (docs/design.md §6).
-            if o.nodes > 1 && o.emu == Emu::Bochs && !cmdline.contains("dilation=") {
+            if o.nodes > 1 && o.emu == Emu::Bochs && !has("dilation=", &cmdline) {
                 cmdline = format!("{cmdline} {}", linux::SPAN_DILATION);
                 eprintln!(
                     "gestalt-cluster: Linux across Bochs nodes runs with {}: its clock runs that many times slower than the emulated one",
